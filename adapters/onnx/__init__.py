@@ -1,0 +1,84 @@
+"""The ``onnx`` adapter plugin: ONNX files → neural graphs, and back."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from nngraph.errors import InputError
+from nngraph.hookspecs import AdapterSpec, OpRule, hookimpl
+from nngraph.ir import NeuralGraph
+
+__version__ = "0.1.0"
+
+
+def sniff(path: Path) -> bool:
+    if path.suffix.lower() == ".onnx":
+        return True
+    if path.is_file() and path.suffix.lower() in ("", ".pb", ".model"):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        return head[:1] == b"\x08"   # protobuf field 1 (ir_version, varint) opens every ModelProto
+    return False
+
+
+def convert(path: Path, **options) -> NeuralGraph:
+    from nngraph.plugins import registry
+
+    from .engine import RuleTable, lower_model
+    from .folding import fold
+    from .reader import read_model
+
+    rules = RuleTable(registry().onnx_rules)
+    return lower_model(read_model(path), rules, fold)
+
+
+def export(source: Path, params: Mapping[str, np.ndarray], out: Path) -> None:
+    from .writer import export as _export
+
+    _export(source, params, out)
+
+
+def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from .runtime import run as _run
+
+    return _run(path, inputs)
+
+
+def example_inputs(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    from .runtime import example_inputs as _example_inputs
+
+    return _example_inputs(path, seed)
+
+
+def read_params(path: Path) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node values, read straight from the file."""
+    from onnx import numpy_helper
+
+    from .reader import read_model
+
+    model = read_model(path)
+    params = {t.name: model.tensor(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            params[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return params
+
+
+@hookimpl
+def nngraph_adapters() -> list[AdapterSpec]:
+    return [AdapterSpec(
+        name="onnx", convert=convert, sniff=sniff, extensions=(".onnx",),
+        description="ONNX models (any exporter): lowered op by op", export=export, run=run,
+        example_inputs=example_inputs, read_params=read_params)]
+
+
+@hookimpl
+def nngraph_onnx_rules() -> list[OpRule]:
+    from .rules import BUILTIN_RULES
+
+    return list(BUILTIN_RULES)
+
+
+__all__ = ["InputError", "convert", "export", "run", "example_inputs", "sniff"]

@@ -1,0 +1,193 @@
+"""The ``ngraph`` command line. Exit codes: 0 ok, 1 failure, 2 usage, 3 plugin problem,
+4 unsupported or corrupt input. Errors are one line on stderr; ``--debug`` adds the traceback."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import InputError, NNGraphError
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _emit_json(doc) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ngraph")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """nngraph: neural networks as neural graphs (neurons = nodes, weights = edges)."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .ngraph file [default: MODEL.ngraph].")
+@click.option("--format", "fmt", help="Adapter to use (see `ngraph plugins`); sniffed when omitted.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def convert(model: Path, output: Path | None, fmt: str | None, as_json: bool) -> None:
+    """Convert MODEL to a neural graph (.ngraph)."""
+    from .api import convert as _convert
+    from .fileformat import save
+
+    output = output or model.with_suffix(".ngraph")
+    start = time.perf_counter()
+    with err.status(f"converting {model}", spinner="dots") if not as_json and err.is_terminal else _null():
+        graph = _convert(model, fmt)
+        save(graph, output)
+    summary = {**graph.summary(), "format": graph.meta.get("format"), "output": str(output),
+               "seconds": round(time.perf_counter() - start, 3)}
+    if as_json:
+        _emit_json(summary)
+        return
+    out.print(f"[bold green]✓[/] {model} → {output}  ({summary['format']}, {summary['seconds']} s)")
+    out.print(f"  {summary['nodes']:,} neurons in {summary['sets']} sets, {summary['edges']:,} edges in "
+              f"{summary['blocks']} blocks; {summary['mapped_parameters']:,}/{summary['parameters']:,} "
+              f"parameters mapped (coverage {summary['coverage']:.4f})")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
+def info(file: Path, as_json: bool) -> None:
+    """Describe an .ngraph FILE (reads the header only)."""
+    from .fileformat import read_header
+
+    doc, _, _ = read_header(file)
+    summary = doc.get("summary", {})
+    kinds = Counter(b["kind"] for b in doc["blocks"])
+    roles = Counter(s["role"] for s in doc["sets"])
+    if as_json:
+        _emit_json({"file": str(file), "schema": doc["schema"], "meta": doc.get("meta", {}), **summary,
+                    "block_kinds": dict(kinds), "set_roles": dict(roles),
+                    "sets": [{k: s[k] for k in ("name", "size", "role", "depth", "activation", "group")}
+                             for s in doc["sets"]]})
+        return
+    meta = doc.get("meta", {})
+    out.print(f"[bold]{file}[/]  schema {doc['schema']}, from {meta.get('source', '?')} ({meta.get('format', '?')})")
+    out.print(f"  {summary.get('nodes', 0):,} neurons, {summary.get('edges', 0):,} edges, "
+              f"{summary.get('parameters', 0):,} parameters, coverage {summary.get('coverage', 0):.4f}")
+    out.print(f"  block kinds: {', '.join(f'{k} {v}' for k, v in kinds.most_common())}")
+    table = Table("set", "size", "role", "depth", "activation", "tie group", box=None)
+    for s in doc["sets"][:60]:
+        table.add_row(s["name"], str(s["size"]), s["role"], str(s["depth"]), s["activation"] or "",
+                      s["group"] if s["group"] != s["name"] else "")
+    out.print(table)
+    if len(doc["sets"]) > 60:
+        out.print(f"  … {len(doc['sets']) - 60} more sets (use --json for all)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plugin list as JSON.")
+def plugins(as_json: bool) -> None:
+    """List plugins: name, package, version, status, what each provides."""
+    from .plugins import registry
+
+    reg = registry()
+    if as_json:
+        _emit_json([p.to_json() for p in reg.plugins])
+        return
+    table = Table("plugin", "package", "version", "status", "provides", box=None)
+    colors = {"active": "green", "failed": "red", "blocked": "yellow"}
+    for p in reg.plugins:
+        provides = "; ".join(f"{k}: {', '.join(v) if len(v) <= 6 else f'{len(v)} rules'}" for k, v in p.provides.items())
+        table.add_row(p.name, p.package, p.version, f"[{colors[p.status]}]{p.status}[/]",
+                      provides if p.status == "active" else (p.error or ""))
+    out.print(table)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--inputs", type=click.Path(path_type=Path), help=".npz of named inputs [default: random].")
+@click.option("--trials", default=3, show_default=True, type=click.IntRange(1), help="Random symmetries to test.")
+@click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed: int, as_json: bool) -> None:
+    """Check that random symmetries of MODEL's graph give models computing the same function."""
+    from .verify import load_inputs, verify as _verify
+
+    feeds = load_inputs(inputs) if inputs else None
+    report = _verify(model, format=fmt, trials=trials, inputs=feeds, seed=seed)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        mark = "[bold green]✓ ok[/]" if report.ok else "[bold red]✗ FAILED[/]"
+        out.print(f"{mark}  {model}: {report.trials} random symmetries, max |Δ| = {report.max_abs_diff:.3g} "
+                  f"(relative {report.max_rel_diff:.3g}), round trip {'exact' if report.roundtrip_exact else 'NOT exact'}, "
+                  f"coverage {report.coverage:.4f}")
+        for p in report.problems:
+            out.print(f"  - {p}")
+    if not report.ok:
+        sys.exit(1)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _add_plugin_commands() -> None:
+    from .plugins import registry
+
+    for spec in registry().commands.values():
+        if spec.name not in cli.commands:
+            cli.add_command(spec.command, spec.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        _add_plugin_commands()
+        cli.main(argv, prog_name="ngraph", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 1
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except NNGraphError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"ngraph: error: {e}", err=True)
+        return e.exit_code
+    except MemoryError:
+        click.echo("ngraph: error: out of memory", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, unless --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"ngraph: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

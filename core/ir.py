@@ -1,0 +1,387 @@
+"""The neural-graph IR: neuron sets, edge blocks, tie groups and parameter accounting.
+
+A graph never holds one Python object per neuron or edge. A :class:`NeuronSet` is a run of
+neurons that play one role at one depth (a layer's outputs, one head's queries, a network's
+inputs); an :class:`EdgeBlock` is the connection between two sets, carrying one parameter
+tensor in the canonical layout ``[target, source / groups, *kernel]`` (``[n, *kernel]`` for
+diagonal kinds). Permutation symmetry is expressed by :class:`TieGroup`: every set in a group
+is permuted by the same permutation, fixed groups (network inputs and outputs) not at all, and
+a group with a ``parent`` is permuted block-wise — its blocks move with the parent's
+permutation (attention heads, conv groups) and are permuted freely inside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import GraphError
+from .origin import Origin
+from .vocab import ACTIVATIONS, KINDS, ROLES, kind_pattern
+
+
+@dataclass
+class Param:
+    """An array stored in the graph and the source tensor it came from (if any)."""
+
+    data: np.ndarray
+    origin: Origin | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+
+@dataclass
+class TieGroup:
+    """Sets that must share one permutation. ``size`` neurons each.
+
+    With a ``parent`` group of size P, the ``size`` neurons form P contiguous blocks of
+    ``size // P``; a symmetry moves block b to the position the parent's permutation moves
+    b to, and permutes within each block freely.
+    """
+
+    name: str
+    size: int
+    fixed: bool = False
+    parent: str | None = None
+
+
+@dataclass
+class NeuronSet:
+    name: str
+    size: int
+    role: str = "hidden"
+    depth: int = 0
+    group: str = ""
+    activation: str | None = None
+    arrays: dict[str, Param] = field(default_factory=dict)   # per-neuron: bias, norm scale …
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EdgeBlock:
+    name: str
+    source: str
+    target: str
+    kind: str
+    weight: Param | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)       # stride, dilation, pads, groups …
+
+    @property
+    def pattern(self) -> str:
+        return kind_pattern(self.kind)
+
+    @property
+    def groups(self) -> int:
+        return int(self.attrs.get("groups", 1))
+
+    @property
+    def taps(self) -> int:
+        """Length of each edge's feature vector (kernel taps, spatial positions, or 1)."""
+        if self.weight is None:
+            return 1
+        skip = 2 if self.pattern == "full" else 1
+        return int(np.prod(self.weight.shape[skip:], dtype=np.int64))
+
+
+@dataclass
+class SourceTensor:
+    """Shape and dtype of one tensor of the source model, for accounting and rebuilding."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class Unmapped:
+    """A source tensor that has no place in the graph, kept so that nothing is silently lost."""
+
+    reason: str
+    data: np.ndarray | None = None
+
+
+class NeuralGraph:
+    """A network as neuron sets and edge blocks. See the module docstring."""
+
+    def __init__(self, meta: dict[str, Any] | None = None):
+        self.sets: dict[str, NeuronSet] = {}
+        self.blocks: list[EdgeBlock] = []
+        self.groups: dict[str, TieGroup] = {}
+        self.sources: dict[str, SourceTensor] = {}
+        self.unmapped: dict[str, Unmapped] = {}
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # ---------------------------------------------------------------- building
+    def add_source(self, name: str, shape, dtype) -> None:
+        self.sources[name] = SourceTensor(tuple(int(s) for s in shape), str(np.dtype(dtype)))
+
+    def add_set(self, name: str, size: int, role: str = "hidden", *, depth: int = 0,
+                activation: str | None = None, fixed: bool = False, tie: str | None = None,
+                parent: str | None = None, **attrs: Any) -> NeuronSet:
+        """Add a neuron set in its own tie group, or in ``tie``'s group (a set or group name)."""
+        if name in self.sets:
+            raise GraphError(f"duplicate neuron set {name!r}")
+        if tie is not None:
+            group = self.sets[tie].group if tie in self.sets else tie
+            if group not in self.groups:
+                raise GraphError(f"cannot tie {name!r} to unknown set or group {tie!r}")
+        else:
+            group = name
+            while group in self.groups:
+                group += "'"
+            self.groups[group] = TieGroup(group, int(size), fixed, parent)
+        s = NeuronSet(name, int(size), role, depth, group, activation, {}, dict(attrs))
+        self.sets[name] = s
+        if tie is not None and fixed:
+            self.groups[group].fixed = True
+        return s
+
+    def add_group(self, name: str, size: int, *, fixed: bool = False, parent: str | None = None) -> TieGroup:
+        """A tie group with no set yet (e.g. the heads of an attention layer as a parent)."""
+        if name in self.groups:
+            raise GraphError(f"duplicate tie group {name!r}")
+        g = self.groups[name] = TieGroup(name, int(size), fixed, parent)
+        return g
+
+    def add_block(self, name: str, source: str, target: str, kind: str,
+                  weight: Param | np.ndarray | None = None, **attrs: Any) -> EdgeBlock:
+        if isinstance(weight, np.ndarray):
+            weight = Param(weight)
+        b = EdgeBlock(name, source, target, kind, weight, dict(attrs))
+        self.blocks.append(b)
+        return b
+
+    def tie(self, a: str, b: str) -> str:
+        """Merge the tie groups of sets (or groups) ``a`` and ``b``; returns the surviving group."""
+        ga = self.sets[a].group if a in self.sets else a
+        gb = self.sets[b].group if b in self.sets else b
+        if ga == gb:
+            return ga
+        A, B = self.groups[ga], self.groups[gb]
+        if A.size != B.size:
+            raise GraphError(f"cannot tie {a!r} ({A.size} neurons) to {b!r} ({B.size} neurons)")
+        if A.parent and B.parent and A.parent != B.parent:
+            raise GraphError(f"cannot tie {a!r} and {b!r}: they belong to different parent groups")
+        A.fixed = A.fixed or B.fixed
+        A.parent = A.parent or B.parent
+        for s in self.sets.values():
+            if s.group == gb:
+                s.group = ga
+        for g in self.groups.values():
+            if g.parent == gb:
+                g.parent = ga
+        del self.groups[gb]
+        return ga
+
+    def fix(self, name: str) -> None:
+        self.groups[self.sets[name].group if name in self.sets else name].fixed = True
+
+    # ---------------------------------------------------------------- views
+    def params(self) -> Iterator[tuple[str, Param]]:
+        """Every array the graph stores, with a stable location key."""
+        for s in self.sets.values():
+            for key, p in s.arrays.items():
+                yield f"set:{s.name}:{key}", p
+        for i, b in enumerate(self.blocks):
+            if b.weight is not None:
+                yield f"block:{i}:{b.name}", b.weight
+
+    def set_offsets(self) -> dict[str, int]:
+        offsets, n = {}, 0
+        for s in self.sets.values():
+            offsets[s.name] = n
+            n += s.size
+        return offsets
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(s.size for s in self.sets.values())
+
+    @property
+    def num_edges(self) -> int:
+        total = 0
+        for b in self.blocks:
+            src, tgt = self.sets[b.source], self.sets[b.target]
+            if b.pattern == "full":
+                total += tgt.size * (src.size // b.groups)
+            else:
+                total += src.size
+        return total
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.size for t in self.sources.values())
+
+    @property
+    def mapped_parameters(self) -> int:
+        return sum(p.size for _, p in self.params() if p.origin is not None)
+
+    @property
+    def coverage(self) -> float:
+        total = self.num_parameters
+        return 1.0 if total == 0 else self.mapped_parameters / total
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "nodes": self.num_nodes, "edges": self.num_edges, "sets": len(self.sets),
+            "blocks": len(self.blocks), "parameters": self.num_parameters,
+            "mapped_parameters": self.mapped_parameters, "coverage": self.coverage,
+            "unmapped": {k: v.reason for k, v in self.unmapped.items()},
+        }
+
+    # ---------------------------------------------------------------- round trip
+    def to_params(self) -> dict[str, np.ndarray]:
+        """Rebuild every source tensor from the graph's arrays (exact: index-only transforms)."""
+        out = {name: np.empty(t.shape, dtype=_np_dtype(t.dtype)) for name, t in self.sources.items()}
+        for _, p in self.params():
+            if p.origin is not None:
+                p.origin.scatter(p.data, out[p.origin.tensor])
+        for name, u in self.unmapped.items():
+            if u.data is not None:
+                out[name] = u.data
+        missing = [n for n in out if n in self.unmapped and self.unmapped[n].data is None]
+        for n in missing:
+            del out[n]
+        return out
+
+    # ---------------------------------------------------------------- checking
+    def validate(self) -> "NeuralGraph":
+        """Raise :class:`GraphError` naming the first inconsistency; returns self when sound."""
+        problems = list(self._problems())
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise GraphError(problems[0] + more)
+        return self
+
+    def _problems(self) -> Iterator[str]:
+        for g in self.groups.values():
+            if g.parent is not None:
+                if g.parent not in self.groups:
+                    yield f"tie group {g.name!r} has unknown parent {g.parent!r}"
+                elif g.size % self.groups[g.parent].size:
+                    yield f"tie group {g.name!r} ({g.size}) is not divisible into {g.parent!r} blocks"
+        for s in self.sets.values():
+            if s.role not in ROLES:
+                yield f"set {s.name!r} has unknown role {s.role!r}"
+            if s.activation is not None and s.activation not in ACTIVATIONS:
+                yield f"set {s.name!r} has unknown activation {s.activation!r}"
+            g = self.groups.get(s.group)
+            if g is None:
+                yield f"set {s.name!r} is in unknown tie group {s.group!r}"
+            elif g.size != s.size:
+                yield f"set {s.name!r} has {s.size} neurons but its tie group {g.name!r} has {g.size}"
+            for key, p in s.arrays.items():
+                if p.data.ndim == 0 or p.data.shape[0] != s.size:
+                    yield f"array {key!r} of set {s.name!r} has shape {p.shape}, expected ({s.size}, …)"
+        for b in self.blocks:
+            yield from self._block_problems(b)
+        yield from self._accounting_problems()
+
+    def _block_problems(self, b: EdgeBlock) -> Iterator[str]:
+        if b.kind not in KINDS:
+            yield f"block {b.name!r} has unknown kind {b.kind!r}"
+            return
+        if b.source not in self.sets or b.target not in self.sets:
+            yield f"block {b.name!r} references a missing set ({b.source!r} → {b.target!r})"
+            return
+        src, tgt = self.sets[b.source], self.sets[b.target]
+        gs, gt = self.groups[src.group], self.groups[tgt.group]
+        w = b.weight.data if b.weight is not None else None
+        if b.pattern == "full":
+            k = b.groups
+            if src.size % k or tgt.size % k:
+                yield f"block {b.name!r}: {k} groups do not divide {src.size} → {tgt.size}"
+                return
+            if w is not None and (w.ndim < 2 or w.shape[:2] != (tgt.size, src.size // k)):
+                yield f"block {b.name!r}: weight {tuple(w.shape)} is not [{tgt.size}, {src.size // k}, …]"
+            if k > 1 and not (gs.name == gt.name and k == src.size == tgt.size) and not (
+                    gs.parent is not None and gs.parent == gt.parent and self.groups[gs.parent].size == k):
+                yield (f"block {b.name!r} has {k} groups but its sets are neither tied (depthwise) nor "
+                       f"children of one {k}-block parent group")
+        elif b.pattern == "diagonal":
+            if gs.name != gt.name:
+                yield f"block {b.name!r} ({b.kind}) connects sets that are not tied: {src.name!r}, {tgt.name!r}"
+            if w is not None and (w.ndim < 1 or w.shape[0] != src.size):
+                yield f"block {b.name!r}: weight {tuple(w.shape)} is not [{src.size}, …]"
+        elif b.pattern == "membership":
+            if gs.parent != gt.name:
+                yield f"block {b.name!r}: {src.name!r} is not a child of {tgt.name!r}'s tie group"
+            if w is not None:
+                yield f"block {b.name!r}: membership blocks carry no weight"
+
+    def _accounting_problems(self) -> Iterator[str]:
+        counts = {name: np.zeros(t.shape, dtype=np.int32) for name, t in self.sources.items()}
+        for where, p in self.params():
+            if p.origin is None:
+                continue
+            c = counts.get(p.origin.tensor)
+            if c is None:
+                yield f"{where} comes from unknown source tensor {p.origin.tensor!r}"
+                continue
+            try:
+                if p.origin.apply(c).shape != p.shape:
+                    yield f"{where}: origin gives {p.origin.apply(c).shape}, array is {p.shape}"
+                    continue
+                p.origin.scatter(np.ones(p.shape, np.int32), c, accumulate=True)
+            except (ValueError, IndexError) as e:
+                yield f"{where}: origin does not fit {p.origin.tensor!r}: {e}"
+        for name, c in counts.items():
+            if name in self.unmapped:
+                if c.any():
+                    yield f"source tensor {name!r} is both mapped and listed as unmapped"
+                continue
+            if c.size and c.max() > 1:
+                yield f"source tensor {name!r}: {(c > 1).sum()} elements are mapped more than once"
+            if c.size and c.min() < 1:
+                yield f"source tensor {name!r}: {(c < 1).sum()} elements are mapped nowhere"
+
+    # ---------------------------------------------------------------- delegations
+    def symmetry_groups(self):
+        from .symmetry import symmetry_groups
+        return symmetry_groups(self)
+
+    def random_symmetry(self, seed: int | None = None):
+        from .symmetry import random_symmetry
+        return random_symmetry(self, seed)
+
+    def permute(self, symmetry) -> "NeuralGraph":
+        from .symmetry import permute
+        return permute(self, symmetry)
+
+    def to_coo(self, max_taps: int | None = None):
+        from .materialize import to_coo
+        return to_coo(self, max_taps)
+
+    def to_pyg(self, max_taps: int | None = None):
+        from .materialize import to_pyg
+        return to_pyg(self, max_taps)
+
+    def to_networkx(self):
+        from .materialize import to_networkx
+        return to_networkx(self)
+
+    def save(self, path) -> None:
+        from .fileformat import save
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return (f"NeuralGraph(sets={len(self.sets)}, blocks={len(self.blocks)}, nodes={self.num_nodes}, "
+                f"edges={self.num_edges}, coverage={self.coverage:.3f})")
+
+
+def _np_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes  # bfloat16 / float8 types, installed with onnx
+        return np.dtype(getattr(ml_dtypes, name))

@@ -1,0 +1,105 @@
+"""Where a graph array came from, and the exact transform that maps it back.
+
+An :class:`Origin` names one source tensor (an ONNX initializer, a ``state_dict`` key …) and a
+chain of index-only steps — slices, transposes, reshapes — from that tensor to the canonical
+array the graph stores. Index-only steps are exactly invertible, so ``to_params`` rebuilds every
+source tensor bit for bit; they are also views, so the graph holds no copy of the weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Step = tuple  # ("slice", axis, start, stop) | ("transpose", perm) | ("reshape", shape)
+
+
+def _slice(axis: int, start: int, stop: int) -> Step:
+    return ("slice", int(axis), int(start), int(stop))
+
+
+@dataclass(frozen=True)
+class Origin:
+    tensor: str
+    steps: tuple[Step, ...] = ()
+
+    # -- building -------------------------------------------------------------------------
+    def slice(self, axis: int, start: int, stop: int) -> "Origin":
+        return Origin(self.tensor, self.steps + (_slice(axis, start, stop),))
+
+    def transpose(self, perm) -> "Origin":
+        perm = tuple(int(p) for p in perm)
+        if perm == tuple(range(len(perm))):
+            return self
+        return Origin(self.tensor, self.steps + (("transpose", perm),))
+
+    def reshape(self, shape) -> "Origin":
+        return Origin(self.tensor, self.steps + (("reshape", tuple(int(s) for s in shape)),))
+
+    # -- applying -------------------------------------------------------------------------
+    def apply(self, source: np.ndarray) -> np.ndarray:
+        """The canonical array: a view of ``source`` wherever numpy can make one."""
+        out = source
+        for step in self.steps:
+            out = _forward(out, step)
+        return out
+
+    def scatter(self, value: np.ndarray, out: np.ndarray, accumulate: bool = False) -> None:
+        """Write ``value`` (the canonical array) back into the full source tensor ``out``."""
+        _scatter(out, self.steps, np.asarray(value), accumulate)
+
+    # -- (de)serialization ------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, "steps": [list(s[:1]) + [list(x) if isinstance(x, tuple) else x
+                                                                for x in s[1:]] for s in self.steps]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Origin":
+        steps = []
+        for s in doc.get("steps", []):
+            op = s[0]
+            if op == "slice":
+                steps.append(_slice(*s[1:4]))
+            elif op in ("transpose", "reshape"):
+                steps.append((op, tuple(int(x) for x in s[1])))
+            else:
+                raise ValueError(f"unknown origin step {op!r}")
+        return cls(str(doc["tensor"]), tuple(steps))
+
+
+def _forward(arr: np.ndarray, step: Step) -> np.ndarray:
+    op = step[0]
+    if op == "slice":
+        _, axis, start, stop = step
+        index = [slice(None)] * arr.ndim
+        index[axis] = slice(start, stop)
+        return arr[tuple(index)]
+    if op == "transpose":
+        return arr.transpose(step[1])
+    if op == "reshape":
+        return arr.reshape(step[1])
+    raise ValueError(f"unknown origin step {op!r}")
+
+
+def _scatter(target: np.ndarray, steps: tuple[Step, ...], value: np.ndarray, accumulate: bool) -> None:
+    if not steps:
+        if target.shape != value.shape:
+            raise ValueError(f"origin shape mismatch: {value.shape} written into {target.shape}")
+        if accumulate:
+            target += value
+        else:
+            target[...] = value
+        return
+    step, rest = steps[0], steps[1:]
+    if step[0] == "reshape":
+        try:
+            view = target.reshape(step[1], copy=False)
+        except ValueError:  # not expressible as a view: edit a copy, then write it back
+            tmp = target.reshape(step[1]).copy()
+            _scatter(tmp, rest, value, accumulate)
+            target[...] = tmp.reshape(target.shape)
+            return
+        _scatter(view, rest, value, accumulate)
+        return
+    _scatter(_forward(target, step), rest, value, accumulate)

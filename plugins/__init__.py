@@ -1,0 +1,1 @@
+"""Built-in encoders and task heads, registered through the ``nngraph`` entry-point group."""

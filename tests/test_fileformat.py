@@ -1,0 +1,92 @@
+"""The .ngraph file: exact save/load, memory-mapped reading, plain safetensors, atomic writes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import netlib
+from nngraph import InputError, load, read_header, save
+
+
+@pytest.fixture(params=["conv", "attention"])
+def graph(request, rng):
+    p = getattr(netlib, f"{request.param}_params")(rng)
+    return getattr(netlib, f"{request.param}_graph")(p)
+
+
+def test_save_load_roundtrip(graph, tmp_path):
+    path = save(graph, tmp_path / "g.ngraph")
+    h = load(path).validate()
+    assert list(h.sets) == list(graph.sets)
+    for name, s in graph.sets.items():
+        t = h.sets[name]
+        assert (t.size, t.role, t.depth, t.group, t.activation) == (s.size, s.role, s.depth, s.group, s.activation)
+        for k, a in s.arrays.items():
+            assert np.array_equal(t.arrays[k].data, a.data) and t.arrays[k].origin == a.origin
+    for a, b in zip(graph.blocks, h.blocks):
+        assert (a.name, a.source, a.target, a.kind, a.attrs) == (b.name, b.source, b.target, b.kind, b.attrs)
+        assert (a.weight is None) == (b.weight is None)
+        if a.weight is not None:
+            assert np.array_equal(a.weight.data, b.weight.data) and a.weight.origin == b.weight.origin
+    assert {k: vars(v) for k, v in h.groups.items()} == {k: vars(v) for k, v in graph.groups.items()}
+    p1, p2 = graph.to_params(), h.to_params()
+    assert p1.keys() == p2.keys() and all(np.array_equal(p1[k], p2[k]) for k in p1)
+    sym = graph.random_symmetry(7)
+    q1, q2 = graph.permute(sym).to_params(), h.permute(sym).to_params()
+    assert all(np.array_equal(q1[k], q2[k]) for k in q1)
+
+
+def test_load_is_memory_mapped(graph, tmp_path):
+    h = load(save(graph, tmp_path / "g.ngraph"))
+    arrays = [p.data for _, p in h.params()]
+    assert arrays and all(isinstance(a.base, np.memmap) or isinstance(a, np.memmap) for a in arrays)
+    assert not arrays[0].flags.writeable
+
+
+def test_plain_safetensors(graph, tmp_path):
+    from safetensors import safe_open
+
+    path = save(graph, tmp_path / "g.ngraph")
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata()["format"] == "nngraph"
+        keys = set(f.keys())
+        assert keys == {k for k in keys}  # readable
+        assert any(k.startswith("b") for k in keys)
+
+
+def test_header_only(graph, tmp_path):
+    path = save(graph, tmp_path / "g.ngraph")
+    doc, table, start = read_header(path)
+    assert doc["summary"]["nodes"] == graph.num_nodes and doc["summary"]["coverage"] == 1.0
+    assert start < path.stat().st_size
+
+
+def test_truncated_and_garbage_files(graph, tmp_path):
+    path = save(graph, tmp_path / "g.ngraph")
+    data = path.read_bytes()
+    for i, cut in enumerate([len(data) - 1, len(data) // 2, 12, 3, 0]):
+        bad = tmp_path / f"cut{i}.ngraph"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(InputError):
+            load(bad)
+    junk = tmp_path / "junk.ngraph"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}        ")
+    with pytest.raises(InputError, match="not an .ngraph"):
+        load(junk)
+    with pytest.raises(InputError, match="no such file"):
+        load(tmp_path / "missing.ngraph")
+
+
+def test_failed_write_leaves_nothing(graph, tmp_path):
+    graph.sets[next(iter(graph.sets))].arrays["bad"] = type(next(graph.params())[1])(
+        np.zeros(graph.sets[next(iter(graph.sets))].size, dtype=np.complex64))
+    with pytest.raises(ValueError):
+        save(graph, tmp_path / "g.ngraph")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_is_atomic(graph, tmp_path):
+    path = save(graph, tmp_path / "g.ngraph")
+    save(graph, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.ngraph"]
+    load(path).validate()

@@ -1,0 +1,69 @@
+"""COO, PyG and networkx views: edges where the weights say, batching offsets only edges."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import netlib
+
+
+@pytest.fixture
+def conv(rng):
+    p = netlib.conv_params(rng)
+    return p, netlib.conv_graph(p)
+
+
+def test_coo_edges_carry_the_right_weights(conv):
+    p, g = conv
+    c = g.to_coo()
+    assert c.edge_index.shape == (2, g.num_edges) and c.num_nodes == g.num_nodes
+    off = g.set_offsets()
+    # grouped conv c1: out channel o (group o // 4) reads input channels 2*(o//4) + j, taps = kernel
+    sel = c.edge_block == 0
+    src, tgt = c.edge_index[:, sel] - np.array([[off["x"]], [off["c1"]]])
+    assert len(src) == 8 * 2
+    for s, t, attr in zip(src, tgt, c.edge_attr[sel]):
+        assert s // 2 == t // 4
+        np.testing.assert_allclose(attr[:3], p["c1.w"][t, s - 2 * (t // 4)], rtol=1e-6)
+    # flatten → dense: edge (channel ch → out o) carries the channel's L spatial weights
+    fc = [i for i, b in enumerate(g.blocks) if b.name == "fc"][0]
+    sel = c.edge_block == fc
+    src, tgt = c.edge_index[:, sel] - np.array([[off["s"]], [off["out"]]])
+    assert c.edge_attr.shape[1] == netlib.L
+    for s, t, attr in zip(src, tgt, c.edge_attr[sel]):
+        np.testing.assert_allclose(attr, p["fc.w"][s * netlib.L:(s + 1) * netlib.L, t], rtol=1e-6)
+    # identity edges are one-to-one with weight 1
+    r = [i for i, b in enumerate(g.blocks) if b.kind == "identity"][0]
+    sel = c.edge_block == r
+    assert np.array_equal(c.edge_index[0, sel] - off[g.blocks[r].source], c.edge_index[1, sel] - off["r"])
+    assert np.all(c.edge_attr[sel, 0] == 1)
+    assert c.node_fixed[off["x"]:off["x"] + 4].all() and not c.node_fixed[off["c1"]]
+
+
+def test_pyg_batching(rng):
+    pytest.importorskip("torch_geometric")
+    import torch
+    from torch_geometric.data import Batch
+
+    graphs = [netlib.conv_graph(netlib.conv_params(rng)), netlib.attention_graph(netlib.attention_params(rng)),
+              netlib.conv_graph(netlib.conv_params(rng))]
+    datas = [g.to_pyg(max_taps=netlib.L) for g in graphs]
+    batch = Batch.from_data_list(datas)
+    offsets = np.cumsum([0] + [d.num_nodes for d in datas])
+    assert batch.num_nodes == offsets[-1] and batch.num_graphs == 3
+    expected = torch.cat([d.edge_index + int(o) for d, o in zip(datas, offsets)], dim=1)
+    assert torch.equal(batch.edge_index, expected)
+    for key in ("node_set", "node_role", "node_depth", "edge_kind", "edge_block", "edge_attr"):
+        assert torch.equal(batch[key], torch.cat([d[key] for d in datas])), key
+    assert torch.equal(batch.batch, torch.repeat_interleave(torch.arange(3), torch.tensor([d.num_nodes for d in datas])))
+    assert batch.edge_index.max() < batch.num_nodes
+
+
+def test_networkx(conv):
+    _, g = conv
+    nxg = g.to_networkx()
+    assert nxg.number_of_nodes() == g.num_nodes and nxg.number_of_edges() == g.num_edges
+    off = g.set_offsets()
+    assert nxg.nodes[off["c1"]]["set"] == "c1" and nxg.nodes[off["c1"]]["activation"] == "relu"
+    kinds = {d["kind"] for _, _, d in nxg.edges(data=True)}
+    assert kinds == {"conv", "identity", "scale", "dense"}
