@@ -37,16 +37,19 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .ngraph file [default: MODEL.ngraph].")
 @click.option("--format", "fmt", help="Adapter to use (see `ngraph plugins`); sniffed when omitted.")
+@click.option("--inputs", type=click.Path(path_type=Path),
+              help=".npz with values for graph inputs that hold parameters (old exporters).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def convert(model: Path, output: Path | None, fmt: str | None, as_json: bool) -> None:
+def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | None, as_json: bool) -> None:
     """Convert MODEL to a neural graph (.ngraph)."""
     from .api import convert as _convert
     from .fileformat import save
+    from .verify import load_inputs
 
     output = output or model.with_suffix(".ngraph")
     start = time.perf_counter()
     with err.status(f"converting {model}", spinner="dots") if not as_json and err.is_terminal else _null():
-        graph = _convert(model, fmt)
+        graph = _convert(model, fmt, **({"bind": load_inputs(inputs)} if inputs else {}))
         save(graph, output)
     summary = {**graph.summary(), "format": graph.meta.get("format"), "output": str(output),
                "seconds": round(time.perf_counter() - start, 3)}
@@ -115,13 +118,15 @@ def plugins(as_json: bool) -> None:
 @click.option("--trials", default=3, show_default=True, type=click.IntRange(1), help="Random symmetries to test.")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--randomize", is_flag=True, help="Redraw all parameters first (for constant or zero weights).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed: int, as_json: bool) -> None:
+def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed: int, randomize: bool,
+           as_json: bool) -> None:
     """Check that random symmetries of MODEL's graph give models computing the same function."""
     from .verify import load_inputs, verify as _verify
 
     feeds = load_inputs(inputs) if inputs else None
-    report = _verify(model, format=fmt, trials=trials, inputs=feeds, seed=seed)
+    report = _verify(model, format=fmt, trials=trials, inputs=feeds, seed=seed, randomize=randomize)
     if as_json:
         _emit_json(report.to_json())
     else:

@@ -171,7 +171,12 @@ class NeuralGraph:
         if A.size != B.size:
             raise GraphError(f"cannot tie {a!r} ({A.size} neurons) to {b!r} ({B.size} neurons)")
         if A.parent and B.parent and A.parent != B.parent:
-            raise GraphError(f"cannot tie {a!r} and {b!r}: they belong to different parent groups")
+            if self.groups[A.parent].size != self.groups[B.parent].size:
+                raise GraphError(f"cannot tie {a!r} and {b!r}: they are split into {self.groups[A.parent].size} "
+                                 f"and {self.groups[B.parent].size} blocks")
+            self.tie(A.parent, B.parent)   # one permutation for both means one for their blocks too
+            ga, gb = (self.sets[a].group if a in self.sets else a), (self.sets[b].group if b in self.sets else b)
+            A, B = self.groups[ga], self.groups[gb]
         A.fixed = A.fixed or B.fixed
         A.parent = A.parent or B.parent
         for s in self.sets.values():
@@ -182,6 +187,15 @@ class NeuralGraph:
                 g.parent = ga
         del self.groups[gb]
         return ga
+
+    def ancestor(self, group: str, size: int) -> str | None:
+        """The nearest ancestor group of ``group`` (itself excluded) with ``size`` members."""
+        parent = self.groups[group].parent
+        while parent is not None:
+            if self.groups[parent].size == size:
+                return parent
+            parent = self.groups[parent].parent
+        return None
 
     def fix(self, name: str) -> None:
         self.groups[self.sets[name].group if name in self.sets else name].fixed = True
@@ -304,20 +318,32 @@ class NeuralGraph:
                 return
             if w is not None and (w.ndim < 2 or w.shape[:2] != (tgt.size, src.size // k)):
                 yield f"block {b.name!r}: weight {tuple(w.shape)} is not [{tgt.size}, {src.size // k}, …]"
-            if k > 1 and not (gs.name == gt.name and k == src.size == tgt.size) and not (
-                    gs.parent is not None and gs.parent == gt.parent and self.groups[gs.parent].size == k):
+            if k > 1 and not (gs.name == gt.name and k == src.size == tgt.size) and (
+                    self.ancestor(gs.name, k) is None or self.ancestor(gs.name, k) != self.ancestor(gt.name, k)):
                 yield (f"block {b.name!r} has {k} groups but its sets are neither tied (depthwise) nor "
-                       f"children of one {k}-block parent group")
+                       f"partitioned by one {k}-block ancestor group")
         elif b.pattern == "diagonal":
             if gs.name != gt.name:
                 yield f"block {b.name!r} ({b.kind}) connects sets that are not tied: {src.name!r}, {tgt.name!r}"
             if w is not None and (w.ndim < 1 or w.shape[0] != src.size):
                 yield f"block {b.name!r}: weight {tuple(w.shape)} is not [{src.size}, …]"
+        elif b.pattern == "index":
+            fixed = self._fixed_groups()
+            idx = b.attrs.get("index")
+            if idx is None or len(idx) != src.size or len(set(idx)) != src.size or not all(
+                    0 <= i < tgt.size for i in idx):
+                yield f"block {b.name!r}: attrs['index'] must place {src.size} neurons into {tgt.size}"
+            if gs.name not in fixed or gt.name not in fixed:
+                yield f"block {b.name!r} reorders neurons between sets that are not fixed"
         elif b.pattern == "membership":
             if gs.parent != gt.name:
                 yield f"block {b.name!r}: {src.name!r} is not a child of {tgt.name!r}'s tie group"
             if w is not None:
                 yield f"block {b.name!r}: membership blocks carry no weight"
+
+    def _fixed_groups(self) -> set[str]:
+        from .symmetry import _effectively_fixed
+        return _effectively_fixed(self)
 
     def _accounting_problems(self) -> Iterator[str]:
         counts = {name: np.zeros(t.shape, dtype=np.int32) for name, t in self.sources.items()}

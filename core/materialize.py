@@ -50,6 +50,8 @@ def block_edges(graph: NeuralGraph, block: EdgeBlock) -> tuple[np.ndarray, np.nd
     if block.pattern == "diagonal":
         idx = np.arange(S, dtype=np.int64)
         return idx, idx
+    if block.pattern == "index":
+        return np.arange(S, dtype=np.int64), np.asarray(block.attrs["index"], dtype=np.int64)
     bs = S // T  # membership: child neuron i → parent node i // bs
     return np.arange(S, dtype=np.int64), np.arange(S, dtype=np.int64) // bs
 

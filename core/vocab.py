@@ -25,8 +25,11 @@ ROLES: tuple[str, ...] = (
 
 #: Connection patterns. ``full``: every source to every target (within groups);
 #: ``diagonal``: source i to target i (the two sets are tied); ``membership``: neuron i of
-#: the source to node i // block_size of the target (a child set to its parent group).
-PATTERNS: tuple[str, ...] = ("full", "diagonal", "membership")
+#: the source to node i // block_size of the target (a child set to its parent group);
+#: ``index``: source neuron i to target neuron ``attrs["index"][i]`` (a fixed reordering such as
+#: a channel shuffle, or a concatenation that must become one set; both sets are then fixed,
+#: since no tie group can express the conjugated symmetry).
+PATTERNS: tuple[str, ...] = ("full", "diagonal", "membership", "index")
 
 #: Edge-block kinds and the pattern each follows.
 KINDS: dict[str, str] = {
@@ -39,6 +42,7 @@ KINDS: dict[str, str] = {
     "norm": "diagonal",       # normalization: x_i → y_i (statistics shared across the set)
     "attention": "diagonal",  # q_i · k_i pairing inside one head
     "head": "membership",     # a q/k/v dimension → its head node
+    "shuffle": "index",       # a fixed reordering/placement (channel shuffle, concat made one set)
 }
 
 ACTIVATIONS: tuple[str, ...] = (

@@ -23,7 +23,8 @@ def sniff(path: Path) -> bool:
     return False
 
 
-def convert(path: Path, **options) -> NeuralGraph:
+def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, **options) -> NeuralGraph:
+    """Lower an ONNX file. ``bind`` gives values for graph inputs that hold parameters."""
     from nngraph.plugins import registry
 
     from .engine import RuleTable, lower_model
@@ -31,7 +32,7 @@ def convert(path: Path, **options) -> NeuralGraph:
     from .reader import read_model
 
     rules = RuleTable(registry().onnx_rules)
-    return lower_model(read_model(path), rules, fold)
+    return lower_model(read_model(path), rules, fold, dict(bind) if bind else None)
 
 
 def export(source: Path, params: Mapping[str, np.ndarray], out: Path) -> None:

@@ -15,7 +15,7 @@ every such op and node at once — nothing is guessed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -23,7 +23,7 @@ import onnx
 
 from nngraph.errors import UnsupportedModelError
 from nngraph.hookspecs import OpRule
-from nngraph.ir import NeuralGraph, Param
+from nngraph.ir import NeuralGraph, Param, Unmapped
 from nngraph.origin import Origin
 
 from .reader import OnnxModel
@@ -53,10 +53,50 @@ class Const:
 
 @dataclass
 class Act:
-    set: str
+    """An activation tensor whose ``axis`` carries neurons.
+
+    ``sets`` are the neuron sets laid end to end along that axis (one, or several after a
+    Concat). ``inner > 1`` means the axis holds ``neurons × inner`` values, neuron-major: a
+    flattened ``[C, H, W]`` map, whose spatial positions a following dense layer sees as taps.
+    ``heads = (head_axis, H)`` means the neurons were split as ``[H, size / H]`` with the head
+    index on ``head_axis`` (multi-head attention); ``axis`` then carries the within-head index.
+    """
+
+    sets: tuple[str, ...]
     axis: int
     rank: int | None = None
     stage: str = "out"   # "linear": raw layer output, a bias may still attach; "out": anything later
+    inner: int = 1
+    heads: tuple[int, int] | None = None
+
+    @property
+    def set(self) -> str:
+        if len(self.sets) != 1:
+            raise ValueError("activation spans several neuron sets")
+        return self.sets[0]
+
+    def but(self, **changes) -> "Act":
+        return replace(self, **changes)
+
+
+@dataclass
+class Stat:
+    """A statistic over the neuron axis (mean, variance, norm): broadcasts back over it."""
+
+    rank: int | None = None
+    axis: int | None = None
+
+
+@dataclass
+class Scores:
+    """Attention scores ``[…, H, Tq, Tk]`` of one attention layer: ``q``/``k`` name the sets
+    whose dot products made them; ``head_axis`` carries the heads."""
+
+    q: str
+    k: str
+    head_axis: int | None
+    rank: int
+    heads_set: str | None = None
 
 
 class _Aux:
@@ -89,16 +129,27 @@ class RuleTable:
         return eligible[-1] if eligible else None
 
 
+#: For each op, the input slots that hold parameters. A graph input read only in such slots
+#: (old exporters made BatchNormalization scales graph inputs) is a parameter fed at run time.
+PARAM_SLOTS: dict[str, set[int]] = {
+    "Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {1, 2}, "BatchNormalization": {1, 2, 3, 4},
+    "InstanceNormalization": {1, 2}, "LayerNormalization": {1, 2}, "GroupNormalization": {1, 2},
+    "RMSNormalization": {1}, "PRelu": {1}, "LSTM": {1, 2, 3, 5, 6, 7}, "GRU": {1, 2, 3, 5}, "RNN": {1, 2, 3, 5},
+}
+
+
 @dataclass
 class LoweringContext:
     """What a rule sees: the model, the graph being built, and every value so far."""
 
     model: OnnxModel
     graph: NeuralGraph
-    values: dict[str, Const | Act | _Aux] = field(default_factory=dict)
+    values: dict[str, Const | Act | Stat | Scores | _Aux] = field(default_factory=dict)
     leaves: dict[str, np.ndarray] = field(default_factory=dict)       # source tensors by name
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     shapes: dict[str, tuple] = field(default_factory=dict)            # inferred; None = dynamic dim
+    absorbed: set[str] = field(default_factory=set)                   # leaves folded into derived leaves
+    buffers: dict[str, str] = field(default_factory=dict)             # leaves read as non-parameters
     _names: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ reading values
@@ -116,6 +167,24 @@ class LoweringContext:
                 return onnx.helper.get_attribute_value(a)
         return default
 
+    def shape(self, name: str) -> tuple | None:
+        return self.shapes.get(name)
+
+    def size(self, x: Act) -> int:
+        return sum(self.graph.sets[s].size for s in x.sets)
+
+    def segments(self, x: Act) -> list[tuple[str, int, int]]:
+        """(set, offset, size) of each set along the neuron axis."""
+        out, offset = [], 0
+        for s in x.sets:
+            n = self.graph.sets[s].size
+            out.append((s, offset, n))
+            offset += n
+        return out
+
+    def fail(self, node: onnx.NodeProto, why: str) -> UnsupportedModelError:
+        return UnsupportedModelError(f"{self.model.path}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
+
     # ------------------------------------------------------------------ building
     def unique(self, base: str) -> str:
         name, i = base or "v", 1
@@ -128,27 +197,104 @@ class LoweringContext:
     def param(self, c: Const) -> Param:
         """Use a constant as a parameter: registers its leaf as a source tensor of the model."""
         if c.origin is None:
-            raise ValueError("constant without origin used as a parameter")
+            raise UnsupportedModelError(f"{self.model.path}: a parameter is computed from non-constant data")
         leaf = self.leaves[c.origin.tensor]
         if c.origin.tensor not in self.graph.sources:
             self.graph.add_source(c.origin.tensor, leaf.shape, leaf.dtype)
         return Param(c.data, c.origin)
 
+    def buffer(self, c: Const | None, why: str) -> None:
+        """Record that a constant is read as data, not as a parameter (a mask, a fixed table)."""
+        if c is not None and c.origin is not None:
+            self.buffers.setdefault(c.origin.tensor, why)
+
     def new_set(self, node: onnx.NodeProto, size: int, role: str = "hidden", *, inputs: Iterable[Act] = (),
-                layer: bool = True, tie: str | None = None, suffix: str = "", **attrs):
-        depth = max((self.graph.sets[a.set].depth for a in inputs), default=0) + (1 if layer else 0)
+                layer: bool = True, tie: str | None = None, suffix: str = "", parent: str | None = None, **attrs):
+        depth = max((self.graph.sets[s].depth for a in inputs for s in a.sets), default=0) + (1 if layer else 0)
         name = self.unique((node.name or node.output[0]) + suffix)
-        return self.graph.add_set(name, size, role, depth=depth, tie=tie, **attrs)
+        return self.graph.add_set(name, size, role, depth=depth, tie=tie, parent=parent, **attrs)
 
     def set_output(self, node: onnx.NodeProto, value, index: int = 0) -> None:
         if index < len(node.output) and node.output[index]:
             self.values[node.output[index]] = value
 
+    def blocks_of(self, set_name: str, k: int) -> str:
+        """The tie group of ``k`` blocks that ``set_name``'s group is partitioned into (created or
+        spliced into its chain of parents as needed). Grouped convs and attention heads use it."""
+        g = self.graph
+        group = g.groups[g.sets[set_name].group]
+        if group.size % k:
+            raise UnsupportedModelError(f"{self.model.path}: {group.size} neurons of {set_name!r} "
+                                        f"cannot form {k} blocks")
+        child = group
+        while True:
+            parent = g.groups.get(child.parent) if child.parent else None
+            if parent is None:
+                name = self.unique(f"{set_name}/{k}blocks")
+                g.add_group(name, k)
+                child.parent = name
+                return name
+            if parent.size == k:
+                return parent.name
+            if parent.size % k == 0 and parent.size > k:
+                child = parent                     # coarser blocks further up the chain
+                continue
+            if k % parent.size == 0:               # finer than the parent: splice in between
+                name = self.unique(f"{set_name}/{k}blocks")
+                g.add_group(name, k, parent=parent.name)
+                child.parent = name
+                return name
+            raise UnsupportedModelError(f"{self.model.path}: {set_name!r} would need both {parent.size} and "
+                                        f"{k} channel blocks; their symmetries do not nest")
+
+    def split_set(self, set_name: str, sizes: list[int]) -> list[str]:
+        """Split a freshly made layer output into consecutive sets (a fused QKV projection).
+
+        Only a set whose group holds it alone and that feeds no block yet can be split: its
+        incoming blocks and per-neuron arrays are sliced along the neuron axis (exact origins)."""
+        g = self.graph
+        s = g.sets[set_name]
+        if len(sizes) == 1:
+            return [set_name]
+        group = g.groups[s.group]
+        if (any(t.group == s.group for t in g.sets.values() if t.name != set_name) or group.parent
+                or any(b.source == set_name for b in g.blocks)
+                or any(b.target == set_name and b.pattern != "full" for b in g.blocks)
+                or any(x.parent == s.group for x in g.groups.values())):
+            raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} "
+                                        f"(it is already tied or consumed)")
+        incoming = [b for b in g.blocks if b.target == set_name]
+        names, offset = [], 0
+        for i, n in enumerate(sizes):
+            t = g.add_set(self.unique(f"{set_name}[{i}]"), n, s.role, depth=s.depth, activation=s.activation,
+                          fixed=group.fixed, **s.attrs)
+            for key, p in s.arrays.items():
+                t.arrays[key] = _slice_param(p, 0, offset, offset + n)
+            for b in incoming:
+                g.add_block(f"{b.name}[{i}]", b.source, t.name, b.kind, _slice_param(b.weight, 0, offset, offset + n)
+                            if b.weight is not None else None, **b.attrs)
+            names.append(t.name)
+            offset += n
+        g.blocks = [b for b in g.blocks if b.target != set_name]
+        del g.sets[set_name]
+        del g.groups[s.group]
+        for key, v in list(self.values.items()):   # values that carried the set now carry its parts
+            if isinstance(v, Act) and set_name in v.sets:
+                i = v.sets.index(set_name)
+                self.values[key] = v.but(sets=v.sets[:i] + tuple(names) + v.sets[i + 1:])
+        return names
+
+
+def _slice_param(p: Param, axis: int, start: int, stop: int) -> Param:
+    index = [slice(None)] * p.data.ndim
+    index[axis] = slice(start, stop)
+    return Param(p.data[tuple(index)], p.origin.slice(axis, start, stop) if p.origin else None)
+
 
 Fold = Callable[[LoweringContext, onnx.NodeProto, list], list]
 
 
-def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold) -> NeuralGraph:
+def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, np.ndarray] | None = None) -> NeuralGraph:
     g = model.graph
     graph = NeuralGraph(meta={
         "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
@@ -164,9 +310,24 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold) -> NeuralGraph:
         ctx.leaves[t.name] = arr
         ctx.values[t.name] = Const(arr, Origin(t.name))
     init_names = {t.name for t in g.initializer}
+    unbound: list[str] = []
     for inp in g.input:
-        if inp.name not in init_names:
-            _add_input(ctx, inp)
+        if inp.name in init_names:
+            continue
+        if _is_parameter_input(ctx, inp):
+            if bind is not None and inp.name in bind:
+                arr = np.asarray(bind[inp.name])
+                ctx.leaves[inp.name] = arr
+                ctx.values[inp.name] = Const(arr, Origin(inp.name))
+                graph.meta.setdefault("bound_inputs", []).append(inp.name)
+            else:
+                unbound.append(inp.name)
+            continue
+        _add_input(ctx, inp)
+    if unbound:
+        raise UnsupportedModelError(
+            f"{model.path}: graph input(s) {', '.join(unbound[:5])}{' …' if len(unbound) > 5 else ''} "
+            f"hold parameters (they feed weight slots); give their values with --inputs FILE.npz")
 
     unsupported: dict[str, list[str]] = {}
     opsets = model.opsets
@@ -177,15 +338,15 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold) -> NeuralGraph:
             raise UnsupportedModelError(f"{model.path}: node {node.name or node.op_type!r} reads undefined "
                                         f"value(s) {missing} (graph not topologically sorted?)")
         domain = "" if node.domain == "ai.onnx" else node.domain
-        has_act = any(isinstance(v, Act) for v in ins)
-        if not has_act and not domain and all(v is None or isinstance(v, Const) for v in ins):
+        neural = any(isinstance(v, (Act, Stat, Scores)) for v in ins)
+        if not neural and not domain and all(v is None or isinstance(v, Const) for v in ins):
             for name, value in zip(node.output, fold(ctx, node, ins)):
                 if name:
                     ctx.values[name] = value
             continue
         rule = rules.lookup(domain, node.op_type, opsets.get(domain))
         if rule is None:
-            if has_act or any(isinstance(v, Const) and v.is_float and v.data.size > 1 for v in ins):
+            if neural or any(isinstance(v, Const) and v.is_float and v.data.size > 1 for v in ins):
                 unsupported.setdefault(f"{domain + '::' if domain else ''}{node.op_type}", []).append(
                     node.name or node.output[0])
             for o in node.output:
@@ -200,11 +361,53 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold) -> NeuralGraph:
     for out in g.output:
         v = ctx.values.get(out.name)
         if isinstance(v, Act):
-            s = graph.sets[v.set]
-            if s.role == "hidden":
-                s.role = "output"
-            graph.fix(s.name)
+            for name in v.sets:
+                s = graph.sets[name]
+                if s.role == "hidden":
+                    s.role = "output"
+                graph.fix(name)
+    _account(ctx)
     return graph
+
+
+def _is_parameter_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> bool:
+    """Old exporters (Caffe2) made some weights graph inputs: a float input is a parameter when
+    it is only read in parameter slots, or when it is a static vector (data has a batch axis)."""
+    name = inp.name
+    t = inp.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if t.elem_type and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).kind != "f":
+        return False
+    if len(dims) == 1 and dims[0]:
+        return True
+    uses = ctx.consumers.get(name, [])
+    return bool(uses) and all(
+        any(i == name and k in PARAM_SLOTS.get(n.op_type, ()) for k, i in enumerate(n.input)) for n in uses)
+
+
+def _account(ctx: LoweringContext) -> None:
+    """Every float constant of more than one element is a parameter in the graph, folded into
+    one, a declared buffer, unused, or — listed as unmapped with the reason."""
+    graph = ctx.graph
+    unused, buffers = [], {}
+    for name, arr in ctx.leaves.items():
+        if name in graph.sources or arr.dtype.kind != "f" or arr.size <= 1:
+            continue
+        if name in ctx.absorbed:
+            continue
+        if name in ctx.buffers:
+            buffers[name] = ctx.buffers[name]
+            continue
+        readers = [n.name or n.op_type for n in ctx.consumers.get(name, [])]
+        if not readers and name not in {o.name for o in ctx.model.graph.output}:
+            unused.append(name)
+            continue
+        graph.add_source(name, arr.shape, arr.dtype)
+        graph.unmapped[name] = Unmapped(f"read by {', '.join(readers[:3])}, which carry no neurons", np.asarray(arr))
+    if unused:
+        graph.meta["unused_constants"] = unused
+    if buffers:
+        graph.meta["buffers"] = buffers
 
 
 def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
@@ -222,7 +425,7 @@ def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
     if size is None:
         raise UnsupportedModelError(f"{ctx.model.path}: input {inp.name!r} has a dynamic feature axis {axis}")
     s = ctx.graph.add_set(ctx.unique(inp.name), size, "input", depth=0, fixed=True)
-    ctx.values[inp.name] = Act(s.name, axis, len(dims))
+    ctx.values[inp.name] = Act((s.name,), axis, len(dims))
 
 
 def infer_shapes(model: OnnxModel) -> dict[str, tuple]:

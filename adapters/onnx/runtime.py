@@ -24,7 +24,8 @@ def session(path: Path):
 def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, dict(inputs))))
+    wanted = {i.name for i in sess.get_inputs()}
+    return dict(zip(names, sess.run(names, {k: v for k, v in inputs.items() if k in wanted})))
 
 
 _ORT_TYPES = {

@@ -39,9 +39,13 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
             if any(o in remaining for o in n.output) and len(n.output) == 1:
                 continue
             keep.append(n)
+        graph_inputs = {i.name for i in g.input}
         for name, value in remaining.items():
-            if name not in producers:
+            if name not in producers and name not in graph_inputs:
                 raise GraphError(f"{source}: no tensor named {name!r} to replace")
+        bound = [i for i in g.input if i.name in remaining]      # parameters fed as inputs
+        for i in bound:
+            g.input.remove(i)
         del g.node[:]
         g.node.extend(keep)
         for name, value in remaining.items():

@@ -1,6 +1,12 @@
 """Built-in lowering rules, one module per op family. ``BUILTIN_RULES`` lists them all."""
 from __future__ import annotations
 
-from . import dense, elementwise, shape
+from nngraph.hookspecs import OpRule
 
-BUILTIN_RULES = [*dense.RULES, *elementwise.RULES, *shape.RULES]
+from . import attention, conv, dense, elementwise, embedding, norm, pool, shape
+
+BUILTIN_RULES: list[OpRule] = [
+    *dense.RULES, *conv.RULES, *norm.RULES, *elementwise.RULES, *shape.RULES, *pool.RULES,
+    *attention.RULES, *embedding.RULES,
+    OpRule("EmbedLayerNormalization", embedding.lower_embed_layernorm, domain="com.microsoft"),
+]

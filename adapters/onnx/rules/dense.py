@@ -1,57 +1,117 @@
-"""Dense connections: Gemm and MatMul with a constant weight."""
+"""Dense connections: Gemm, MatMul and Einsum with a constant weight."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from nngraph.hookspecs import OpRule
 
-from ..engine import Act, LoweringContext
-from .common import fail, per_channel
+from ..engine import Act, Const, LoweringContext
 
 
-def _dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w, *, bias=None, **attrs) -> None:
-    """``w``: a Const in canonical layout [out, in]."""
+def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias: Const | None = None,
+          axis: int | None = None, **attrs) -> Act:
+    """``w`` in canonical layout [out, in·inner]: one block per input set, output a new set."""
     out_size, in_size = w.data.shape
-    src = ctx.graph.sets[x.set]
-    if in_size != src.size:
-        raise fail(ctx, node, f"weight has {in_size} inputs but the tracked axis carries {src.size} neurons")
+    if in_size != ctx.size(x) * x.inner:
+        raise ctx.fail(node, f"weight has {in_size} inputs but the tracked axis carries "
+                             f"{ctx.size(x)} neurons × {x.inner}")
     s = ctx.new_set(node, out_size, inputs=[x])
-    ctx.graph.add_block(s.name, x.set, s.name, "dense", ctx.param(w), op=node.op_type, **attrs)
-    out = Act(s.name, x.axis, x.rank, stage="linear")
+    for src, o, n in ctx.segments(x):
+        part = w.slice(1, o * x.inner, (o + n) * x.inner)
+        if x.inner > 1:
+            part = part.reshape((out_size, n, x.inner))
+        name = s.name if len(x.sets) == 1 else f"{s.name}<{src}"
+        ctx.graph.add_block(name, src, s.name, "dense", ctx.param(part), op=node.op_type, **attrs)
+    out = Act((s.name,), x.axis if axis is None else axis, x.rank, stage="linear")
     if bias is not None:
-        b = per_channel(bias, out, out_size)
+        b = bias.reshape((out_size,)) if bias.data.size == out_size else None
         if b is None:
-            raise fail(ctx, node, f"bias of shape {bias.data.shape} is not one value per output neuron")
+            raise ctx.fail(node, f"bias of shape {bias.data.shape} is not one value per output neuron")
         s.arrays["bias"] = ctx.param(b)
-        out.stage = "out"
-    ctx.set_output(node, out)
+        out = out.but(stage="out")
+    return out
 
 
 def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x, w = ctx.act(node.input[0]), ctx.const(node.input[1])
     if x is None or w is None:
-        raise fail(ctx, node, "only activation × constant weight is supported")
+        raise ctx.fail(node, "only activation × constant weight is supported")
     if ctx.attr(node, "transA", 0):
-        raise fail(ctx, node, "transA=1 on an activation input")
-    if w.data.ndim != 2:
-        raise fail(ctx, node, f"weight of rank {w.data.ndim}")
+        raise ctx.fail(node, "transA=1 on an activation input")
+    if w.data.ndim != 2 or x.axis != 1 or x.heads:
+        raise ctx.fail(node, f"weight of rank {w.data.ndim} on neuron axis {x.axis}")
     canonical = w if ctx.attr(node, "transB", 0) else w.transpose((1, 0))
-    bias = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if len(node.input) > 2 and node.input[2] and bias is None:
-        raise fail(ctx, node, "bias is not a constant")
+    has_bias = len(node.input) > 2 and node.input[2]
+    bias = ctx.const(node.input[2]) if has_bias else None
+    if has_bias and bias is None:
+        raise ctx.fail(node, "bias is not a constant")
+    if bias is not None and bias.data.size == 1 and canonical.data.shape[0] != 1:
+        ctx.buffer(bias, "scalar Gemm bias")
+        bias = None
     attrs = {k: float(ctx.attr(node, k, 1.0)) for k in ("alpha", "beta") if ctx.attr(node, k, 1.0) != 1.0}
-    _dense(ctx, node, x, canonical, bias=bias, **attrs)
+    ctx.set_output(node, dense(ctx, node, x, canonical, bias=bias, **attrs))
 
 
 def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    x, w = ctx.act(node.input[0]), ctx.const(node.input[1])
-    if x is None or w is None:
-        raise fail(ctx, node, "only activation × constant weight is supported")
-    if w.data.ndim != 2:
-        raise fail(ctx, node, f"constant operand of rank {w.data.ndim}")
-    if x.rank is not None and x.axis != x.rank - 1:
-        raise fail(ctx, node, f"contracts the last axis, but neurons are tracked on axis {x.axis}")
-    _dense(ctx, node, x, w.transpose((1, 0)))
+    a, b = ctx.values.get(node.input[0]), ctx.values.get(node.input[1])
+    if isinstance(a, Act) and isinstance(b, Const):
+        if b.data.ndim != 2:
+            raise ctx.fail(node, f"constant operand of rank {b.data.ndim}")
+        if a.rank is not None and a.axis != a.rank - 1 or a.heads:
+            raise ctx.fail(node, f"contracts the last axis, but neurons are tracked on axis {a.axis}")
+        ctx.set_output(node, dense(ctx, node, a, b.transpose((1, 0))))
+        return
+    if isinstance(a, Const) and isinstance(b, Act):
+        # W @ x: x is [..., in, N] with neurons on axis -2
+        if a.data.ndim != 2 or b.rank is None or b.axis != b.rank - 2 or b.heads:
+            raise ctx.fail(node, "constant @ activation needs a 2-D weight and neurons on axis -2")
+        ctx.set_output(node, dense(ctx, node, b, a))
+        return
+    from .attention import lower_matmul_acts
+    lower_matmul_acts(ctx, node)
 
 
-RULES = [OpRule("Gemm", lower_gemm), OpRule("MatMul", lower_matmul)]
+def lower_einsum(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Einsum of one activation and one constant that contracts the neuron axis (Keras Dense
+    and MultiHeadAttention kernels): rewritten as a dense layer over the flattened kernel."""
+    eq = ctx.attr(node, "equation")
+    eq = eq.decode() if isinstance(eq, bytes) else eq
+    values = [ctx.values.get(i) for i in node.input]
+    if len(values) != 2 or sum(isinstance(v, Act) for v in values) != 1 or sum(isinstance(v, Const) for v in values) != 1:
+        from .attention import lower_einsum_acts
+        return lower_einsum_acts(ctx, node, eq)
+    lhs, out_spec = eq.replace(" ", "").split("->")
+    specs = lhs.split(",")
+    ai = 0 if isinstance(values[0], Act) else 1
+    x, w = values[ai], values[1 - ai]
+    xs, ws = specs[ai], specs[1 - ai]
+    if "." in xs or "." in ws or x.rank != len(xs) or x.heads or x.inner != 1:
+        raise ctx.fail(node, f"einsum {eq!r} with ellipsis or a split neuron axis")
+    contracted = [c for c in ws if c in xs and c not in out_spec]
+    if contracted != [xs[x.axis]]:
+        raise ctx.fail(node, f"einsum {eq!r} does not contract exactly the neuron axis")
+    new = [c for c in ws if c not in xs]                  # the weight's output axes
+    if not new or any(c not in out_spec for c in new) or any(c in xs and c not in contracted and c not in out_spec
+                                                              for c in ws):
+        raise ctx.fail(node, f"einsum {eq!r} is not a dense map of the neuron axis")
+    # canonical [out..., in]: transpose the weight so output axes come first in output order
+    order = sorted(new, key=out_spec.index)
+    perm = [ws.index(c) for c in order] + [ws.index(contracted[0])]
+    wt = w.transpose(perm)
+    out_shape = wt.data.shape[:-1]
+    canonical = wt.reshape((int(np.prod(out_shape)), wt.data.shape[-1]))
+    positions = [out_spec.index(c) for c in order]
+    if positions != list(range(positions[0], positions[0] + len(positions))):
+        raise ctx.fail(node, f"einsum {eq!r} scatters its output axes")
+    out = dense(ctx, node, x, canonical, axis=positions[0])
+    out = out.but(rank=len(out_spec))
+    if len(order) == 2:       # [heads, head_dim] kernels: neurons split over two axes
+        out = out.but(axis=positions[1], heads=(positions[0], out_shape[0]))
+        ctx.blocks_of(out.set, out_shape[0])
+    elif len(order) > 2:
+        raise ctx.fail(node, f"einsum {eq!r} produces more than two neuron axes")
+    ctx.set_output(node, out)
+
+
+RULES = [OpRule("Gemm", lower_gemm), OpRule("MatMul", lower_matmul), OpRule("Einsum", lower_einsum)]

@@ -1,12 +1,12 @@
-"""Elementwise ops: activations, pass-through ops, per-channel affine maps, residual sums."""
+"""Elementwise ops: activations, pass-through ops, per-channel affine maps, residual sums and gates."""
 from __future__ import annotations
 
 import onnx
 
 from nngraph.hookspecs import OpRule
 
-from ..engine import AUX, Act, LoweringContext
-from .common import fail, per_channel, single_consumer
+from ..engine import AUX, Act, Const, LoweringContext, Scores, Stat
+from .common import as_one_set, map_segments, per_channel, single_consumer, tied_copy, vector_slices
 
 #: ONNX op → activation name recorded on the neuron set.
 ACTIVATIONS = {
@@ -14,39 +14,57 @@ ACTIVATIONS = {
     "Gelu": "gelu", "Sigmoid": "sigmoid", "HardSigmoid": "hard_sigmoid", "Tanh": "tanh",
     "Softplus": "softplus", "Softsign": "softsign", "HardSwish": "hard_swish", "Mish": "mish",
     "Sin": "sin", "Cos": "cos", "Exp": "exp", "Abs": "abs", "ThresholdedRelu": "thresholded_relu",
-    "Clip": "clip", "Softmax": "softmax", "LogSoftmax": "log_softmax",
+    "Clip": "clip", "Softmax": "softmax", "LogSoftmax": "log_softmax", "Swish": "swish",
 }
-#: Ops that leave the tracked axis and its values' meaning unchanged.
+MS_ACTIVATIONS = {"FastGelu": "gelu", "Gelu": "gelu", "QuickGelu": "gelu", "BiasGelu": "gelu"}
+#: Ops that keep every value's place (and meaning up to a fixed map) on the neuron axis.
 PASSTHROUGH = ("Identity", "Dropout", "Cast", "CastLike", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
-               "Round", "Sign", "Erf", "Log")
+               "Round", "Sign", "Erf", "Log", "Not", "IsNaN", "IsInf", "Trilu")
 
 
 def _activate(ctx: LoweringContext, node: onnx.NodeProto, name: str) -> None:
+    v = ctx.values.get(node.input[0])
+    if isinstance(v, (Stat, Scores)) or v is AUX:
+        ctx.set_output(node, v)          # softmax over attention scores, activations of statistics
+        return
     x = ctx.act(node.input[0])
     if x is None:
-        raise fail(ctx, node, "input is not a tracked activation")
-    if name in ("softmax", "log_softmax"):
-        axis = ctx.attr(node, "axis", -1)
-        if x.rank is not None and axis % x.rank != x.axis:
-            ctx.set_output(node, x)   # softmax over tokens or space: channel-wise a pass-through
+        raise ctx.fail(node, "input is not a tracked activation")
+    if name in ("softmax", "log_softmax") and x.rank is not None:
+        axis = ctx.attr(node, "axis", -1 if ctx.model.opsets.get("", 13) >= 13 else 1) % x.rank
+        if axis != x.axis or x.inner != 1 or x.heads:
+            ctx.set_output(node, x)   # over tokens or space: channel-wise a pass-through
             return
-    attrs = {k: onnx.helper.get_attribute_value(a) for a in node.attribute for k in [a.name]
-             if isinstance(onnx.helper.get_attribute_value(a), (int, float))}
-    s = ctx.graph.sets[x.set]
-    if s.activation is None and s.role not in ("input", "output") and single_consumer(ctx, node.input[0]):
-        s.activation = name
-        s.attrs.update({f"activation_{k}": v for k, v in attrs.items()})
-        ctx.set_output(node, Act(x.set, x.axis, x.rank))
-        return
-    t = ctx.new_set(node, s.size, s.role if s.role != "input" else "hidden", inputs=[x], layer=False, tie=x.set)
-    t.activation = name
-    t.attrs.update({f"activation_{k}": v for k, v in attrs.items()})
-    ctx.graph.add_block(t.name, x.set, t.name, "identity")
-    ctx.set_output(node, Act(t.name, x.axis, x.rank))
+    attrs = {f"activation_{a.name}": onnx.helper.get_attribute_value(a) for a in node.attribute
+             if a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT)}
+    extra = [ctx.const(i) for i in node.input[1:] if i]       # Clip min/max, BiasGelu bias
+    bias = next((c for c in extra if c is not None and c.data.size > 1), None)
+    for c in extra:
+        if c is not None and c.data.size == 1:
+            attrs[f"activation_{'min' if c is extra[0] else 'max'}"] = float(c.data.reshape(-1)[0])
+    in_place = single_consumer(ctx, node.input[0]) and bias is None
+
+    def make(src: str, offset: int, size: int) -> str:
+        s = ctx.graph.sets[src]
+        if in_place and s.activation is None and s.role not in ("input", "output"):
+            s.activation = name
+            s.attrs.update(attrs)
+            return src
+        t = tied_copy(ctx, node, src, s.role if s.role not in ("input", "output") else "hidden", activation=None)
+        ctx.graph.sets[t].activation = name
+        ctx.graph.sets[t].attrs.update(attrs)
+        if bias is not None:
+            vec = per_channel(bias, x, ctx.size(x))
+            if vec is None:
+                raise ctx.fail(node, f"bias of shape {bias.data.shape} is not per neuron")
+            ctx.graph.sets[t].arrays["bias"] = ctx.param(vec.slice(0, offset, offset + size))
+        return t
+
+    ctx.set_output(node, map_segments(ctx, x, make))
 
 
-def _activation_rule(op: str, name: str) -> OpRule:
-    return OpRule(op, lambda ctx, node: _activate(ctx, node, name))
+def _activation_rule(op: str, name: str, domain: str = "") -> OpRule:
+    return OpRule(op, lambda ctx, node: _activate(ctx, node, name), domain=domain)
 
 
 def lower_passthrough(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -55,53 +73,159 @@ def lower_passthrough(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, AUX, i)
 
 
+def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    x, slope = ctx.act(node.input[0]), ctx.const(node.input[1])
+    if x is None or slope is None:
+        raise ctx.fail(node, "needs an activation and a constant slope")
+    if slope.data.size == 1:
+        ctx.buffer(slope, "scalar PReLU slope")
+        return _activate(ctx, node, "prelu")
+    vec = per_channel(slope, x, ctx.size(x))
+    if vec is None:
+        raise ctx.fail(node, f"slope of shape {slope.data.shape} is not per channel")
+    slices = iter(vector_slices(ctx, vec, x))
+
+    def make(src: str, offset: int, size: int) -> str:
+        t = tied_copy(ctx, node, src, "hidden")
+        ctx.graph.sets[t].activation = "prelu"
+        ctx.graph.sets[t].arrays["prelu_slope"] = ctx.param(next(slices))
+        return t
+
+    ctx.set_output(node, map_segments(ctx, x, make))
+
+
+def _scalar_like(v) -> bool:
+    return v is None or v is AUX or (isinstance(v, Const) and v.data.size == 1)
+
+
 def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     a, b = (ctx.values.get(i) for i in node.input[:2])
     if isinstance(a, Act) and isinstance(b, Act):
-        return _combine(ctx, node, a, b)
-    x, c, act_first = (a, ctx.const(node.input[1]), True) if isinstance(a, Act) else (b, ctx.const(node.input[0]), False)
-    if c is None:
-        raise fail(ctx, node, "operand is neither a tracked activation nor a constant")
-    if c.data.size == 1:   # a scalar: a fixed hyperparameter of the op, not a per-neuron parameter
+        return _combine(ctx, node, [a, b])
+    if isinstance(a, Scores) or isinstance(b, Scores):
+        ctx.set_output(node, a if isinstance(a, Scores) else b)     # scaling, masking scores
+        return
+    if isinstance(a, Stat) or isinstance(b, Stat):
+        other = b if isinstance(a, Stat) else a
+        if isinstance(other, Act):
+            if op in ("Div", "Mul"):           # x / sqrt(var), x * rsqrt(mean(x²)): normalization
+                ctx.set_output(node, map_segments(ctx, other, lambda s, o, n: tied_copy(ctx, node, s, "norm", "norm")))
+            else:
+                ctx.set_output(node, other)
+            return
+        ctx.set_output(node, a if isinstance(a, Stat) else b)
+        return
+    act_first = isinstance(a, Act)
+    x, c = (a, b) if act_first else (b, a)
+    if not isinstance(x, Act):
+        ctx.set_output(node, AUX)
+        return
+    if _scalar_like(c):      # a scalar or data-dependent operand: a fixed hyperparameter, no neurons
+        if isinstance(c, Const):
+            ctx.buffer(c, "scalar operand")
         ctx.set_output(node, x)
         return
-    size = ctx.graph.sets[x.set].size
-    vec = per_channel(c, x, size)
-    if vec is None or not c.is_float:
-        raise fail(ctx, node, f"constant of shape {c.data.shape} does not broadcast along the "
-                              f"{size}-neuron axis {x.axis} of an input of rank {x.rank}")
-    s = ctx.graph.sets[x.set]
-    if op == "Add" and x.stage == "linear" and "bias" not in s.arrays and single_consumer(ctx, node.input[0 if act_first else 1]):
-        s.arrays["bias"] = ctx.param(vec)
-        ctx.set_output(node, Act(x.set, x.axis, x.rank, stage="out"))
+    assert isinstance(c, Const)
+    size = ctx.size(x)
+    vec = per_channel(c, x, size) if c.is_float else None
+    if vec is None:
+        from .embedding import positional
+        if op == "Add" and positional(ctx, node, x, c):
+            return
+        if not c.is_float or (c.data.size > 1 and c.data.reshape(-1).min() == c.data.reshape(-1).max()):
+            ctx.buffer(c, "constant operand")        # a mask or a constant broadcast: no parameters
+            ctx.set_output(node, x)
+            return
+        raise ctx.fail(node, f"constant of shape {c.data.shape} does not broadcast along the "
+                             f"{size}-neuron axis {x.axis} of an input of rank {x.rank}")
+    if op == "Add" and x.stage == "linear" and len(x.sets) == 1 and "bias" not in ctx.graph.sets[x.set].arrays \
+            and single_consumer(ctx, node.input[0 if act_first else 1]):
+        ctx.graph.sets[x.set].arrays["bias"] = ctx.param(vec)
+        ctx.set_output(node, x.but(stage="out"))
         return
     if op == "Div" and not act_first:
-        raise fail(ctx, node, "constant divided by an activation")
+        raise ctx.fail(node, "constant divided by an activation")
+    if op not in ("Add", "Sub", "Mul", "Div"):
+        raise ctx.fail(node, f"{op} with a per-channel constant")
     kind = "scale" if op in ("Mul", "Div") else "identity"
-    t = ctx.new_set(node, size, "scale", inputs=[x], layer=False, tie=x.set, op=op if act_first else f"r{op.lower()}")
-    ctx.graph.add_block(t.name, x.set, t.name, kind, ctx.param(vec) if kind == "scale" else None)
-    if kind == "identity":
-        t.arrays["shift"] = ctx.param(vec)
-    ctx.set_output(node, Act(t.name, x.axis, x.rank))
+    tag = op if act_first else f"r{op.lower()}"
+    slices = iter(vector_slices(ctx, vec, x))
+
+    def make(src: str, offset: int, n: int) -> str:
+        part = next(slices)
+        if kind == "scale":
+            return tied_copy(ctx, node, src, "scale", "scale", ctx.param(part), op=tag)
+        t = tied_copy(ctx, node, src, "scale", op=tag)
+        ctx.graph.sets[t].arrays["shift"] = ctx.param(part)
+        return t
+
+    ctx.set_output(node, map_segments(ctx, x, make))
 
 
-def _combine(ctx: LoweringContext, node: onnx.NodeProto, a: Act, b: Act) -> None:
-    """Two activations combined elementwise: a residual sum, a gate. Ties their neurons."""
-    sa, sb = ctx.graph.sets[a.set], ctx.graph.sets[b.set]
-    ra = a.rank or 0
-    rb = b.rank or 0
-    if sa.size != sb.size or (ra - a.axis) != (rb - b.axis):
-        raise fail(ctx, node, f"combines {sa.size} neurons on axis {a.axis} with {sb.size} on axis {b.axis}")
-    t = ctx.new_set(node, sa.size, "residual", inputs=[a, b], layer=False, tie=a.set, op=node.op_type)
-    ctx.graph.tie(t.name, b.set)
-    ctx.graph.add_block(f"{t.name}/a", a.set, t.name, "identity")
-    ctx.graph.add_block(f"{t.name}/b", b.set, t.name, "identity")
-    ctx.set_output(node, Act(t.name, max(a.axis, b.axis), max(ra, rb) or None))
+def _combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act]) -> None:
+    """Activations combined elementwise (residual sum, gate, max): ties their neurons, set by set."""
+    segs = [[n for _, _, n in ctx.segments(a)] for a in acts]
+    if any(sg != segs[0] for sg in segs) and all(ctx.size(a) == ctx.size(acts[0]) for a in acts):
+        acts = [as_one_set(ctx, node, a) for a in acts]   # misaligned concatenations: one fixed set each
+        segs = [[ctx.size(a)] for a in acts]
+    first = acts[0]
+    for a, sg in zip(acts[1:], segs[1:]):
+        if sg != segs[0] or (a.rank or 0) - a.axis != (first.rank or 0) - first.axis or a.inner != first.inner \
+                or (a.heads is None) != (first.heads is None):
+            if ctx.size(a) == 1 or ctx.size(first) == 1:
+                raise ctx.fail(node, "broadcasts a single neuron over a neuron axis")
+            raise ctx.fail(node, f"combines neuron axes that do not line up ({segs[0]} on axis {first.axis} "
+                                 f"vs {sg} on axis {a.axis})")
+    out_sets = []
+    for i, _ in enumerate(first.sets):
+        members = [a.sets[i] for a in acts]
+        t = ctx.new_set(node, ctx.graph.sets[members[0]].size, "residual", inputs=acts, layer=False,
+                        tie=members[0], suffix=f"[{i}]" if len(first.sets) > 1 else "", op=node.op_type)
+        for j, m in enumerate(members):
+            ctx.graph.tie(t.name, m)
+            ctx.graph.add_block(f"{t.name}/{j}", m, t.name, "identity")
+        out_sets.append(t.name)
+    rank = max(a.rank or 0 for a in acts) or None
+    axis = first.axis + ((rank or 0) - (first.rank or 0))
+    heads = first.heads
+    if heads:
+        heads = (heads[0] + ((rank or 0) - (first.rank or 0)), heads[1])
+        for a in acts[1:]:
+            ctx.graph.tie(ctx.graph.groups[ctx.graph.sets[first.sets[0]].group].parent or first.sets[0],
+                          ctx.graph.groups[ctx.graph.sets[a.sets[0]].group].parent or a.sets[0])
+    ctx.set_output(node, first.but(sets=tuple(out_sets), axis=axis, rank=rank, stage="out", heads=heads))
+
+
+def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Sum / Max / Min / Mean of activations."""
+    vals = [ctx.values.get(i) for i in node.input]
+    acts = [v for v in vals if isinstance(v, Act)]
+    if len(acts) == 1 and all(_scalar_like(v) for v in vals if v is not acts[0]):
+        ctx.set_output(node, acts[0])
+        return
+    if len(acts) != len(vals):
+        raise ctx.fail(node, "mixes activations and per-neuron constants")
+    _combine(ctx, node, acts)
+
+
+def lower_where(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    vals = [ctx.values.get(i) for i in node.input[1:3]]
+    acts = [v for v in vals if isinstance(v, (Act, Scores))]
+    for v in vals:
+        if isinstance(v, Const):
+            ctx.buffer(v, "Where operand")
+    if len(acts) == 2 and all(isinstance(a, Act) for a in acts):
+        return _combine(ctx, node, acts)
+    ctx.set_output(node, acts[0] if acts else AUX)
 
 
 RULES = [
     *(_activation_rule(op, name) for op, name in ACTIVATIONS.items()),
+    *(_activation_rule(op, name, "com.microsoft") for op, name in MS_ACTIVATIONS.items()),
     *(OpRule(op, lower_passthrough) for op in PASSTHROUGH),
-    *(OpRule(op, lower_binary) for op in ("Add", "Sub", "Mul", "Div")),
+    *(OpRule(op, lower_binary) for op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater",
+                                          "And", "Or", "Mod", "LessOrEqual", "GreaterOrEqual")),
+    *(OpRule(op, lower_nary) for op in ("Sum", "Max", "Min", "Mean")),
+    OpRule("PRelu", lower_prelu), OpRule("Where", lower_where),
 ]

@@ -1,0 +1,184 @@
+"""Attention: per-head query/key/value sets whatever the spelling.
+
+MatMul–Softmax–MatMul with head reshapes, the ONNX ``Attention`` op (opset 23) and
+``com.microsoft`` Attention / MultiHeadAttention all end in one structure: Q and K of an
+attention layer are tied (their dot product is invariant to one joint permutation of the
+head dimensions), Q, K and V are split into heads by a shared heads group (heads permute as
+blocks), one ``head`` node per head with membership edges from its q and v dimensions, and a
+diagonal ``attention`` block pairing q_i with k_i.
+"""
+from __future__ import annotations
+
+import onnx
+
+from nngraph.hookspecs import OpRule
+
+from ..engine import Act, Const, LoweringContext, Scores
+from .common import tied_copy
+
+
+def _heads_parent(ctx: LoweringContext, set_name: str, heads: int) -> str | None:
+    return ctx.blocks_of(set_name, heads) if heads > 1 else None
+
+
+def _head_set(ctx: LoweringContext, node: onnx.NodeProto, parent: str | None, depth_from: str) -> str | None:
+    if parent is None:
+        return None
+    g = ctx.graph
+    existing = next((s.name for s in g.sets.values() if s.group == parent and s.role == "head"), None)
+    if existing:
+        return existing
+    h = ctx.new_set(node, g.groups[parent].size, "head", inputs=[Act((depth_from,), 0)], layer=False,
+                    tie=parent, suffix="/heads")
+    return h.name
+
+
+def tie_qk(ctx: LoweringContext, node: onnx.NodeProto, q: str, k: str, heads: int) -> tuple[str | None, str | None]:
+    """Tie q and k (and their heads); add the q·k pairing and the heads' nodes. Returns
+    (heads parent group, heads node set)."""
+    g = ctx.graph
+    pq = _heads_parent(ctx, q, heads)
+    pk = _heads_parent(ctx, k, heads)
+    if pq is not None and pq != pk:
+        g.tie(pq, pk)
+    g.tie(q, k)
+    parent = g.groups[g.sets[q].group].parent if heads > 1 else None
+    hs = _head_set(ctx, node, parent, q)
+    g.add_block(ctx.unique(f"{node.name or node.output[0]}/qk"), q, k, "attention")
+    if hs:
+        g.add_block(ctx.unique(f"{q}/head"), q, hs, "head")
+    return parent, hs
+
+
+def attach_value(ctx: LoweringContext, v: str, heads: int, parent: str | None, hs: str | None) -> None:
+    g = ctx.graph
+    if heads > 1:
+        pv = ctx.blocks_of(v, heads)
+        if parent is not None and pv != parent:
+            g.tie(parent, pv)
+        if hs and not any(b.source == v and b.target == hs for b in g.blocks):
+            g.add_block(ctx.unique(f"{v}/head"), v, hs, "head")
+
+
+def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    a, b = ctx.values.get(node.input[0]), ctx.values.get(node.input[1])
+    if isinstance(a, Act) and isinstance(b, Act):
+        if a.rank is None or b.rank is None or a.axis != a.rank - 1 or b.axis != b.rank - 2:
+            raise ctx.fail(node, "product of two activations that is not query · keyᵀ")
+        if len(a.sets) != 1 or len(b.sets) != 1 or a.inner != 1 or b.inner != 1:
+            raise ctx.fail(node, "query · keyᵀ over concatenated or flattened sets")
+        if (a.heads is None) != (b.heads is None) or (a.heads and (a.heads[1] != b.heads[1] or a.heads[0] != b.heads[0])):
+            raise ctx.fail(node, "query and key are split into heads differently")
+        H = a.heads[1] if a.heads else 1
+        _, hs = tie_qk(ctx, node, a.set, b.set, H)
+        ctx.set_output(node, Scores(a.set, b.set, a.heads[0] if a.heads else None, max(a.rank, b.rank), hs))
+        return
+    if isinstance(a, Scores) and isinstance(b, Act):
+        if b.rank is None or b.axis != b.rank - 1 or len(b.sets) != 1:
+            raise ctx.fail(node, "attention weights times something other than values")
+        H = b.heads[1] if b.heads else 1
+        g = ctx.graph
+        if (b.heads is None) != (a.head_axis is None) or (b.heads and b.heads[0] != a.head_axis):
+            raise ctx.fail(node, "values are split into heads differently from the scores")
+        parent = g.groups[g.sets[a.q].group].parent if H > 1 else None
+        attach_value(ctx, b.set, H, parent, a.heads_set)
+        ctx.set_output(node, b.but(stage="out"))
+        return
+    raise ctx.fail(node, "product of two non-constant values that is not an attention pattern")
+
+
+def lower_einsum_acts(ctx: LoweringContext, node: onnx.NodeProto, eq: str) -> None:
+    raise ctx.fail(node, f"einsum {eq!r} between activations")
+
+
+def _as_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act, heads: int) -> None:
+    if len(x.sets) != 1 or x.inner != 1:
+        raise ctx.fail(node, "attention input spans several sets")
+
+
+def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """ONNX Attention (opset 23): Q, K, V already projected; 3-D [B, T, H·d] or 4-D [B, H, T, d]."""
+    q, k, v = (ctx.act(node.input[i]) for i in range(3))
+    if q is None or k is None or v is None:
+        raise ctx.fail(node, "query, key and value must be activations")
+    for x in (q, k, v):
+        _as_heads(ctx, node, x, 1)
+    if q.rank == 4:
+        if not (q.heads and k.heads and v.heads):
+            raise ctx.fail(node, "4-D inputs whose heads were not tracked")
+        H = q.heads[1]
+        if k.heads[1] != H or v.heads[1] != H:
+            raise ctx.fail(node, "grouped-query attention (fewer key/value heads) is not supported")
+    else:
+        H = int(ctx.attr(node, "q_num_heads", 1))
+        if int(ctx.attr(node, "kv_num_heads", H)) != H:
+            raise ctx.fail(node, "grouped-query attention (kv_num_heads != q_num_heads) is not supported")
+    parent, hs = tie_qk(ctx, node, q.set, k.set, H)
+    attach_value(ctx, v.set, H, parent, hs)
+    for i in range(3, len(node.input)):
+        c = ctx.const(node.input[i]) if node.input[i] else None
+        ctx.buffer(c, "attention mask")
+    ctx.set_output(node, v.but(stage="out"))
+
+
+def _ms_qkv(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, bias: Const | None, sizes: list[int]):
+    from .dense import dense
+
+    sets, offset = [], 0
+    for i, n in enumerate(sizes):
+        part = w.slice(1, offset, offset + n).transpose((1, 0))
+        b = bias.slice(0, offset, offset + n) if bias is not None else None
+        sub = onnx.NodeProto()
+        sub.CopyFrom(node)
+        del sub.output[:]
+        sub.output.append(f"{node.output[0]}/{'qkv'[i]}")
+        sub.name = f"{node.name or node.output[0]}/{'qkv'[i]}"
+        act = dense(ctx, sub, x, part, bias=b)
+        sets.append(act.set)
+        offset += n
+    return sets
+
+
+def lower_ms_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """com.microsoft Attention: fused QKV projection [hidden, 3·hidden] and attention."""
+    x, w = ctx.act(node.input[0]), ctx.const(node.input[1])
+    bias = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if x is None or w is None:
+        raise ctx.fail(node, "needs an activation input and constant weights")
+    H = int(ctx.attr(node, "num_heads"))
+    sizes = list(ctx.attr(node, "qkv_hidden_sizes") or []) or [w.data.shape[1] // 3] * 3
+    q, k, v = _ms_qkv(ctx, node, x, w, bias, sizes)
+    parent, hs = tie_qk(ctx, node, q, k, H)
+    attach_value(ctx, v, H, parent, hs)
+    for i in range(3, len(node.input)):
+        c = ctx.const(node.input[i]) if node.input[i] else None
+        ctx.buffer(c, "attention mask / bias")
+    ctx.set_output(node, Act((v,), x.axis, x.rank))
+
+
+def lower_ms_mha(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """com.microsoft MultiHeadAttention: projected Q, K, V (+ optional packed bias)."""
+    q, k, v = (ctx.act(node.input[i]) if len(node.input) > i else None for i in range(3))
+    if q is None or k is None or v is None:
+        raise ctx.fail(node, "only separate projected query, key and value inputs are supported")
+    H = int(ctx.attr(node, "num_heads"))
+    bias = ctx.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    sets = [q.set, k.set, v.set]
+    if bias is not None:
+        offset = 0
+        for i, s in enumerate(sets):
+            n = ctx.graph.sets[s].size
+            t = tied_copy(ctx, node, s, "scale", suffix=f"/{'qkv'[i]}bias", op="Add")
+            ctx.graph.sets[t].arrays["shift"] = ctx.param(bias.slice(0, offset, offset + n))
+            sets[i] = t
+            offset += n
+    parent, hs = tie_qk(ctx, node, sets[0], sets[1], H)
+    attach_value(ctx, sets[2], H, parent, hs)
+    ctx.set_output(node, Act((sets[2],), q.axis, q.rank))
+
+
+RULES = [
+    OpRule("Attention", lower_attention, since_version=23),
+    OpRule("Attention", lower_ms_attention, domain="com.microsoft"),
+    OpRule("MultiHeadAttention", lower_ms_mha, domain="com.microsoft"),
+]

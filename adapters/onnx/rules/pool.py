@@ -1,0 +1,66 @@
+"""Parameter-free ops over space or tokens (pooling, padding, resizing, reductions): the
+neuron axis passes through; a reduction over it yields a statistic."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from nngraph.hookspecs import OpRule
+
+from ..engine import AUX, Act, LoweringContext, Scores, Stat
+
+SPATIAL = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "LRN",
+           "Pad", "Resize", "Upsample", "MaxRoiPool", "RoiAlign", "ReverseSequence", "CumSum", "GridSample",
+           "LpNormalization", "MeanVarianceNormalization")
+
+
+def lower_spatial(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    v = ctx.values.get(node.input[0])
+    if isinstance(v, Act) and v.inner != 1:
+        raise ctx.fail(node, "spatial op on a flattened activation")
+    ctx.set_output(node, v if v is not None else AUX)
+    for i in range(1, len(node.output)):
+        ctx.set_output(node, AUX, i)
+
+
+def lower_reduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    v = ctx.values.get(node.input[0])
+    if not isinstance(v, Act):
+        ctx.set_output(node, v if isinstance(v, (Stat, Scores)) else AUX)
+        return
+    x = v
+    axes = None
+    if len(node.input) > 1 and node.input[1]:
+        c = ctx.const(node.input[1])
+        if c is None:
+            raise ctx.fail(node, "reduction axes are not constant")
+        axes = [int(a) for a in np.asarray(c.data).reshape(-1)]
+    else:
+        axes = ctx.attr(node, "axes")
+    keep = ctx.attr(node, "keepdims", 1)
+    rank = x.rank
+    if rank is None:
+        raise ctx.fail(node, "input of unknown rank")
+    axes = list(range(rank)) if not axes else sorted(a % rank for a in axes)
+    if x.axis in axes or (x.heads and x.heads[0] in axes):
+        ctx.set_output(node, Stat(rank if keep else rank - len(axes), x.axis if keep else None))
+        return
+    if keep:
+        ctx.set_output(node, x)
+        return
+    move = lambda a: a - sum(1 for s in axes if s < a)  # noqa: E731
+    heads = (move(x.heads[0]), x.heads[1]) if x.heads else None
+    ctx.set_output(node, x.but(axis=move(x.axis), rank=rank - len(axes), heads=heads))
+
+
+def lower_argreduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    ctx.set_output(node, AUX)
+
+
+RULES = [
+    *(OpRule(op, lower_spatial) for op in SPATIAL),
+    *(OpRule(op, lower_reduce) for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                                          "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                                          "ReduceSumSquare")),
+    *(OpRule(op, lower_argreduce) for op in ("ArgMax", "ArgMin", "TopK")),
+]
