@@ -31,8 +31,16 @@ from .reader import OnnxModel
 
 @dataclass
 class Const:
+    """A constant. ``broadcast``: the shape it has at run time when an ``Expand`` only
+    broadcast it (``data`` stays the parameter itself, so it keeps its origin)."""
+
     data: np.ndarray
     origin: Origin | None = None
+    broadcast: tuple | None = None
+
+    @property
+    def value(self) -> np.ndarray:
+        return self.data if self.broadcast is None else np.broadcast_to(self.data, self.broadcast)
 
     def transpose(self, perm) -> "Const":
         return Const(self.data.transpose(perm), self.origin.transpose(perm) if self.origin else None)
@@ -97,6 +105,7 @@ class Scores:
     head_axis: int | None
     rank: int
     heads_set: str | None = None
+    heads: int = 1
 
 
 class _Aux:
@@ -371,15 +380,12 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
 
 
 def _is_parameter_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> bool:
-    """Old exporters (Caffe2) made some weights graph inputs: a float input is a parameter when
-    it is only read in parameter slots, or when it is a static vector (data has a batch axis)."""
+    """A graph input without an initializer that is only read in parameter slots (a weight
+    fed at run time, allowed before IR version 4) is a parameter, not data."""
     name = inp.name
     t = inp.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     if t.elem_type and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).kind != "f":
         return False
-    if len(dims) == 1 and dims[0]:
-        return True
     uses = ctx.consumers.get(name, [])
     return bool(uses) and all(
         any(i == name and k in PARAM_SLOTS.get(n.op_type, ()) for k, i in enumerate(n.input)) for n in uses)
@@ -430,10 +436,18 @@ def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
 
 def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
     """Static shapes of every value ONNX shape inference can tell (weights are not needed)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model.proto, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
-        inferred = model.proto
+    inferred = None
+    if any(n.domain == "com.microsoft" for n in model.graph.node):
+        try:   # onnxruntime's symbolic inference knows its contrib ops (fused attention, norms)
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+            inferred = SymbolicShapeInference.infer_shapes(model.proto, auto_merge=True)
+        except Exception:  # noqa: BLE001
+            inferred = None
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model.proto, data_prop=True)
+        except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
+            inferred = model.proto
     shapes: dict[str, tuple] = {}
     g = inferred.graph
     for vi in [*g.input, *g.value_info, *g.output]:

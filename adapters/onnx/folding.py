@@ -31,10 +31,14 @@ def _axes(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[int] | 
 
 def _index_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const | None:
     op, x = node.op_type, ins[0] if ins else None
-    if x is None:
+    if x is None or x.broadcast is not None:
         return None
     if op == "Identity":
         return x
+    if op == "Expand" and x.is_float and x.origin is not None:
+        # a parameter broadcast (a class token to the batch): keep the parameter itself
+        shape = np.broadcast_shapes(x.data.shape, tuple(int(d) for d in np.asarray(ins[1].data).reshape(-1)))
+        return Const(x.data, x.origin, shape)
     if op == "Transpose":
         perm = ctx.attr(node, "perm") or list(range(x.data.ndim))[::-1]
         return x.transpose(perm)
@@ -44,8 +48,46 @@ def _index_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const 
     return None
 
 
+def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
+    """Fast, exact numpy versions of the ops constant subgraphs are made of (None: not here)."""
+    op, a = node.op_type, vals
+    if op == "ConstantOfShape":
+        t = ctx.attr(node, "value")
+        fill = numpy_helper.to_array(t).reshape(-1)[0] if t is not None else np.float32(0)
+        return [np.full(tuple(int(d) for d in a[0].reshape(-1)), fill, dtype=np.asarray(fill).dtype)]
+    if op == "Cast":
+        return [a[0].astype(onnx.helper.tensor_dtype_to_np_dtype(ctx.attr(node, "to")))]
+    if op == "Gather":
+        return [np.take(a[0], a[1], axis=ctx.attr(node, "axis", 0))]
+    if op == "GatherElements":
+        axis = ctx.attr(node, "axis", 0)
+        idx = np.where(a[1] < 0, a[1] + a[0].shape[axis], a[1])
+        return [np.take_along_axis(a[0], idx, axis=axis)]
+    if op == "Concat":
+        return [np.concatenate([v for v in a if v is not None], axis=ctx.attr(node, "axis"))]
+    if op == "Range":
+        return [np.arange(a[0], a[1], a[2]).astype(a[0].dtype)]
+    if op == "Where":
+        return [np.where(a[0], a[1], a[2])]
+    binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Equal": np.equal, "Less": np.less,
+              "Greater": np.greater, "And": np.logical_and, "Or": np.logical_or}
+    if op in binary and a[0].dtype == a[1].dtype:
+        return [binary[op](a[0], a[1])]
+    if op == "Div" and a[0].dtype == a[1].dtype:
+        q = a[0] / a[1]
+        return [q.astype(a[0].dtype) if a[0].dtype.kind == "f" else np.trunc(q).astype(a[0].dtype)]
+    unary = {"Neg": np.negative, "Sqrt": np.sqrt, "Not": np.logical_not, "Abs": np.abs}
+    if op in unary:
+        return [unary[op](a[0])]
+    return None
+
+
 def _evaluate(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
+
+    fast = _numpy(ctx, node, [None if v is None else np.asarray(v.value) for v in ins])
+    if fast is not None:
+        return fast
 
     names = [f"in{i}" if i_name else "" for i, i_name in enumerate(node.input)]
     inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names if n]
@@ -55,7 +97,7 @@ def _evaluate(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[np.
     single.attribute.extend(node.attribute)
     g = onnx.helper.make_graph([single], "fold", inputs, outputs)
     m = onnx.helper.make_model(g, opset_imports=ctx.model.proto.opset_import)
-    feeds = {n: np.asarray(v.data) for n, v in zip(names, ins) if n}
+    feeds = {n: np.asarray(v.value) for n, v in zip(names, ins) if n}
     try:
         return list(ReferenceEvaluator(m).run(None, feeds))
     except Exception as e:  # noqa: BLE001
@@ -78,7 +120,11 @@ def fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list:
     if c is not None:
         return [c]
     outs = []
-    for name, arr in zip(node.output, _evaluate(ctx, node, ins)):
+    computed = _evaluate(ctx, node, ins)
+    for v in ins:                       # leaves folded into a new derived leaf live on inside it
+        if v is not None and v.origin is not None and v.is_float:
+            ctx.absorbed.add(v.origin.tensor)
+    for name, arr in zip(node.output, computed):
         arr = np.asarray(arr)
         if arr.dtype.kind == "f" and arr.size > 1:
             ctx.leaves[name] = arr

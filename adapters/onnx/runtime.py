@@ -35,20 +35,55 @@ _ORT_TYPES = {
 }
 
 
+def _id_ranges(path: Path) -> dict[str, int]:
+    """For integer inputs that index a lookup table (directly or through casts and reshapes),
+    the number of rows of that table: ids drawn below it are valid."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    rows = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 2}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            consumers.setdefault(i, []).append((n, k))
+    out = {}
+    for inp in g.input:
+        frontier, seen = [inp.name], set()
+        while frontier:
+            v = frontier.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            for n, k in consumers.get(v, []):
+                if n.op_type == "Gather" and k == 1 and n.input[0] in rows:
+                    out[inp.name] = min(out.get(inp.name, 1 << 62), rows[n.input[0]])
+                elif n.op_type == "EmbedLayerNormalization" and k in (0, 1):
+                    table = n.input[2 if k == 0 else 4]
+                    if table in rows:
+                        out[inp.name] = min(out.get(inp.name, 1 << 62), rows[table])
+                elif n.op_type in ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten") and k == 0:
+                    frontier.extend(n.output)
+    return out
+
+
 def example_inputs(path: Path, seed: int = 0, dynamic: int = 2) -> dict[str, np.ndarray]:
     """Random inputs from the declared types: dynamic dims become ``dynamic``, floats are
-    standard normal, integers are small non-negative ids."""
+    standard normal, integer ids cover the rows of the table they index, masks are ones."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    ranges = _id_ranges(path)
     for i in session(path).get_inputs():
         dtype = _ORT_TYPES.get(i.type)
         if dtype is None:
             raise InputError(f"{path}: cannot make example inputs of type {i.type} for {i.name!r}; pass --inputs")
-        shape = [d if isinstance(d, int) and d > 0 else dynamic for d in i.shape]
+        shape = [d if isinstance(d, int) and d > 0 else dynamic * (2 if k else 1) for k, d in enumerate(i.shape)]
         if np.dtype(dtype).kind == "f":
             feeds[i.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
             feeds[i.name] = np.ones(shape, dtype=bool)
+        elif "mask" in i.name.lower():
+            feeds[i.name] = np.ones(shape, dtype=dtype)
         else:
-            feeds[i.name] = rng.integers(0, 2, size=shape).astype(dtype)
+            feeds[i.name] = rng.integers(0, ranges.get(i.name, 2), size=shape).astype(dtype)
     return feeds

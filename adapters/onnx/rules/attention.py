@@ -42,6 +42,9 @@ def tie_qk(ctx: LoweringContext, node: onnx.NodeProto, q: str, k: str, heads: in
     if pq is not None and pq != pk:
         g.tie(pq, pk)
     g.tie(q, k)
+    for name, role in ((q, "query"), (k, "key")):
+        if g.sets[name].role == "hidden":
+            g.sets[name].role = role
     parent = g.groups[g.sets[q].group].parent if heads > 1 else None
     hs = _head_set(ctx, node, parent, q)
     g.add_block(ctx.unique(f"{node.name or node.output[0]}/qk"), q, k, "attention")
@@ -52,6 +55,8 @@ def tie_qk(ctx: LoweringContext, node: onnx.NodeProto, q: str, k: str, heads: in
 
 def attach_value(ctx: LoweringContext, v: str, heads: int, parent: str | None, hs: str | None) -> None:
     g = ctx.graph
+    if g.sets[v].role == "hidden":
+        g.sets[v].role = "value"
     if heads > 1:
         pv = ctx.blocks_of(v, heads)
         if parent is not None and pv != parent:
@@ -71,7 +76,7 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "query and key are split into heads differently")
         H = a.heads[1] if a.heads else 1
         _, hs = tie_qk(ctx, node, a.set, b.set, H)
-        ctx.set_output(node, Scores(a.set, b.set, a.heads[0] if a.heads else None, max(a.rank, b.rank), hs))
+        ctx.set_output(node, Scores(a.set, b.set, a.heads[0] if a.heads else None, max(a.rank, b.rank), hs, H))
         return
     if isinstance(a, Scores) and isinstance(b, Act):
         if b.rank is None or b.axis != b.rank - 1 or len(b.sets) != 1:

@@ -1,6 +1,7 @@
 """Elementwise ops: activations, pass-through ops, per-channel affine maps, residual sums and gates."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from nngraph.hookspecs import OpRule
@@ -104,7 +105,10 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if isinstance(a, Act) and isinstance(b, Act):
         return _combine(ctx, node, [a, b])
     if isinstance(a, Scores) or isinstance(b, Scores):
-        ctx.set_output(node, a if isinstance(a, Scores) else b)     # scaling, masking scores
+        other = b if isinstance(a, Scores) else a
+        if isinstance(other, Const) and (other.data.size <= 1 or len(np.unique(other.value)) <= 2):
+            ctx.buffer(other, "attention mask or scale")     # 0/-inf masks, 1/sqrt(d) scales
+        ctx.set_output(node, a if isinstance(a, Scores) else b)
         return
     if isinstance(a, Stat) or isinstance(b, Stat):
         other = b if isinstance(a, Stat) else a

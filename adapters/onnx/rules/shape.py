@@ -1,6 +1,8 @@
 """Ops that move, split or join axes: the engine follows the neuron axis through them."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 
@@ -33,54 +35,148 @@ def _passthrough_other(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     return False
 
 
+def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
+    """Pair up runs of source and target axes with equal extents (how a reshape regroups axes).
+    Unknown (None) extents match only each other, one to one."""
+    out, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        if i < len(src) and j < len(dst) and (src[i] is None or dst[j] is None):
+            if src[i] is None and dst[j] is None:
+                out.append((range(i, i + 1), range(j, j + 1)))
+                i, j = i + 1, j + 1
+                continue
+            return None
+        i0, j0 = i, j
+        if i < len(src) and j < len(dst):
+            a, b = src[i], dst[j]
+            i, j = i + 1, j + 1
+            while a != b:
+                if a < b:
+                    if i >= len(src) or src[i] is None:
+                        return None
+                    a *= src[i]
+                    i += 1
+                else:
+                    if j >= len(dst) or dst[j] is None:
+                        return None
+                    b *= dst[j]
+                    j += 1
+        # absorb unit axes on either side
+        while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):
+            i += 1
+        while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
+            j += 1
+        if i == i0 and j == j0:
+            if i < len(src) and j < len(dst):
+                continue
+            return None
+        out.append((range(i0, i), range(j0, j)))
+    return out
+
+
+def _target_shape(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None) -> tuple | None:
+    dst = ctx.shape(node.output[0])
+    if dst is not None:
+        return dst
+    if node.op_type == "Flatten" and src is not None:
+        f = ctx.attr(node, "axis", 1) % max(len(src), 1)
+        return (_prod(src[:f]), _prod(src[f:]))
+    c = ctx.const(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
+    if c is None:
+        return None
+    raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
+    dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
+            for k, v in enumerate(raw)]
+    if -1 in raw and src is not None and None not in src:
+        known = _prod([d for d in dims if d is not None])
+        dims[raw.index(-1)] = _prod(src) // known if known else None
+    return tuple(dims)
+
+
+def _move_heads(groups, ha: int, H: int, dst: tuple) -> int | None:
+    """Where a heads axis lands: merged as the innermost factor of an outer axis, or split out
+    of one again as its innermost part."""
+    sg, dg = next((sg, dg) for sg, dg in groups if ha in sg)
+    if sg[-1] != ha:
+        return None
+    if len(dg) == 1:
+        return dg[0]
+    return dg[-1] if dst[dg[-1]] == H else None
+
+
+def _reshape_scores(ctx: LoweringContext, node: onnx.NodeProto, v: Scores) -> None:
+    src = ctx.shape(node.input[0])
+    dst = _target_shape(ctx, node, src)
+    if v.head_axis is None:
+        ctx.set_output(node, v if dst is None else replace(v, rank=len(dst)))
+        return
+    groups = _groups(src, dst) if src is not None and dst is not None else None
+    ha = _move_heads(groups, v.head_axis, v.heads, dst) if groups else None
+    if ha is None:
+        raise ctx.fail(node, "reshapes attention scores across heads")
+    ctx.set_output(node, replace(v, head_axis=ha, rank=len(dst)))
+
+
 def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    """Reshape / Flatten: keep the neuron axis whole, flatten it with what follows it (taps),
-    split it into [heads, head_dim], or merge heads back."""
+    """Reshape / Flatten: follow the neuron axis (and the heads axis) through the regrouping:
+    kept whole, flattened with trailing axes into taps, split into [heads, head_dim], heads
+    merged back or into an outer batch axis, or a channel shuffle."""
+    v = ctx.values.get(node.input[0])
+    if isinstance(v, Scores):
+        return _reshape_scores(ctx, node, v)
     if _passthrough_other(ctx, node):
         return
     x = ctx.act(node.input[0])
-    src, dst = ctx.shape(node.input[0]), ctx.shape(node.output[0])
-    if node.op_type == "Flatten" and src is not None:
-        f = ctx.attr(node, "axis", 1) % max(len(src), 1)
-        dst = (_prod(src[:f]), _prod(src[f:]))
-    if x is None or src is None or dst is None:
-        raise ctx.fail(node, "needs known shapes around the neuron axis (shape inference found none)")
-    n = ctx.size(x)
-    if x.heads:
-        ha, H = x.heads
-        post = _prod(src[x.axis + 1:])
-        if ha == x.axis + 1 and post is not None and len(x.sets) == 1:
-            return _shuffle(ctx, node, x, dst, n, post)
-        if ha != x.axis - 1 or post is None:
-            raise ctx.fail(node, f"reshapes a head-split activation whose heads are on axis {ha}, dims on {x.axis}")
-        for j, d in enumerate(dst):
-            if d == n and _prod(dst[j + 1:]) == post:
-                ctx.set_output(node, x.but(axis=j, rank=len(dst), heads=None))
-                return
-        raise ctx.fail(node, f"reshapes {src} to {dst} across attention heads")
+    if x is None:
+        raise ctx.fail(node, "input is not a tracked activation")
     if x.inner != 1:
         raise ctx.fail(node, "reshapes an already flattened activation")
-    post = _prod(src[x.axis + 1:])
-    pre = src[:x.axis]
-    if post is None:
-        raise ctx.fail(node, f"dimensions after the neuron axis of {src} are dynamic")
-    for j, d in enumerate(dst):
-        rest = _prod(dst[j + 1:])
-        if rest is None or d is None:
-            continue
-        if d == n and rest == post:                         # the axis survives whole
-            ctx.set_output(node, x.but(axis=j, rank=len(dst)))
+    src = ctx.shape(node.input[0])
+    dst = _target_shape(ctx, node, src)
+    n = ctx.size(x)
+    if dst is None:
+        raise ctx.fail(node, "needs the target shape (shape inference found none)")
+    if src is None:
+        # no shape information: the neuron axis must stay last and whole
+        if x.rank is not None and x.axis == x.rank - 1 and not x.heads and dst[-1] == n:
+            ctx.set_output(node, x.but(axis=len(dst) - 1, rank=len(dst)))
             return
-        if d % n == 0 and d // n * rest == post and d > n:  # flattened with trailing axes: taps
-            ctx.set_output(node, x.but(axis=j, rank=len(dst), inner=d // n))
-            return
-        if j + 1 < len(dst) and dst[j + 1] is not None and d * dst[j + 1] == n and _prod(dst[j + 2:]) == post \
-                and d > 1 and dst[j + 1] > 1:                 # split into [heads, head_dim]
-            x = as_one_set(ctx, node, x)
-            ctx.blocks_of(x.set, d)
-            ctx.set_output(node, x.but(axis=j + 1, rank=len(dst), heads=(j, d)))
-            return
-    del pre
+        raise ctx.fail(node, "needs the input shape (shape inference found none)")
+    src = tuple(n if k == x.axis and d is None else d for k, d in enumerate(src))
+    groups = _groups(src, dst)
+    if groups is None:
+        raise ctx.fail(node, f"reshapes {src} to {dst} in a way that cannot be followed")
+    g_axis = next((sg, dg) for sg, dg in groups if x.axis in sg)
+    heads = None
+    if x.heads:
+        ha, H = x.heads
+        g_head = next((sg, dg) for sg, dg in groups if ha in sg)
+        if g_head == g_axis:                       # heads and their dims regrouped together
+            sg, dg = g_axis
+            if len(dg) == 1 and list(sg) == [ha, x.axis]:
+                ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=None))     # merged back
+                return
+            if len(dg) == 1 and list(sg) == [x.axis, ha] and len(x.sets) == 1:
+                return _shuffle(ctx, node, x, dst, n, _prod(src[x.axis + 1:]))
+            raise ctx.fail(node, f"reshapes {src} to {dst} across attention heads")
+        new = _move_heads(groups, ha, H, dst)       # heads merged into / split from an outer axis
+        if new is None:
+            raise ctx.fail(node, f"reshapes {src} to {dst}, splitting the heads axis")
+        heads = (new, H)
+    sg, dg = g_axis
+    if list(sg) == [x.axis] and len(dg) == 1:      # the neuron axis survives whole
+        ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=heads))
+        return
+    if sg[0] == x.axis and len(dg) == 1:           # flattened with trailing axes: spatial taps
+        inner = _prod(src[x.axis + 1: sg[-1] + 1])
+        ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), inner=inner, heads=heads))
+        return
+    if list(sg) == [x.axis] and len(dg) == 2 and not x.heads:   # split into [heads, head_dim]
+        H = dst[dg[0]]
+        x = as_one_set(ctx, node, x)
+        ctx.blocks_of(x.set, H)
+        ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
+        return
     raise ctx.fail(node, f"reshapes {src} to {dst}, mixing the {n}-neuron axis {x.axis} with others")
 
 
@@ -285,8 +381,8 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
-    if isinstance(v, Const):          # a parameter broadcast to the batch (class tokens)
-        ctx.set_output(node, v)
+    if isinstance(v, Const):          # a parameter broadcast to a data-dependent shape (class tokens)
+        ctx.set_output(node, Const(v.data, v.origin, ctx.shape(node.output[0])) if v.is_float else AUX)
         return
     if _passthrough_other(ctx, node):
         return
@@ -311,6 +407,16 @@ def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x)
 
 
+def lower_shape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Shape of an activation: a constant when shape inference knows every dimension."""
+    shape = ctx.shape(node.input[0])
+    if shape is None or None in shape:
+        ctx.set_output(node, AUX)
+        return
+    start, end = ctx.attr(node, "start", 0), ctx.attr(node, "end", None)
+    ctx.set_output(node, Const(np.asarray(shape[start:end], dtype=np.int64)))
+
+
 def lower_aux(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Shape, Size and friends: read only the layout of an activation."""
     for i in range(len(node.output)):
@@ -323,6 +429,7 @@ RULES = [
     OpRule("Transpose", lower_transpose), OpRule("Concat", lower_concat), OpRule("Split", lower_split),
     OpRule("Slice", lower_slice), OpRule("Gather", lower_gather), OpRule("Expand", lower_expand),
     OpRule("Tile", lower_tile),
-    *(OpRule(op, lower_aux) for op in ("Shape", "Size", "ConstantOfShape", "NonZero", "EyeLike", "Range",
+    OpRule("Shape", lower_shape),
+    *(OpRule(op, lower_aux) for op in ("Size", "ConstantOfShape", "NonZero", "EyeLike", "Range",
                                        "RandomNormalLike", "RandomUniformLike")),
 ]
