@@ -55,7 +55,10 @@ def save(graph: NeuralGraph, path: str | os.PathLike) -> Path:
         if p is None:
             return None
         tensors[key] = p.data
-        return {"tensor": key, "origin": p.origin.to_json() if p.origin else None}
+        doc = {"tensor": key, "origin": p.origin.to_json() if p.origin else None}
+        if p.shared:
+            doc["shared"] = True
+        return doc
 
     doc = {
         "schema": SCHEMA_VERSION,
@@ -164,7 +167,8 @@ def load(path: str | os.PathLike) -> NeuralGraph:
     def param(ref: dict | None) -> Param | None:
         if ref is None:
             return None
-        return Param(array(ref["tensor"]), Origin.from_json(ref["origin"]) if ref["origin"] else None)
+        return Param(array(ref["tensor"]), Origin.from_json(ref["origin"]) if ref["origin"] else None,
+                     bool(ref.get("shared", False)))
 
     try:
         g = NeuralGraph(doc.get("meta", {}))

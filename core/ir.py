@@ -23,10 +23,15 @@ from .vocab import ACTIVATIONS, KINDS, ROLES, kind_pattern
 
 @dataclass
 class Param:
-    """An array stored in the graph and the source tensor it came from (if any)."""
+    """An array stored in the graph and the source tensor it came from (if any).
+
+    ``shared``: the same source elements are also mapped by another array (a weight reused
+    across time steps or layers); the graph's ties keep the two equal under every symmetry,
+    and the first array is the one that writes the source back."""
 
     data: np.ndarray
     origin: Origin | None = None
+    shared: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -238,7 +243,7 @@ class NeuralGraph:
 
     @property
     def mapped_parameters(self) -> int:
-        return sum(p.size for _, p in self.params() if p.origin is not None)
+        return sum(p.size for _, p in self.params() if p.origin is not None and not p.shared)
 
     @property
     def coverage(self) -> float:
@@ -258,7 +263,7 @@ class NeuralGraph:
         """Rebuild every source tensor from the graph's arrays (exact: index-only transforms)."""
         out = {name: np.empty(t.shape, dtype=_np_dtype(t.dtype)) for name, t in self.sources.items()}
         for _, p in self.params():
-            if p.origin is not None:
+            if p.origin is not None and not p.shared:
                 p.origin.scatter(p.data, out[p.origin.tensor])
         for name, u in self.unmapped.items():
             if u.data is not None:
@@ -348,7 +353,7 @@ class NeuralGraph:
     def _accounting_problems(self) -> Iterator[str]:
         counts = {name: np.zeros(t.shape, dtype=np.int32) for name, t in self.sources.items()}
         for where, p in self.params():
-            if p.origin is None:
+            if p.origin is None or p.shared:
                 continue
             c = counts.get(p.origin.tensor)
             if c is None:

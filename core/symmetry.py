@@ -139,12 +139,13 @@ def permute(graph: NeuralGraph, symmetry: Symmetry) -> NeuralGraph:
         p = perm_of(s.name)
         t = copy.copy(s)
         t.attrs = dict(s.attrs)
-        t.arrays = {k: Param(np.take(a.data, p, axis=0), a.origin) for k, a in s.arrays.items()}
+        t.arrays = {k: Param(np.take(a.data, p, axis=0), a.origin, a.shared) for k, a in s.arrays.items()}
         out.sets[s.name] = t
     for b in graph.blocks:
         w = None
         if b.weight is not None:
-            w = Param(_permute_weight(b, b.weight.data, perm_of(b.source), perm_of(b.target)), b.weight.origin)
+            w = Param(_permute_weight(b, b.weight.data, perm_of(b.source), perm_of(b.target)), b.weight.origin,
+                      b.weight.shared)
         out.blocks.append(EdgeBlock(b.name, b.source, b.target, b.kind, w, dict(b.attrs)))
     return out
 

@@ -101,3 +101,38 @@ def test_parameter_inputs_need_values(tmp_path):
     assert r.returncode == 0, r.stderr
     report = verify(path, trials=2)
     assert report.ok and report.coverage == 1.0, report.problems
+
+
+TORCH = Path(__file__).parent / "fixtures" / "torch"
+TORCH_MODELS = sorted(p.name for p in TORCH.glob("*.onnx"))
+
+
+@pytest.mark.parametrize("name", TORCH_MODELS)
+def test_torch_modules_verify(name):
+    """LSTM/GRU/RNN (1 and 2 directions; the dynamo exporter unrolls some over time, sharing
+    weights), grouped/depthwise/dilated/transposed convs in 1-3 d, hand-written norms, einsum."""
+    report = verify(TORCH / name, trials=2)
+    assert report.ok, report.problems
+    assert report.coverage == 1.0 and report.roundtrip_exact and all(report.groups_moved)
+
+
+def test_recurrent_structure():
+    g = nngraph.convert(TORCH / "bilstm_torchscript.onnx")
+    gates = [s for s in g.sets.values() if s.role == "gate"]
+    states = [s for s in g.sets.values() if s.role == "state"]
+    assert len(gates) == 2 * 2 * 4 and len(states) == 2 * 2 * 2       # layers × directions × (gates | h, c)
+    assert collections.Counter(b.kind for b in g.blocks)["recurrent"] == 16
+    for s in gates:   # each gate shares its direction's permutation with the hidden state
+        assert any(t.role == "state" and t.group == s.group for t in states)
+
+
+def test_grouped_conv_symmetry_keeps_groups():
+    g = nngraph.convert(TORCH / "convs_torchscript.onnx")
+    grouped = [b for b in g.blocks if b.kind == "conv" and b.groups > 1]
+    assert {b.groups for b in grouped} >= {2, 4, 12}
+    for b in grouped:
+        src, tgt = g.sets[b.source], g.sets[b.target]
+        if b.groups == src.size == tgt.size:
+            assert src.group == tgt.group               # depthwise: tied
+        else:
+            assert g.ancestor(src.group, b.groups) == g.ancestor(tgt.group, b.groups) is not None

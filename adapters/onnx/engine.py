@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-from nngraph.errors import UnsupportedModelError
+from nngraph.errors import GraphError, UnsupportedModelError
 from nngraph.hookspecs import OpRule
 from nngraph.ir import NeuralGraph, Param, Unmapped
 from nngraph.origin import Origin
@@ -68,6 +68,8 @@ class Act:
     flattened ``[C, H, W]`` map, whose spatial positions a following dense layer sees as taps.
     ``heads = (head_axis, H)`` means the neurons were split as ``[H, size / H]`` with the head
     index on ``head_axis`` (multi-head attention); ``axis`` then carries the within-head index.
+    ``seg_axis``: the sets are stacked along that axis (the directions of a bidirectional RNN),
+    each spanning the whole neuron axis; merging it into the neuron axis concatenates them.
     """
 
     sets: tuple[str, ...]
@@ -76,6 +78,8 @@ class Act:
     stage: str = "out"   # "linear": raw layer output, a bias may still attach; "out": anything later
     inner: int = 1
     heads: tuple[int, int] | None = None
+    seg_axis: int | None = None   # sets laid along this axis instead of end to end (RNN directions)
+    inners: tuple[int, ...] | None = None   # per-set taps when flattened maps of different sizes were concatenated
 
     @property
     def set(self) -> str:
@@ -179,11 +183,20 @@ class LoweringContext:
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)
 
+    def taps(self, x: Act) -> list[int]:
+        """Values per neuron on the neuron axis, set by set (1 unless flattened)."""
+        return list(x.inners) if x.inners is not None else [x.inner] * len(x.sets)
+
     def size(self, x: Act) -> int:
+        if x.seg_axis is not None:
+            return self.graph.sets[x.sets[0]].size
         return sum(self.graph.sets[s].size for s in x.sets)
 
     def segments(self, x: Act) -> list[tuple[str, int, int]]:
         """(set, offset, size) of each set along the neuron axis."""
+        if x.seg_axis is not None:
+            raise UnsupportedModelError(f"{self.model.path}: an op reads the stacked directions of a "
+                                        f"bidirectional recurrent layer without merging them first")
         out, offset = [], 0
         for s in x.sets:
             n = self.graph.sets[s].size
@@ -375,8 +388,112 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
                 if s.role == "hidden":
                     s.role = "output"
                 graph.fix(name)
+    _share(ctx)
     _account(ctx)
     return graph
+
+
+def _trace(leaf_shape: tuple, origin: Origin) -> tuple[list, dict | None]:
+    """Follow an origin's steps: for each axis of the result, the leaf axis it indexes (None
+    for unit axes, or for all axes once a reshape mixes them), and the box of leaf elements it
+    covers (None if a slice follows such a reshape)."""
+    shape = list(leaf_shape)
+    axes: list = list(range(len(shape)))
+    box: dict | None = {a: (0, d) for a, d in enumerate(shape)}
+    opaque = False
+    for step in origin.steps:
+        if step[0] == "slice":
+            _, ax, a, b = step
+            src = axes[ax]
+            n = shape[ax]
+            a, b = max(0, a + n if a < 0 else min(a, n)), max(0, b + n if b < 0 else min(b, n))
+            if opaque:
+                box = None
+            elif src is not None and box is not None:
+                lo = box[src][0]
+                box[src] = (lo + a, lo + b)
+            shape[ax] = b - a
+        elif step[0] == "transpose":
+            axes = [axes[p] for p in step[1]]
+            shape = [shape[p] for p in step[1]]
+        else:
+            new = list(step[1])
+            if -1 in new:
+                known = int(np.prod([d for d in new if d != -1]))
+                new[new.index(-1)] = int(np.prod(shape)) // max(known, 1)
+            if opaque or [d for d in shape if d != 1] != [d for d in new if d != 1]:
+                opaque = True
+                axes = [None] * len(new)
+            else:
+                kept = iter([a for a, d in zip(axes, shape) if d != 1])
+                axes = [next(kept) if d != 1 else None for d in new]
+            shape = new
+    return axes, box
+
+
+def _share(ctx: LoweringContext) -> None:
+    """A constant used as a parameter in several places (a recurrent weight unrolled over time
+    steps, an initial state shared by layers, tied embeddings): the sets its uses index on
+    the same leaf axis are tied, so every symmetry permutes all uses alike; the first use
+    writes the tensor back, the others are marked ``shared``."""
+    g = ctx.graph
+    uses: dict[str, list] = {}
+    for s in g.sets.values():
+        for p in s.arrays.values():
+            if p.origin is not None:
+                uses.setdefault(p.origin.tensor, []).append((p, [s.name]))
+    for b in g.blocks:
+        if b.weight is None or b.weight.origin is None:
+            continue
+        if b.pattern == "full":
+            sets = [b.target, b.source if b.groups == 1 else None]
+        else:
+            sets = [b.source]
+        uses.setdefault(b.weight.origin.tensor, []).append((b.weight, sets))
+    for tensor, lst in uses.items():
+        if len(lst) < 2:
+            continue
+        leaf = ctx.leaves[tensor].shape
+        traced = [(_trace(leaf, p.origin), p, sets) for p, sets in lst]
+
+        def overlap(b1, b2) -> bool:
+            return b1 is None or b2 is None or all(max(b1[a][0], b2[a][0]) < min(b1[a][1], b2[a][1]) for a in b1)
+
+        clusters: list[list] = []
+        for item in traced:
+            hit = next((c for c in clusters if any(overlap(item[0][1], other[0][1]) for other in c)), None)
+            (hit.append(item) if hit is not None else clusters.append([item]))
+        for cluster in clusters:
+            if len(cluster) < 2:
+                continue
+            if any(item[0][1] != cluster[0][0][1] or item[0][1] is None for item in cluster):
+                raise UnsupportedModelError(f"{ctx.model.path}: constant {tensor!r} is used as a parameter by "
+                                            f"overlapping but different slices")
+            by_axis: dict[int, set] = {}
+            ok = all(a is not None for (axes, _), _, _ in cluster for a in axes[:1])
+            for (axes, _), p, sets in cluster:
+                for k, leaf_axis in enumerate(axes):
+                    owner = sets[k] if k < len(sets) else None
+                    if leaf_axis is None:
+                        continue
+                    if owner is None and k < len(sets):
+                        ok = False
+                    if owner is not None:
+                        by_axis.setdefault(leaf_axis, set()).add(owner)
+            try:
+                if not ok:
+                    raise GraphError("grouped weight")
+                for owners in by_axis.values():
+                    first, *rest = sorted(owners)
+                    for other in rest:
+                        g.tie(first, other)
+            except GraphError:
+                for _, _, sets in cluster:     # no tie can express it: keep every use still
+                    for name in sets:
+                        if name is not None:
+                            g.fix(name)
+            for _, p, _ in cluster[1:]:
+                p.shared = True
 
 
 def _is_parameter_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> bool:

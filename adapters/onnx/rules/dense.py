@@ -13,14 +13,17 @@ def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias:
           axis: int | None = None, **attrs) -> Act:
     """``w`` in canonical layout [out, in·inner]: one block per input set, output a new set."""
     out_size, in_size = w.data.shape
-    if in_size != ctx.size(x) * x.inner:
+    taps = ctx.taps(x)
+    if in_size != sum(n * t for (_, _, n), t in zip(ctx.segments(x), taps)):
         raise ctx.fail(node, f"weight has {in_size} inputs but the tracked axis carries "
-                             f"{ctx.size(x)} neurons × {x.inner}")
+                             f"{ctx.size(x)} neurons × {taps}")
     s = ctx.new_set(node, out_size, inputs=[x])
-    for src, o, n in ctx.segments(x):
-        part = w.slice(1, o * x.inner, (o + n) * x.inner)
-        if x.inner > 1:
-            part = part.reshape((out_size, n, x.inner))
+    start = 0
+    for (src, o, n), t in zip(ctx.segments(x), taps):
+        part = w.slice(1, start, start + n * t)
+        start += n * t
+        if t > 1:
+            part = part.reshape((out_size, n, t))
         name = s.name if len(x.sets) == 1 else f"{s.name}<{src}"
         ctx.graph.add_block(name, src, s.name, "dense", ctx.param(part), op=node.op_type, **attrs)
     out = Act((s.name,), x.axis if axis is None else axis, x.rank, stage="linear")

@@ -35,16 +35,18 @@ def positional(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> 
     """Add(x, table) where the table varies over tokens or space too: a learned position
     embedding. Stored as a per-neuron array [neurons, positions] on a tied copy of x."""
     n = ctx.size(x)
-    if x.rank is None or len(x.sets) != 1 or x.heads or x.inner != 1 or not c.is_float or c.data.ndim > x.rank:
+    if x.rank is None or len(x.sets) != 1 or x.heads or x.inner != 1 or not c.is_float:
         return False
-    shape = (1,) * (x.rank - c.data.ndim) + c.data.shape
-    if shape[x.axis] != n:
+    rank = max(x.rank, c.data.ndim)
+    shape = (1,) * (rank - c.data.ndim) + c.data.shape
+    axis = x.axis + rank - x.rank                 # broadcasting aligns from the right
+    if shape[axis] != n:
         return False
     full = c.reshape(shape)
-    moved = full.transpose([x.axis] + [d for d in range(x.rank) if d != x.axis])
+    moved = full.transpose([axis] + [d for d in range(rank) if d != axis])
     t = tied_copy(ctx, node, x.set, "scale", op="Add")
     ctx.graph.sets[t].arrays["pos"] = ctx.param(moved.reshape((n, moved.data.size // n)))
-    ctx.set_output(node, x.but(sets=(t,), stage="out"))
+    ctx.set_output(node, x.but(sets=(t,), stage="out", axis=axis, rank=rank))
     return True
 
 

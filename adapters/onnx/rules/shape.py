@@ -134,6 +134,13 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     src = ctx.shape(node.input[0])
     dst = _target_shape(ctx, node, src)
     n = ctx.size(x)
+    if x.seg_axis is not None:
+        groups = _groups(src, dst) if src is not None and dst is not None else None
+        g = next(((sg, dg) for sg, dg in groups if x.axis in sg), None) if groups else None
+        if g and list(g[0]) == [x.seg_axis, x.axis] and len(g[1]) == 1:
+            ctx.set_output(node, x.but(axis=g[1][0], rank=len(dst), seg_axis=None))   # directions concatenated
+            return
+        raise ctx.fail(node, f"reshapes stacked recurrent directions {src} to {dst}")
     if dst is None:
         raise ctx.fail(node, "needs the target shape (shape inference found none)")
     if src is None:
@@ -218,7 +225,10 @@ def _squeeze(ctx: LoweringContext, node: onnx.NodeProto, unsqueeze: bool) -> Non
     def move(a: int) -> int:
         return keep[a] if unsqueeze else a - sum(1 for s in axes if s < a)
     heads = (move(x.heads[0]), x.heads[1]) if x.heads else None
-    ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads))
+    if x.seg_axis is not None and not unsqueeze and x.seg_axis in axes:
+        raise ctx.fail(node, "squeezes the direction axis of a bidirectional layer")
+    seg = move(x.seg_axis) if x.seg_axis is not None else None
+    ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads, seg_axis=seg))
 
 
 def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -238,7 +248,8 @@ def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x.inner != 1:
         raise ctx.fail(node, "transposes a flattened activation")
     heads = (perm.index(x.heads[0]), x.heads[1]) if x.heads else None
-    ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads))
+    seg = perm.index(x.seg_axis) if x.seg_axis is not None else None
+    ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads, seg_axis=seg))
 
 
 def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -250,13 +261,18 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     first = acts[0]
     rank = first.rank
     axis = ctx.attr(node, "axis") % rank
-    if any(a.heads or a.inner != 1 or a.rank != rank for a in acts):
-        raise ctx.fail(node, "concatenates head-split, flattened or differently ranked activations")
+    if any(a.heads or a.rank != rank or a.seg_axis is not None for a in acts):
+        raise ctx.fail(node, "concatenates head-split, stacked or differently ranked activations")
     if axis == first.axis:
         if len(acts) != len(vals) or any(a.axis != axis for a in acts):
             raise ctx.fail(node, "concatenates constants or misaligned values along the neuron axis")
-        ctx.set_output(node, first.but(sets=tuple(s for a in acts for s in a.sets), stage="out"))
+        taps = [t for a in acts for t in ctx.taps(a)]
+        mixed = len(set(taps)) > 1
+        ctx.set_output(node, first.but(sets=tuple(s for a in acts for s in a.sets), stage="out",
+                                       inner=-1 if mixed else taps[0], inners=tuple(taps) if mixed else None))
         return
+    if any(a.inner != 1 for a in acts):
+        raise ctx.fail(node, "concatenates flattened activations along another axis")
     # along tokens / space: neurons line up; constants (a class token) become per-neuron arrays
     if any(a.axis != first.axis for a in acts) or any([ctx.graph.sets[s].size for s in a.sets] !=
                                                       [ctx.graph.sets[s].size for s in first.sets] for a in acts):
