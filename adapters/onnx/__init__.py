@@ -59,11 +59,15 @@ def read_params(path: Path) -> dict[str, np.ndarray]:
 
     from .reader import read_model
 
+    from .engine import all_graphs
+
     model = read_model(path)
-    params = {t.name: model.tensor(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            params[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    params = {}
+    for g in all_graphs(model.graph):
+        params.update({t.name: model.tensor(t) for t in g.initializer})
+        for node in g.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                params[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return params
 
 

@@ -163,7 +163,45 @@ class LoweringContext:
     shapes: dict[str, tuple] = field(default_factory=dict)            # inferred; None = dynamic dim
     absorbed: set[str] = field(default_factory=set)                   # leaves folded into derived leaves
     buffers: dict[str, str] = field(default_factory=dict)             # leaves read as non-parameters
+    rules: "RuleTable | None" = None
+    fold: "Callable | None" = None
+    unsupported: dict[str, list[str]] = field(default_factory=dict)
     _names: set[str] = field(default_factory=set)
+
+    def walk(self, nodes: Iterable[onnx.NodeProto]) -> None:
+        """Lower nodes in order (the main graph, or a branch of an ``If``)."""
+        opsets = self.model.opsets
+        for node in nodes:
+            ins = [self.values.get(i) if i else None for i in node.input]
+            if any(i and i not in self.values for i in node.input):
+                missing = [i for i in node.input if i and i not in self.values]
+                raise UnsupportedModelError(f"{self.model.path}: node {node.name or node.op_type!r} reads undefined "
+                                            f"value(s) {missing} (graph not topologically sorted?)")
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            neural = any(isinstance(v, (Act, Stat, Scores)) for v in ins)
+            has_graph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            if not neural and not has_graph and not domain and all(v is None or isinstance(v, Const) for v in ins):
+                for name, value in zip(node.output, self.fold(self, node, ins)):
+                    if name:
+                        self.values[name] = value
+                continue
+            rule = self.rules.lookup(domain, node.op_type, opsets.get(domain))
+            if rule is None:
+                if neural or has_graph or any(isinstance(v, Const) and v.is_float and v.data.size > 1 for v in ins):
+                    self.unsupported.setdefault(f"{domain + '::' if domain else ''}{node.op_type}", []).append(
+                        node.name or node.output[0])
+                for o in node.output:
+                    self.values.setdefault(o, AUX)
+                continue
+            rule.lower(self, node)
+            for o in node.output:
+                self.values.setdefault(o, AUX)
+
+    def add_initializers(self, graph: onnx.GraphProto) -> None:
+        for t in graph.initializer:
+            arr = self.model.tensor(t)
+            self.leaves[t.name] = arr
+            self.values[t.name] = Const(arr, Origin(t.name))
 
     # ------------------------------------------------------------------ reading values
     def const(self, name: str) -> Const | None:
@@ -322,15 +360,12 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
         "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
         "opsets": model.opsets, "ir_version": model.proto.ir_version,
     })
-    ctx = LoweringContext(model, graph, shapes=infer_shapes(model))
-    for node in g.node:
-        for i in node.input:
-            ctx.consumers.setdefault(i, []).append(node)
-
-    for t in g.initializer:
-        arr = model.tensor(t)
-        ctx.leaves[t.name] = arr
-        ctx.values[t.name] = Const(arr, Origin(t.name))
+    ctx = LoweringContext(model, graph, shapes=infer_shapes(model), rules=rules, fold=fold)
+    for sub in all_graphs(g):
+        for node in sub.node:
+            for i in node.input:
+                ctx.consumers.setdefault(i, []).append(node)
+    ctx.add_initializers(g)
     init_names = {t.name for t in g.initializer}
     unbound: list[str] = []
     for inp in g.input:
@@ -351,32 +386,8 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
             f"{model.path}: graph input(s) {', '.join(unbound[:5])}{' …' if len(unbound) > 5 else ''} "
             f"hold parameters (they feed weight slots); give their values with --inputs FILE.npz")
 
-    unsupported: dict[str, list[str]] = {}
-    opsets = model.opsets
-    for node in g.node:
-        ins = [ctx.values.get(i) if i else None for i in node.input]
-        if any(i and i not in ctx.values for i in node.input):
-            missing = [i for i in node.input if i and i not in ctx.values]
-            raise UnsupportedModelError(f"{model.path}: node {node.name or node.op_type!r} reads undefined "
-                                        f"value(s) {missing} (graph not topologically sorted?)")
-        domain = "" if node.domain == "ai.onnx" else node.domain
-        neural = any(isinstance(v, (Act, Stat, Scores)) for v in ins)
-        if not neural and not domain and all(v is None or isinstance(v, Const) for v in ins):
-            for name, value in zip(node.output, fold(ctx, node, ins)):
-                if name:
-                    ctx.values[name] = value
-            continue
-        rule = rules.lookup(domain, node.op_type, opsets.get(domain))
-        if rule is None:
-            if neural or any(isinstance(v, Const) and v.is_float and v.data.size > 1 for v in ins):
-                unsupported.setdefault(f"{domain + '::' if domain else ''}{node.op_type}", []).append(
-                    node.name or node.output[0])
-            for o in node.output:
-                ctx.values.setdefault(o, AUX)
-            continue
-        rule.lower(ctx, node)
-        for o in node.output:
-            ctx.values.setdefault(o, AUX)
+    ctx.walk(g.node)
+    unsupported = ctx.unsupported
     if unsupported:
         raise UnsupportedModelError(f"{model.path}: no lowering rule for", unsupported)
 
@@ -551,6 +562,18 @@ def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
     ctx.values[inp.name] = Act((s.name,), axis, len(dims))
 
 
+def all_graphs(g: onnx.GraphProto):
+    """A graph and every subgraph nested in its nodes (If / Loop / Scan bodies)."""
+    yield g
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from all_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from all_graphs(sub)
+
+
 def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
     """Static shapes of every value ONNX shape inference can tell (weights are not needed)."""
     inferred = None
@@ -566,11 +589,11 @@ def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
         except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
             inferred = model.proto
     shapes: dict[str, tuple] = {}
-    g = inferred.graph
-    for vi in [*g.input, *g.value_info, *g.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-    for t in g.initializer:
-        shapes[t.name] = tuple(t.dims)
+    for g in all_graphs(inferred.graph):
+        for vi in [*g.input, *g.value_info, *g.output]:
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        for t in g.initializer:
+            shapes[t.name] = tuple(t.dims)
     return shapes

@@ -12,7 +12,10 @@ from onnx import numpy_helper
 
 from nngraph.errors import GraphError
 
+from .engine import all_graphs
 from .reader import read_model
+
+EXTERNAL_ABOVE = 1_800_000_000   # bytes of weights above which the model is written with external data
 
 
 def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str | os.PathLike) -> Path:
@@ -26,35 +29,46 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
     proto = model.proto
     g = proto.graph
     remaining = dict(params)
-    for i, t in enumerate(g.initializer):
-        if t.name in remaining:
-            new = _tensor(remaining.pop(t.name), t.name, t.data_type)
-            g.initializer[i].CopyFrom(new)
-        elif t.data_location == onnx.TensorProto.EXTERNAL:
-            g.initializer[i].CopyFrom(_tensor(model.tensor(t), t.name, t.data_type))
+    graphs = list(all_graphs(g))
+    for sub in graphs:                    # initializers, in the main graph and in If/Loop bodies
+        for i, t in enumerate(sub.initializer):
+            if t.name in remaining:
+                sub.initializer[i].CopyFrom(_tensor(remaining.pop(t.name), t.name, t.data_type))
+            elif t.data_location == onnx.TensorProto.EXTERNAL:
+                sub.initializer[i].CopyFrom(_tensor(model.tensor(t), t.name, t.data_type))
     if remaining:
-        producers = {o: n for n in g.node for o in n.output}
-        keep = []
-        for n in g.node:
-            if any(o in remaining for o in n.output) and len(n.output) == 1:
-                continue
-            keep.append(n)
         graph_inputs = {i.name for i in g.input}
-        for name, value in remaining.items():
-            if name not in producers and name not in graph_inputs:
-                raise GraphError(f"{source}: no tensor named {name!r} to replace")
-        bound = [i for i in g.input if i.name in remaining]      # parameters fed as inputs
-        for i in bound:
+        found = set()
+        for sub in graphs:               # Constant nodes and folded subgraphs become initializers
+            keep = []
+            for n in sub.node:
+                hit = [o for o in n.output if o in remaining]
+                if hit and len(n.output) == 1:
+                    found.add(hit[0])
+                    sub.initializer.append(numpy_helper.from_array(np.ascontiguousarray(remaining[hit[0]]), hit[0]))
+                    continue
+                keep.append(n)
+            del sub.node[:]
+            sub.node.extend(keep)
+        missing = [n for n in remaining if n not in found and n not in graph_inputs]
+        if missing:
+            raise GraphError(f"{source}: no tensor named {missing[0]!r} to replace")
+        for i in [i for i in g.input if i.name in remaining]:    # parameters fed as inputs
             g.input.remove(i)
-        del g.node[:]
-        g.node.extend(keep)
-        for name, value in remaining.items():
-            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(remaining[i.name]), i.name))
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
     os.close(fd)
+    big = sum(t.ByteSize() for t in g.initializer) > EXTERNAL_ABOVE
     try:
-        onnx.save(proto, tmp)
+        if big:   # protobuf cannot hold 2 GB: weights go to OUT.data beside the model
+            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{out.name}.data", size_threshold=1024)
+            produced = Path(tmp).parent / f"{out.name}.data"
+            if produced != out.parent / f"{out.name}.data":
+                os.replace(produced, out.parent / f"{out.name}.data")
+        else:
+            onnx.save(proto, tmp)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
