@@ -1,12 +1,14 @@
 """The ``.ngraph`` file: safetensors with the graph's structure as JSON metadata.
 
-Layout (plain safetensors, readable by ``safetensors.safe_open``): one tensor per stored array
-(``s<i>.<key>`` for set arrays, ``b<i>`` for block weights, ``u<i>`` for unmapped tensors) and
-``__metadata__ = {"format": "nngraph", "nngraph": <JSON document>}``. Reading maps the file
-once and hands out zero-copy views, so opening a multi-GB graph costs nothing until the
-arrays are touched; ``read_header`` reads only the JSON. Writes stream each array to a
-temporary file in the destination folder and rename it into place, so a failure never leaves
-a partial file.
+Layout (plain safetensors, readable by ``safetensors.safe_open``): each source tensor once, in
+its source layout (``L<i>``); every graph array with an origin is rebuilt on load as a view of
+its source tensor through that origin, so a weight is never stored twice nor transposed on
+write. Arrays without an origin are stored as themselves (``s<i>.<key>`` for set arrays,
+``b<i>`` for block weights), unmapped tensors as ``u<i>``. The structure is a JSON document in
+``__metadata__ = {"format": "nngraph", "nngraph": …}``. Reading maps the file once and hands out
+zero-copy views, so opening a multi-GB graph costs nothing until the arrays are touched;
+``read_header`` reads only the JSON. Writes stream to a temporary file in the destination
+folder renamed into place, so a failure never leaves a partial file.
 """
 from __future__ import annotations
 
@@ -50,12 +52,21 @@ def save(graph: NeuralGraph, path: str | os.PathLike) -> Path:
     """Write ``graph`` to ``path`` atomically. Returns the path."""
     path = Path(path)
     tensors: dict[str, np.ndarray] = {}
+    params = graph.to_params()
+    leaf_keys = {}
+    for i, name in enumerate(n for n in graph.sources if n not in graph.unmapped):
+        leaf_keys[name] = f"L{i}"
+        tensors[f"L{i}"] = params[name]
 
     def ref(key: str, p: Param | None) -> dict | None:
         if p is None:
             return None
-        tensors[key] = p.data
-        doc = {"tensor": key, "origin": p.origin.to_json() if p.origin else None}
+        doc: dict = {"origin": p.origin.to_json() if p.origin else None}
+        if p.origin is not None and p.origin.tensor in leaf_keys:
+            doc["tensor"] = None                       # a view of its source tensor
+        else:
+            tensors[key] = p.data
+            doc["tensor"] = key
         if p.shared:
             doc["shared"] = True
         return doc
@@ -72,7 +83,8 @@ def save(graph: NeuralGraph, path: str | os.PathLike) -> Path:
         "blocks": [{"name": b.name, "source": b.source, "target": b.target, "kind": b.kind,
                     "attrs": b.attrs, "weight": ref(f"b{i}", b.weight)}
                    for i, b in enumerate(graph.blocks)],
-        "sources": {n: {"shape": list(t.shape), "dtype": t.dtype} for n, t in graph.sources.items()},
+        "sources": {n: {"shape": list(t.shape), "dtype": t.dtype, "tensor": leaf_keys.get(n)}
+                    for n, t in graph.sources.items()},
         "unmapped": {n: {"reason": u.reason, "tensor": ref(f"u{i}", Param(u.data))["tensor"]
                          if u.data is not None else None}
                      for i, (n, u) in enumerate(graph.unmapped.items())},
@@ -102,7 +114,6 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dic
             for arr in tensors.values():
                 _write_array(f, arr)
             f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -164,11 +175,20 @@ def load(path: str | os.PathLike) -> NeuralGraph:
         begin, end = t["data_offsets"]
         return buf[begin:end].view(_np_dtype(_NP_DTYPES[t["dtype"]])).reshape(t["shape"])
 
+    try:
+        leaves = {n: array(t["tensor"]) for n, t in doc["sources"].items() if t.get("tensor")}
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: corrupt .ngraph metadata ({type(e).__name__}: {e})") from None
+
     def param(ref: dict | None) -> Param | None:
         if ref is None:
             return None
-        return Param(array(ref["tensor"]), Origin.from_json(ref["origin"]) if ref["origin"] else None,
-                     bool(ref.get("shared", False)))
+        origin = Origin.from_json(ref["origin"]) if ref["origin"] else None
+        if ref["tensor"] is None:
+            data = origin.apply(leaves[origin.tensor])
+        else:
+            data = array(ref["tensor"])
+        return Param(data, origin, bool(ref.get("shared", False)))
 
     try:
         g = NeuralGraph(doc.get("meta", {}))
@@ -182,6 +202,7 @@ def load(path: str | os.PathLike) -> NeuralGraph:
         g.sources = {n: SourceTensor(tuple(t["shape"]), t["dtype"]) for n, t in doc["sources"].items()}
         g.unmapped = {n: Unmapped(u["reason"], array(u["tensor"]) if u["tensor"] else None)
                       for n, u in doc["unmapped"].items()}
+        g.leaves = leaves
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{path}: corrupt .ngraph metadata ({type(e).__name__}: {e})") from None
     return g

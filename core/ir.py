@@ -125,6 +125,10 @@ class NeuralGraph:
         self.sources: dict[str, SourceTensor] = {}
         self.unmapped: dict[str, Unmapped] = {}
         self.meta: dict[str, Any] = dict(meta or {})
+        #: The source tensors, when every array with an origin is still a view of them (set by
+        #: adapters and by ``load``; cleared by anything that replaces arrays). Lets ``save``
+        #: write each weight once, in its source layout, without rebuilding it.
+        self.leaves: dict[str, np.ndarray] | None = None
 
     # ---------------------------------------------------------------- building
     def add_source(self, name: str, shape, dtype) -> None:
@@ -261,6 +265,10 @@ class NeuralGraph:
     # ---------------------------------------------------------------- round trip
     def to_params(self) -> dict[str, np.ndarray]:
         """Rebuild every source tensor from the graph's arrays (exact: index-only transforms)."""
+        if self.leaves is not None and set(self.leaves) >= set(self.sources) - set(self.unmapped):
+            out = {n: self.leaves[n] for n in self.sources if n not in self.unmapped}
+            out.update({n: u.data for n, u in self.unmapped.items() if u.data is not None})
+            return out
         out = {name: np.empty(t.shape, dtype=_np_dtype(t.dtype)) for name, t in self.sources.items()}
         for _, p in self.params():
             if p.origin is not None and not p.shared:
@@ -351,30 +359,50 @@ class NeuralGraph:
         return _effectively_fixed(self)
 
     def _accounting_problems(self) -> Iterator[str]:
-        counts = {name: np.zeros(t.shape, dtype=np.int32) for name, t in self.sources.items()}
+        """Every element of every source tensor mapped exactly once. Uses the boxes the
+        origins cover (cheap); falls back to counting elements when a box is unknown."""
+        uses: dict[str, list[tuple[str, Param]]] = {name: [] for name in self.sources}
         for where, p in self.params():
             if p.origin is None or p.shared:
                 continue
-            c = counts.get(p.origin.tensor)
-            if c is None:
+            if p.origin.tensor not in uses:
                 yield f"{where} comes from unknown source tensor {p.origin.tensor!r}"
                 continue
-            try:
-                if p.origin.apply(c).shape != p.shape:
-                    yield f"{where}: origin gives {p.origin.apply(c).shape}, array is {p.shape}"
-                    continue
-                p.origin.scatter(np.ones(p.shape, np.int32), c, accumulate=True)
-            except (ValueError, IndexError) as e:
-                yield f"{where}: origin does not fit {p.origin.tensor!r}: {e}"
-        for name, c in counts.items():
+            uses[p.origin.tensor].append((where, p))
+        for name, lst in uses.items():
+            t = self.sources[name]
             if name in self.unmapped:
-                if c.any():
+                if lst:
                     yield f"source tensor {name!r} is both mapped and listed as unmapped"
                 continue
-            if c.size and c.max() > 1:
-                yield f"source tensor {name!r}: {(c > 1).sum()} elements are mapped more than once"
-            if c.size and c.min() < 1:
-                yield f"source tensor {name!r}: {(c < 1).sum()} elements are mapped nowhere"
+            boxes = []
+            for where, p in lst:
+                shape = p.origin.shape(t.shape)
+                if shape is None or tuple(shape) != p.shape:
+                    yield f"{where}: origin gives shape {shape}, the array is {p.shape}"
+                    boxes = None
+                    break
+                boxes.append(p.origin.trace(t.shape)[1])
+            if boxes is None:
+                continue
+            if all(b is not None for b in boxes):
+                volume = sum(int(np.prod([hi - lo for lo, hi in b.values()], dtype=np.int64)) for b in boxes)
+                disjoint = all(any(max(a[k][0], b[k][0]) >= min(a[k][1], b[k][1]) for k in a)
+                               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+                if disjoint and volume == t.size:
+                    continue
+                if not disjoint:
+                    yield f"source tensor {name!r}: some elements are mapped more than once"
+                else:
+                    yield f"source tensor {name!r}: {t.size - volume} elements are mapped nowhere"
+                continue
+            counts = np.zeros(t.shape, dtype=np.int32)      # fallback: count element by element
+            for _, p in lst:
+                p.origin.scatter(np.ones(p.shape, np.int32), counts, accumulate=True)
+            if counts.size and counts.max() > 1:
+                yield f"source tensor {name!r}: {(counts > 1).sum()} elements are mapped more than once"
+            if counts.size and counts.min() < 1:
+                yield f"source tensor {name!r}: {(counts < 1).sum()} elements are mapped nowhere"
 
     # ---------------------------------------------------------------- delegations
     def symmetry_groups(self):

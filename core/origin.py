@@ -49,6 +49,68 @@ class Origin:
         """Write ``value`` (the canonical array) back into the full source tensor ``out``."""
         _scatter(out, self.steps, np.asarray(value), accumulate)
 
+    def shape(self, leaf_shape) -> tuple[int, ...] | None:
+        """The canonical array's shape, computed without touching data (None if it does not fit)."""
+        shape = list(leaf_shape)
+        for step in self.steps:
+            if step[0] == "slice":
+                _, ax, a, b = step
+                if not -len(shape) <= ax < len(shape):
+                    return None
+                n = shape[ax]
+                a, b = max(0, a + n if a < 0 else min(a, n)), max(0, b + n if b < 0 else min(b, n))
+                shape[ax] = max(0, b - a)
+            elif step[0] == "transpose":
+                if sorted(step[1]) != list(range(len(shape))):
+                    return None
+                shape = [shape[p] for p in step[1]]
+            else:
+                new = list(step[1])
+                total = int(np.prod(shape, dtype=np.int64))
+                if -1 in new:
+                    known = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+                    new[new.index(-1)] = total // max(known, 1)
+                if int(np.prod(new, dtype=np.int64)) != total:
+                    return None
+                shape = new
+        return tuple(shape)
+
+    def trace(self, leaf_shape) -> tuple[list, dict | None]:
+        """For each axis of the canonical array, the source axis it indexes (None for unit axes,
+        or for every axis once a reshape mixes axes), and the box ``{source axis: (start, stop)}``
+        of source elements it covers (None if a slice follows a mixing reshape)."""
+        shape = list(leaf_shape)
+        axes: list = list(range(len(shape)))
+        box: dict | None = {a: (0, d) for a, d in enumerate(shape)}
+        opaque = False
+        for step in self.steps:
+            if step[0] == "slice":
+                _, ax, a, b = step
+                src, n = axes[ax], shape[ax]
+                a, b = max(0, a + n if a < 0 else min(a, n)), max(0, b + n if b < 0 else min(b, n))
+                if opaque:
+                    box = None
+                elif src is not None and box is not None:
+                    lo = box[src][0]
+                    box[src] = (lo + a, lo + b)
+                shape[ax] = b - a
+            elif step[0] == "transpose":
+                axes = [axes[p] for p in step[1]]
+                shape = [shape[p] for p in step[1]]
+            else:
+                new = list(step[1])
+                if -1 in new:
+                    known = int(np.prod([d for d in new if d != -1]))
+                    new[new.index(-1)] = int(np.prod(shape)) // max(known, 1)
+                if opaque or [d for d in shape if d != 1] != [d for d in new if d != 1]:
+                    opaque = True
+                    axes = [None] * len(new)
+                else:
+                    kept = iter([a for a, d in zip(axes, shape) if d != 1])
+                    axes = [next(kept) if d != 1 else None for d in new]
+                shape = new
+        return axes, box
+
     # -- (de)serialization ------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"tensor": self.tensor, "steps": [list(s[:1]) + [list(x) if isinstance(x, tuple) else x

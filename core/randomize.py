@@ -16,7 +16,11 @@ NEAR_ONE = ("scale",)          # norm scales
 
 
 def randomize(graph: NeuralGraph, seed: int = 0) -> NeuralGraph:
-    """In-place: replace each stored array with random values of the same shape and dtype."""
+    """In-place: replace each stored array with random values of the same shape and dtype.
+
+    Source tensors are redrawn as a whole and every array re-derived from them through its
+    origin, so arrays that share a tensor stay equal; a tensor that is one constant shared by
+    several arrays (deduplicated zeros) stays a constant, so it needs no tie."""
     rng = np.random.default_rng(seed)
 
     def draw(shape, dtype, key: str, fan_in: int = 1) -> np.ndarray:
@@ -30,24 +34,38 @@ def randomize(graph: NeuralGraph, seed: int = 0) -> NeuralGraph:
             x = rng.standard_normal(shape) * 0.2
         return x.astype(dtype)
 
-    for s in graph.sets.values():
-        for key, p in s.arrays.items():
-            s.arrays[key] = Param(draw(p.shape, p.data.dtype, key), p.origin)
     fan: dict[str, int] = {}
     for b in graph.blocks:
         if b.weight is not None and b.pattern == "full":
             fan[b.target] = fan.get(b.target, 0) + int(np.prod(b.weight.shape[1:]))
+    wanted: list[tuple[Param, str, int]] = []
+    for s in graph.sets.values():
+        wanted += [(p, key, 1) for key, p in s.arrays.items()]
     for b in graph.blocks:
-        if b.weight is None:
-            continue
-        if b.kind == "embedding":
-            data = draw(b.weight.shape, b.weight.data.dtype, "embedding")
-        elif b.pattern == "full":
-            data = draw(b.weight.shape, b.weight.data.dtype, "weight", fan[b.target])
-        else:
-            data = draw(b.weight.shape, b.weight.data.dtype, "scale")
-        b.weight = Param(data, b.weight.origin)
+        if b.weight is not None:
+            key = "embedding" if b.kind == "embedding" else "weight" if b.pattern == "full" else "scale"
+            wanted.append((b.weight, key, fan.get(b.target, 1)))
+
+    leaves = {n: np.empty(t.shape, dtype=_dtype(t.dtype)) for n, t in graph.sources.items() if n not in graph.unmapped}
+    for p, key, fan_in in wanted:
+        value = draw(p.shape, p.data.dtype, key, fan_in)
+        if p.origin is not None and p.origin.tensor in leaves and not p.shared:
+            p.origin.scatter(value, leaves[p.origin.tensor])
+        elif p.origin is None:
+            p.data = value
+    for name in graph.meta.get("shared_constants", []):
+        if name in leaves:
+            leaves[name][...] = draw((), leaves[name].dtype, "other")
+    for p, _, _ in wanted:
+        if p.origin is not None and p.origin.tensor in leaves:
+            p.data = p.origin.apply(leaves[p.origin.tensor])
     for name, u in graph.unmapped.items():
-        if u.data is not None:
-            u.data = draw(u.data.shape, u.data.dtype, "other") if u.data.dtype.kind == "f" else u.data
+        if u.data is not None and u.data.dtype.kind == "f":
+            u.data = draw(u.data.shape, u.data.dtype, "other")
+    graph.leaves = leaves
     return graph
+
+
+def _dtype(name: str) -> np.dtype:
+    from .ir import _np_dtype
+    return _np_dtype(name)

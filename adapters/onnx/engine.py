@@ -401,45 +401,8 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
                 graph.fix(name)
     _share(ctx)
     _account(ctx)
+    graph.leaves = {name: ctx.leaves[name] for name in graph.sources if name not in graph.unmapped}
     return graph
-
-
-def _trace(leaf_shape: tuple, origin: Origin) -> tuple[list, dict | None]:
-    """Follow an origin's steps: for each axis of the result, the leaf axis it indexes (None
-    for unit axes, or for all axes once a reshape mixes them), and the box of leaf elements it
-    covers (None if a slice follows such a reshape)."""
-    shape = list(leaf_shape)
-    axes: list = list(range(len(shape)))
-    box: dict | None = {a: (0, d) for a, d in enumerate(shape)}
-    opaque = False
-    for step in origin.steps:
-        if step[0] == "slice":
-            _, ax, a, b = step
-            src = axes[ax]
-            n = shape[ax]
-            a, b = max(0, a + n if a < 0 else min(a, n)), max(0, b + n if b < 0 else min(b, n))
-            if opaque:
-                box = None
-            elif src is not None and box is not None:
-                lo = box[src][0]
-                box[src] = (lo + a, lo + b)
-            shape[ax] = b - a
-        elif step[0] == "transpose":
-            axes = [axes[p] for p in step[1]]
-            shape = [shape[p] for p in step[1]]
-        else:
-            new = list(step[1])
-            if -1 in new:
-                known = int(np.prod([d for d in new if d != -1]))
-                new[new.index(-1)] = int(np.prod(shape)) // max(known, 1)
-            if opaque or [d for d in shape if d != 1] != [d for d in new if d != 1]:
-                opaque = True
-                axes = [None] * len(new)
-            else:
-                kept = iter([a for a, d in zip(axes, shape) if d != 1])
-                axes = [next(kept) if d != 1 else None for d in new]
-            shape = new
-    return axes, box
 
 
 def _share(ctx: LoweringContext) -> None:
@@ -465,7 +428,7 @@ def _share(ctx: LoweringContext) -> None:
         if len(lst) < 2:
             continue
         leaf = ctx.leaves[tensor].shape
-        traced = [(_trace(leaf, p.origin), p, sets) for p, sets in lst]
+        traced = [(p.origin.trace(leaf), p, sets) for p, sets in lst]
 
         def overlap(b1, b2) -> bool:
             return b1 is None or b2 is None or all(max(b1[a][0], b2[a][0]) < min(b1[a][1], b2[a][1]) for a in b1)
@@ -474,8 +437,15 @@ def _share(ctx: LoweringContext) -> None:
         for item in traced:
             hit = next((c for c in clusters if any(overlap(item[0][1], other[0][1]) for other in c)), None)
             (hit.append(item) if hit is not None else clusters.append([item]))
+        leaf_data = ctx.leaves[tensor]
+        constant = leaf_data.size > 0 and bool(np.all(leaf_data == leaf_data.reshape(-1)[0]))
         for cluster in clusters:
             if len(cluster) < 2:
+                continue
+            if constant:     # every permutation leaves it unchanged: no tie needed (deduplicated zeros, ones)
+                for _, p, _ in cluster[1:]:
+                    p.shared = True
+                g.meta.setdefault("shared_constants", []).append(tensor)
                 continue
             if any(item[0][1] != cluster[0][0][1] or item[0][1] is None for item in cluster):
                 raise UnsupportedModelError(f"{ctx.model.path}: constant {tensor!r} is used as a parameter by "

@@ -21,6 +21,10 @@ from nngraph.errors import InputError
 class OnnxModel:
     path: Path
     proto: onnx.ModelProto
+    raw: dict = None          # initializer name → (offset, length) of raw data left in the file
+
+    def __post_init__(self):
+        self.raw = self.raw or {}
 
     @property
     def graph(self) -> onnx.GraphProto:
@@ -31,22 +35,42 @@ class OnnxModel:
         return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in self.proto.opset_import}
 
     def tensor(self, t: TensorProto) -> np.ndarray:
+        where = self.raw.get(t.name)
+        if where is not None and t.data_location != TensorProto.EXTERNAL and not t.HasField("raw_data"):
+            offset, length = where
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+            shape = tuple(t.dims)
+            if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != length or dtype.kind not in "fiub":
+                raise InputError(f"{self.path}: initializer {t.name!r} has {length} bytes for shape {shape}")
+            return np.memmap(self.path, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=shape)
         return tensor_to_array(t, self.path)
+
+    def stripped(self, t: TensorProto) -> bool:
+        """True when the tensor's data was left in the file (see :mod:`.wire`)."""
+        return t.name in self.raw and not t.HasField("raw_data") and t.data_location != TensorProto.EXTERNAL
 
 
 def read_model(path: str | os.PathLike) -> OnnxModel:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    from .wire import strip_weights
+
+    raw: dict = {}
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError, RuntimeWarning … on garbage
-        raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        data, raw = strip_weights(path)
+        proto = onnx.ModelProto.FromString(data)
+    except Exception:  # noqa: BLE001 - not plain protobuf as expected: let onnx say what is wrong
+        raw = {}
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf raises DecodeError, RuntimeWarning … on garbage
+            raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     if not proto.graph.node and not proto.graph.initializer:
         raise InputError(f"{path}: not an ONNX model (empty graph)")
     if not proto.opset_import:
         raise InputError(f"{path}: not an ONNX model (no opset_import)")
-    return OnnxModel(path, proto)
+    return OnnxModel(path, proto, raw)
 
 
 def _external_info(t: TensorProto) -> dict[str, str]:

@@ -34,7 +34,7 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
         for i, t in enumerate(sub.initializer):
             if t.name in remaining:
                 sub.initializer[i].CopyFrom(_tensor(remaining.pop(t.name), t.name, t.data_type))
-            elif t.data_location == onnx.TensorProto.EXTERNAL:
+            elif t.data_location == onnx.TensorProto.EXTERNAL or model.stripped(t):
                 sub.initializer[i].CopyFrom(_tensor(model.tensor(t), t.name, t.data_type))
     if remaining:
         graph_inputs = {i.name for i in g.input}
