@@ -104,3 +104,26 @@ def test_plugins_lists_onnx():
     assert plugins["onnx"]["status"] == "active" and "onnx" in plugins["onnx"]["provides"]["adapters"]
     r = ngraph("plugins")
     assert r.returncode == 0 and "onnx" in r.stdout
+
+
+def test_convert_does_not_import_torch(mlp_onnx, tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from nngraph.cli import main; "
+            f"rc = main(['convert', r'{mlp_onnx}', '-o', r'{tmp_path / 'm.ngraph'}']); "
+            "assert rc == 0; assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_analyse_example(mlp_onnx, tmp_path):
+    import subprocess
+    import sys
+    from conftest import EXAMPLES
+    out = tmp_path / "m.ngraph"
+    assert ngraph("convert", mlp_onnx, "-o", out).returncode == 0
+    r = subprocess.run([sys.executable, str(EXAMPLES / "analyse.py"), str(out), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [b["count"] for b in doc["blocks"]] == [64 * 32, 32 * 16, 16 * 10]
+    assert doc["kinds"]["dense"]["count"] == 2720 and (tmp_path / "m_weights.png").stat().st_size > 1000
