@@ -48,13 +48,15 @@ class TieGroup:
 
     With a ``parent`` group of size P, the ``size`` neurons form P contiguous blocks of
     ``size // P``; a symmetry moves block b to the position the parent's permutation moves
-    b to, and permutes within each block freely.
+    b to, and permutes within each block freely — unless ``rigid``, when positions inside a
+    block carry meaning (rotary position embeddings pair and rotate fixed head dimensions).
     """
 
     name: str
     size: int
     fixed: bool = False
     parent: str | None = None
+    rigid: bool = False      # with a parent: blocks move with the parent, nothing moves inside a block
 
 
 @dataclass
@@ -187,6 +189,7 @@ class NeuralGraph:
             ga, gb = (self.sets[a].group if a in self.sets else a), (self.sets[b].group if b in self.sets else b)
             A, B = self.groups[ga], self.groups[gb]
         A.fixed = A.fixed or B.fixed
+        A.rigid = A.rigid or B.rigid
         A.parent = A.parent or B.parent
         for s in self.sets.values():
             if s.group == gb:

@@ -76,19 +76,19 @@ class Origin:
         return tuple(shape)
 
     def trace(self, leaf_shape) -> tuple[list, dict | None]:
-        """For each axis of the canonical array, the source axis it indexes (None for unit axes,
-        or for every axis once a reshape mixes axes), and the box ``{source axis: (start, stop)}``
-        of source elements it covers (None if a slice follows a mixing reshape)."""
+        """For each axis of the canonical array, the source axis it indexes (None for unit
+        axes and for axes a reshape merged or split), and the box ``{source axis: (start,
+        stop)}`` of source elements it covers (None if a slice cuts a merged axis)."""
         shape = list(leaf_shape)
         axes: list = list(range(len(shape)))
         box: dict | None = {a: (0, d) for a, d in enumerate(shape)}
-        opaque = False
+        mixed = [False] * len(shape)
         for step in self.steps:
             if step[0] == "slice":
                 _, ax, a, b = step
                 src, n = axes[ax], shape[ax]
                 a, b = max(0, a + n if a < 0 else min(a, n)), max(0, b + n if b < 0 else min(b, n))
-                if opaque:
+                if mixed[ax] and (a, b) != (0, n):
                     box = None
                 elif src is not None and box is not None:
                     lo = box[src][0]
@@ -97,18 +97,33 @@ class Origin:
             elif step[0] == "transpose":
                 axes = [axes[p] for p in step[1]]
                 shape = [shape[p] for p in step[1]]
+                mixed = [mixed[p] for p in step[1]]
             else:
                 new = list(step[1])
                 if -1 in new:
                     known = int(np.prod([d for d in new if d != -1]))
                     new[new.index(-1)] = int(np.prod(shape)) // max(known, 1)
-                if opaque or [d for d in shape if d != 1] != [d for d in new if d != 1]:
-                    opaque = True
-                    axes = [None] * len(new)
-                else:
-                    kept = iter([a for a, d in zip(axes, shape) if d != 1])
-                    axes = [next(kept) if d != 1 else None for d in new]
-                shape = new
+                old = [(d, a, m) for d, a, m in zip(shape, axes, mixed) if d != 1]
+                fresh = [d for d in new if d != 1]
+                same = 0                      # leading non-unit axes that survive unchanged
+                while same < min(len(old), len(fresh)) and old[same][0] == fresh[same] and (
+                        same < len(old) - 1 or len(fresh) == len(old)):
+                    same += 1
+                kept = iter(old[:same])
+                new_axes, new_mixed, k = [], [], 0
+                for d in new:
+                    if d == 1:
+                        new_axes.append(None)
+                        new_mixed.append(False)
+                    elif k < same:
+                        _, a, m = next(kept)
+                        new_axes.append(a)
+                        new_mixed.append(m)
+                        k += 1
+                    else:
+                        new_axes.append(None)
+                        new_mixed.append(True)
+                axes, mixed, shape = new_axes, new_mixed, new
         return axes, box
 
     # -- (de)serialization ------------------------------------------------------------------

@@ -58,6 +58,10 @@ class Symmetry:
                 bs = g.size // len(pp)
                 if not np.array_equal(p.reshape(len(pp), bs) // bs, np.repeat(pp[:, None], bs, 1)):
                     raise GraphError(f"symmetry of group {name!r} does not move its blocks with parent {g.parent!r}")
+                if g.rigid and not np.array_equal(p.reshape(len(pp), bs) % bs, np.tile(np.arange(bs), (len(pp), 1))):
+                    raise GraphError(f"symmetry permutes inside the rigid blocks of group {name!r}")
+            elif g.rigid and not np.array_equal(p, np.arange(g.size)):
+                raise GraphError(f"symmetry moves rigid group {name!r}")
 
     def to_json(self) -> dict[str, list[int]]:
         return {g: [int(i) for i in p] for g, p in self.perms.items()}
@@ -69,7 +73,7 @@ class Symmetry:
 
 def _effectively_fixed(graph: NeuralGraph) -> set[str]:
     """Fixed groups, plus every ancestor of a fixed group (moving it would move the child)."""
-    fixed = {g.name for g in graph.groups.values() if g.fixed}
+    fixed = {g.name for g in graph.groups.values() if g.fixed or (g.rigid and g.parent is None)}
     for name in list(fixed):
         parent = graph.groups[name].parent
         while parent is not None and parent not in fixed:
@@ -118,7 +122,9 @@ def random_symmetry(graph: NeuralGraph, seed: int | None = None) -> Symmetry:
         else:
             pp = perms.get(g.parent, np.arange(graph.groups[g.parent].size))
             bs = g.size // len(pp)
-            within = rng.permuted(np.tile(np.arange(bs), (len(pp), 1)), axis=1)
+            within = np.tile(np.arange(bs), (len(pp), 1))
+            if not g.rigid:
+                within = rng.permuted(within, axis=1)
             perms[name] = (pp[:, None] * bs + within).reshape(-1)
     return Symmetry(perms)
 

@@ -52,7 +52,7 @@ def test_hf_models_verify(name):
     assert all(report.groups_moved)
 
 
-@pytest.mark.parametrize("name", [n for n in HF_MODELS if not n.startswith("resnet")])
+@pytest.mark.parametrize("name", [n for n in HF_MODELS if not n.startswith(("resnet", "mobilenet"))])
 def test_transformer_structure(name):
     g = nngraph.convert(HF / name)
     roles = collections.Counter(s.role for s in g.sets.values())
@@ -63,7 +63,7 @@ def test_transformer_structure(name):
         if s.role == "query":
             key = next(t for t in g.sets.values() if t.role == "key" and t.group == s.group)
             heads = g.groups[g.groups[s.group].parent]
-            assert heads.size == 4 and key.size == s.size == 32
+            assert heads.size == 4 and key.size == s.size == 32 and key is not s
         if s.role == "value":
             assert g.groups[s.group].parent is not None
 
@@ -136,3 +136,26 @@ def test_grouped_conv_symmetry_keeps_groups():
             assert src.group == tgt.group               # depthwise: tied
         else:
             assert g.ancestor(src.group, b.groups) == g.ancestor(tgt.group, b.groups) is not None
+
+
+def test_rotary_heads_are_rigid_inside():
+    """LLaMA's rotary embedding pins head dimensions in place; whole heads still permute."""
+    g = nngraph.convert(HF / "llama_dynamo18.onnx")
+    queries = [s for s in g.sets.values() if s.role == "query"]
+    assert len(queries) == 2
+    for q in queries:
+        assert g.groups[q.group].rigid and g.groups[q.group].parent is not None
+    sym = g.random_symmetry(3)
+    heads = g.groups[queries[0].group].parent
+    assert not np.array_equal(sym.perm(heads, 4), np.arange(4)) or not np.array_equal(
+        g.random_symmetry(4).perm(heads, 4), np.arange(4))
+
+
+def test_relative_position_bias_is_per_head():
+    """T5's relative attention bias (a table folded to [heads, T, T] for a static shape, shared by
+    both layers) becomes an array of the head nodes: heads keep their symmetry, tied across layers."""
+    g = nngraph.convert(HF / "t5enc_torchscript.onnx")
+    heads = [s for s in g.sets.values() if s.role == "head"]
+    assert len(heads) == 2 and heads[0].group == heads[1].group
+    assert all("score_add" in h.arrays for h in heads)
+    assert not next(x for x in g.symmetry_groups() if x.name == heads[0].group).fixed

@@ -80,6 +80,7 @@ class Act:
     heads: tuple[int, int] | None = None
     seg_axis: int | None = None   # sets laid along this axis instead of end to end (RNN directions)
     inners: tuple[int, ...] | None = None   # per-set taps when flattened maps of different sizes were concatenated
+    part: tuple[int, int] | None = None     # only these within-head positions (rotary halves; the group is rigid)
 
     @property
     def set(self) -> str:

@@ -39,12 +39,14 @@ def tie_qk(ctx: LoweringContext, node: onnx.NodeProto, q: str, k: str, heads: in
     g = ctx.graph
     pq = _heads_parent(ctx, q, heads)
     pk = _heads_parent(ctx, k, heads)
+    for name, role in ((q, "query"), (k, "key")):   # the projections feeding them (rotary copies in between)
+        group = g.sets[name].group
+        for s in g.sets.values():
+            if s.group == group and s.role == "hidden":
+                s.role = role
     if pq is not None and pq != pk:
         g.tie(pq, pk)
     g.tie(q, k)
-    for name, role in ((q, "query"), (k, "key")):
-        if g.sets[name].role == "hidden":
-            g.sets[name].role = role
     parent = g.groups[g.sets[q].group].parent if heads > 1 else None
     hs = _head_set(ctx, node, parent, q)
     g.add_block(ctx.unique(f"{node.name or node.output[0]}/qk"), q, k, "attention")

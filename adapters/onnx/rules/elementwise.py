@@ -20,7 +20,7 @@ ACTIVATIONS = {
 MS_ACTIVATIONS = {"FastGelu": "gelu", "Gelu": "gelu", "QuickGelu": "gelu", "BiasGelu": "gelu"}
 #: Ops that keep every value's place (and meaning up to a fixed map) on the neuron axis.
 PASSTHROUGH = ("Identity", "Dropout", "Cast", "CastLike", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
-               "Round", "Sign", "Erf", "Log", "Not", "IsNaN", "IsInf", "Trilu")
+               "Round", "Sign", "Erf", "Log", "Not", "IsNaN", "IsInf")
 
 
 def _activate(ctx: LoweringContext, node: onnx.NodeProto, name: str) -> None:
@@ -105,11 +105,7 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if isinstance(a, Act) and isinstance(b, Act):
         return _combine(ctx, node, [a, b])
     if isinstance(a, Scores) or isinstance(b, Scores):
-        other = b if isinstance(a, Scores) else a
-        if isinstance(other, Const) and (other.data.size <= 1 or len(np.unique(other.value)) <= 2):
-            ctx.buffer(other, "attention mask or scale")     # 0/-inf masks, 1/sqrt(d) scales
-        ctx.set_output(node, a if isinstance(a, Scores) else b)
-        return
+        return _with_scores(ctx, node, a if isinstance(a, Scores) else b, b if isinstance(a, Scores) else a)
     if isinstance(a, Stat) or isinstance(b, Stat):
         other = b if isinstance(a, Stat) else a
         if isinstance(other, Act):
@@ -133,6 +129,8 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     assert isinstance(c, Const)
     size = ctx.size(x)
     vec = per_channel(c, x, size) if c.is_float else None
+    if vec is None and _rotary(ctx, node, x, c):
+        return
     if vec is None:
         from .embedding import positional
         if op == "Add" and positional(ctx, node, x, c):
@@ -167,8 +165,53 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, map_segments(ctx, x, make))
 
 
+def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, other) -> None:
+    """Scores combined with something: a mask or scale (no neurons), a per-head bias (a
+    parameter of the head nodes), or an activation over heads (a relative position bias
+    looked up per head: its neurons are the heads)."""
+    g = ctx.graph
+    if isinstance(other, Act):
+        shift = scores.rank - (other.rank or 0)
+        if scores.heads_set is None or other.axis + shift != scores.head_axis or ctx.size(other) != scores.heads \
+                or len(other.sets) != 1 or other.heads or other.inner != 1:
+            raise ctx.fail(node, "combines attention scores with an activation that is not one value per head")
+        g.tie(other.set, scores.heads_set)
+    elif isinstance(other, Const) and other.is_float and other.data.size > 1:
+        shape = (1,) * (scores.rank - other.data.ndim) + other.data.shape
+        if scores.head_axis is not None and scores.heads > 1 and shape[scores.head_axis] == scores.heads:
+            full = other.reshape(shape)
+            moved = full.transpose([scores.head_axis] + [d for d in range(scores.rank) if d != scores.head_axis])
+            g.sets[scores.heads_set].arrays[f"score_{node.op_type.lower()}"] = ctx.param(
+                moved.reshape((scores.heads, moved.data.size // scores.heads)))
+        elif len(np.unique(other.value)) <= 2:
+            ctx.buffer(other, "attention mask or scale")     # 0/-inf masks
+    elif isinstance(other, Const):
+        ctx.buffer(other, "attention scale")
+    ctx.set_output(node, scores)
+
+
+def _rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> bool:
+    """q·cos, rotate_half(q)·sin: a table over positions and head dimensions, shared by all
+    heads. Head dimensions keep their places (the group becomes rigid); heads still permute."""
+    if not x.heads or x.rank is None or node.op_type not in ("Mul", "Add") or not c.is_float:
+        return False
+    shape = (1,) * (x.rank - c.data.ndim) + c.data.shape
+    if len(shape) != x.rank or shape[x.heads[0]] != 1:
+        return False
+    width = (x.part[1] - x.part[0]) if x.part else ctx.size(x) // x.heads[1]
+    if shape[x.axis] not in (1, width):
+        return False
+    for s in x.sets:
+        ctx.graph.groups[ctx.graph.sets[s].group].rigid = True
+    ctx.buffer(c, "rotary position table")
+    ctx.set_output(node, x)
+    return True
+
+
 def _combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act]) -> None:
     """Activations combined elementwise (residual sum, gate, max): ties their neurons, set by set."""
+    if any(a.part != acts[0].part for a in acts):
+        raise ctx.fail(node, "combines different parts of attention heads")
     segs = [[n for _, _, n in ctx.segments(a)] for a in acts]
     if any(sg != segs[0] for sg in segs) and all(ctx.size(a) == ctx.size(acts[0]) for a in acts):
         acts = [as_one_set(ctx, node, a) for a in acts]   # misaligned concatenations: one fixed set each

@@ -16,8 +16,26 @@ SPATIAL = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPo
 
 def lower_spatial(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
-    if isinstance(v, Act) and v.inner != 1:
-        raise ctx.fail(node, "spatial op on a flattened activation")
+    if isinstance(v, Act) and (v.inner != 1 or v.part):
+        raise ctx.fail(node, "spatial op on a flattened activation or part of a head")
+    if isinstance(v, Act) and v.rank is not None:
+        if node.op_type == "LRN":           # sums over neighbouring channels: channel order matters
+            for s in v.sets:
+                ctx.graph.fix(s)
+        if node.op_type == "CumSum":
+            c = ctx.const(node.input[1])
+            if c is None or int(np.asarray(c.data).reshape(-1)[0]) % v.rank == v.axis:
+                raise ctx.fail(node, "cumulative sum along the neuron axis")
+        if node.op_type == "Pad":
+            pads = ctx.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            raw = [int(p) for p in np.asarray(pads.data).reshape(-1)] if pads is not None else list(ctx.attr(node, "pads", []))
+            axes_c = ctx.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            axes = [int(a) % v.rank for a in np.asarray(axes_c.data).reshape(-1)] if axes_c is not None else list(range(v.rank))
+            if not raw and pads is None and len(node.input) > 1:
+                raise ctx.fail(node, "pads are not constant")
+            k = len(axes)
+            if v.axis in axes and raw and (raw[axes.index(v.axis)] or raw[k + axes.index(v.axis)]):
+                raise ctx.fail(node, "pads the neuron axis")
     ctx.set_output(node, v if v is not None else AUX)
     for i in range(1, len(node.output)):
         ctx.set_output(node, AUX, i)

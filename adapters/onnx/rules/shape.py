@@ -261,6 +261,13 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     first = acts[0]
     rank = first.rank
     axis = ctx.attr(node, "axis") % rank
+    if axis == first.axis and first.heads:      # rotary halves put back together (in some order)
+        width = ctx.size(first) // first.heads[1]
+        if len(acts) == len(vals) and all(a.sets == first.sets and a.heads == first.heads and a.part for a in acts) \
+                and sorted(p for a in acts for p in range(*a.part)) == list(range(width)):
+            ctx.set_output(node, first.but(part=None, stage="out"))
+            return
+        raise ctx.fail(node, "concatenates inside attention heads")
     if any(a.heads or a.rank != rank or a.seg_axis is not None for a in acts):
         raise ctx.fail(node, "concatenates head-split, stacked or differently ranked activations")
     if axis == first.axis:
@@ -360,6 +367,15 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     out = x
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         ax %= x.rank
+        if ax == x.axis and x.heads:             # within heads: rotary halves
+            width = ctx.size(x) // x.heads[1]
+            st, en = max(0, st + width if st < 0 else min(st, width)), max(0, en + width if en < 0 else min(en, width))
+            if sp != 1 or x.part is not None or len(x.sets) != 1:
+                raise ctx.fail(node, "slices inside attention heads twice or with a stride")
+            if (st, en) != (0, width):
+                ctx.graph.groups[ctx.graph.sets[x.set].group].rigid = True
+                out = out.but(part=(st, en))
+            continue
         if ax == x.axis:
             n = ctx.size(x)
             st, en = max(0, st + n if st < 0 else min(st, n)), max(0, en + n if en < 0 else min(en, n))
