@@ -85,7 +85,8 @@ def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.nd
 def _evaluate(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    fast = _numpy(ctx, node, [None if v is None else np.asarray(v.value) for v in ins])
+    with np.errstate(all="ignore"):    # log(0) in T5's bucket maths etc.: values as ONNX defines them
+        fast = _numpy(ctx, node, [None if v is None else np.asarray(v.value) for v in ins])
     if fast is not None:
         return fast
 
@@ -99,7 +100,10 @@ def _evaluate(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[np.
     m = onnx.helper.make_model(g, opset_imports=ctx.model.proto.opset_import)
     feeds = {n: np.asarray(v.value) for n, v in zip(names, ins) if n}
     try:
-        return list(ReferenceEvaluator(m).run(None, feeds))
+        import warnings
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return list(ReferenceEvaluator(m).run(None, feeds))
     except Exception as e:  # noqa: BLE001
         raise UnsupportedModelError(f"{ctx.model.path}: cannot fold constant node "
                                     f"{node.name or node.output[0]!r} ({node.op_type}): {e}") from None

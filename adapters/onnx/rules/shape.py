@@ -424,8 +424,14 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "input is not a tracked activation")
     shift = (len(out) - x.rank) if out is not None else 0
     heads = (x.heads[0] + shift, x.heads[1]) if x.heads else None
-    if out is not None and out[x.axis + shift] not in (None, ctx.size(x)):
+    width = ctx.size(x) // x.heads[1] if x.heads else ctx.size(x)
+    if out is not None and out[x.axis + shift] not in (None, width):
         raise ctx.fail(node, "broadcasts along the neuron axis")
+    src = ctx.shape(node.input[0])
+    if x.heads and out is not None and src is not None and any(
+            b == 1 and a not in (None, 1) for a, b in zip(out[shift:], src)):
+        raise ctx.fail(node, "repeats attention heads (grouped-query attention with fewer key/value heads "
+                             "is not supported yet)")
     ctx.set_output(node, x.but(axis=x.axis + shift, rank=x.rank + shift, heads=heads))
 
 
