@@ -161,7 +161,7 @@ class LoweringContext:
     values: dict[str, Const | Act | Stat | Scores | _Aux] = field(default_factory=dict)
     leaves: dict[str, np.ndarray] = field(default_factory=dict)       # source tensors by name
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
-    shapes: dict[str, tuple] = field(default_factory=dict)            # inferred; None = dynamic dim
+    shapes: dict[str, tuple] = field(default_factory=dict)            # inferred: int, symbol (str) or None
     absorbed: set[str] = field(default_factory=set)                   # leaves folded into derived leaves
     buffers: dict[str, str] = field(default_factory=dict)             # leaves read as non-parameters
     rules: "RuleTable | None" = None
@@ -563,8 +563,9 @@ def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
     for g in all_graphs(inferred.graph):
         for vi in [*g.input, *g.value_info, *g.output]:
             t = vi.type.tensor_type
-            if t.HasField("shape"):
-                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            if t.HasField("shape"):   # ints, symbolic names (str: equal names are equal sizes), None
+                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value")
+                                        else (d.dim_param or None) for d in t.shape.dim)
         for t in g.initializer:
             shapes[t.name] = tuple(t.dims)
     return shapes

@@ -13,7 +13,8 @@ from .common import as_one_set, tied_copy
 
 
 def _prod(dims) -> int | None:
-    if any(d is None for d in dims):
+    """Product of static dims; None if any is symbolic or unknown."""
+    if any(not isinstance(d, (int, np.integer)) for d in dims):
         return None
     return int(np.prod(dims, dtype=np.int64))
 
@@ -36,39 +37,62 @@ def _passthrough_other(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
 
 
 def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
-    """Pair up runs of source and target axes with equal extents (how a reshape regroups axes).
-    Unknown (None) extents match only each other, one to one."""
+    """Pair up runs of source and target axes that a reshape maps onto each other.
+
+    Equal leading and trailing dims (equal sizes, or the same symbolic name) are the same axes;
+    the middle is grouped by equal products when static, else taken whole when one side is a
+    single axis (a merge or a split). None when it cannot be told."""
+    same = lambda a, b: a is not None and a == b  # noqa: E731
+    i = 0
+    while i < min(len(src), len(dst)) and same(src[i], dst[i]):
+        i += 1
+    j = 0
+    while j < min(len(src), len(dst)) - i and same(src[len(src) - 1 - j], dst[len(dst) - 1 - j]):
+        j += 1
+    head = [(range(k, k + 1), range(k, k + 1)) for k in range(i)]
+    tail = [(range(len(src) - 1 - k, len(src) - k), range(len(dst) - 1 - k, len(dst) - k)) for k in range(j)][::-1]
+    sm, dm = src[i:len(src) - j], dst[i:len(dst) - j]
+    if not sm and not dm:
+        return head + tail
+    if not sm or not dm:
+        if all(d == 1 for d in (*sm, *dm)):          # unit axes added or removed
+            return head + tail
+        return None
+    mid = None
+    if _prod(sm) is not None and _prod(dm) is not None:
+        mid = _product_groups(sm, dm)
+    if mid is None and (len(dm) == 1 or len(sm) == 1):
+        mid = [(range(len(sm)), range(len(dm)))]
+    if mid is None:
+        return None
+    shifted = [(range(a.start + i, a.stop + i), range(b.start + i, b.stop + i)) for a, b in mid]
+    return head + shifted + tail
+
+
+def _product_groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
+    """Runs of static axes with equal products (unit axes join their neighbours)."""
+    if _prod(src) != _prod(dst):
+        return None
     out, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
-        if i < len(src) and j < len(dst) and (src[i] is None or dst[j] is None):
-            if src[i] is None and dst[j] is None:
-                out.append((range(i, i + 1), range(j, j + 1)))
-                i, j = i + 1, j + 1
-                continue
-            return None
         i0, j0 = i, j
-        if i < len(src) and j < len(dst):
-            a, b = src[i], dst[j]
-            i, j = i + 1, j + 1
-            while a != b:
-                if a < b:
-                    if i >= len(src) or src[i] is None:
-                        return None
-                    a *= src[i]
+        a = b = 1
+        while True:
+            if i < len(src) and (a < b or (a == b and i == i0) or (j >= len(dst))):
+                a *= src[i]
+                i += 1
+            elif j < len(dst):
+                b *= dst[j]
+                j += 1
+            else:
+                break
+            if a == b and i > i0 and j > j0:
+                while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):
                     i += 1
-                else:
-                    if j >= len(dst) or dst[j] is None:
-                        return None
-                    b *= dst[j]
+                while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
                     j += 1
-        # absorb unit axes on either side
-        while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):
-            i += 1
-        while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
-            j += 1
+                break
         if i == i0 and j == j0:
-            if i < len(src) and j < len(dst):
-                continue
             return None
         out.append((range(i0, i), range(j0, j)))
     return out
@@ -87,7 +111,7 @@ def _target_shape(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None)
     raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
     dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
             for k, v in enumerate(raw)]
-    if -1 in raw and src is not None and None not in src:
+    if -1 in raw and src is not None and _prod(src) is not None:
         known = _prod([d for d in dims if d is not None])
         dims[raw.index(-1)] = _prod(src) // known if known else None
     return tuple(dims)
@@ -149,7 +173,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             ctx.set_output(node, x.but(axis=len(dst) - 1, rank=len(dst)))
             return
         raise ctx.fail(node, "needs the input shape (shape inference found none)")
-    src = tuple(n if k == x.axis and d is None else d for k, d in enumerate(src))
+    src = tuple(n if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(src))
     groups = _groups(src, dst)
     if groups is None:
         raise ctx.fail(node, f"reshapes {src} to {dst} in a way that cannot be followed")
@@ -179,7 +203,10 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), inner=inner, heads=heads))
         return
     if list(sg) == [x.axis] and len(dg) == 2 and not x.heads:   # split into [heads, head_dim]
-        H = dst[dg[0]]
+        H = dst[dg[0]] if isinstance(dst[dg[0]], int) else (
+            n // dst[dg[1]] if isinstance(dst[dg[1]], int) and n % dst[dg[1]] == 0 else None)
+        if H is None or n % H:
+            raise ctx.fail(node, f"splits the {n}-neuron axis into {dst[dg[0]]} × {dst[dg[1]]}")
         x = as_one_set(ctx, node, x)
         ctx.blocks_of(x.set, H)
         ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
@@ -351,6 +378,10 @@ def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    c = ctx.const(node.input[0])
+    if c is not None:     # bounds known only at run time: a table cut to the sequence length
+        ctx.set_output(node, c if c.is_float and c.origin is not None else AUX)
+        return
     if _passthrough_other(ctx, node):
         return
     x = ctx.act(node.input[0])
@@ -414,7 +445,9 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
     if isinstance(v, Const):          # a parameter broadcast to a data-dependent shape (class tokens)
-        ctx.set_output(node, Const(v.data, v.origin, ctx.shape(node.output[0])) if v.is_float else AUX)
+        out = ctx.shape(node.output[0])
+        ctx.set_output(node, Const(v.data, v.origin, out if out and _prod(out) is not None else None)
+                       if v.is_float else AUX)
         return
     if _passthrough_other(ctx, node):
         return
@@ -425,11 +458,11 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     shift = (len(out) - x.rank) if out is not None else 0
     heads = (x.heads[0] + shift, x.heads[1]) if x.heads else None
     width = ctx.size(x) // x.heads[1] if x.heads else ctx.size(x)
-    if out is not None and out[x.axis + shift] not in (None, width):
+    if out is not None and isinstance(out[x.axis + shift], int) and out[x.axis + shift] != width:
         raise ctx.fail(node, "broadcasts along the neuron axis")
     src = ctx.shape(node.input[0])
     if x.heads and out is not None and src is not None and any(
-            b == 1 and a not in (None, 1) for a, b in zip(out[shift:], src)):
+            b == 1 and a != 1 and a is not None for a, b in zip(out[shift:], src)):
         raise ctx.fail(node, "repeats attention heads (grouped-query attention with fewer key/value heads "
                              "is not supported yet)")
     ctx.set_output(node, x.but(axis=x.axis + shift, rank=x.rank + shift, heads=heads))
@@ -448,7 +481,7 @@ def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_shape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Shape of an activation: a constant when shape inference knows every dimension."""
     shape = ctx.shape(node.input[0])
-    if shape is None or None in shape:
+    if shape is None or _prod(shape) is None:
         ctx.set_output(node, AUX)
         return
     start, end = ctx.attr(node, "start", 0), ctx.attr(node, "end", None)
