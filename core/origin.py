@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-Step = tuple  # ("slice", axis, start, stop) | ("transpose", perm) | ("reshape", shape)
+Step = tuple  # ("slice", axis, start, stop) | ("transpose", perm) | ("reshape", shape) | ("take", axis, indices)
 
 
 def _slice(axis: int, start: int, stop: int) -> Step:
@@ -33,6 +33,10 @@ class Origin:
         if perm == tuple(range(len(perm))):
             return self
         return Origin(self.tensor, self.steps + (("transpose", perm),))
+
+    def take(self, axis: int, indices) -> "Origin":
+        """Distinct indices along an axis, in a new order (blocks of a weight reordered)."""
+        return Origin(self.tensor, self.steps + (("take", int(axis), tuple(int(i) for i in indices)),))
 
     def reshape(self, shape) -> "Origin":
         return Origin(self.tensor, self.steps + (("reshape", tuple(int(s) for s in shape)),))
@@ -64,6 +68,11 @@ class Origin:
                 if sorted(step[1]) != list(range(len(shape))):
                     return None
                 shape = [shape[p] for p in step[1]]
+            elif step[0] == "take":
+                _, ax, idx = step
+                if not -len(shape) <= ax < len(shape) or any(not 0 <= i < shape[ax] for i in idx):
+                    return None
+                shape[ax] = len(idx)
             else:
                 new = list(step[1])
                 total = int(np.prod(shape, dtype=np.int64))
@@ -98,6 +107,18 @@ class Origin:
                 axes = [axes[p] for p in step[1]]
                 shape = [shape[p] for p in step[1]]
                 mixed = [mixed[p] for p in step[1]]
+            elif step[0] == "take":
+                _, ax, idx = step
+                src = axes[ax]
+                if mixed[ax] or src is None:
+                    box = None
+                elif box is not None:          # the box covers the taken range (reordering aside)
+                    lo = box[src][0]
+                    if sorted(idx) != list(range(min(idx), max(idx) + 1)):
+                        box = None
+                    else:
+                        box[src] = (lo + min(idx), lo + max(idx) + 1)
+                shape[ax] = len(idx)
             else:
                 new = list(step[1])
                 if -1 in new:
@@ -140,6 +161,8 @@ class Origin:
                 steps.append(_slice(*s[1:4]))
             elif op in ("transpose", "reshape"):
                 steps.append((op, tuple(int(x) for x in s[1])))
+            elif op == "take":
+                steps.append((op, int(s[1]), tuple(int(x) for x in s[2])))
             else:
                 raise ValueError(f"unknown origin step {op!r}")
         return cls(str(doc["tensor"]), tuple(steps))
@@ -156,6 +179,8 @@ def _forward(arr: np.ndarray, step: Step) -> np.ndarray:
         return arr.transpose(step[1])
     if op == "reshape":
         return arr.reshape(step[1])
+    if op == "take":
+        return np.take(arr, step[2], axis=step[1])
     raise ValueError(f"unknown origin step {op!r}")
 
 
@@ -169,6 +194,13 @@ def _scatter(target: np.ndarray, steps: tuple[Step, ...], value: np.ndarray, acc
             target[...] = value
         return
     step, rest = steps[0], steps[1:]
+    if step[0] == "take":               # fancy indexing copies: edit the selection, then put it back
+        _, axis, idx = step
+        index = (slice(None),) * axis + (list(idx),)
+        tmp = target[index].copy()
+        _scatter(tmp, rest, value, accumulate)
+        target[index] = tmp
+        return
     if step[0] == "reshape":
         try:
             view = target.reshape(step[1], copy=False)

@@ -37,19 +37,49 @@ class Const:
     data: np.ndarray
     origin: Origin | None = None
     broadcast: tuple | None = None
+    parts: tuple | None = None     # (axis, [(start, stop, Const)]): constants of different tensors concatenated
+    synthetic: bool = False        # computed from scalars and shapes only (ConstantOfShape zeros …)
 
     @property
     def value(self) -> np.ndarray:
         return self.data if self.broadcast is None else np.broadcast_to(self.data, self.broadcast)
 
     def transpose(self, perm) -> "Const":
-        return Const(self.data.transpose(perm), self.origin.transpose(perm) if self.origin else None)
+        parts = None
+        if self.parts is not None:
+            axis, bounds = self.parts
+            parts = (list(perm).index(axis), [(lo, hi, p.transpose(perm)) for lo, hi, p in bounds])
+        return Const(self.data.transpose(perm), self.origin.transpose(perm) if self.origin else None, parts=parts)
 
     def reshape(self, shape) -> "Const":
         shape = tuple(int(s) for s in shape)
-        return Const(self.data.reshape(shape), self.origin.reshape(shape) if self.origin else None)
+        parts = None
+        if self.parts is not None:    # unit axes added or removed around stacked parts: keep them stacked
+            axis, bounds = self.parts
+            old = [d for d in self.data.shape]
+            if [d for d in old if d != 1] == [d for d in shape if d != 1] and old[axis] != 1:
+                k = sum(1 for d in old[:axis] if d != 1)
+                new_axis = [i for i, d in enumerate(shape) if d != 1][k]
+                parts = (new_axis, [(lo, hi, p.reshape(tuple(hi - lo if i == new_axis else d
+                                                             for i, d in enumerate(shape))))
+                                    for lo, hi, p in bounds])
+        return Const(self.data.reshape(shape), self.origin.reshape(shape) if self.origin else None, parts=parts)
+
+    def take(self, axis: int, indices) -> "Const":
+        return Const(np.take(self.data, indices, axis=axis), self.origin.take(axis, indices) if self.origin else None)
 
     def slice(self, axis: int, start: int, stop: int) -> "Const":
+        if self.parts is not None and axis % self.data.ndim == self.parts[0]:
+            n = self.data.shape[axis]
+            start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
+            for lo, hi, part in self.parts[1]:
+                if lo <= start and stop <= hi:
+                    return part.slice(axis, start - lo, stop - lo)
+        if self.parts is not None and axis % self.data.ndim != self.parts[0]:
+            index = [slice(None)] * self.data.ndim
+            index[axis] = slice(start, stop)
+            return Const(self.data[tuple(index)], None,
+                         parts=(self.parts[0], [(lo, hi, p.slice(axis, start, stop)) for lo, hi, p in self.parts[1]]))
         index = [slice(None)] * self.data.ndim
         index[axis] = slice(start, stop)
         return Const(self.data[tuple(index)], self.origin.slice(axis, start, stop) if self.origin else None)
@@ -164,6 +194,7 @@ class LoweringContext:
     shapes: dict[str, tuple] = field(default_factory=dict)            # inferred: int, symbol (str) or None
     absorbed: set[str] = field(default_factory=set)                   # leaves folded into derived leaves
     buffers: dict[str, str] = field(default_factory=dict)             # leaves read as non-parameters
+    synthetic: set[str] = field(default_factory=set)                  # derived leaves made from no parameter
     rules: "RuleTable | None" = None
     fold: "Callable | None" = None
     unsupported: dict[str, list[str]] = field(default_factory=dict)

@@ -45,7 +45,69 @@ def _index_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const 
     if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten"):
         shape = _evaluate(ctx, node, ins)[0].shape
         return x.reshape(shape)
+    if op == "Slice":
+        return _slice_fold(ctx, node, ins)
+    if op == "Concat":
+        return _concat_fold(ctx, node, ins)
+    if op == "Gather" and x.origin is not None and ins[1] is not None and np.asarray(ins[1].data).ndim == 1:
+        axis = ctx.attr(node, "axis", 0) % x.data.ndim
+        idx = np.asarray(ins[1].data).astype(np.int64) % x.data.shape[axis]
+        if len(set(idx.tolist())) == len(idx):
+            return x.take(axis, idx.tolist())
     return None
+
+
+def _slice_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const | None:
+    x = ins[0]
+    if x.origin is None or any(v is None for v in ins[1:3]):
+        return None
+    starts, ends = (np.asarray(v.data).reshape(-1).tolist() for v in ins[1:3])
+    axes = np.asarray(ins[3].data).reshape(-1).tolist() if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+    steps = np.asarray(ins[4].data).reshape(-1).tolist() if len(ins) > 4 and ins[4] is not None else [1] * len(axes)
+    out = x
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        if sp != 1:
+            return None
+        ax %= x.data.ndim
+        n = x.data.shape[ax]
+        st = max(0, st + n if st < 0 else min(st, n))
+        en = max(0, en + n if en < 0 else min(en, n))
+        out = out.slice(ax, st, en)
+    return out
+
+
+def _concat_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const | None:
+    """Slices of one tensor concatenated along the sliced axis: the tensor with its blocks
+    reordered (PyTorch's i,f,g,o gates become ONNX's i,o,f,c) — still an exact origin."""
+    parts = [v for v in ins if v is not None]
+    if not parts or any(p.origin is None and p.parts is None for p in parts) or not parts[0].is_float:
+        return None
+    axis = ctx.attr(node, "axis") % parts[0].data.ndim
+    base = parts[0].origin
+    if any(p.origin is None or p.origin.tensor != base.tensor for p in parts):   # several tensors stacked
+        bounds, lo = [], 0
+        for p in parts:
+            if p.parts is not None and p.parts[0] == axis:
+                bounds.extend((lo + a, lo + b, q) for a, b, q in p.parts[1])
+            elif p.origin is not None or p.parts is not None:
+                bounds.append((lo, lo + p.data.shape[axis], p))
+            else:
+                return None
+            lo += p.data.shape[axis]
+        return Const(np.concatenate([p.data for p in parts], axis=axis), None, parts=(axis, bounds))
+    idx = []
+    for p in parts:
+        o = p.origin
+        if o.tensor != base.tensor or not o.steps or o.steps[:-1] != base.steps[:-1]:
+            return None
+        last = o.steps[-1]
+        if last[0] != "slice" or last[1] % parts[0].data.ndim != axis:
+            return None
+        idx.extend(range(last[2], last[3]))
+    if len(set(idx)) != len(idx):
+        return None
+    root = Origin(base.tensor, base.steps[:-1])
+    return Const(np.concatenate([p.data for p in parts], axis=axis), root.take(axis, idx))
 
 
 def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
@@ -78,7 +140,9 @@ def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.nd
         return [q.astype(a[0].dtype) if a[0].dtype.kind == "f" else np.trunc(q).astype(a[0].dtype)]
     unary = {"Neg": np.negative, "Sqrt": np.sqrt, "Not": np.logical_not, "Abs": np.abs}
     if op in unary:
-        return [unary[op](a[0])]
+        r = unary[op](a[0])
+        return [r.astype(np.float32) if op == "Sqrt" and a[0].dtype.kind in "iu" else r.astype(a[0].dtype, copy=False)
+                if r.dtype.kind == a[0].dtype.kind else r]
     return None
 
 
@@ -114,7 +178,7 @@ def fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list:
     if node.op_type == "Constant":
         name = node.output[0]
         value = _constant_value(ctx, node)
-        if value.dtype.kind == "f":
+        if value.dtype.kind == "f" and value.size > 1:
             ctx.leaves[name] = value
             return [Const(value, Origin(name))]
         return [Const(value)]
@@ -128,12 +192,15 @@ def fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list:
     for v in ins:                       # leaves folded into a new derived leaf live on inside it
         if v is not None and v.origin is not None and v.is_float:
             ctx.absorbed.add(v.origin.tensor)
+    from_params = any(v is not None and v.origin is not None and v.is_float and v.data.size > 1 for v in ins)
     for name, arr in zip(node.output, computed):
         arr = np.asarray(arr)
         if arr.dtype.kind == "f" and arr.size > 1:
             ctx.leaves[name] = arr
             ctx.graph.meta.setdefault("derived", []).append(name)
-            outs.append(Const(arr, Origin(name)))
+            if not from_params:
+                ctx.synthetic.add(name)
+            outs.append(Const(arr, Origin(name), synthetic=not from_params))
         else:
             outs.append(Const(arr))
     return outs

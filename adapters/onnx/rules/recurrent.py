@@ -28,6 +28,17 @@ def _input(ctx: LoweringContext, node: onnx.NodeProto, i: int) -> Const | None:
     return c
 
 
+def _synthetic(ctx: LoweringContext, c: Const) -> bool:
+    if c.synthetic or c.origin is None:
+        return c.parts is None
+    return c.origin.tensor in ctx.synthetic
+
+
+def _filled(c: Const) -> bool:
+    flat = c.data.reshape(-1)
+    return flat.size == 0 or flat.min() == flat.max()
+
+
 def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     gates = GATES[op]
@@ -43,6 +54,12 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if GH != H * len(gates) or I != ctx.size(x):
         raise ctx.fail(node, f"W of shape {W.data.shape} does not match {len(gates)} gates × {H} and {ctx.size(x)} inputs")
     h0, c0 = _input(ctx, node, 5), (_input(ctx, node, 6) if op == "LSTM" else None)
+    # a zero state made at run time is not a parameter (slices of it keep the flag through origins)
+    for state in (h0, c0):
+        if state is not None and _synthetic(ctx, state) and _filled(state):
+            ctx.buffer(state, "zero initial state")
+    h0 = None if h0 is not None and _synthetic(ctx, h0) and _filled(h0) else h0
+    c0 = None if c0 is not None and _synthetic(ctx, c0) and _filled(c0) else c0
     peep = _input(ctx, node, 7) if op == "LSTM" else None
     for i, label in ((5, "initial_h"), (6, "initial_c")):
         if len(node.input) > i and node.input[i] and ctx.const(node.input[i]) is None and (op == "LSTM" or i == 5):

@@ -161,7 +161,8 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x.seg_axis is not None:
         groups = _groups(src, dst) if src is not None and dst is not None else None
         g = next(((sg, dg) for sg, dg in groups if x.axis in sg), None) if groups else None
-        if g and list(g[0]) == [x.seg_axis, x.axis] and len(g[1]) == 1:
+        if g and [k for k in g[0] if src[k] != 1 or k in (x.seg_axis, x.axis)] == [x.seg_axis, x.axis] \
+                and len(g[1]) == 1:
             ctx.set_output(node, x.but(axis=g[1][0], rank=len(dst), seg_axis=None))   # directions concatenated
             return
         raise ctx.fail(node, f"reshapes stacked recurrent directions {src} to {dst}")
@@ -195,7 +196,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, f"reshapes {src} to {dst}, splitting the heads axis")
         heads = (new, H)
     sg, dg = g_axis
-    if list(sg) == [x.axis] and len(dg) == 1:      # the neuron axis survives whole
+    if len(dg) == 1 and all(src[k] == 1 for k in sg if k != x.axis):   # the neuron axis survives whole
         ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=heads))
         return
     if sg[0] == x.axis and len(dg) == 1:           # flattened with trailing axes: spatial taps
@@ -211,6 +212,15 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.blocks_of(x.set, H)
         ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
         return
+    if len(sg) == 2 and sg[-1] == x.axis and len(dg) == 2 and not x.heads and isinstance(dst[dg[1]], int) \
+            and n % dst[dg[1]] == 0:               # [.., B, H·d] → [.., B·H, d]: heads folded into the batch
+        H = n // dst[dg[1]]
+        outer, merged = src[sg[0]], dst[dg[0]]
+        if not (isinstance(outer, int) and isinstance(merged, int)) or merged == outer * H:
+            x = as_one_set(ctx, node, x)
+            ctx.blocks_of(x.set, H)
+            ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
+            return
     raise ctx.fail(node, f"reshapes {src} to {dst}, mixing the {n}-neuron axis {x.axis} with others")
 
 
@@ -430,6 +440,9 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x is None or x.rank is None:
         raise ctx.fail(node, "input is not a tracked activation")
     axis = ctx.attr(node, "axis", 0) % x.rank
+    c = ctx.const(node.input[1])
+    if x.heads and axis == x.heads[0] and c is not None and np.asarray(c.data).ndim == 0:
+        return _select_block(ctx, node, x, int(np.asarray(c.data)))
     if axis == x.axis or (x.heads and axis == x.heads[0]):
         raise ctx.fail(node, "gathers along the neuron axis")
     idx_shape = ctx.shape(node.input[1])
@@ -440,6 +453,27 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     move = lambda a: a if a < axis else a + k - 1  # noqa: E731
     heads = (move(x.heads[0]), x.heads[1]) if x.heads else None
     ctx.set_output(node, x.but(axis=move(x.axis), rank=x.rank + k - 1, heads=heads))
+
+
+def _select_block(ctx: LoweringContext, node: onnx.NodeProto, x: Act, index: int) -> None:
+    """x[i] along a split axis: one block of the set (q, k or v of a packed in-projection)."""
+    g = ctx.graph
+    H = x.heads[1]
+    ha = x.heads[0]
+    axis = x.axis - (1 if ha < x.axis else 0)
+    if len(x.sets) == H:                        # already split by an earlier selection
+        ctx.set_output(node, Act((x.sets[index % H],), axis, x.rank - 1, stage="out"))
+        return
+    s = g.sets[x.set]
+    group = g.groups[s.group]
+    parent = group.parent
+    if parent is not None and not any(t.group == s.group for t in g.sets.values() if t.name != s.name) \
+            and not any(t.group == parent for t in g.sets.values()) \
+            and not any(gr.parent == parent for gr in g.groups.values() if gr.name != group.name):
+        group.parent = None                      # the split was only a reshape, not heads: undo it
+        del g.groups[parent]
+    parts = ctx.split_set(s.name, [s.size // H] * H)
+    ctx.set_output(node, Act((parts[index % H],), axis, x.rank - 1, stage="out"))
 
 
 def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
