@@ -85,7 +85,10 @@ def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None) -
     origins are the module's ``state_dict`` keys."""
     from nngraph.adapters.onnx import convert as convert_onnx
 
-    module = module.eval() if hasattr(module, "eval") else module
+    try:
+        module = module.eval() if hasattr(module, "eval") else module
+    except NotImplementedError:     # an exported program's module: already in inference form
+        pass
     with tempfile.TemporaryDirectory(prefix="nngraph-torch-") as tmp:
         path = export_onnx(module, example_inputs, Path(keep_onnx) if keep_onnx else Path(tmp) / "model.onnx")
         graph = convert_onnx(path)
@@ -93,7 +96,8 @@ def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None) -
         for p in _all_params(graph):
             if p.origin is not None and p.origin.tensor in graph.leaves:
                 p.data = p.origin.apply(graph.leaves[p.origin.tensor])
-    state = module.state_dict() if hasattr(module, "state_dict") else {}
+    state = module.state_dict() if callable(getattr(module, "state_dict", None)) else (
+        dict(module.state_dict) if hasattr(module, "state_dict") else {})
     graph.meta.update({"format": "torch", "module": type(module).__name__,
                        "state_dict_keys": [k for k in graph.sources if k in state]})
     foreign = [k for k in graph.sources if state and k not in state]
@@ -217,7 +221,7 @@ def convert(path: Path, bind=None, example_inputs: Sequence | None = None, **opt
             except Exception as e:  # noqa: BLE001
                 raise InputError(f"{path}: not a readable torch.export program ({type(e).__name__}: {e})") from None
         inputs = example_inputs or _random_inputs(program)
-        graph = from_torch(program.module(), inputs)
+        graph = from_torch(program, inputs)
     elif kind == "torchscript":
         if example_inputs is None and bind:
             example_inputs = tuple(torch.from_numpy(np.asarray(bind[k])) for k in sorted(bind))
