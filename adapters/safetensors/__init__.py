@@ -191,9 +191,50 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
     return graph
 
 
+def export(source: Path, params, out: Path) -> None:
+    """Write the parameters as a safetensors file, with the source's config.json beside it."""
+    import shutil
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    import os
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    config = Path(source).parent / "config.json"
+    if config.is_file() and config.resolve() != (out.parent / "config.json").resolve():
+        shutil.copy(config, out.parent / "config.json")
+
+
+def run(path: Path, inputs):
+    from .families import hf_run
+    if not (Path(path).parent / "config.json").is_file():
+        from nngraph.errors import PluginError
+        raise PluginError(f"{path}: a checkpoint without config.json has no computation to run; "
+                          f"verification needs a Hugging Face config")
+    return hf_run(Path(path), inputs)
+
+
+def example_inputs(path: Path, seed: int = 0):
+    from .families import hf_example_inputs
+    return hf_example_inputs(Path(path), seed)
+
+
+def read_params(path: Path):
+    return read_tensors(path)
+
+
 @hookimpl
 def nngraph_adapters() -> list[AdapterSpec]:
-    return [AdapterSpec(name="safetensors", convert=convert, sniff=sniff,
+    return [AdapterSpec(name="safetensors", convert=convert, sniff=sniff, export=export, run=run,
+                        example_inputs=example_inputs, read_params=read_params,
                         extensions=(".safetensors", ".safetensors.index.json"),
                         description="safetensors checkpoints: layer chains by names and shapes; "
                                     "Hugging Face bert/gpt2/llama/vit with config.json")]
