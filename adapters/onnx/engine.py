@@ -16,6 +16,7 @@ every such op and node at once — nothing is guessed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -111,6 +112,7 @@ class Act:
     seg_axis: int | None = None   # sets laid along this axis instead of end to end (RNN directions)
     inners: tuple[int, ...] | None = None   # per-set taps when flattened maps of different sizes were concatenated
     part: tuple[int, int] | None = None     # only these within-head positions (rotary halves; the group is rigid)
+    inner_minor: bool = False                # flattened channels-last (NHWC → [B, H·W·C]): position-major
 
     @property
     def set(self) -> str:
@@ -141,6 +143,7 @@ class Scores:
     rank: int
     heads_set: str | None = None
     heads: int = 1
+    shape: tuple | None = None     # static shape when known from the operands
 
 
 class _Aux:
@@ -546,6 +549,36 @@ def _account(ctx: LoweringContext) -> None:
         graph.meta["buffers"] = buffers
 
 
+CHANNEL_FIRST = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
+                 "GlobalAveragePool", "GlobalMaxPool", "LRN")
+
+
+def _input_axis(ctx: LoweringContext, name: str, rank: int) -> int:
+    """Which axis of a data input carries its features: axis 1 when a channel-first op reads it
+    (through a layout Transpose, as Keras/TensorFlow exports do: NHWC → the last axis), the
+    last axis when a MatMul/Gemm/Einsum reads it, else 1 for images and the last for sequences."""
+    frontier, perm = [name], list(range(rank))
+    for _ in range(8):
+        uses = [n for v in frontier for n in ctx.consumers.get(v, [])]
+        if not uses:
+            break
+        n = uses[0]
+        if n.op_type == "Transpose":
+            p = next((list(a.ints) for a in n.attribute if a.name == "perm"), list(range(rank))[::-1])
+            perm = [perm[i] for i in p]
+            frontier = [n.output[0]]
+            continue
+        if n.op_type in CHANNEL_FIRST:
+            return perm[1]
+        if n.op_type in ("MatMul", "Gemm", "Einsum", "LayerNormalization"):
+            return perm[-1]
+        if n.op_type in ("Identity", "Cast", "Dropout", "Relu", "Mul", "Add", "Sub", "Div"):
+            frontier = [n.output[0]]
+            continue
+        break
+    return perm[1] if rank >= 4 or rank == 2 else perm[-1] if rank == 3 else 0
+
+
 def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
     t = inp.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
@@ -553,10 +586,7 @@ def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
     if np.dtype(np_dtype).kind != "f" or not dims:
         ctx.values[inp.name] = AUX
         return
-    axis = 1 if len(dims) >= 2 else 0
-    if len(dims) == 3 and not any(n.op_type in ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
-                                                 "MaxPool", "AveragePool") for n in ctx.consumers.get(inp.name, [])):
-        axis = 2  # [batch, sequence, features]
+    axis = _input_axis(ctx, inp.name, len(dims))
     size = dims[axis]
     if size is None:
         raise UnsupportedModelError(f"{ctx.model.path}: input {inp.name!r} has a dynamic feature axis {axis}")
@@ -576,18 +606,111 @@ def all_graphs(g: onnx.GraphProto):
                     yield from all_graphs(sub)
 
 
+BATCH = 3   # a concrete batch size for shape inference: keeps reshapes through the batch axis followable
+
+
+def _with_static_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose data inputs have a concrete leading (batch) dimension. Symbolic batch dims
+    defeat the regrouping of reshapes that fold heads into the batch; the structure does not
+    depend on the batch size."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    inits = {t.name for t in out.graph.initializer}
+    for inp in out.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name not in inits and len(dims) >= 2 and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = BATCH
+    return out
+
+
+def _shape_constants(proto: onnx.ModelProto, shapes: dict) -> dict[str, np.ndarray]:
+    """Small integer values computable from static shapes (Shape → Gather → ReduceProd →
+    Concat …, as exporters build reshape targets): ONNX's data propagation stops at ops like
+    ReduceProd, this does not."""
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
+                                    if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+                                    and t.HasField("raw_data") or t.int64_data}
+    out: dict[str, np.ndarray] = {}
+    for node in proto.graph.node:
+        if node.op_type == "Shape":
+            shp = shapes.get(node.input[0])
+            if shp is not None and all(isinstance(d, int) for d in shp):
+                start, end = 0, None
+                for a in node.attribute:
+                    start = a.i if a.name == "start" else start
+                    end = a.i if a.name == "end" else end
+                known[node.output[0]] = out[node.output[0]] = np.asarray(shp[start:end], np.int64)
+            continue
+        if node.op_type == "Constant":
+            try:
+                v = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
+            except Exception:  # noqa: BLE001
+                v = None
+            if v is not None and v.dtype.kind in "iu" and v.size <= 64:
+                known[node.output[0]] = v
+            continue
+        if node.domain or not node.input or not all(i in known or not i for i in node.input):
+            continue
+        if node.op_type not in ("Gather", "Concat", "ReduceProd", "Mul", "Add", "Sub", "Div", "Unsqueeze", "Squeeze",
+                                "Slice", "Cast", "Reshape", "Max", "Min", "Equal", "Where", "Range", "Neg", "Abs"):
+            continue
+        try:
+            single = onnx.helper.make_node(node.op_type, [f"i{k}" if i else "" for k, i in enumerate(node.input)],
+                                           [f"o{k}" for k in range(len(node.output))], domain=node.domain)
+            single.attribute.extend(node.attribute)
+            ins = [onnx.helper.make_tensor_value_info(f"i{k}", onnx.TensorProto.UNDEFINED, None)
+                   for k, i in enumerate(node.input) if i]
+            outs = [onnx.helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None)
+                    for k in range(len(node.output))]
+            m = onnx.helper.make_model(onnx.helper.make_graph([single], "s", ins, outs),
+                                       opset_imports=proto.opset_import)
+            res = ReferenceEvaluator(m).run(None, {f"i{k}": known[i] for k, i in enumerate(node.input) if i})
+        except Exception:  # noqa: BLE001
+            continue
+        for name, value in zip(node.output, res):
+            value = np.asarray(value)
+            if value.dtype.kind in "iub" and value.size <= 64:
+                known[name] = out[name] = value
+    return out
+
+
 def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
+    shapes = _infer_shapes_once(model.proto)
+    consts = _shape_constants(model.proto, shapes)
+    targets = {n.input[1] for n in model.graph.node if n.op_type in ("Reshape", "Expand", "Tile") and len(n.input) > 1}
+    fill = {k: v for k, v in consts.items() if k in targets}
+    if fill:      # tell ONNX inference the reshape targets it could not compute, and infer again
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        from onnx import numpy_helper
+        for name, value in fill.items():
+            proto.graph.initializer.append(numpy_helper.from_array(value.astype(np.int64), name))
+        keep = [n for n in proto.graph.node if not (set(n.output) & set(fill))]
+        del proto.graph.node[:]
+        proto.graph.node.extend(keep)
+        again = _infer_shapes_once(proto)
+        for k, v in again.items():
+            if k not in shapes or (not all(isinstance(d, int) for d in shapes[k]) and all(isinstance(d, int) for d in v)):
+                shapes[k] = v
+    return shapes
+
+
+def _infer_shapes_once(proto: onnx.ModelProto) -> dict[str, tuple]:
     """Static shapes of every value ONNX shape inference can tell (weights are not needed)."""
+    model = OnnxModel(Path("."), proto)
     inferred = None
     if any(n.domain == "com.microsoft" for n in model.graph.node):
         try:   # onnxruntime's symbolic inference knows its contrib ops (fused attention, norms)
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-            inferred = SymbolicShapeInference.infer_shapes(model.proto, auto_merge=True)
+            inferred = SymbolicShapeInference.infer_shapes(_with_static_batch(model.proto), auto_merge=True)
         except Exception:  # noqa: BLE001
             inferred = None
     if inferred is None:
         try:
-            inferred = onnx.shape_inference.infer_shapes(model.proto, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(_with_static_batch(model.proto), data_prop=True)
         except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
             inferred = model.proto
     shapes: dict[str, tuple] = {}

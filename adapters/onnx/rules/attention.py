@@ -78,7 +78,10 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "query and key are split into heads differently")
         H = a.heads[1] if a.heads else 1
         _, hs = tie_qk(ctx, node, a.set, b.set, H)
-        ctx.set_output(node, Scores(a.set, b.set, a.heads[0] if a.heads else None, max(a.rank, b.rank), hs, H))
+        sa, sb = ctx.shape(node.input[0]), ctx.shape(node.input[1])
+        shape = tuple(sa[:-1]) + (sb[-1],) if sa and sb and len(sa) == len(sb) else None
+        ctx.set_output(node, Scores(a.set, b.set, a.heads[0] if a.heads else None, max(a.rank, b.rank), hs, H,
+                                    shape))
         return
     if isinstance(a, Scores) and isinstance(b, Act):
         if b.rank is None or b.axis != b.rank - 1 or len(b.sets) != 1:
@@ -89,6 +92,9 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "values are split into heads differently from the scores")
         parent = g.groups[g.sets[a.q].group].parent if H > 1 else None
         attach_value(ctx, b.set, H, parent, a.heads_set)
+        vs = ctx.shape(node.input[1])
+        if a.shape is not None and vs is not None and all(isinstance(d, int) for d in (*a.shape, *vs)):
+            ctx.shapes[node.output[0]] = tuple(a.shape[:-1]) + (vs[-1],)   # static, whatever inference said
         ctx.set_output(node, b.but(stage="out"))
         return
     raise ctx.fail(node, "product of two non-constant values that is not an attention pattern")

@@ -11,9 +11,16 @@ from ..engine import Act, Const, LoweringContext
 def per_channel(c: Const, x: Act, size: int) -> Const | None:
     """``c`` as a vector of ``size`` if it broadcasts against ``x`` along the neuron axis only."""
     shape = c.data.shape
-    if c.data.size != size or x.rank is None or len(shape) > x.rank or x.inner != 1 or x.heads:
+    if c.data.size != size or x.rank is None or len(shape) > x.rank or x.inner != 1 or x.part:
         return None
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
+    if x.heads:          # one value per (head, dim): [H, d] over the two axes, in the set's order
+        ha, H = x.heads
+        if full[ha] != H or full[x.axis] != size // H or any(d != 1 for i, d in enumerate(full) if i not in (ha, x.axis)):
+            return None
+        c = c.reshape(full)
+        order = [ha, x.axis] + [i for i in range(x.rank) if i not in (ha, x.axis)]
+        return c.transpose(order).reshape((size,))
     if any(d != 1 for i, d in enumerate(full) if i != x.axis) or full[x.axis] != size:
         return None
     return c.reshape((size,))

@@ -22,7 +22,9 @@ def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias:
     for (src, o, n), t in zip(ctx.segments(x), taps):
         part = w.slice(1, start, start + n * t)
         start += n * t
-        if t > 1:
+        if t > 1 and x.inner_minor:        # [out, positions·channels] → [out, channels, positions]
+            part = part.reshape((out_size, t, n)).transpose((0, 2, 1))
+        elif t > 1:
             part = part.reshape((out_size, n, t))
         name = s.name if len(x.sets) == 1 else f"{s.name}<{src}"
         ctx.graph.add_block(name, src, s.name, "dense", ctx.param(part), op=node.op_type, **attrs)

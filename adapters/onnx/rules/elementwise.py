@@ -248,6 +248,9 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Sum / Max / Min / Mean of activations."""
     vals = [ctx.values.get(i) for i in node.input]
     acts = [v for v in vals if isinstance(v, Act)]
+    if not acts:                    # shape arithmetic, statistics
+        ctx.set_output(node, next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
+        return
     if len(acts) == 1 and all(_scalar_like(v) for v in vals if v is not acts[0]):
         ctx.set_output(node, acts[0])
         return

@@ -44,8 +44,10 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
     single axis (a merge or a split). None when it cannot be told."""
     same = lambda a, b: a is not None and a == b  # noqa: E731
     i = 0
-    while i < min(len(src), len(dst)) and same(src[i], dst[i]):
-        i += 1
+    while i < min(len(src), len(dst)) and (same(src[i], dst[i]) or (
+            not isinstance(src[i], int) and not isinstance(dst[i], int)
+            and _prod(src[i + 1:]) is not None and _prod(src[i + 1:]) == _prod(dst[i + 1:]))):
+        i += 1      # equal, or two unknown dims whose remainders hold the same static number of elements
     j = 0
     while j < min(len(src), len(dst)) - i and same(src[len(src) - 1 - j], dst[len(dst) - 1 - j]):
         j += 1
@@ -99,15 +101,23 @@ def _product_groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
 
 
 def _target_shape(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None) -> tuple | None:
+    dst = _target_shape_inner(ctx, node, src)
+    if dst is not None and _prod(dst) is not None:
+        ctx.shapes[node.output[0]] = dst       # what this engine computed beats a symbolic inference
+    return dst
+
+
+def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None) -> tuple | None:
     dst = ctx.shape(node.output[0])
-    if dst is not None:
+    if dst is not None and _prod(dst) is not None:
         return dst
+    inferred = dst
     if node.op_type == "Flatten" and src is not None:
         f = ctx.attr(node, "axis", 1) % max(len(src), 1)
         return (_prod(src[:f]), _prod(src[f:]))
     c = ctx.const(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
     if c is None:
-        return None
+        return inferred
     raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
     dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
             for k, v in enumerate(raw)]
@@ -117,28 +127,32 @@ def _target_shape(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None)
     return tuple(dims)
 
 
-def _move_heads(groups, ha: int, H: int, dst: tuple) -> int | None:
+def _move_heads(groups, ha: int, H: int, dst: tuple, src: tuple | None = None) -> int | None:
     """Where a heads axis lands: merged as the innermost factor of an outer axis, or split out
-    of one again as its innermost part."""
+    of one again as its innermost part (unit axes do not count)."""
     sg, dg = next((sg, dg) for sg, dg in groups if ha in sg)
-    if sg[-1] != ha:
+    inner = [k for k in sg if src is None or src[k] != 1 or k == ha]
+    if inner[-1] != ha:
         return None
-    if len(dg) == 1:
-        return dg[0]
-    return dg[-1] if dst[dg[-1]] == H else None
+    real = [k for k in dg if dst[k] != 1]
+    if len(real) <= 1:
+        return real[0] if real else dg[0]
+    return real[-1] if dst[real[-1]] == H else None
 
 
 def _reshape_scores(ctx: LoweringContext, node: onnx.NodeProto, v: Scores) -> None:
     src = ctx.shape(node.input[0])
+    if (src is None or _prod(src) is None) and v.shape is not None and _prod(v.shape) is not None:
+        src = v.shape
     dst = _target_shape(ctx, node, src)
     if v.head_axis is None:
         ctx.set_output(node, v if dst is None else replace(v, rank=len(dst)))
         return
     groups = _groups(src, dst) if src is not None and dst is not None else None
-    ha = _move_heads(groups, v.head_axis, v.heads, dst) if groups else None
+    ha = _move_heads(groups, v.head_axis, v.heads, dst, src) if groups else None
     if ha is None:
         raise ctx.fail(node, "reshapes attention scores across heads")
-    ctx.set_output(node, replace(v, head_axis=ha, rank=len(dst)))
+    ctx.set_output(node, replace(v, head_axis=ha, rank=len(dst), shape=dst if _prod(dst) is not None else None))
 
 
 def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -175,6 +189,9 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             return
         raise ctx.fail(node, "needs the input shape (shape inference found none)")
     src = tuple(n if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(src))
+    if x.heads:                       # the tracked layout knows these sizes even when inference does not
+        src = tuple(d if isinstance(d, int) else x.heads[1] if k == x.heads[0] else n // x.heads[1]
+                    if k == x.axis else d for k, d in enumerate(src))
     groups = _groups(src, dst)
     if groups is None:
         raise ctx.fail(node, f"reshapes {src} to {dst} in a way that cannot be followed")
@@ -191,17 +208,23 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             if len(dg) == 1 and list(sg) == [x.axis, ha] and len(x.sets) == 1:
                 return _shuffle(ctx, node, x, dst, n, _prod(src[x.axis + 1:]))
             raise ctx.fail(node, f"reshapes {src} to {dst} across attention heads")
-        new = _move_heads(groups, ha, H, dst)       # heads merged into / split from an outer axis
+        new = _move_heads(groups, ha, H, dst, src)  # heads merged into / split from an outer axis
         if new is None:
             raise ctx.fail(node, f"reshapes {src} to {dst}, splitting the heads axis")
         heads = (new, H)
     sg, dg = g_axis
+    if len(dg) > 1 and sum(1 for k in dg if dst[k] != 1) == 1:
+        dg = [k for k in dg if dst[k] != 1]          # unit axes split off around it do not matter
     if len(dg) == 1 and all(src[k] == 1 for k in sg if k != x.axis):   # the neuron axis survives whole
         ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=heads))
         return
     if sg[0] == x.axis and len(dg) == 1:           # flattened with trailing axes: spatial taps
         inner = _prod(src[x.axis + 1: sg[-1] + 1])
         ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), inner=inner, heads=heads))
+        return
+    if sg[-1] == x.axis and len(dg) == 1 and len(x.sets) == 1 and not x.heads \
+            and _prod(src[sg[0]:x.axis]) is not None:  # channels-last flatten: positions outside, channels inside
+        ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), inner=_prod(src[sg[0]:x.axis]), inner_minor=True))
         return
     if list(sg) == [x.axis] and len(dg) == 2 and not x.heads:   # split into [heads, head_dim]
         H = dst[dg[0]] if isinstance(dst[dg[0]], int) else (
@@ -241,6 +264,29 @@ def _shuffle(ctx: LoweringContext, node: onnx.NodeProto, x: Act, dst, n: int, po
 
 
 def _squeeze(ctx: LoweringContext, node: onnx.NodeProto, unsqueeze: bool) -> None:
+    v = ctx.values.get(node.input[0])
+    if isinstance(v, Scores):
+        axes = _ints(ctx, node, 1, "axes")
+        if axes is None:
+            raise ctx.fail(node, "squeezes attention scores along unknown axes")
+        if unsqueeze:
+            r = v.rank + len(axes)
+            axes = sorted(a % r for a in axes)
+            keep = [i for i in range(r) if i not in axes]
+            ha = keep[v.head_axis] if v.head_axis is not None else None
+            shape = None
+            if v.shape is not None:
+                it = iter(v.shape)
+                shape = tuple(1 if i in axes else next(it) for i in range(r))
+        else:
+            r = v.rank - len(axes)
+            axes = sorted(a % v.rank for a in axes)
+            if v.head_axis in axes:
+                raise ctx.fail(node, "squeezes the heads axis of attention scores")
+            ha = v.head_axis - sum(1 for a in axes if a < v.head_axis) if v.head_axis is not None else None
+            shape = tuple(d for i, d in enumerate(v.shape) if i not in axes) if v.shape is not None else None
+        ctx.set_output(node, replace(v, head_axis=ha, rank=r, shape=shape))
+        return
     if _passthrough_other(ctx, node):
         return
     x = ctx.act(node.input[0])
@@ -271,10 +317,16 @@ def _squeeze(ctx: LoweringContext, node: onnx.NodeProto, unsqueeze: bool) -> Non
 def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
     perm = ctx.attr(node, "perm")
+    src = ctx.shape(node.input[0])
+    if src is not None and _prod(src) is not None:
+        p = list(perm) if perm else list(range(len(src)))[::-1]
+        ctx.shapes[node.output[0]] = tuple(src[i] for i in p)
     if isinstance(v, Scores):
         r = v.rank
         perm = list(perm) if perm else list(range(r))[::-1]
-        ctx.set_output(node, Scores(v.q, v.k, perm.index(v.head_axis), r))
+        shape = tuple(v.shape[p] for p in perm) if v.shape is not None else None
+        ctx.set_output(node, replace(v, head_axis=perm.index(v.head_axis) if v.head_axis is not None else None,
+                                     shape=shape))
         return
     if _passthrough_other(ctx, node):
         return
@@ -515,6 +567,9 @@ def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_shape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Shape of an activation: a constant when shape inference knows every dimension."""
     shape = ctx.shape(node.input[0])
+    v = ctx.values.get(node.input[0])
+    if (shape is None or _prod(shape) is None) and isinstance(v, Scores) and v.shape is not None:
+        shape = v.shape
     if shape is None or _prod(shape) is None:
         ctx.set_output(node, AUX)
         return
