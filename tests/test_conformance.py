@@ -30,3 +30,41 @@ class TestToyConformance(AdapterConformance):
 
     def model_paths(self):
         return [self.path]
+
+
+class TestKerasConformance(AdapterConformance):
+    """Keras-exported ONNX (the .keras path needs TensorFlow, not installed for the tests)."""
+
+    adapter = "keras"
+
+    def model_paths(self):
+        return [EXAMPLES.parent / "tests" / "fixtures" / "keras" / n for n in ("small_tf2onnx.onnx", "twin_tf2onnx.onnx")]
+
+
+class TestSafetensorsConformance(AdapterConformance):
+    adapter = "safetensors"
+
+    @pytest.fixture(autouse=True)
+    def _needs(self):
+        pytest.importorskip("transformers")
+        pytest.importorskip("torch")
+
+    def model_paths(self):
+        root = EXAMPLES.parent / "tests" / "fixtures" / "safetensors"
+        return [root / "bert" / "model.safetensors", root / "llama" / "model.safetensors"]
+
+
+class TestTorchConformance(AdapterConformance):
+    adapter = "torch"
+
+    @pytest.fixture(autouse=True)
+    def _program(self, tmp_path):
+        torch = pytest.importorskip("torch")
+        from fixtures.make_torch_fixtures import randomize_
+        from test_torch_adapter import ResBlock
+        module = randomize_(ResBlock())
+        self.path = tmp_path / "res.pt2"
+        torch.export.save(torch.export.export(module, (torch.randn(2, 3, 6, 6),)), self.path)
+
+    def model_paths(self):
+        return [self.path]

@@ -21,7 +21,21 @@ from nngraph.ir import NeuralGraph
 __version__ = "0.1.0"
 
 
+KERAS_PRODUCERS = (b"tf2onnx", b"keras")
+
+
+def _keras_onnx(path: Path) -> bool:
+    """An ONNX file written by tf2onnx or keras.Model.export (producer_name near the start)."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(256)
+    return any(p in head for p in KERAS_PRODUCERS)
+
+
 def sniff(path: Path) -> bool:
+    if _keras_onnx(path):
+        return True
     if path.suffix.lower() != ".keras" or not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
@@ -29,6 +43,11 @@ def sniff(path: Path) -> bool:
 
 
 def convert(path: Path, bind=None, **options) -> NeuralGraph:
+    if path.suffix.lower() == ".onnx":          # already exported: the ONNX engine normalises the layout
+        from nngraph.adapters.onnx import convert as convert_onnx
+        graph = convert_onnx(path, bind=bind)
+        graph.meta.update({"format": "keras", "source": path.name})
+        return graph
     try:
         import keras
         import tensorflow as tf
@@ -59,7 +78,19 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
     return graph
 
 
+def _onnx_only(fn_name: str):
+    def call(path, *args):
+        from nngraph.adapters import onnx as onnx_adapter
+        if Path(path).suffix.lower() != ".onnx":
+            raise InputError(f"{path}: export it to ONNX first (ngraph verify runs ONNX exports of Keras models)")
+        return getattr(onnx_adapter, fn_name)(path, *args)
+    return call
+
+
 @hookimpl
 def nngraph_adapters() -> list[AdapterSpec]:
-    return [AdapterSpec(name="keras", convert=convert, sniff=sniff, extensions=(".keras",),
-                        description="Keras .keras models (exported through tf2onnx; needs the [keras] extra)")]
+    return [AdapterSpec(name="keras", convert=convert, sniff=sniff, extensions=(".keras", ".onnx"),
+                        description="Keras: .keras models (through tf2onnx; needs the [keras] extra) and "
+                                    "Keras-exported ONNX",
+                        export=_onnx_only("export"), run=_onnx_only("run"),
+                        example_inputs=_onnx_only("example_inputs"), read_params=_onnx_only("read_params"))]

@@ -220,6 +220,8 @@ def convert(path: Path, bind=None, example_inputs: Sequence | None = None, **opt
                 raise
             except Exception as e:  # noqa: BLE001
                 raise InputError(f"{path}: not a readable torch.export program ({type(e).__name__}: {e})") from None
+        if example_inputs is None and bind:
+            example_inputs = tuple(torch.from_numpy(np.asarray(bind[k])) for k in sorted(bind, key=str))
         inputs = example_inputs or _random_inputs(program)
         graph = from_torch(program, inputs)
     elif kind == "torchscript":
@@ -273,7 +275,49 @@ def _from_torchscript(module, example_inputs) -> NeuralGraph:
     return graph
 
 
+def _program(path: Path):
+    torch = _torch()
+    if _kind(path) != "pt2":
+        raise InputError(f"{path}: only torch.export programs (.pt2) can be run; a state dict has no computation")
+    with _safe_torch_load():
+        return torch.export.load(str(path))
+
+
+def export(source: Path, params, out: Path) -> None:
+    """A copy of the .pt2 program with its parameters replaced."""
+    torch = _torch()
+    program = _program(Path(source))
+    for name, value in params.items():
+        if name in program.state_dict:
+            old = program.state_dict[name]
+            new = torch.from_numpy(np.ascontiguousarray(value)).to(old.dtype)
+            program.state_dict[name] = torch.nn.Parameter(new, requires_grad=old.requires_grad) \
+                if isinstance(old, torch.nn.Parameter) else new
+    torch.export.save(program, str(out))
+
+
+def run(path: Path, inputs) -> dict:
+    torch = _torch()
+    program = _program(Path(path))
+    args = [torch.from_numpy(np.asarray(inputs[k])) for k in sorted(inputs, key=lambda k: int(k))]
+    with torch.no_grad():
+        outs = _flat(program.module()(*args))
+    return {str(i): o.detach().numpy() for i, o in enumerate(outs)}
+
+
+def example_inputs(path: Path, seed: int = 0) -> dict:
+    torch = _torch()
+    torch.manual_seed(seed)
+    return {str(i): a.numpy() for i, a in enumerate(_random_inputs(_program(Path(path))))}
+
+
+def read_params(path: Path) -> dict:
+    program = _program(Path(path))
+    return {k: v.detach().numpy() for k, v in program.state_dict.items()}
+
+
 @hookimpl
 def nngraph_adapters() -> list[AdapterSpec]:
     return [AdapterSpec(name="torch", convert=convert, sniff=sniff, extensions=SUFFIXES,
-                        description="PyTorch: torch.export programs (.pt2), TorchScript, tensors-only state dicts")]
+                        description="PyTorch: torch.export programs (.pt2), TorchScript, tensors-only state dicts",
+                        export=export, run=run, example_inputs=example_inputs, read_params=read_params)]
