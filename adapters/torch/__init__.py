@@ -67,6 +67,10 @@ def export_onnx(module_or_program, example_inputs, path: Path) -> Path:
     """The dynamo ONNX export nngraph lowers: no graph optimizations, so parameter names and
     layouts stay the module's own."""
     torch = _torch()
+    try:
+        import onnxscript  # noqa: F401 - the dynamo exporter needs it
+    except ImportError:
+        raise InputError('the torch adapter needs onnxscript: pip install "nngraph[torch]"') from None
     import warnings
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
