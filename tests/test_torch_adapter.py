@@ -112,3 +112,15 @@ def test_pickles_are_never_executed(tmp_path):
         torch.save({"w": torch.zeros(2), "x": Evil()}, f)
     r = ngraph("convert", tmp_path / "evil.pt", "-o", tmp_path / "e.ngraph")
     assert r.returncode == 4 and "pwned" not in r.stdout and "tensors-only" in r.stderr
+
+
+def test_torchscript_file_needs_and_takes_example_inputs(tmp_path):
+    module = randomize_(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)))
+    torch.jit.script(module).save(str(tmp_path / "ts.pt"))
+    r = ngraph("convert", tmp_path / "ts.pt", "-o", tmp_path / "ts.ngraph")
+    assert r.returncode == 4 and "--inputs" in r.stderr
+    np.savez(tmp_path / "x.npz", **{"0": np.random.randn(2, 3, 6, 6).astype(np.float32)})
+    r = ngraph("convert", tmp_path / "ts.pt", "-o", tmp_path / "ts.ngraph", "--inputs", tmp_path / "x.npz", "--json")
+    assert r.returncode == 0, r.stderr
+    g = nngraph.load(tmp_path / "ts.ngraph")
+    assert set(g.sources) == {"0.weight", "0.bias", "3.weight", "3.bias"} and g.coverage == 1.0
