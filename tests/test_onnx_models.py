@@ -159,3 +159,13 @@ def test_relative_position_bias_is_per_head():
     assert len(heads) == 2 and heads[0].group == heads[1].group
     assert all("score_add" in h.arrays for h in heads)
     assert not next(x for x in g.symmetry_groups() if x.name == heads[0].group).fixed
+
+
+def test_qdq_quantized_model_verifies():
+    """int8 QDQ (onnxruntime static quantization): weights are dequantized constants (derived
+    leaves), activation Q/DQ pairs pass through."""
+    path = Path(__file__).parent / "fixtures" / "quant" / "resnet_qdq.onnx"
+    report = verify(path, trials=2)
+    assert report.ok and report.coverage == 1.0 and all(report.groups_moved), report.problems
+    g = nngraph.convert(path)
+    assert [b.kind for b in g.blocks].count("conv") >= 5

@@ -138,6 +138,18 @@ def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.nd
     if op == "Div" and a[0].dtype == a[1].dtype:
         q = a[0] / a[1]
         return [q.astype(a[0].dtype) if a[0].dtype.kind == "f" else np.trunc(q).astype(a[0].dtype)]
+    if op in ("DequantizeLinear", "QuantizeLinear"):
+        x, scale = a[0], a[1]
+        zp = a[2] if len(a) > 2 and a[2] is not None else np.zeros((), x.dtype if op == "DequantizeLinear" else np.uint8)
+        axis = ctx.attr(node, "axis", 1)
+        if scale.ndim == 1 and scale.size > 1:     # per-channel along `axis`
+            shape = [1] * x.ndim
+            shape[axis % x.ndim] = scale.size
+            scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.ndim == 1 else zp)
+        if op == "DequantizeLinear":
+            return [((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(scale.dtype)]
+        info = np.iinfo(zp.dtype)
+        return [np.clip(np.rint(x / scale) + zp.astype(np.int32), info.min, info.max).astype(zp.dtype)]
     unary = {"Neg": np.negative, "Sqrt": np.sqrt, "Not": np.logical_not, "Abs": np.abs}
     if op in unary:
         r = unary[op](a[0])

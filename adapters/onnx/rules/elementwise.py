@@ -259,6 +259,20 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _combine(ctx, node, acts)
 
 
+def lower_qdq(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """QuantizeLinear / DequantizeLinear on an activation with one scale for the tensor: the
+    values change representation, not place. Per-channel activation scales are not supported."""
+    x = ctx.values.get(node.input[0])
+    scale = ctx.const(node.input[1]) if len(node.input) > 1 else None
+    if isinstance(x, Act) and node.op_type != "DynamicQuantizeLinear" and (scale is None or scale.data.size != 1):
+        raise ctx.fail(node, "per-channel quantization of an activation")
+    for i in node.input[1:]:
+        ctx.buffer(ctx.const(i) if i else None, "quantization scale / zero point")
+    ctx.set_output(node, x)
+    for k in range(1, len(node.output)):
+        ctx.set_output(node, AUX, k)
+
+
 def lower_where(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     vals = [ctx.values.get(i) for i in node.input[1:3]]
     acts = [v for v in vals if isinstance(v, (Act, Scores))]
@@ -278,4 +292,5 @@ RULES = [
                                           "And", "Or", "Mod", "LessOrEqual", "GreaterOrEqual")),
     *(OpRule(op, lower_nary) for op in ("Sum", "Max", "Min", "Mean")),
     OpRule("PRelu", lower_prelu), OpRule("Where", lower_where),
+    *(OpRule(op, lower_qdq) for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")),
 ]
