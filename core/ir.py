@@ -284,6 +284,16 @@ class NeuralGraph:
             del out[n]
         return out
 
+    def detach(self) -> "NeuralGraph":
+        """Copy the source tensors into memory and re-derive every array from them, so the graph
+        outlives the (temporary) file its arrays were mapped from."""
+        if self.leaves is not None:
+            self.leaves = {k: np.array(v) for k, v in self.leaves.items()}
+            for _, p in self.params():
+                if p.origin is not None and p.origin.tensor in self.leaves:
+                    p.data = p.origin.apply(self.leaves[p.origin.tensor])
+        return self
+
     # ---------------------------------------------------------------- checking
     def validate(self) -> "NeuralGraph":
         """Raise :class:`GraphError` naming the first inconsistency; returns self when sound."""

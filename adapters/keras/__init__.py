@@ -69,11 +69,7 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
         except Exception as e:  # noqa: BLE001
             raise UnsupportedModelError(f"{path}: tf2onnx cannot export it: {str(e).splitlines()[0][:300]}") from None
         graph = convert_onnx(out)
-        import numpy as np
-        graph.leaves = {k: np.array(v) for k, v in (graph.leaves or {}).items()}
-        for _, p in graph.params():
-            if p.origin is not None and p.origin.tensor in graph.leaves:
-                p.data = p.origin.apply(graph.leaves[p.origin.tensor])
+        graph.detach()   # outlive the temporary ONNX file
     graph.meta.update({"format": "keras", "source": path.name})
     return graph
 

@@ -96,10 +96,7 @@ def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None) -
     with tempfile.TemporaryDirectory(prefix="nngraph-torch-") as tmp:
         path = export_onnx(module, example_inputs, Path(keep_onnx) if keep_onnx else Path(tmp) / "model.onnx")
         graph = convert_onnx(path)
-        graph.leaves = {k: np.array(v) for k, v in (graph.leaves or {}).items()}   # outlive the temp file
-        for p in _all_params(graph):
-            if p.origin is not None and p.origin.tensor in graph.leaves:
-                p.data = p.origin.apply(graph.leaves[p.origin.tensor])
+        graph.detach()   # outlive the temporary ONNX file
     state = module.state_dict() if callable(getattr(module, "state_dict", None)) else (
         dict(module.state_dict) if hasattr(module, "state_dict") else {})
     graph.meta.update({"format": "torch", "module": type(module).__name__,
@@ -108,11 +105,6 @@ def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None) -
     if foreign:
         graph.meta["derived_sources"] = foreign
     return graph.validate()
-
-
-def _all_params(graph: NeuralGraph):
-    for _, p in graph.params():
-        yield p
 
 
 def to_state_dict(graph: NeuralGraph, like: Mapping[str, Any] | None = None) -> dict:
@@ -271,10 +263,7 @@ def _from_torchscript(module, example_inputs) -> NeuralGraph:
         except Exception as e:  # noqa: BLE001
             raise UnsupportedModelError(f"TorchScript module cannot be exported: {str(e).splitlines()[0][:300]}") from None
         graph = convert_onnx(path)
-        graph.leaves = {k: np.array(v) for k, v in (graph.leaves or {}).items()}
-        for p in _all_params(graph):
-            if p.origin is not None and p.origin.tensor in graph.leaves:
-                p.data = p.origin.apply(graph.leaves[p.origin.tensor])
+        graph.detach()   # outlive the temporary ONNX file
     graph.meta["format"] = "torch"
     return graph
 
