@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from nngraph.testing import AdapterConformance
+from nngraph.testing import AdapterConformance, EncoderConformance
 
 
 class TestOnnxConformance(AdapterConformance):
@@ -68,3 +68,33 @@ class TestTorchConformance(AdapterConformance):
 
     def model_paths(self):
         return [self.path]
+
+
+class TestToyEncoderConformance(EncoderConformance):
+    """The encoder kit on a third party's encoder, loaded through its entry point."""
+
+    encoder = "toy-sum"
+
+    @pytest.fixture(autouse=True)
+    def _install(self, install_plugin):
+        pytest.importorskip("torch_geometric")
+        install_plugin("toy-nngraph", {"toy": "toy_nngraph"})
+
+
+def test_encoder_kit_catches_a_non_equivariant_encoder():
+    """Control: an encoder that looks at node order fails the kit's symmetry test."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch_geometric")
+    from torch_geometric.utils import scatter
+
+    class OrderAware(torch.nn.Module):
+        def forward(self, batch):
+            h = torch.arange(batch.num_nodes, dtype=torch.float32)[:, None] * batch.node_bias[:, None]
+            return h, scatter(h, batch.batch, dim=0, reduce="sum")
+
+    class Broken(EncoderConformance):
+        def _model(self, device="cpu"):
+            return OrderAware()
+
+    with pytest.raises(AssertionError):
+        Broken().test_symmetry()

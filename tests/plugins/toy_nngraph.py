@@ -66,3 +66,40 @@ def nngraph_adapters():
     return [AdapterSpec("npzmlp", convert=convert, sniff=sniff, extensions=(".npzmlp",), export=export,
                         run=run, example_inputs=example_inputs, read_params=_read,
                         description="toy third-party format")]
+
+
+# ---------------------------------------------------------------------------- a toy encoder
+def make_sum_encoder(hidden: int = 16, layers: int = 2):
+    """Message passing with sums along and against edges: equivariant by construction."""
+    import torch
+    from torch import nn
+    from torch_geometric.utils import scatter
+
+    class SumEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(2, hidden)
+            self.edge = nn.LazyLinear(hidden)
+            self.fwd = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+            self.bwd = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+
+        def forward(self, batch):
+            x = torch.stack([batch.node_bias, batch.node_fixed.float()], dim=1)
+            h = torch.tanh(self.inp(x))
+            e = self.edge(batch.edge_attr)
+            src, dst = batch.edge_index
+            for f, b in zip(self.fwd, self.bwd):
+                along = scatter(e * h[src], dst, dim=0, dim_size=h.shape[0], reduce="sum")
+                against = scatter(e * h[dst], src, dim=0, dim_size=h.shape[0], reduce="sum")
+                h = torch.tanh(h + f(along) + b(against))
+            return h, scatter(h, batch.batch, dim=0, reduce="mean")
+
+    model = SumEncoder()
+    model.edge(torch.zeros(1, 9))     # fix the lazy layer's width for the example graphs' taps
+    return model
+
+
+@hookimpl
+def nngraph_encoders():
+    from nngraph.hookspecs import EncoderSpec
+    return [EncoderSpec("toy-sum", factory=make_sum_encoder, description="sum message passing (test plugin)")]
