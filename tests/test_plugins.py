@@ -36,7 +36,7 @@ def test_third_party_plugin_discovered_and_used(install_plugin, tmp_path, rng):
     r = ngraph("plugins", "--json", env=env)
     assert r.returncode == 0, r.stderr
     toy = {p["name"]: p for p in json.loads(r.stdout)}["toy"]
-    assert toy["status"] == "active" and toy["provides"] == {"adapters": ["npzmlp"]}
+    assert toy["status"] == "active" and toy["provides"] == {"adapters": ["npzmlp"], "encoders": ["toy-sum"]}
 
     r = ngraph("convert", model, "--json", env=env)        # format sniffed from the plugin
     assert r.returncode == 0, r.stderr
