@@ -12,13 +12,14 @@ __version__ = "0.1.0"
 
 from .api import convert, find_adapter
 from .errors import GraphError, InputError, NNGraphError, PluginError, UnsupportedModelError
+from .featurize import FeatureConfig, featurize
 from .fileformat import load, read_header, save
 from .ir import EdgeBlock, NeuralGraph, NeuronSet, Param, SourceTensor, TieGroup, Unmapped
 from .origin import Origin
 from .symmetry import Symmetry, SymmetryGroup
 
 __all__ = [
-    "__version__", "convert", "find_adapter", "load", "save", "read_header",
+    "__version__", "convert", "find_adapter", "load", "save", "read_header", "featurize", "FeatureConfig",
     "NeuralGraph", "NeuronSet", "EdgeBlock", "Param", "TieGroup", "SourceTensor", "Unmapped", "Origin",
     "Symmetry", "SymmetryGroup",
     "NNGraphError", "GraphError", "InputError", "PluginError", "UnsupportedModelError",

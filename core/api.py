@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import InputError
 from .hookspecs import AdapterSpec
 from .ir import NeuralGraph
-from .plugins import registry
+from .loader import registry
 
 
 def find_adapter(path: str | os.PathLike, format: str | None = None) -> AdapterSpec:

@@ -97,7 +97,7 @@ def info(file: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plugin list as JSON.")
 def plugins(as_json: bool) -> None:
     """List plugins: name, package, version, status, what each provides."""
-    from .plugins import registry
+    from .loader import registry
 
     reg = registry()
     if as_json:
@@ -149,7 +149,7 @@ class _null:
 
 
 def _add_plugin_commands() -> None:
-    from .plugins import registry
+    from .loader import registry
 
     for spec in registry().commands.values():
         if spec.name not in cli.commands:

@@ -143,8 +143,8 @@ def _node_perm(graph, symmetry) -> np.ndarray:
 
 
 class EncoderConformance:
-    """An encoder maps a PyG batch of neural graphs to (node embeddings [N, d], graph embeddings
-    [B, d]). It must be invariant (graph level) and equivariant (node level) under every
+    """An encoder maps a PyG batch of featurized neural graphs (``nngraph.featurize``) to
+    (node embeddings [N, d], graph embeddings [B, d]). It must be invariant (graph level) and equivariant (node level) under every
     symmetry of its input graphs, give the same answer batched and one by one, and run on CPU
     (and CUDA when present). Subclass and set ``encoder`` (the registered name) and ``config``."""
 
@@ -158,18 +158,18 @@ class EncoderConformance:
     def _model(self, device="cpu"):
         import torch
 
-        from .plugins import registry
+        from .loader import registry
         torch.manual_seed(0)
         return registry().encoder(self.encoder).factory(**self.config).to(device).eval()
 
-    def _taps(self) -> int:
-        """One edge-feature width for every graph the kit feeds the encoder."""
-        return max(b.taps for g in self.graphs() for b in g.blocks)
+    def _data(self, graph):
+        from .featurize import featurize
+        return featurize(graph)
 
     def _run(self, model, graphs, device="cpu"):
         import torch
         from torch_geometric.data import Batch
-        batch = Batch.from_data_list([g.to_pyg(max_taps=self._taps()) for g in graphs]).to(device)
+        batch = Batch.from_data_list([self._data(g) for g in graphs]).to(device)
         with torch.no_grad():
             return model(batch)
 
@@ -196,11 +196,10 @@ class EncoderConformance:
 
         model = self._model()
         graphs = self.graphs()
-        K = self._taps()
         _, pooled = self._run(model, graphs)
         for i, g in enumerate(graphs):
             with torch.no_grad():
-                _, one = model(Batch.from_data_list([g.to_pyg(max_taps=K)]))
+                _, one = model(Batch.from_data_list([self._data(g)]))
             np.testing.assert_allclose(pooled[i].numpy(), one[0].numpy(), atol=self.atol, rtol=1e-4)
 
     def test_cuda(self):

@@ -25,7 +25,7 @@ def write_dist_info(site: Path, dist: str, entry_points: dict[str, str], version
 @pytest.fixture
 def install_plugin(tmp_path, monkeypatch):
     """install_plugin(dist, {entry_name: "module"}) → env for subprocesses; also active in-process."""
-    from nngraph.plugins import registry
+    from nngraph.loader import registry
 
     site = tmp_path / "site"
     site.mkdir()

@@ -89,7 +89,7 @@ def test_encoder_kit_catches_a_non_equivariant_encoder():
 
     class OrderAware(torch.nn.Module):
         def forward(self, batch):
-            h = torch.arange(batch.num_nodes, dtype=torch.float32)[:, None] * batch.node_bias[:, None]
+            h = torch.arange(batch.num_nodes, dtype=torch.float32)[:, None] * batch.x[:, -2:]
             return h, scatter(h, batch.batch, dim=0, reduce="sum")
 
     class Broken(EncoderConformance):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ngraph
 from nngraph.errors import PluginError
-from nngraph.plugins import registry
+from nngraph.loader import registry
 
 
 def _toy_model(path, rng):

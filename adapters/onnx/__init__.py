@@ -25,7 +25,7 @@ def sniff(path: Path) -> bool:
 
 def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, **options) -> NeuralGraph:
     """Lower an ONNX file. ``bind`` gives values for graph inputs that hold parameters."""
-    from nngraph.plugins import registry
+    from nngraph.loader import registry
 
     from .engine import RuleTable, lower_model
     from .folding import fold

@@ -78,14 +78,13 @@ def make_sum_encoder(hidden: int = 16, layers: int = 2):
     class SumEncoder(nn.Module):
         def __init__(self):
             super().__init__()
-            self.inp = nn.Linear(2, hidden)
+            self.inp = nn.LazyLinear(hidden)
             self.edge = nn.LazyLinear(hidden)
             self.fwd = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
             self.bwd = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
 
         def forward(self, batch):
-            x = torch.stack([batch.node_bias, batch.node_fixed.float()], dim=1)
-            h = torch.tanh(self.inp(x))
+            h = torch.tanh(self.inp(batch.x))
             e = self.edge(batch.edge_attr)
             src, dst = batch.edge_index
             for f, b in zip(self.fwd, self.bwd):
@@ -94,9 +93,7 @@ def make_sum_encoder(hidden: int = 16, layers: int = 2):
                 h = torch.tanh(h + f(along) + b(against))
             return h, scatter(h, batch.batch, dim=0, reduce="mean")
 
-    model = SumEncoder()
-    model.edge(torch.zeros(1, 9))     # fix the lazy layer's width for the example graphs' taps
-    return model
+    return SumEncoder()
 
 
 @hookimpl

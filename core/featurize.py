@@ -1,0 +1,125 @@
+"""From a NeuralGraph to the tensors an encoder learns from.
+
+Node features ``x``: one-hot role and activation, the per-neuron parameters in canonical slots
+(bias, norm scale/shift, running mean/variance, anything else averaged), depth relative to the
+graph's deepest set, and a fixed-neuron flag. Fixed neurons (network inputs and outputs) have an
+identity no symmetry moves; ``node_pos`` gives it (their index in their set, offset per set) so an
+encoder may learn a position embedding for them; it is -1 for permutable neurons.
+Edge features ``edge_attr``: the weight or kernel taps resampled to ``taps`` values, then a
+one-hot block kind. Weight scaling (``scale``): none, per block (divide by the block's RMS — layer
+scale becomes a feature of its own), or per graph.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .ir import NeuralGraph
+from .materialize import block_edges
+from .vocab import ACTIVATIONS, KINDS, ROLES
+
+SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    taps: int = 9                 # edge-vector length (kernels and flatten taps resampled to it)
+    scale: str = "none"           # none | block | graph
+    max_positions: int = 4096     # fixed-neuron positions beyond this wrap around
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def node_dim(self) -> int:
+        return len(ROLES) + len(ACTIVATIONS) + 1 + 2 * len(SLOTS) + 2
+
+    @property
+    def edge_dim(self) -> int:
+        return self.taps + len(KINDS)
+
+
+def _slot(key: str) -> str:
+    for slot in ("bias", "scale", "shift", "mean", "var"):
+        if key == slot or key.endswith(f"_{slot}") or key == f"recurrent_{slot}":
+            return slot
+    return "other"
+
+
+def _resample(taps: np.ndarray, k: int) -> np.ndarray:
+    """[E, t] → [E, k]: zero-pad short vectors, average long ones into k bins."""
+    E, t = taps.shape
+    if t == k:
+        return taps
+    if t < k:
+        out = np.zeros((E, k), np.float32)
+        out[:, :t] = taps
+        return out
+    edges = np.linspace(0, t, k + 1).round().astype(int)
+    sums = np.add.reduceat(taps, edges[:-1], axis=1)
+    return (sums / np.maximum(np.diff(edges), 1)).astype(np.float32)
+
+
+def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
+    """A ``torch_geometric.data.Data`` with ``x``, ``edge_index``, ``edge_attr`` and the
+    integer attributes ``node_pos``, ``node_depth``, ``edge_kind``, ``edge_depth``."""
+    import torch
+    from torch_geometric.data import Data
+
+    sets = list(graph.sets.values())
+    offsets = graph.set_offsets()
+    N = graph.num_nodes
+    max_depth = max((s.depth for s in sets), default=0) or 1
+    fixed = {g.name for g in graph.symmetry_groups() if g.fixed}
+    x = np.zeros((N, config.node_dim), np.float32)
+    pos = np.full(N, -1, np.int64)
+    depth = np.zeros(N, np.int64)
+    role_ids = {r: i for i, r in enumerate(ROLES)}
+    act_ids = {a: i + 1 for i, a in enumerate(ACTIVATIONS)}
+    base = len(ROLES) + len(ACTIVATIONS) + 1
+    fixed_seen = 0
+    for s in sets:
+        o, n = offsets[s.name], s.size
+        rows = slice(o, o + n)
+        x[rows, role_ids[s.role]] = 1
+        x[rows, len(ROLES) + act_ids.get(s.activation, 0)] = 1
+        for key, p in s.arrays.items():
+            k = SLOTS.index(_slot(key))
+            v = np.asarray(p.data, np.float32).reshape(n, -1).mean(axis=1)
+            x[rows, base + k] += v
+            x[rows, base + len(SLOTS) + k] = 1
+        x[rows, -2] = s.depth / max_depth
+        depth[rows] = s.depth
+        if s.group in fixed:
+            x[rows, -1] = 1
+            pos[rows] = (fixed_seen + np.arange(n)) % config.max_positions
+            fixed_seen += n
+    ei, ea, ek, ed = [], [], [], []
+    kind_ids = {k: i for i, k in enumerate(KINDS)}
+    weights = [b.weight for b in graph.blocks if b.weight is not None]
+    graph_rms = float(np.sqrt(np.mean([np.mean(np.square(np.asarray(w.data, np.float64))) for w in weights]))) \
+        if weights and config.scale == "graph" else 1.0
+    for b in graph.blocks:
+        src, tgt = block_edges(graph, b)
+        E = len(src)
+        ei.append(np.stack([src + offsets[b.source], tgt + offsets[b.target]]))
+        if b.weight is None:
+            taps = np.ones((E, 1), np.float32)
+        else:
+            taps = np.asarray(b.weight.data, np.float32).reshape(E, -1)
+            if config.scale == "block":
+                taps = taps / max(float(np.sqrt(np.mean(np.square(taps)))), 1e-12)
+            elif config.scale == "graph":
+                taps = taps / max(graph_rms, 1e-12)
+        attr = np.zeros((E, config.edge_dim), np.float32)
+        attr[:, :config.taps] = _resample(taps, config.taps)
+        attr[:, config.taps + kind_ids[b.kind]] = 1
+        ea.append(attr)
+        ek.append(np.full(E, kind_ids[b.kind], np.int64))
+        ed.append(np.full(E, graph.sets[b.target].depth, np.int64))
+    cat = lambda parts, shape, dtype: np.concatenate(parts) if parts else np.zeros(shape, dtype)  # noqa: E731
+    t = torch.from_numpy
+    return Data(x=t(x), edge_index=t(np.concatenate(ei, axis=1) if ei else np.zeros((2, 0), np.int64)),
+                edge_attr=t(cat(ea, (0, config.edge_dim), np.float32)), edge_kind=t(cat(ek, (0,), np.int64)),
+                edge_depth=t(cat(ed, (0,), np.int64)), node_pos=t(pos), node_depth=t(depth), num_nodes=N)

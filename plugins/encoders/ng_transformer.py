@@ -1,0 +1,67 @@
+"""NG-Transformer: a relational transformer whose attention runs only along graph edges.
+
+Keys and values are built from the source node and the edge; each node attends over its
+incoming edges and, separately, its outgoing ones (softmax per node with
+``torch_geometric.utils.softmax``): no N×N tensor is ever formed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch_geometric.utils import scatter, softmax
+
+from .common import InputEmbedding, graph_index, mlp, pool
+
+
+class EdgeAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads, self.dh = heads, hidden // heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(2 * hidden, hidden)
+        self.v = nn.Linear(2 * hidden, hidden)
+
+    def forward(self, h, e, src, dst):
+        H, d = self.heads, self.dh
+        q = self.q(h)[dst].view(-1, H, d)
+        kv_in = torch.cat([h[src], e], dim=-1)
+        k, v = self.k(kv_in).view(-1, H, d), self.v(kv_in).view(-1, H, d)
+        score = (q * k).sum(-1) / math.sqrt(d)                      # [E, H]
+        alpha = softmax(score, dst, num_nodes=h.shape[0])
+        return scatter(alpha.unsqueeze(-1) * v, dst, dim=0, dim_size=h.shape[0], reduce="sum").view(-1, H * d)
+
+
+class NGTransformerLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.fwd, self.bwd = EdgeAttention(hidden, heads), EdgeAttention(hidden, heads)
+        self.mix = nn.Linear(2 * hidden, hidden)
+        self.ffn = mlp(hidden, 2 * hidden, hidden)
+        self.edge = mlp(3 * hidden, hidden, hidden)
+        self.n1, self.n2, self.ne = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+
+    def forward(self, h, e, edge_index):
+        src, dst = edge_index
+        att = torch.cat([self.fwd(h, e, src, dst), self.bwd(h, e, dst, src)], dim=-1)
+        h = self.n1(h + self.mix(att))
+        h = self.n2(h + self.ffn(h))
+        e = self.ne(e + self.edge(torch.cat([h[src], h[dst], e], dim=-1)))
+        return h, e
+
+
+class NGTransformer(nn.Module):
+    def __init__(self, hidden: int = 64, layers: int = 3, heads: int = 4, out_dim: int | None = None, **features):
+        super().__init__()
+        self.embed = InputEmbedding(hidden, **features)
+        self.layers = nn.ModuleList(NGTransformerLayer(hidden, heads) for _ in range(layers))
+        self.readout = mlp(2 * hidden, hidden, out_dim or hidden)
+        self.out_dim = out_dim or hidden
+
+    def forward(self, batch):
+        h, e = self.embed(batch)
+        for layer in self.layers:
+            h, e = layer(h, e, batch.edge_index)
+        index, size = graph_index(batch)
+        return h, self.readout(pool(h, index, size))
