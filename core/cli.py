@@ -140,6 +140,102 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="Column of labels.csv to predict.")
+@click.option("--task", type=click.Choice(["regression", "classification"]), default="regression", show_default=True)
+@click.option("--encoder", default="ng-gnn", show_default=True, help="Encoder plugin (see `ngraph plugins`).")
+@click.option("--head", default=None, help="Head plugin [default: the task's].")
+@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--layers", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
+@click.option("--json", "as_json", is_flag=True)
+def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, device, seed, output, as_json):
+    """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot."""
+    from .dataset import load_dataset
+    from .train import TrainConfig, save_checkpoint, train as _train
+
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    for name, why in data.failed:
+        err.print(f"[yellow]skipped[/] {name}: {why}")
+    cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
+                      batch_size=batch_size, hidden=hidden, layers=layers, device=device, seed=seed)
+    model, meta, history = _train(data, cfg, progress=not as_json and err.is_terminal)
+    save_checkpoint(output, model, meta)
+    plot = _plot_history(history, output.with_suffix(".png"))
+    summary = {"checkpoint": str(output), "models": len(data.entries), "skipped": len(data.failed),
+               "final": history[-1], "plot": plot}
+    if as_json:
+        _emit_json(summary)
+    else:
+        out.print(f"[bold green]✓[/] trained {encoder} on {len(data.split('train'))} networks → {output}")
+        out.print(f"  last epoch: {json.dumps(history[-1])}")
+
+
+def _plot_history(history, path: Path) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], label="train loss")
+    for key in history[-1]:
+        if key.startswith("val_"):
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="train | val | test | all")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(checkpoint, dataset, split, device, as_json):
+    """Evaluate CHECKPOINT on DATASET's split (regression: kendall_tau, r2, mse; classification: accuracy)."""
+    from .dataset import load_dataset
+    from .train import evaluate as _evaluate
+
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    result = _evaluate(checkpoint, data, None if split == "all" else split, device)
+    if as_json:
+        _emit_json(result)
+    else:
+        out.print("  ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}" for k, v in result.items()))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def predict(checkpoint, models, device, as_json):
+    """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
+    from .api import convert as _convert
+    from .fileformat import load
+    from .train import predict as _predict
+
+    graphs = [load(m) if m.suffix == ".ngraph" else _convert(m) for m in models]
+    values = _predict(checkpoint, graphs, device)
+    if as_json:
+        _emit_json([{"model": str(m), "prediction": v} for m, v in zip(models, values)])
+    else:
+        for m, v in zip(models, values):
+            out.print(f"{m}\t{v}")
+
+
 class _null:
     def __enter__(self):
         return self

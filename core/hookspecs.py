@@ -78,8 +78,10 @@ class OpRule:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """A graph encoder: ``factory(**config)`` returns a ``torch.nn.Module`` mapping a PyG batch
-    to ``(node_embeddings, graph_embeddings)``."""
+    """A graph encoder: ``factory(**config)`` returns a ``torch.nn.Module`` mapping a PyG batch of
+    featurized graphs to ``(node_embeddings, graph_embeddings)``. ``config`` includes ``hidden``
+    (and ``layers`` where it applies) and the feature sizes ``node_dim``, ``edge_dim``,
+    ``max_positions``; accept and ignore what you do not use."""
 
     name: str
     factory: Callable[..., Any]

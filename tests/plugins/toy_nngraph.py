@@ -69,7 +69,7 @@ def nngraph_adapters():
 
 
 # ---------------------------------------------------------------------------- a toy encoder
-def make_sum_encoder(hidden: int = 16, layers: int = 2):
+def make_sum_encoder(hidden: int = 16, layers: int = 2, **features):
     """Message passing with sums along and against edges: equivariant by construction."""
     import torch
     from torch import nn

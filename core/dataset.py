@@ -1,0 +1,117 @@
+"""A dataset of networks: a folder of model files and ``labels.csv``.
+
+``labels.csv`` has a ``model`` column (path relative to the folder), an optional ``split``
+column (train/val/test) and any target columns. Models are converted in parallel with a progress
+bar and cached as ``.ngraph`` files under ``<folder>/.nngraph-cache/`` (keyed by path, size and
+modification time); a model that fails to convert is reported and skipped, not fatal.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError, NNGraphError
+from .ir import NeuralGraph
+
+
+@dataclass
+class Entry:
+    path: Path
+    row: dict
+    graph: NeuralGraph | None = None
+
+
+@dataclass
+class ModelDataset:
+    root: Path
+    entries: list[Entry]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def split(self, name: str | None) -> list[Entry]:
+        if name is None:
+            return list(self.entries)
+        if not any("split" in e.row for e in self.entries):
+            return list(self.entries) if name in ("train", "all") else []
+        return [e for e in self.entries if e.row.get("split", "train") == name]
+
+    def targets(self, column: str) -> list[str]:
+        return [e.row.get(column, "") for e in self.entries]
+
+
+def _cache_path(root: Path, model: Path) -> Path:
+    st = model.stat()
+    key = hashlib.sha1(f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return root / ".nngraph-cache" / f"{key}.ngraph"
+
+
+def _convert_one(root: str, rel: str) -> tuple[str, str | None]:
+    from .api import convert
+    from .fileformat import save
+    model = Path(root) / rel
+    cache = _cache_path(Path(root), model)
+    if cache.exists():
+        return rel, None
+    try:
+        save(convert(model), cache)
+        return rel, None
+    except NNGraphError as e:
+        return rel, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad model must not stop the dataset
+        return rel, f"{type(e).__name__}: {e}"
+
+
+def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progress: bool = True) -> ModelDataset:
+    root = Path(folder)
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise InputError(f"{root}: no labels.csv (a 'model' column with relative paths, optional 'split', targets)")
+    with open(labels, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "model" not in rows[0]:
+        raise InputError(f"{labels}: needs a 'model' column")
+    root_resolved = root.resolve()
+    entries, failed = [], []
+    for row in rows:
+        path = (root / row["model"]).resolve()
+        if root_resolved not in path.parents:
+            failed.append((row["model"], "path outside the dataset folder"))
+        elif not path.is_file():
+            failed.append((row["model"], "no such file"))
+        else:
+            entries.append(Entry(path, row))
+    (root / ".nngraph-cache").mkdir(exist_ok=True)
+    todo = [e for e in entries if not _cache_path(root, e.path).exists()]
+    errors: dict[str, str] = {}
+    if todo:
+        from rich.progress import Progress
+        workers = workers or min(len(todo), os.cpu_count() or 1)
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task(f"converting {len(todo)} models", total=len(todo))
+            if workers > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    futures = [pool.submit(_convert_one, str(root), str(e.path.relative_to(root_resolved))) for e in todo]
+                    for fut in as_completed(futures):
+                        rel, err = fut.result()
+                        if err:
+                            errors[rel] = err
+                        bar.advance(task)
+            else:
+                for e in todo:
+                    rel, err = _convert_one(str(root), str(e.path.relative_to(root_resolved)))
+                    if err:
+                        errors[rel] = err
+                    bar.advance(task)
+    from .fileformat import load
+    kept = []
+    for e in entries:
+        rel = str(e.path.relative_to(root_resolved))
+        if rel in errors:
+            failed.append((e.row["model"], errors[rel]))
+            continue
+        e.graph = load(_cache_path(root, e.path))
+        kept.append(e)
+    return ModelDataset(root, kept, failed)

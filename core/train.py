@@ -1,0 +1,235 @@
+"""Train, evaluate and apply an encoder + head on a dataset of networks.
+
+Checkpoints are safetensors (the model's tensors) with a JSON document in the header naming the
+encoder and head plugins and their configuration, the feature configuration and the target's
+normalisation — no pickle anywhere.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .featurize import FeatureConfig, featurize
+from .ir import NeuralGraph
+from .loader import registry
+
+
+@dataclass
+class TrainConfig:
+    target: str
+    task: str = "regression"              # regression | classification
+    encoder: str = "ng-gnn"
+    head: str | None = None               # default: the task's head
+    epochs: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    hidden: int = 64
+    layers: int = 3
+    seed: int = 0
+    device: str = "auto"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def encoder_config(self) -> dict:
+        cfg = {"hidden": self.hidden}
+        if self.encoder in ("ng-gnn", "ng-transformer"):
+            cfg["layers"] = self.layers
+        return cfg
+
+
+def resolve_device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+class GraphModel:
+    """Encoder + head as one torch module (built lazily so that importing this file is cheap)."""
+
+    @staticmethod
+    def build(encoder: str, encoder_config: dict, head: str, out_dim: int, features: FeatureConfig):
+        import torch
+        reg = registry()
+        enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim,
+                                           edge_dim=features.edge_dim, max_positions=features.max_positions)
+        width = getattr(enc, "out_dim", encoder_config.get("hidden", 64))
+        hd = reg.head(head).factory(width, out_dim)
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder, self.head = enc, hd
+
+            def forward(self, batch):
+                return self.head(self.encoder(batch)[1])
+
+        return Model()
+
+
+def _labels(entries, cfg: TrainConfig, classes=None):
+    raw = [e.row.get(cfg.target) for e in entries]
+    if any(v is None or v == "" for v in raw):
+        missing = [e.row["model"] for e, v in zip(entries, raw) if v in (None, "")][:5]
+        raise InputError(f"target {cfg.target!r} is missing for {missing}")
+    if cfg.task == "classification":
+        classes = classes or sorted(set(raw))
+        return np.array([classes.index(v) if v in classes else -1 for v in raw]), classes
+    try:
+        return np.array([float(v) for v in raw], np.float32), None
+    except ValueError as e:
+        raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
+
+
+def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng):
+    import torch
+    from torch_geometric.data import Batch
+    data = []
+    for g, t in zip(graphs, y):
+        d = featurize(g, features)
+        d.y = torch.tensor([t])
+        data.append(d)
+    order = rng.permutation(len(data)) if shuffle else np.arange(len(data))
+    for i in range(0, len(order), batch_size):
+        yield Batch.from_data_list([data[j] for j in order[i:i + batch_size]])
+
+
+def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    if task == "classification":
+        return {"accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")}
+    from scipy.stats import kendalltau
+    mse = float(np.mean((y_true - y_pred) ** 2)) if len(y_true) else float("nan")
+    var = float(np.var(y_true)) if len(y_true) else float("nan")
+    tau = kendalltau(y_true, y_pred).statistic if len(y_true) > 1 else float("nan")
+    return {"kendall_tau": float(tau), "r2": 1 - mse / var if var > 0 else float("nan"), "mse": mse}
+
+
+def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
+    """Returns (model, meta, history)."""
+    import torch
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    tr, va = dataset.split("train"), dataset.split("val")
+    if not tr:
+        raise InputError(f"{dataset.root}: no training models (split column 'train')")
+    y_tr, classes = _labels(tr, cfg)
+    y_va, _ = _labels(va, cfg, classes) if va else (np.zeros(0), None)
+    head = cfg.head or ("classification" if cfg.task == "classification" else "regression")
+    out_dim = len(classes) if classes else 1
+    mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
+    model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    graphs_tr = [e.graph for e in tr]
+    history = []
+    from rich.progress import Progress
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(f"training {cfg.encoder}", total=cfg.epochs)
+        for epoch in range(cfg.epochs):
+            model.train()
+            total, count = 0.0, 0
+            target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
+            for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng):
+                batch = batch.to(device)
+                out = model(batch)
+                if cfg.task == "regression":
+                    loss = torch.nn.functional.mse_loss(out.squeeze(-1), batch.y.float())
+                else:
+                    loss = torch.nn.functional.cross_entropy(out, batch.y.long())
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                total += float(loss) * batch.num_graphs
+                count += batch.num_graphs
+            sched.step()
+            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+            if va:
+                pred = _predict(model, [e.graph for e in va], cfg.features, device, cfg.task, mean, std)
+                record.update({f"val_{k}": v for k, v in metrics(cfg.task, y_va, pred).items()})
+            history.append(record)
+            bar.advance(task)
+            if log:
+                log(record)
+    meta = {"encoder": cfg.encoder, "encoder_config": cfg.encoder_config(), "head": head, "out_dim": out_dim,
+            "task": cfg.task, "target": cfg.target, "classes": classes, "y_mean": mean, "y_std": std,
+            "features": cfg.features.to_json(), "history": history, "config": {
+                k: v for k, v in asdict(cfg).items() if k != "features"}}
+    return model, meta, history
+
+
+def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32):
+    import torch
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for batch in _batches(graphs, np.zeros(len(graphs)), features, batch_size, False, None):
+            out = model(batch.to(device)).cpu()
+            outs.append(out.argmax(-1).numpy() if task == "classification" else out.squeeze(-1).numpy() * std + mean)
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
+def save_checkpoint(path, model, meta: dict) -> Path:
+    from safetensors.torch import save_file
+    import os
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp, metadata={"format": "nngraph-checkpoint", "nngraph": json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path, device: str = "auto"):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["nngraph"])
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{path}: not an nngraph checkpoint ({type(e).__name__}: {e})") from None
+    features = FeatureConfig(**meta["features"])
+    model = GraphModel.build(meta["encoder"], meta["encoder_config"], meta["head"], meta["out_dim"], features)
+    model.load_state_dict(state)
+    dev = resolve_device(device)
+    return model.to(dev).eval(), meta, dev
+
+
+def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") -> dict[str, Any]:
+    model, meta, dev = load_checkpoint(ckpt, device)
+    entries = dataset.split(split)
+    if not entries:
+        raise InputError(f"{dataset.root}: no models in split {split!r}")
+    cfg = TrainConfig(target=meta["target"], task=meta["task"])
+    y, _ = _labels(entries, cfg, meta["classes"])
+    pred = _predict(model, [e.graph for e in entries], FeatureConfig(**meta["features"]), dev, meta["task"],
+                    meta["y_mean"], meta["y_std"])
+    out = metrics(meta["task"], y, pred)
+    out["n"] = len(entries)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> list:
+    model, meta, dev = load_checkpoint(ckpt, device)
+    pred = _predict(model, graphs, FeatureConfig(**meta["features"]), dev, meta["task"], meta["y_mean"], meta["y_std"])
+    if meta["task"] == "classification":
+        return [meta["classes"][int(i)] for i in pred]
+    return [float(v) for v in pred]

@@ -1,0 +1,76 @@
+"""Datasets of networks and train / evaluate / predict, end to end on a tiny zoo."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_geometric")
+pytest.importorskip("scipy")
+
+from conftest import ngraph  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """24 small MLPs exported to ONNX: half ReLU, half Tanh, random widths; a regression target
+    (the RMS of the first layer's weights, scaled by a per-network factor) and the activation."""
+    from torch import nn
+    root = tmp_path_factory.mktemp("zoo")
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        act = "relu" if i % 2 == 0 else "tanh"
+        width = int(rng.integers(4, 9))
+        scale = float(rng.uniform(0.5, 2.0))
+        torch.manual_seed(i)
+        m = nn.Sequential(nn.Linear(5, width), nn.ReLU() if act == "relu" else nn.Tanh(), nn.Linear(width, 3)).eval()
+        with torch.no_grad():
+            m[0].weight.mul_(scale)
+        torch.onnx.export(m, (torch.randn(1, 5),), root / f"m{i}.onnx", dynamo=False)
+        rms = float(m[0].weight.pow(2).mean().sqrt())
+        rows.append({"model": f"m{i}.onnx", "split": "test" if i >= 18 else "train", "rms": rms, "act": act})
+    rows.append({"model": "broken.onnx", "split": "train", "rms": 0, "act": "relu"})
+    (root / "broken.onnx").write_bytes(b"not a model")
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_train_evaluate_predict_regression(zoo, tmp_path):
+    ckpt = tmp_path / "reg.safetensors"
+    r = ngraph("train", zoo, "--target", "rms", "--encoder", "statnn", "--epochs", "60", "--hidden", "16",
+               "--lr", "3e-3", "-o", ckpt, "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["skipped"] == 1 and doc["models"] == 24 and ckpt.is_file() and (tmp_path / "reg.png").is_file()
+    r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["n"] == 6 and set(res) >= {"kendall_tau", "r2", "mse"}
+    assert res["kendall_tau"] > 0.3          # weight scale is plainly visible to weight statistics
+    r = ngraph("predict", ckpt, zoo / "m0.onnx", zoo / "m1.onnx", "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 2
+
+
+@pytest.mark.parametrize("encoder", ["ng-gnn", "ng-transformer", "deepsets"])
+def test_classify_activation(zoo, tmp_path, encoder):
+    ckpt = tmp_path / "cls.safetensors"
+    r = ngraph("train", zoo, "--target", "act", "--task", "classification", "--encoder", encoder, "--epochs", "30", "--lr", "3e-3",
+               "--hidden", "16", "--layers", "2", "-o", ckpt, "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = ngraph("evaluate", ckpt, zoo, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["accuracy"] == 1.0     # the activation is a node feature
+
+
+def test_bad_dataset_and_device(tmp_path):
+    r = ngraph("train", tmp_path, "--target", "x", "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 4 and "labels.csv" in r.stderr
+    r = ngraph("evaluate", tmp_path / "nope.safetensors", tmp_path)
+    assert r.returncode == 4
