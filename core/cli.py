@@ -142,8 +142,9 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
 
 @cli.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--target", required=True, help="Column of labels.csv to predict.")
-@click.option("--task", type=click.Choice(["regression", "classification"]), default="regression", show_default=True)
+@click.option("--target", default="", help="Column of labels.csv to predict (not needed for --task embedding).")
+@click.option("--task", type=click.Choice(["regression", "classification", "embedding"]), default="regression",
+              show_default=True, help="embedding: contrastive, random symmetries of a network are its positives")
 @click.option("--encoder", default="ng-gnn", show_default=True, help="Encoder plugin (see `ngraph plugins`).")
 @click.option("--head", default=None, help="Head plugin [default: the task's].")
 @click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
@@ -234,6 +235,58 @@ def predict(checkpoint, models, device, as_json):
     else:
         for m, v in zip(models, values):
             out.print(f"{m}\t{v}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Embeddings (.npz).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def embed(checkpoint, dataset, output, device, as_json):
+    """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
+    import numpy as np
+
+    from .dataset import load_dataset
+    from .train import embed as _embed
+
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    vectors = _embed(checkpoint, [e.graph for e in data.entries], device)
+    names = np.array([e.row["model"] for e in data.entries])
+    with open(output, "wb") as f:
+        np.savez(f, names=names, embeddings=vectors, checkpoint=np.array(str(Path(checkpoint).resolve())))
+    summary = {"output": str(output), "networks": len(names), "dim": int(vectors.shape[1])}
+    _emit_json(summary) if as_json else out.print(f"[bold green]✓[/] {len(names)} embeddings → {output}")
+
+
+@cli.command()
+@click.argument("embeddings", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-k", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def search(embeddings, model, k, device, as_json):
+    """The K networks of an `ngraph embed` file most similar to MODEL (cosine similarity)."""
+    import numpy as np
+
+    from .api import convert as _convert
+    from .fileformat import load
+    from .train import embed as _embed
+    from .verify import load_inputs
+
+    table = load_inputs(embeddings)
+    if not {"names", "embeddings", "checkpoint"} <= set(table):
+        raise InputError(f"{embeddings}: not an `ngraph embed` file")
+    graph = load(model) if model.suffix == ".ngraph" else _convert(model)
+    query = _embed(str(table["checkpoint"]), [graph], device)[0]
+    sims = table["embeddings"] @ query
+    top = np.argsort(-sims)[:k]
+    hits = [{"model": str(table["names"][i]), "similarity": float(sims[i])} for i in top]
+    if as_json:
+        _emit_json(hits)
+    else:
+        for h in hits:
+            out.print(f"{h['similarity']:.4f}  {h['model']}")
 
 
 class _null:

@@ -89,17 +89,34 @@ def _labels(entries, cfg: TrainConfig, classes=None):
         raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
 
 
-def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng):
+def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
+             views: bool = False):
+    """Featurized batches; with ``views``, each batch is two random symmetries of the same
+    networks (first half, second half) for contrastive training."""
     import torch
     from torch_geometric.data import Batch
-    data = []
-    for g, t in zip(graphs, y):
-        d = featurize(g, features)
-        d.y = torch.tensor([t])
-        data.append(d)
-    order = rng.permutation(len(data)) if shuffle else np.arange(len(data))
+    order = rng.permutation(len(graphs)) if shuffle else np.arange(len(graphs))
     for i in range(0, len(order), batch_size):
-        yield Batch.from_data_list([data[j] for j in order[i:i + batch_size]])
+        chosen = order[i:i + batch_size]
+        if views:
+            seeds = rng.integers(0, 2**31, size=(2, len(chosen)))
+            items = [featurize(graphs[j].permute(graphs[j].random_symmetry(int(s))), features)
+                     for v in range(2) for j, s in zip(chosen, seeds[v])]
+        else:
+            items = [featurize(graphs[j], features) for j in chosen]
+        for d, j in zip(items, list(chosen) * (2 if views else 1)):
+            d.y = torch.tensor([y[j]])
+        yield Batch.from_data_list(items)
+
+
+def _info_nce(z, temperature: float = 0.1):
+    """Two views per network (first and second half of the batch) are positives of each other."""
+    import torch
+    n = z.shape[0] // 2
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return torch.nn.functional.cross_entropy(sim, target)
 
 
 def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -121,10 +138,13 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:
         raise InputError(f"{dataset.root}: no training models (split column 'train')")
-    y_tr, classes = _labels(tr, cfg)
-    y_va, _ = _labels(va, cfg, classes) if va else (np.zeros(0), None)
-    head = cfg.head or ("classification" if cfg.task == "classification" else "regression")
-    out_dim = len(classes) if classes else 1
+    if cfg.task == "embedding":       # no labels: each network's random symmetries are its positives
+        y_tr, classes, y_va, va = np.zeros(len(tr), np.float32), None, np.zeros(0), []
+    else:
+        y_tr, classes = _labels(tr, cfg)
+        y_va, _ = _labels(va, cfg, classes) if va else (np.zeros(0), None)
+    head = cfg.head or {"classification": "classification", "embedding": "embedding"}.get(cfg.task, "regression")
+    out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,10 +158,13 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             model.train()
             total, count = 0.0, 0
             target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
-            for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng):
+            for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
+                                  views=cfg.task == "embedding"):
                 batch = batch.to(device)
                 out = model(batch)
-                if cfg.task == "regression":
+                if cfg.task == "embedding":
+                    loss = _info_nce(out)
+                elif cfg.task == "regression":
                     loss = torch.nn.functional.mse_loss(out.squeeze(-1), batch.y.float())
                 else:
                     loss = torch.nn.functional.cross_entropy(out, batch.y.long())
@@ -233,3 +256,19 @@ def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> list:
     if meta["task"] == "classification":
         return [meta["classes"][int(i)] for i in pred]
     return [float(v) for v in pred]
+
+
+def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> np.ndarray:
+    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's."""
+    import torch
+    model, meta, dev = load_checkpoint(ckpt, device)
+    features = FeatureConfig(**meta["features"])
+    out = []
+    with torch.no_grad():
+        for batch in _batches(graphs, np.zeros(len(graphs)), features, 32, False, None):
+            batch = batch.to(dev)
+            g = model.encoder(batch)[1]
+            if meta["task"] == "embedding":
+                g = model.head(g)
+            out.append(torch.nn.functional.normalize(g, dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)

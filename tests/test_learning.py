@@ -74,3 +74,28 @@ def test_bad_dataset_and_device(tmp_path):
     assert r.returncode == 4 and "labels.csv" in r.stderr
     r = ngraph("evaluate", tmp_path / "nope.safetensors", tmp_path)
     assert r.returncode == 4
+
+
+def test_contrastive_embedding_and_search(zoo, tmp_path):
+    ckpt = tmp_path / "emb.safetensors"
+    r = ngraph("train", zoo, "--task", "embedding", "--encoder", "ng-gnn", "--epochs", "8", "--hidden", "16",
+               "--layers", "2", "-o", ckpt, "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = ngraph("embed", ckpt, zoo, "-o", tmp_path / "emb.npz", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["networks"] == 24
+    r = ngraph("search", tmp_path / "emb.npz", zoo / "m3.onnx", "-k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert hits[0]["model"] == "m3.onnx" and hits[0]["similarity"] > 0.999   # a network finds itself first
+    # and a permuted copy of it (same function, other neuron order) embeds to the same point
+    import onnx
+    import nngraph
+    from nngraph.adapters.onnx import export
+    g = nngraph.convert(zoo / "m3.onnx")
+    sym = next(s for s in (g.random_symmetry(i) for i in range(100)) if not s.is_identity())
+    export(zoo / "m3.onnx", g.permute(sym).to_params(), tmp_path / "perm.onnx")
+    assert not np.array_equal(onnx.load(tmp_path / "perm.onnx").graph.initializer[0].raw_data,
+                              onnx.load(zoo / "m3.onnx").graph.initializer[0].raw_data)
+    r = ngraph("search", tmp_path / "emb.npz", tmp_path / "perm.onnx", "-k", "1", "--json")
+    assert json.loads(r.stdout)[0]["model"] == "m3.onnx"

@@ -1,0 +1,114 @@
+"""Train a population of small CNNs on scikit-learn's bundled digits and export each to ONNX.
+
+    python examples/make_zoo.py OUT_DIR [--n 300] [--seed 0] [--wide-test]
+
+Hyperparameters vary per network: width, depth, kernel size, activation, optimizer, learning rate,
+weight decay, init scale, dropout, data fraction, label noise and epochs. OUT_DIR/labels.csv gets
+``model, split, test_acc, train_acc`` and every hyperparameter. ``--wide-test`` puts the widest
+networks (more channels than any training network) in the test split, for out-of-distribution
+generalisation. Needs torch and scikit-learn.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def digits():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(y), generator=g)
+    return x[idx[:1200]], y[idx[:1200]], x[idx[1200:]], y[idx[1200:]]
+
+
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+
+
+def make_net(h: dict) -> nn.Module:
+    layers, c = [], 1
+    for i in range(h["depth"]):
+        layers += [nn.Conv2d(c, h["width"], h["kernel"], padding=h["kernel"] // 2), ACTS[h["activation"]]()]
+        if i == 0:
+            layers.append(nn.MaxPool2d(2))
+        c = h["width"]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(h["dropout"]), nn.Linear(c, 10)]
+    net = nn.Sequential(*layers)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(h["init_scale"])
+    return net
+
+
+def sample(rng, i: int, widths) -> dict:
+    return {"width": int(rng.choice(widths)), "depth": int(rng.integers(1, 4)), "kernel": int(rng.choice([3, 5])),
+            "activation": str(rng.choice(list(ACTS))), "optimizer": str(rng.choice(["adam", "sgd"])),
+            "lr": float(10 ** rng.uniform(-3.3, -1.3)), "weight_decay": float(10 ** rng.uniform(-6, -2)),
+            "init_scale": float(rng.uniform(0.3, 1.5)), "dropout": float(rng.choice([0.0, 0.2, 0.5])),
+            "data_fraction": float(rng.uniform(0.1, 1.0)), "label_noise": float(rng.choice([0.0, 0.1, 0.3])),
+            "epochs": int(rng.integers(2, 25)), "seed": i}
+
+
+def train_one(h: dict, data) -> tuple[nn.Module, float, float]:
+    xtr, ytr, xte, yte = data
+    torch.manual_seed(h["seed"])
+    n = max(32, int(len(ytr) * h["data_fraction"]))
+    x, y = xtr[:n], ytr[:n].clone()
+    noisy = torch.rand(n) < h["label_noise"]
+    y[noisy] = torch.randint(0, 10, (int(noisy.sum()),))
+    net = make_net(h)
+    opt = (torch.optim.Adam if h["optimizer"] == "adam" else torch.optim.SGD)(
+        net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+    for _ in range(h["epochs"]):
+        net.train()
+        for b in torch.randperm(n).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        return net, float((net(xtr[:n]).argmax(1) == ytr[:n]).float().mean()), float((net(xte).argmax(1) == yte).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--wide-test", action="store_true")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    data = digits()
+    rows = []
+    torch.set_num_threads(1)
+    for i in range(args.n):
+        wide = args.wide_test and i >= int(args.n * 0.8)
+        h = sample(rng, i, [24, 32] if wide else [4, 8, 12, 16])
+        net, train_acc, test_acc = train_one(h, data)
+        name = f"net{i:04d}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), args.out / name, dynamo=False,
+                              input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "b"}})
+        split = "test" if (wide or (not args.wide_test and i % 5 == 4)) else ("val" if i % 10 == 3 else "train")
+        rows.append({"model": name, "split": split, "test_acc": round(test_acc, 4), "train_acc": round(train_acc, 4), **h})
+        if (i + 1) % 25 == 0:
+            print(f"{i + 1}/{args.n} networks", flush=True)
+    with open(args.out / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {args.out / 'labels.csv'}: {len(rows)} networks")
+
+
+if __name__ == "__main__":
+    main()
