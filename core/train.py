@@ -172,7 +172,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
-                total += float(loss) * batch.num_graphs
+                total += float(loss.detach()) * batch.num_graphs
                 count += batch.num_graphs
             sched.step()
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}

@@ -99,3 +99,31 @@ def test_contrastive_embedding_and_search(zoo, tmp_path):
                               onnx.load(zoo / "m3.onnx").graph.initializer[0].raw_data)
     r = ngraph("search", tmp_path / "emb.npz", tmp_path / "perm.onnx", "-k", "1", "--json")
     assert json.loads(r.stdout)[0]["model"] == "m3.onnx"
+
+
+def test_third_party_encoder_package_trains_by_name(zoo, tmp_path, install_plugin):
+    """examples/nngraph-example-encoder, installed (its entry point on the path), is used by name."""
+    import sys
+    from pathlib import Path
+    pkg = Path(__file__).resolve().parent.parent / "examples" / "nngraph-example-encoder"
+    sys.path.insert(0, str(pkg))
+    try:
+        env = install_plugin("nngraph-example-encoder", {"example-encoder": "nngraph_example_encoder"})
+        env["PYTHONPATH"] = f"{pkg}:{env['PYTHONPATH']}"
+        r = ngraph("plugins", "--json", env=env)
+        plugin = {p["name"]: p for p in json.loads(r.stdout)}["example-encoder"]
+        assert plugin["status"] == "active" and plugin["provides"] == {"encoders": ["mean-mp"]}
+        r = ngraph("train", zoo, "--target", "act", "--task", "classification", "--encoder", "mean-mp",
+                   "--epochs", "3", "--hidden", "8", "-o", tmp_path / "m.safetensors", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        r = ngraph("evaluate", tmp_path / "m.safetensors", zoo, "--json", env=env)
+        assert r.returncode == 0 and "accuracy" in json.loads(r.stdout)
+
+        from nngraph.testing import EncoderConformance
+
+        class Kit(EncoderConformance):
+            encoder = "mean-mp"
+        Kit().test_symmetry()
+        Kit().test_batched_equals_one_by_one()
+    finally:
+        sys.path.remove(str(pkg))
