@@ -90,9 +90,10 @@ def _labels(entries, cfg: TrainConfig, classes=None):
 
 
 def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
-             views: bool = False):
-    """Featurized batches; with ``views``, each batch is two random symmetries of the same
-    networks (first half, second half) for contrastive training."""
+             views: bool = False, cache: dict | None = None):
+    """Featurized batches (each graph featurized once when a ``cache`` dict is given); with
+    ``views``, each batch is two random symmetries of the same networks (first half, second
+    half) for contrastive training."""
     import torch
     from torch_geometric.data import Batch
     order = rng.permutation(len(graphs)) if shuffle else np.arange(len(graphs))
@@ -103,7 +104,14 @@ def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: 
             items = [featurize(graphs[j].permute(graphs[j].random_symmetry(int(s))), features)
                      for v in range(2) for j, s in zip(chosen, seeds[v])]
         else:
-            items = [featurize(graphs[j], features) for j in chosen]
+            items = []
+            for j in chosen:
+                d = cache.get(int(j)) if cache is not None else None
+                if d is None:
+                    d = featurize(graphs[j], features)
+                    if cache is not None:
+                        cache[int(j)] = d
+                items.append(d.clone())
         for d, j in zip(items, list(chosen) * (2 if views else 1)):
             d.y = torch.tensor([y[j]])
         yield Batch.from_data_list(items)
@@ -150,6 +158,9 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     graphs_tr = [e.graph for e in tr]
+    graphs_va = [e.graph for e in va]
+    cache_tr: dict = {}
+    cache_va: dict = {}
     history = []
     from rich.progress import Progress
     with Progress(transient=True, disable=not progress) as bar:
@@ -159,7 +170,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             total, count = 0.0, 0
             target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
             for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
-                                  views=cfg.task == "embedding"):
+                                  views=cfg.task == "embedding", cache=cache_tr):
                 batch = batch.to(device)
                 out = model(batch)
                 if cfg.task == "embedding":
@@ -177,7 +188,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             sched.step()
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
             if va:
-                pred = _predict(model, [e.graph for e in va], cfg.features, device, cfg.task, mean, std)
+                pred = _predict(model, graphs_va, cfg.features, device, cfg.task, mean, std, cache=cache_va)
                 record.update({f"val_{k}": v for k, v in metrics(cfg.task, y_va, pred).items()})
             history.append(record)
             bar.advance(task)
@@ -190,12 +201,12 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     return model, meta, history
 
 
-def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32):
+def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32, cache: dict | None = None):
     import torch
     model.eval()
     outs = []
     with torch.no_grad():
-        for batch in _batches(graphs, np.zeros(len(graphs)), features, batch_size, False, None):
+        for batch in _batches(graphs, np.zeros(len(graphs)), features, batch_size, False, None, cache=cache):
             out = model(batch.to(device)).cpu()
             outs.append(out.argmax(-1).numpy() if task == "classification" else out.squeeze(-1).numpy() * std + mean)
     return np.concatenate(outs) if outs else np.zeros(0)
