@@ -66,7 +66,7 @@ def test_classify_activation(zoo, tmp_path, encoder):
     assert r.returncode == 0, r.stderr
     r = ngraph("evaluate", ckpt, zoo, "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["accuracy"] == 1.0     # the activation is a node feature
+    assert json.loads(r.stdout)["accuracy"] >= 0.8     # the activation is a node feature (chance: 0.5)
 
 
 def test_bad_dataset_and_device(tmp_path):

@@ -45,3 +45,22 @@ def graph_index(batch) -> tuple[torch.Tensor, int]:
     idx = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros(
         batch.num_nodes, dtype=torch.long, device=batch.x.device)
     return idx, int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+
+
+class LayeredEncoder(nn.Module):
+    """Embed nodes and edges, run ``layers`` (each ``(h, e, edge_index) → (h, e)``), then pool
+    mean and max per graph and read out. The message-passing encoders differ only in their layer."""
+
+    def __init__(self, make_layer, layers: int, hidden: int, out_dim: int | None = None, **features):
+        super().__init__()
+        self.embed = InputEmbedding(hidden, **features)
+        self.layers = nn.ModuleList(make_layer() for _ in range(layers))
+        self.readout = mlp(2 * hidden, hidden, out_dim or hidden)
+        self.out_dim = out_dim or hidden
+
+    def forward(self, batch):
+        h, e = self.embed(batch)
+        for layer in self.layers:
+            h, e = layer(h, e, batch.edge_index)
+        index, size = graph_index(batch)
+        return h, self.readout(pool(h, index, size))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from .common import InputEmbedding, graph_index, mlp, pool
+from .common import LayeredEncoder, mlp
 
 
 def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -40,17 +40,6 @@ class NGGNNLayer(nn.Module):
         return h, e
 
 
-class NGGNN(nn.Module):
+class NGGNN(LayeredEncoder):
     def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, **features):
-        super().__init__()
-        self.embed = InputEmbedding(hidden, **features)
-        self.layers = nn.ModuleList(NGGNNLayer(hidden) for _ in range(layers))
-        self.readout = mlp(2 * hidden, hidden, out_dim or hidden)
-        self.out_dim = out_dim or hidden
-
-    def forward(self, batch):
-        h, e = self.embed(batch)
-        for layer in self.layers:
-            h, e = layer(h, e, batch.edge_index)
-        index, size = graph_index(batch)
-        return h, self.readout(pool(h, index, size))
+        super().__init__(lambda: NGGNNLayer(hidden), layers, hidden, out_dim, **features)

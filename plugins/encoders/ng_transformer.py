@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter, softmax
 
-from .common import InputEmbedding, graph_index, mlp, pool
+from .common import LayeredEncoder, mlp
 
 
 class EdgeAttention(nn.Module):
@@ -51,17 +51,6 @@ class NGTransformerLayer(nn.Module):
         return h, e
 
 
-class NGTransformer(nn.Module):
+class NGTransformer(LayeredEncoder):
     def __init__(self, hidden: int = 64, layers: int = 3, heads: int = 4, out_dim: int | None = None, **features):
-        super().__init__()
-        self.embed = InputEmbedding(hidden, **features)
-        self.layers = nn.ModuleList(NGTransformerLayer(hidden, heads) for _ in range(layers))
-        self.readout = mlp(2 * hidden, hidden, out_dim or hidden)
-        self.out_dim = out_dim or hidden
-
-    def forward(self, batch):
-        h, e = self.embed(batch)
-        for layer in self.layers:
-            h, e = layer(h, e, batch.edge_index)
-        index, size = graph_index(batch)
-        return h, self.readout(pool(h, index, size))
+        super().__init__(lambda: NGTransformerLayer(hidden, heads), layers, hidden, out_dim, **features)
