@@ -2,6 +2,7 @@
 4 unsupported or corrupt input. Errors are one line on stderr; ``--debug`` adds the traceback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -48,7 +49,7 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
 
     output = output or model.with_suffix(".ngraph")
     start = time.perf_counter()
-    with err.status(f"converting {model}", spinner="dots") if not as_json and err.is_terminal else _null():
+    with err.status(f"converting {model}", spinner="dots") if not as_json and err.is_terminal else contextlib.nullcontext():
         graph = _convert(model, fmt, **({"bind": load_inputs(inputs)} if inputs else {}))
         save(graph, output)
     summary = {**graph.summary(), "format": graph.meta.get("format"), "output": str(output),
@@ -287,14 +288,6 @@ def search(embeddings, model, k, device, as_json):
     else:
         for h in hits:
             out.print(f"{h['similarity']:.4f}  {h['model']}")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _add_plugin_commands() -> None:

@@ -628,7 +628,8 @@ def _shape_constants(proto: onnx.ModelProto, shapes: dict) -> dict[str, np.ndarr
     Concat …, as exporters build reshape targets): ONNX's data propagation stops at ops like
     ReduceProd, this does not."""
     from onnx import numpy_helper
-    from onnx.reference import ReferenceEvaluator
+
+    from .folding import run_node
 
     known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
                                     if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
@@ -658,17 +659,8 @@ def _shape_constants(proto: onnx.ModelProto, shapes: dict) -> dict[str, np.ndarr
                                 "Slice", "Cast", "Reshape", "Max", "Min", "Equal", "Where", "Range", "Neg", "Abs"):
             continue
         try:
-            single = onnx.helper.make_node(node.op_type, [f"i{k}" if i else "" for k, i in enumerate(node.input)],
-                                           [f"o{k}" for k in range(len(node.output))], domain=node.domain)
-            single.attribute.extend(node.attribute)
-            ins = [onnx.helper.make_tensor_value_info(f"i{k}", onnx.TensorProto.UNDEFINED, None)
-                   for k, i in enumerate(node.input) if i]
-            outs = [onnx.helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None)
-                    for k in range(len(node.output))]
-            m = onnx.helper.make_model(onnx.helper.make_graph([single], "s", ins, outs),
-                                       opset_imports=proto.opset_import)
-            res = ReferenceEvaluator(m).run(None, {f"i{k}": known[i] for k, i in enumerate(node.input) if i})
-        except Exception:  # noqa: BLE001
+            res = run_node(node, [known[i] if i else None for i in node.input], proto.opset_import)
+        except Exception:  # noqa: BLE001 - best effort: a value it cannot compute stays unknown
             continue
         for name, value in zip(node.output, res):
             value = np.asarray(value)

@@ -110,23 +110,30 @@ def _concat_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const
     return Const(np.concatenate([p.data for p in parts], axis=axis), root.take(axis, idx))
 
 
-def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _numpy(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
     """Fast, exact numpy versions of the ops constant subgraphs are made of (None: not here)."""
     op, a = node.op_type, vals
     if op == "ConstantOfShape":
-        t = ctx.attr(node, "value")
+        t = _attr(node, "value")
         fill = numpy_helper.to_array(t).reshape(-1)[0] if t is not None else np.float32(0)
         return [np.full(tuple(int(d) for d in a[0].reshape(-1)), fill, dtype=np.asarray(fill).dtype)]
     if op == "Cast":
-        return [a[0].astype(onnx.helper.tensor_dtype_to_np_dtype(ctx.attr(node, "to")))]
+        return [a[0].astype(onnx.helper.tensor_dtype_to_np_dtype(_attr(node, "to")))]
     if op == "Gather":
-        return [np.take(a[0], a[1], axis=ctx.attr(node, "axis", 0))]
+        return [np.take(a[0], a[1], axis=_attr(node, "axis", 0))]
     if op == "GatherElements":
-        axis = ctx.attr(node, "axis", 0)
+        axis = _attr(node, "axis", 0)
         idx = np.where(a[1] < 0, a[1] + a[0].shape[axis], a[1])
         return [np.take_along_axis(a[0], idx, axis=axis)]
     if op == "Concat":
-        return [np.concatenate([v for v in a if v is not None], axis=ctx.attr(node, "axis"))]
+        return [np.concatenate([v for v in a if v is not None], axis=_attr(node, "axis"))]
     if op == "Range":
         return [np.arange(a[0], a[1], a[2]).astype(a[0].dtype)]
     if op == "Where":
@@ -141,7 +148,7 @@ def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.nd
     if op in ("DequantizeLinear", "QuantizeLinear"):
         x, scale = a[0], a[1]
         zp = a[2] if len(a) > 2 and a[2] is not None else np.zeros((), x.dtype if op == "DequantizeLinear" else np.uint8)
-        axis = ctx.attr(node, "axis", 1)
+        axis = _attr(node, "axis", 1)
         if scale.ndim == 1 and scale.size > 1:     # per-channel along `axis`
             shape = [1] * x.ndim
             shape[axis % x.ndim] = scale.size
@@ -158,28 +165,32 @@ def _numpy(ctx: LoweringContext, node: onnx.NodeProto, vals: list) -> list[np.nd
     return None
 
 
-def _evaluate(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
+def run_node(node: onnx.NodeProto, arrays: list, opset_import) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs (None for absent ones): exact numpy for the ops
+    constant subgraphs are made of, the ONNX reference implementation for the rest."""
     from onnx.reference import ReferenceEvaluator
 
     with np.errstate(all="ignore"):    # log(0) in T5's bucket maths etc.: values as ONNX defines them
-        fast = _numpy(ctx, node, [None if v is None else np.asarray(v.value) for v in ins])
+        fast = _numpy(node, arrays)
     if fast is not None:
         return fast
-
     names = [f"in{i}" if i_name else "" for i, i_name in enumerate(node.input)]
     inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names if n]
     outputs = [onnx.helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.UNDEFINED, None)
                for i in range(len(node.output))]
     single = onnx.helper.make_node(node.op_type, names, [o.name for o in outputs], domain=node.domain)
     single.attribute.extend(node.attribute)
-    g = onnx.helper.make_graph([single], "fold", inputs, outputs)
-    m = onnx.helper.make_model(g, opset_imports=ctx.model.proto.opset_import)
-    feeds = {n: np.asarray(v.value) for n, v in zip(names, ins) if n}
+    m = onnx.helper.make_model(onnx.helper.make_graph([single], "fold", inputs, outputs), opset_imports=opset_import)
+    import warnings
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return list(ReferenceEvaluator(m).run(None, {n: a for n, a in zip(names, arrays) if n}))
+
+
+def _evaluate(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     try:
-        import warnings
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return list(ReferenceEvaluator(m).run(None, feeds))
+        return run_node(node, [None if v is None else np.asarray(v.value) for v in ins],
+                        ctx.model.proto.opset_import)
     except Exception as e:  # noqa: BLE001
         raise UnsupportedModelError(f"{ctx.model.path}: cannot fold constant node "
                                     f"{node.name or node.output[0]!r} ({node.op_type}): {e}") from None
