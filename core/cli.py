@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import InputError, NNGraphError
+from .train import TrainConfig
 
 err = Console(stderr=True)
 out = Console()
@@ -148,11 +149,11 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
               show_default=True, help="embedding: contrastive, random symmetries of a network are its positives")
 @click.option("--encoder", default="ng-gnn", show_default=True, help="Encoder plugin (see `ngraph plugins`).")
 @click.option("--head", default=None, help="Head plugin [default: the task's].")
-@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--hidden", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--layers", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--hidden", default=TrainConfig.hidden, show_default=True, type=click.IntRange(1))
+@click.option("--layers", default=TrainConfig.layers, show_default=True, type=click.IntRange(1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
@@ -160,7 +161,7 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot."""
     from .dataset import load_dataset
-    from .train import TrainConfig, save_checkpoint, train as _train
+    from .train import save_checkpoint, train as _train
 
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
     for name, why in data.failed:

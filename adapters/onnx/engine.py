@@ -436,8 +436,29 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
                 graph.fix(name)
     _share(ctx)
     _account(ctx)
+    graph.meta["probes"] = _probes(ctx)
     graph.leaves = {name: ctx.leaves[name] for name in graph.sources if name not in graph.unmapped}
     return graph
+
+
+def _probes(ctx: LoweringContext) -> dict[str, list]:
+    """For each neuron set, a value of the main graph that carries exactly that set on one axis
+    (``[value, axis]``): where activation matching reads the neurons' outputs. Of the values
+    carrying a set, the one with the most elements wins (a conv's output before pooling), the
+    later one on a tie (after the nonlinearity)."""
+    produced = {o for n in ctx.model.graph.node for o in n.output} | {i.name for i in ctx.model.graph.input}
+    best: dict[str, tuple[int, str, int]] = {}
+    for name, v in ctx.values.items():
+        if not (isinstance(v, Act) and name in produced and len(v.sets) == 1 and v.inner == 1 and v.heads is None
+                and v.seg_axis is None and v.part is None and v.rank is not None):
+            continue
+        shape = ctx.shape(name)
+        if shape is None or len(shape) != v.rank or shape[v.axis] != ctx.graph.sets[v.sets[0]].size:
+            continue
+        numel = int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape]))
+        if numel >= best.get(v.sets[0], (-1,))[0]:
+            best[v.sets[0]] = (numel, name, v.axis)
+    return {s: [name, axis] for s, (_, name, axis) in best.items()}
 
 
 def _share(ctx: LoweringContext) -> None:
