@@ -48,6 +48,9 @@ class AdapterSpec:
     by ``params`` (name → array) to ``out``; ``run(path, inputs)`` evaluates a model file on a
     dict of named arrays; ``example_inputs(path, seed)`` draws valid random inputs;
     ``read_params(path)`` reads the source tensors directly, to check the exact round trip.
+    ``activations(path, graph, inputs)`` returns neuron sets' outputs as ``[samples, size]``
+    arrays (activation matching); ``recalibrate(path, inputs, out)`` re-estimates
+    normalization statistics on ``inputs`` and writes the model to ``out`` (merging).
     """
 
     name: str
@@ -59,6 +62,8 @@ class AdapterSpec:
     run: Callable[[Path, Mapping[str, "np.ndarray"]], dict[str, "np.ndarray"]] | None = None
     example_inputs: Callable[[Path, int], dict[str, "np.ndarray"]] | None = None
     read_params: Callable[[Path], dict[str, "np.ndarray"]] | None = None
+    activations: Callable[[Path, "NeuralGraph", Mapping[str, "np.ndarray"]], dict[str, "np.ndarray"]] | None = None
+    recalibrate: Callable[[Path, Mapping[str, "np.ndarray"], Path], int] | None = None
 
 
 @dataclass(frozen=True)

@@ -89,4 +89,5 @@ def nngraph_adapters() -> list[AdapterSpec]:
                         description="Keras: .keras models (through tf2onnx; needs the [keras] extra) and "
                                     "Keras-exported ONNX",
                         export=_onnx_only("export"), run=_onnx_only("run"),
-                        example_inputs=_onnx_only("example_inputs"), read_params=_onnx_only("read_params"))]
+                        example_inputs=_onnx_only("example_inputs"), read_params=_onnx_only("read_params"),
+                        activations=_onnx_only("activations"), recalibrate=_onnx_only("recalibrate"))]

@@ -53,6 +53,22 @@ def example_inputs(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     return _example_inputs(path, seed)
 
 
+def activations(path: Path, graph: NeuralGraph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of every neuron set the engine found a value for (``graph.meta["probes"]``)."""
+    from .runtime import activations as _activations
+
+    probes = graph.meta.get("probes")
+    if not probes:
+        raise InputError(f"{path}: the graph records no activation probes; convert it again with this version")
+    return _activations(path, probes, inputs)
+
+
+def recalibrate(path: Path, inputs: Mapping[str, np.ndarray], out: Path) -> int:
+    from .runtime import recalibrate as _recalibrate
+
+    return _recalibrate(path, inputs, out)
+
+
 def read_params(path: Path) -> dict[str, np.ndarray]:
     """Initializers and ``Constant`` node values, read straight from the file."""
     from onnx import numpy_helper
@@ -76,7 +92,8 @@ def nngraph_adapters() -> list[AdapterSpec]:
     return [AdapterSpec(
         name="onnx", convert=convert, sniff=sniff, extensions=(".onnx",),
         description="ONNX models (any exporter): lowered op by op", export=export, run=run,
-        example_inputs=example_inputs, read_params=read_params)]
+        example_inputs=example_inputs, read_params=read_params, activations=activations,
+        recalibrate=recalibrate)]
 
 
 @hookimpl

@@ -87,3 +87,81 @@ def example_inputs(path: Path, seed: int = 0, dynamic: int = 2) -> dict[str, np.
         else:
             feeds[i.name] = rng.integers(0, ranges.get(i.name, 2), size=shape).astype(dtype)
     return feeds
+
+
+def _feeds(sess, path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = [i.name for i in sess.get_inputs()]
+    missing = [n for n in wanted if n not in inputs]
+    if missing:
+        raise InputError(f"{path}: the data has no array for input(s) {', '.join(missing)} "
+                         f"(it holds {', '.join(sorted(inputs)) or 'nothing'})")
+    return {n: inputs[n] for n in wanted}
+
+
+def _with_outputs(path: Path, names: list[str]):
+    """The model's proto with extra graph outputs (types left to onnxruntime's inference)."""
+    import onnx
+    from .reader import read_model
+    from .writer import inline_copy
+    proto = inline_copy(read_model(path))
+    have = {o.name for o in proto.graph.output}
+    for n in names:
+        if n not in have:
+            proto.graph.output.append(onnx.ValueInfoProto(name=n))
+    return proto
+
+
+def _session_of(proto, path: Path):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
+
+
+def activations(path: Path, probes: Mapping[str, list], inputs: Mapping[str, np.ndarray],
+                max_samples: int = 50_000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each probed neuron set's outputs as ``[samples, neurons]`` (batch, tokens and space all
+    count as samples; at most ``max_samples`` rows, drawn without replacement)."""
+    names = sorted({v for v, _ in probes.values()})
+    sess = _session_of(_with_outputs(path, names), path)
+    values = dict(zip(names, sess.run(names, _feeds(sess, path, inputs))))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for set_name, (value, axis) in probes.items():
+        x = np.moveaxis(np.asarray(values[value]), axis, -1)
+        x = x.reshape(-1, x.shape[-1])
+        if len(x) > max_samples:
+            x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
+        out[set_name] = x
+    return out
+
+
+def recalibrate(path: Path, inputs: Mapping[str, np.ndarray], out: Path) -> int:
+    """Re-estimate every BatchNormalization's running mean and variance on ``inputs`` (REPAIR's
+    "reset BN": averaged weights shift each channel's statistics) and write the model to
+    ``out``. Layers are done in graph order, each after the ones before it; returns how many."""
+    import onnx
+    from onnx import numpy_helper
+    from .reader import read_model
+    from .writer import inline_copy, save_atomic
+    proto = inline_copy(read_model(path))
+    inits = {t.name: t for t in proto.graph.initializer}
+    bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization" and len(n.input) >= 5
+           and n.input[3] in inits and n.input[4] in inits]
+    for node in bns:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+        probe.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))
+        sess = _session_of(probe, path)
+        x = np.asarray(sess.run([node.input[0]], _feeds(sess, path, inputs))[0], np.float64)
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        for name, value in ((node.input[3], mean), (node.input[4], var)):
+            t = inits[name]
+            t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), name))
+    save_atomic(proto, out)
+    return len(bns)

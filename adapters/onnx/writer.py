@@ -56,6 +56,23 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
         for i in [i for i in g.input if i.name in remaining]:    # parameters fed as inputs
             g.input.remove(i)
             g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(remaining[i.name]), i.name))
+    return save_atomic(proto, out)
+
+
+def inline_copy(model) -> onnx.ModelProto:
+    """The model's proto with every weight inline (external or memory-mapped ones read in)."""
+    proto = model.proto
+    for sub in all_graphs(proto.graph):
+        for i, t in enumerate(sub.initializer):
+            if t.data_location == onnx.TensorProto.EXTERNAL or model.stripped(t):
+                sub.initializer[i].CopyFrom(_tensor(model.tensor(t), t.name, t.data_type))
+    return proto
+
+
+def save_atomic(proto: onnx.ModelProto, out: str | os.PathLike) -> Path:
+    """Write ``proto`` to ``out`` via a temporary file and a rename: never half a model.
+    Above ~1.8 GB of weights they go to ``OUT.data`` beside it (protobuf's 2 GB limit)."""
+    g = proto.graph
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
     os.close(fd)
@@ -74,6 +91,7 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
 
 
 def _tensor(value: np.ndarray, name: str, data_type: int) -> onnx.TensorProto:
