@@ -16,6 +16,9 @@ pair of blocks, then the best assignment of blocks.
   ``activations`` hook; onnxruntime for ONNX models). Groups without readable activations
   fall back to weight matching.
 - ``embedding``: inner products of node embeddings from a trained encoder checkpoint.
+
+For the last two, neurons the data cannot tell apart (dead ReLUs, constant outputs) are
+matched by a small tie-breaking term, the cosine of their weight signatures.
 """
 from __future__ import annotations
 
@@ -171,10 +174,13 @@ def _linear_costs(factors: list[_Factor], perms: Mapping[str, np.ndarray], group
     return costs
 
 
-def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[str, int],
+                     cosine: bool = False) -> dict[str, np.ndarray]:
     """Similarity of neurons' sorted parameters: invariant to every other group's order, so a
-    permuted copy is matched exactly without knowing any other permutation."""
+    permuted copy is matched exactly without knowing any other permutation. ``cosine``:
+    normalized to [-1, 1] (a tie-breaker for other similarities)."""
     costs = {g: np.zeros((sizes[g], sizes[g])) for g in groups}
+    norms = {g: (np.zeros(sizes[g]), np.zeros(sizes[g])) for g in groups}
     for f in factors:
         for k, g in enumerate(f.axes):
             if g not in groups:
@@ -182,7 +188,16 @@ def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[st
             xa = np.sort(np.moveaxis(f.a, k, 0).reshape(sizes[g], -1), axis=1)
             xb = np.sort(np.moveaxis(f.b, k, 0).reshape(sizes[g], -1), axis=1)
             costs[g] += xa @ xb.T
+            norms[g][0][:] += np.sum(xa * xa, axis=1)
+            norms[g][1][:] += np.sum(xb * xb, axis=1)
+    if cosine:
+        for g, (na, nb) in norms.items():
+            costs[g] /= np.maximum(np.sqrt(np.outer(na, nb)), 1e-30)
     return costs
+
+
+#: Weight of the signature tie-breaker next to correlations / embedding similarities (≤ 1 each).
+TIE_BREAK = 1e-3
 
 
 # ------------------------------------------------------------------------------ assignment
@@ -331,6 +346,10 @@ def align(a: NeuralGraph, b: NeuralGraph, method: str = "weight", *,
             if embeddings is None:
                 raise InputError("embedding matching needs node embeddings of both networks (--checkpoint)")
             costs = _embedding_costs(a, embeddings[0], embeddings[1], hier.moving, sizes)
+        # neurons the data cannot tell apart (dead or constant ones, equal embeddings) are
+        # matched by their weights' signature instead of arbitrarily
+        sig = _signature_costs(_factors(a, b, hier.moving), set(costs), sizes, cosine=True)
+        costs = {g: c + TIE_BREAK * sig[g] for g, c in costs.items()}
         covered = [r for r in hier.roots if all(g in costs for g in hier.family(r) if _has_sets(a, g))]
         for r in covered:
             perms.update(hier.solve(r, costs))
