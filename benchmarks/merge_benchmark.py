@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nngraph.align import align, interpolate
+from nngraph.alignment import align, interpolate
 from nngraph.api import convert, find_adapter
 from nngraph.verify import load_inputs
 
@@ -45,7 +45,7 @@ def interpolation_curve(path_a: Path, path_b: Path, method: str | None, train: d
         result = align(a, b, method, **extra)
         b, distance = b.permute(result.symmetry), (result.distance_before, result.distance_after)
     else:
-        from nngraph.align import weight_distance
+        from nngraph.alignment import weight_distance
         distance = (weight_distance(a, b),) * 2
     losses, accs = [], []
     lambdas = np.linspace(0, 1, points)

@@ -1,6 +1,6 @@
 """Align and merge model files: what ``ngraph align`` and ``ngraph merge`` run.
 
-Alignment happens on neural graphs (:mod:`nngraph.align`); this module converts the files,
+Alignment happens on neural graphs (:mod:`nngraph.alignment`); this module converts the files,
 gathers what each method needs (activations on ``--data`` through the adapter, node embeddings
 from a checkpoint), writes the results through the source format's adapter, and checks them in
 the adapter's runtime before anything reaches the output path.
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .align import Alignment, align, check_compatible, interpolate, node_embeddings
+from .alignment import Alignment, align, check_compatible, interpolate, node_embeddings
 from .api import find_adapter
 from .errors import GraphError, InputError, PluginError
 from .ir import NeuralGraph
@@ -107,7 +107,7 @@ def align_files(a: Path, b: Path, out: Path, method: str = "weight", *, data: In
         raise PluginError(f"adapter {adapter.name!r} cannot write or run models, so it cannot write aligned ones")
     alignment = _align_all(adapter, [a, b], graphs, method, data, checkpoint, seed)[0]
     feeds = _check_inputs(adapter, b, data, seed)
-    with tempfile.TemporaryDirectory(prefix="nngraph-align-", dir=out.parent if str(out.parent) else ".") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".nngraph-align-", dir=out.parent if str(out.parent) else ".") as tmp:
         staged = Path(tmp) / f"aligned{b.suffix}"
         adapter.export(b, graphs[1].permute(alignment.symmetry).to_params(), staged)
         worst = _same_function(adapter, b, staged, feeds)
@@ -149,7 +149,7 @@ def merge_files(paths: list[Path], out: Path, weights: list[float] | None = None
     aligned = [graphs[0]] + [g.permute(al.symmetry) for g, al in zip(graphs[1:], alignments)] if method else graphs
     merged = interpolate(aligned, weights)
     recalibrated = 0
-    with tempfile.TemporaryDirectory(prefix="nngraph-merge-", dir=out.parent if str(out.parent) else ".") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".nngraph-merge-", dir=out.parent if str(out.parent) else ".") as tmp:
         staged = Path(tmp) / f"merged{paths[0].suffix}"
         adapter.export(paths[0], merged, staged)
         if data is not None and adapter.recalibrate is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ngraph
-from nngraph.align import align, interpolate, node_embeddings, weight_distance
+from nngraph.alignment import align, interpolate, node_embeddings, weight_distance
 from nngraph.api import convert, find_adapter
 from nngraph.errors import InputError
 
