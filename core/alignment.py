@@ -111,14 +111,14 @@ class _Factor:
 
 def _dense(graph: NeuralGraph, block) -> np.ndarray:
     """A block's weight as ``[T, S, taps]`` (``[n, taps]`` for a diagonal block)."""
-    w = np.asarray(block.weight.data, np.float64)
+    w = np.asarray(block.weight.data, np.float32)
     if block.pattern == "diagonal":
         return w.reshape(w.shape[0], -1)
     T, S = graph.sets[block.target].size, graph.sets[block.source].size
     if block.groups == 1:
         return w.reshape(T, S, -1)
     src, tgt = block_edges(graph, block)
-    out = np.zeros((T, S, block.taps))
+    out = np.zeros((T, S, block.taps), np.float32)
     out[tgt, src] = w.reshape(len(src), -1)
     return out
 
@@ -136,8 +136,8 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
         for key, p in s.arrays.items():
             q = b.sets[name].arrays[key]
             if np.issubdtype(p.data.dtype, np.floating):
-                out.append(_Factor(np.asarray(p.data, np.float64).reshape(s.size, -1),
-                                   np.asarray(q.data, np.float64).reshape(s.size, -1), (g,)))
+                out.append(_Factor(np.asarray(p.data, np.float32).reshape(s.size, -1),
+                                   np.asarray(q.data, np.float32).reshape(s.size, -1), (g,)))
     for x, y in zip(a.blocks, b.blocks):
         if x.weight is None or x.pattern not in ("full", "diagonal"):
             continue
@@ -161,8 +161,10 @@ def _permuted_b(f: _Factor, perms: Mapping[str, np.ndarray], skip: int) -> np.nd
 
 def _linear_costs(factors: list[_Factor], perms: Mapping[str, np.ndarray], groups: set[str],
                   sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
-    """``C[g][i, j]`` = Σ over arrays on g's axis of ⟨A's slice i, B's slice j⟩, the other
-    axes of B already permuted."""
+    """``C[g][i, j]`` = −½‖A's slice i − B's slice j‖² summed over the arrays on g's axis, the
+    other axes of B already permuted. Over perfect matchings this differs from the inner product
+    ⟨A_i, B_j⟩ by a constant (same optimum), but each row's maximum is its nearest neighbour,
+    so a clear match needs no assignment solver (see :func:`_lap`)."""
     costs = {g: np.zeros((sizes[g], sizes[g])) for g in groups}
     for f in factors:
         for k, g in enumerate(f.axes):
@@ -170,8 +172,14 @@ def _linear_costs(factors: list[_Factor], perms: Mapping[str, np.ndarray], group
                 continue
             xa = np.moveaxis(f.a, k, 0).reshape(sizes[g], -1)
             xb = np.moveaxis(_permuted_b(f, perms, k), k, 0).reshape(sizes[g], -1)
-            costs[g] += xa @ xb.T
+            costs[g] += _neg_half_sq_dist(xa, xb)
     return costs
+
+
+def _neg_half_sq_dist(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    na = np.einsum("ij,ij->i", xa, xa, dtype=np.float64)
+    nb = np.einsum("ij,ij->i", xb, xb, dtype=np.float64)
+    return (xa @ xb.T).astype(np.float64) - 0.5 * (na[:, None] + nb[None, :])
 
 
 def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[str, int],
@@ -188,11 +196,13 @@ def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[st
             xa = np.sort(np.moveaxis(f.a, k, 0).reshape(sizes[g], -1), axis=1)
             xb = np.sort(np.moveaxis(f.b, k, 0).reshape(sizes[g], -1), axis=1)
             costs[g] += xa @ xb.T
-            norms[g][0][:] += np.sum(xa * xa, axis=1)
-            norms[g][1][:] += np.sum(xb * xb, axis=1)
-    if cosine:
-        for g, (na, nb) in norms.items():
+            norms[g][0][:] += np.einsum("ij,ij->i", xa, xa, dtype=np.float64)
+            norms[g][1][:] += np.einsum("ij,ij->i", xb, xb, dtype=np.float64)
+    for g, (na, nb) in norms.items():
+        if cosine:
             costs[g] /= np.maximum(np.sqrt(np.outer(na, nb)), 1e-30)
+        else:       # −½ squared distance: same optimum, nearest neighbours as row maxima
+            costs[g] -= 0.5 * (na[:, None] + nb[None, :])
     return costs
 
 
@@ -203,6 +213,9 @@ TIE_BREAK = 1e-3
 # ------------------------------------------------------------------------------ assignment
 def _lap(cost: np.ndarray) -> np.ndarray:
     """perm with perm[i] = j maximizing Σ cost[i, perm[i]]."""
+    best = np.argmax(cost, axis=1)
+    if len(np.unique(best)) == len(best):    # every row's maximum in its own column: optimal as is
+        return best.astype(np.int64)
     from scipy.optimize import linear_sum_assignment
     rows, cols = linear_sum_assignment(cost, maximize=True)
     perm = np.empty(len(rows), np.int64)
@@ -278,11 +291,9 @@ class _Hierarchy:
         return total, choose
 
 
-def _objective(factors: list[_Factor], perms: Mapping[str, np.ndarray]) -> float:
-    total = 0.0
-    for f in factors:
-        total += float(np.sum(f.a * _permuted_b(f, perms, -1)))
-    return total
+def _value(costs: Mapping[str, np.ndarray], perms: Mapping[str, np.ndarray]) -> float:
+    """Σ over groups of Σᵢ C[i, perm[i]]: the objective's part that depends on these groups."""
+    return float(sum(c[np.arange(len(c)), perms[g]].sum() for g, c in costs.items() if g in perms))
 
 
 def _weight_matching(a: NeuralGraph, b: NeuralGraph, hier: _Hierarchy, perms: dict[str, np.ndarray],
@@ -297,7 +308,6 @@ def _weight_matching(a: NeuralGraph, b: NeuralGraph, hier: _Hierarchy, perms: di
         for r in roots:
             perms.update(hier.solve(r, sig))
     rng = np.random.default_rng(seed)
-    best = _objective(factors, perms)
     rounds = 0
     for rounds in range(1, max_iter + 1):
         changed = False
@@ -305,12 +315,13 @@ def _weight_matching(a: NeuralGraph, b: NeuralGraph, hier: _Hierarchy, perms: di
             family = set(hier.family(r)) & hier.moving
             costs = _linear_costs(factors, perms, family, sizes)
             new = hier.solve(r, costs)
-            if any(not np.array_equal(new[g], perms.get(g, np.arange(sizes[g]))) for g in new):
-                trial = {**perms, **new}
-                value = _objective(factors, trial)
-                if value > best + 1e-12 * max(1.0, abs(best)):
-                    perms.update(new)
-                    best, changed = value, True
+            old = {g: perms.get(g, np.arange(sizes[g])) for g in new}
+            # linear in this family's permutations (others held): the assignment cannot lose,
+            # so accept it only when it strictly gains (no cycling between equal optima)
+            before = _value(costs, old)
+            if _value(costs, new) > before + 1e-9 * max(1.0, abs(before)):
+                perms.update(new)
+                changed = True
         if not changed:
             break
     return rounds
