@@ -6,8 +6,8 @@ graph's deepest set, and a fixed-neuron flag. Fixed neurons (network inputs and 
 identity no symmetry moves; ``node_pos`` gives it (their index in their set, offset per set) so an
 encoder may learn a position embedding for them; it is -1 for permutable neurons.
 Edge features ``edge_attr``: the weight or kernel taps resampled to ``taps`` values, then a
-one-hot block kind. Weight scaling (``scale``): none, per block (divide by the block's RMS — layer
-scale becomes a feature of its own), or per graph.
+one-hot block kind. Weight scaling (``scale``): none (the default; scale carries information),
+per block (each block divided by its RMS) or per graph (by the RMS of all weights).
 """
 from __future__ import annotations
 
