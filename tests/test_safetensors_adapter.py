@@ -95,3 +95,11 @@ def test_plugins_list_all_adapters():
     r = ngraph("plugins", "--json")
     names = {p["name"] for p in json.loads(r.stdout) if p["status"] == "active"}
     assert {"onnx", "torch", "safetensors"} <= names
+
+
+def test_verify_without_config_is_a_clear_error():
+    """A bare state dict has no computation to run: a one-line error, not a traceback."""
+    path = ST / "chain" / "mlp.safetensors"
+    r = ngraph("verify", str(path))
+    assert r.returncode == 3, r.stderr
+    assert "config.json" in r.stderr and "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -213,18 +213,23 @@ def export(source: Path, params, out: Path) -> None:
         shutil.copy(config, out.parent / "config.json")
 
 
-def run(path: Path, inputs):
-    from .families import hf_run
+def _needs_config(path: Path) -> Path:
+    """Running (and drawing inputs for) a checkpoint needs the model its config describes."""
     if not (Path(path).parent / "config.json").is_file():
         from nngraph.errors import PluginError
         raise PluginError(f"{path}: a checkpoint without config.json has no computation to run; "
                           f"verification needs a Hugging Face config")
-    return hf_run(Path(path), inputs)
+    return Path(path)
+
+
+def run(path: Path, inputs):
+    from .families import hf_run
+    return hf_run(_needs_config(path), inputs)
 
 
 def example_inputs(path: Path, seed: int = 0):
     from .families import hf_example_inputs
-    return hf_example_inputs(Path(path), seed)
+    return hf_example_inputs(_needs_config(path), seed)
 
 
 def read_params(path: Path):
