@@ -34,8 +34,9 @@ def _loss_acc(adapter, path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float,
     return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(1) == y).mean())
 
 
-def interpolation_curve(path_a: Path, path_b: Path, method: str | None, train: dict, test: dict, points: int,
-                        tmp: Path, reset_bn: bool) -> dict:
+def interpolation_curves(path_a: Path, path_b: Path, method: str | None, train: dict, test: dict, points: int,
+                         tmp: Path, resets: tuple[bool, ...]) -> list[dict]:
+    """Align B to A once, then one curve per entry of ``resets`` (BN statistics re-estimated or not)."""
     adapter = find_adapter(path_a)
     a, b = convert(path_a), convert(path_b)
     if method is not None:
@@ -47,21 +48,28 @@ def interpolation_curve(path_a: Path, path_b: Path, method: str | None, train: d
     else:
         from nngraph.alignment import weight_distance
         distance = (weight_distance(a, b),) * 2
-    losses, accs = [], []
     lambdas = np.linspace(0, 1, points)
-    for i, lam in enumerate(lambdas):
-        out = tmp / f"interp{i}.onnx"
-        adapter.export(path_a, interpolate([a, b], [1 - lam, lam]), out)
-        if reset_bn:
-            adapter.recalibrate(out, train, out)
-        loss, acc = _loss_acc(adapter, out, test["image"], test["label"])
-        losses.append(loss)
-        accs.append(acc)
-    losses = np.array(losses)
-    barrier = float(np.max(losses - ((1 - lambdas) * losses[0] + lambdas * losses[-1])))
     mid = int(np.argmin(np.abs(lambdas - 0.5)))
-    return {"midpoint_accuracy": accs[mid], "endpoint_accuracy": [accs[0], accs[-1]], "loss_barrier": barrier,
-            "distance_before": distance[0], "distance_after": distance[1], "losses": losses.tolist(), "accuracies": accs}
+    curves = {reset: ([], []) for reset in resets}
+    for i, lam in enumerate(lambdas):
+        merged = tmp / f"interp{i}.onnx"
+        adapter.export(path_a, interpolate([a, b], [1 - lam, lam]), merged)
+        for reset in resets:
+            out = merged
+            if reset:
+                out = tmp / f"interp{i}_bn.onnx"
+                adapter.recalibrate(merged, train, out)
+            loss, acc = _loss_acc(adapter, out, test["image"], test["label"])
+            curves[reset][0].append(loss)
+            curves[reset][1].append(acc)
+    rows = []
+    for reset in resets:
+        losses, accs = np.array(curves[reset][0]), curves[reset][1]
+        barrier = float(np.max(losses - ((1 - lambdas) * losses[0] + lambdas * losses[-1])))
+        rows.append({"bn_reset": reset, "midpoint_accuracy": accs[mid], "endpoint_accuracy": [accs[0], accs[-1]],
+                     "loss_barrier": barrier, "distance_before": distance[0], "distance_after": distance[1],
+                     "losses": losses.tolist(), "accuracies": accs})
+    return rows
 
 
 def merge_rows(folder: Path, points: int) -> list[dict]:
@@ -73,9 +81,10 @@ def merge_rows(folder: Path, points: int) -> list[dict]:
             for k in range(0, len(seeds) - 1, 2):
                 pa, pb = folder / f"{kind}_s{seeds[k]}.onnx", folder / f"{kind}_s{seeds[k + 1]}.onnx"
                 for method in (None, "weight", "activation"):
-                    for reset in ((False, True) if kind == "cnn" else (False,)):
-                        r = interpolation_curve(pa, pb, method, train, test, points, Path(tmp), reset)
-                        name = {None: "naive", "weight": "weight matching", "activation": "activation matching"}[method]
+                    resets = (False, True) if kind == "cnn" else (False,)
+                    name = {None: "naive", "weight": "weight matching", "activation": "activation matching"}[method]
+                    for r in interpolation_curves(pa, pb, method, train, test, points, Path(tmp), resets):
+                        reset = r.pop("bn_reset")
                         rows.append({"pair": f"{pa.stem} + {pb.stem}", "kind": kind,
                                      "method": name + (" + BN reset" if reset else ""), **r})
                         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("losses", "accuracies")}),

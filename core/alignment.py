@@ -23,11 +23,11 @@ matched by a small tie-breaking term, the cosine of their weight signatures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from .errors import GraphError, InputError
+from .errors import InputError
 from .ir import NeuralGraph
 from .materialize import block_edges
 from .symmetry import Symmetry, _effectively_fixed
@@ -72,12 +72,14 @@ def check_compatible(a: NeuralGraph, b: NeuralGraph, names: tuple[str, str] = ("
             fail(f"set {name!r} has {s.size} neurons in {na} and {t.size} in {nb}")
         if {k: p.shape for k, p in s.arrays.items()} != {k: p.shape for k, p in t.arrays.items()}:
             fail(f"set {name!r} holds different per-neuron arrays")
-    if [(x.name, x.source, x.target, x.weight.shape if x.weight is not None else None) for x in a.blocks] != \
-            [(x.name, x.source, x.target, x.weight.shape if x.weight is not None else None) for x in b.blocks]:
-        diff = next((x.name for x, y in zip(a.blocks, b.blocks) if (x.name, x.source, x.target) != (y.name, y.source, y.target)
-                     or (x.weight is None) != (y.weight is None) or (x.weight is not None and x.weight.shape != y.weight.shape)),
-                    "(block count)")
-        fail(f"edge block {diff!r} differs")
+    def layout(x) -> tuple:
+        return x.name, x.source, x.target, x.weight.shape if x.weight is not None else None
+
+    if len(a.blocks) != len(b.blocks):
+        fail(f"{len(a.blocks)} edge blocks in {na}, {len(b.blocks)} in {nb}")
+    for x, y in zip(a.blocks, b.blocks):
+        if layout(x) != layout(y):
+            fail(f"edge block {x.name!r} differs")
     ga = {n: (g.size, g.parent, g.rigid) for n, g in a.groups.items()}
     gb = {n: (g.size, g.parent, g.rigid) for n, g in b.groups.items()}
     if ga != gb or any(a.sets[s].group != b.sets[s].group for s in a.sets):
@@ -296,13 +298,11 @@ def _value(costs: Mapping[str, np.ndarray], perms: Mapping[str, np.ndarray]) -> 
     return float(sum(c[np.arange(len(c)), perms[g]].sum() for g, c in costs.items() if g in perms))
 
 
-def _weight_matching(a: NeuralGraph, b: NeuralGraph, hier: _Hierarchy, perms: dict[str, np.ndarray],
-                     roots: list[str], max_iter: int, seed: int, init: bool = True) -> int:
+def _weight_matching(factors: list[_Factor], hier: _Hierarchy, perms: dict[str, np.ndarray], roots: list[str],
+                     sizes: Mapping[str, int], max_iter: int, seed: int, init: bool = True) -> int:
     """Coordinate descent over ``roots`` (updates ``perms`` in place); returns the rounds run."""
     if not roots:
         return 0
-    factors = _factors(a, b, hier.moving)
-    sizes = {g: t.size for g, t in a.groups.items()}
     if init:
         sig = _signature_costs(factors, {d for r in roots for d in hier.family(r)} & hier.moving, sizes)
         for r in roots:
@@ -343,11 +343,12 @@ def align(a: NeuralGraph, b: NeuralGraph, method: str = "weight", *,
     check_compatible(a, b)
     hier = _Hierarchy(a)
     sizes = {g: t.size for g, t in a.groups.items()}
+    factors = _factors(a, b, hier.moving)
     perms: dict[str, np.ndarray] = {}
     fallback: list[str] = []
     iterations = 0
     if method == "weight":
-        iterations = _weight_matching(a, b, hier, perms, hier.roots, max_iter, seed)
+        iterations = _weight_matching(factors, hier, perms, hier.roots, sizes, max_iter, seed)
     else:
         if method == "activation":
             if activations is None:
@@ -359,13 +360,13 @@ def align(a: NeuralGraph, b: NeuralGraph, method: str = "weight", *,
             costs = _embedding_costs(a, embeddings[0], embeddings[1], hier.moving, sizes)
         # neurons the data cannot tell apart (dead or constant ones, equal embeddings) are
         # matched by their weights' signature instead of arbitrarily
-        sig = _signature_costs(_factors(a, b, hier.moving), set(costs), sizes, cosine=True)
+        sig = _signature_costs(factors, set(costs), sizes, cosine=True)
         costs = {g: c + TIE_BREAK * sig[g] for g, c in costs.items()}
         covered = [r for r in hier.roots if all(g in costs for g in hier.family(r) if _has_sets(a, g))]
         for r in covered:
             perms.update(hier.solve(r, costs))
         fallback = [r for r in hier.roots if r not in covered]
-        iterations = _weight_matching(a, b, hier, perms, fallback, max_iter, seed)
+        iterations = _weight_matching(factors, hier, perms, fallback, sizes, max_iter, seed)
     sym = Symmetry({g: p for g, p in perms.items() if not np.array_equal(p, np.arange(len(p)))})
     sym.check(b)
     return Alignment(sym, method, weight_distance(a, b), weight_distance(a, b, sym), iterations,
@@ -442,6 +443,5 @@ def interpolate(graphs: list[NeuralGraph], weights: list[float]) -> dict[str, np
     return out
 
 
-Progress = Callable[[str], None]
 
 __all__ = ["Alignment", "METHODS", "align", "check_compatible", "interpolate", "node_embeddings", "weight_distance"]

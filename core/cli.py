@@ -22,6 +22,11 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _spinner(text: str, as_json: bool):
+    """A spinner on an interactive stderr; nothing under --json or in a pipe."""
+    return err.status(text, spinner="dots") if not as_json and err.is_terminal else contextlib.nullcontext()
+
+
 def _emit_json(doc) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
@@ -50,7 +55,7 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
 
     output = output or model.with_suffix(".ngraph")
     start = time.perf_counter()
-    with err.status(f"converting {model}", spinner="dots") if not as_json and err.is_terminal else contextlib.nullcontext():
+    with _spinner(f"converting {model}", as_json):
         graph = _convert(model, fmt, **({"bind": load_inputs(inputs)} if inputs else {}))
         save(graph, output)
     summary = {**graph.summary(), "format": graph.meta.get("format"), "output": str(output),
@@ -315,8 +320,7 @@ def align(model_a, model_b, output, method, data, checkpoint, fmt, seed, as_json
     from .merge import align_files
     from .verify import load_inputs
 
-    with err.status(f"aligning {model_b} to {model_a}", spinner="dots") if not as_json and err.is_terminal \
-            else contextlib.nullcontext():
+    with _spinner(f"aligning {model_b} to {model_a}", as_json):
         result = align_files(model_a, model_b, output, method, data=load_inputs(data) if data else None,
                              checkpoint=checkpoint, fmt=fmt, seed=seed)
     doc = result.to_json()
@@ -359,8 +363,7 @@ def merge(models, output, weights, method, data, checkpoint, fmt, seed, as_json)
 
     if len(models) < 2:
         raise click.UsageError("merge needs at least two models")
-    with err.status(f"merging {len(models)} models", spinner="dots") if not as_json and err.is_terminal \
-            else contextlib.nullcontext():
+    with _spinner(f"merging {len(models)} models", as_json):
         result = merge_files(list(models), output, _weights(weights), None if method == "none" else method,
                              data=load_inputs(data) if data else None, checkpoint=checkpoint, fmt=fmt, seed=seed)
     doc = result.to_json()

@@ -19,7 +19,7 @@ from .alignment import Alignment, align, check_compatible, interpolate, node_emb
 from .api import find_adapter
 from .errors import GraphError, InputError, PluginError
 from .ir import NeuralGraph
-from .verify import RTOL, _rel
+from .verify import RTOL, compare_outputs
 
 Inputs = Mapping[str, np.ndarray]
 
@@ -61,18 +61,9 @@ def _align_all(adapter, paths: list[Path], graphs: list[NeuralGraph], method: st
 
 def _same_function(adapter, reference: Path, candidate: Path, inputs: Inputs, rtol: float = RTOL) -> float:
     """Largest relative output difference; raises :class:`GraphError` above ``rtol``."""
-    ref, got = adapter.run(reference, inputs), adapter.run(candidate, inputs)
-    worst = 0.0
-    for name, r in ref.items():
-        g = got[name]
-        if g.shape != r.shape:
-            raise GraphError(f"aligned model's output {name!r} has shape {g.shape}, expected {r.shape}")
-        if not np.issubdtype(r.dtype, np.floating):
-            if not np.array_equal(g, r):
-                raise GraphError(f"aligned model's integer output {name!r} differs")
-            continue
-        d = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
-        worst = max(worst, _rel(d, r))
+    _, worst, problems = compare_outputs(adapter.run(reference, inputs), adapter.run(candidate, inputs))
+    if problems:
+        raise GraphError(f"the aligned model differs from the original: {problems[0]}; nothing written")
     if worst > rtol:
         raise GraphError(f"the aligned model does not compute the original's function (relative difference "
                          f"{worst:.3g} > {rtol:g}); nothing written")

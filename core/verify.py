@@ -40,6 +40,28 @@ def _rel(diff: float, ref: np.ndarray) -> float:
     return diff / max(scale, 1.0)
 
 
+def compare_outputs(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+                    ) -> tuple[float, float, list[str]]:
+    """Largest absolute and relative difference of float outputs, and the problems that make a
+    comparison meaningless (a shape change, a differing integer output: relative ``inf``)."""
+    max_abs = max_rel = 0.0
+    problems: list[str] = []
+    for name, out in outputs.items():
+        ref = reference[name]
+        if out.shape != ref.shape:
+            problems.append(f"output {name!r} has shape {out.shape}, expected {ref.shape}")
+            max_rel = float("inf")
+            continue
+        if not np.issubdtype(ref.dtype, np.floating):
+            if not np.array_equal(out, ref):
+                problems.append(f"integer output {name!r} differs")
+                max_rel = float("inf")
+            continue
+        d = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+        max_abs, max_rel = max(max_abs, d), max(max_rel, _rel(d, ref))
+    return max_abs, max_rel, problems
+
+
 def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
@@ -103,19 +125,9 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
             moved.append(sum(1 for p in sym.perms.values() if not np.array_equal(p, np.arange(len(p)))))
             permuted = Path(tmp) / f"permuted{t}{path.suffix}"
             adapter.export(base, graph.permute(sym).to_params(), permuted)
-            for name, out in adapter.run(permuted, feeds).items():
-                ref = reference[name]
-                if out.shape != ref.shape:
-                    problems.append(f"trial {t}: output {name!r} has shape {out.shape}, expected {ref.shape}")
-                    max_rel = float("inf")
-                    continue
-                if not np.issubdtype(ref.dtype, np.floating):
-                    if not np.array_equal(out, ref):
-                        problems.append(f"trial {t}: integer output {name!r} differs")
-                        max_rel = float("inf")
-                    continue
-                d = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
-                max_abs, max_rel = max(max_abs, d), max(max_rel, _rel(d, ref))
+            d_abs, d_rel, trial_problems = compare_outputs(reference, adapter.run(permuted, feeds))
+            max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
+            problems += [f"trial {t}: {p}" for p in trial_problems]
             if progress:
                 progress(t + 1)
     if max_rel > rtol:

@@ -9,14 +9,17 @@ import numpy as np
 from nngraph.errors import InputError
 
 
-def session(path: Path):
+def session(path: Path, proto=None):
+    """An unoptimized CPU session for the model at ``path`` (or for ``proto``, a changed copy of
+    it, e.g. with intermediate values as outputs)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        source = str(path) if proto is None else proto.SerializeToString()
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
 
@@ -111,23 +114,12 @@ def _with_outputs(path: Path, names: list[str]):
     return proto
 
 
-def _session_of(proto, path: Path):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
-
-
 def activations(path: Path, probes: Mapping[str, list], inputs: Mapping[str, np.ndarray],
                 max_samples: int = 50_000, seed: int = 0) -> dict[str, np.ndarray]:
     """Each probed neuron set's outputs as ``[samples, neurons]`` (batch, tokens and space all
     count as samples; at most ``max_samples`` rows, drawn without replacement)."""
     names = sorted({v for v, _ in probes.values()})
-    sess = _session_of(_with_outputs(path, names), path)
+    sess = session(path, _with_outputs(path, names))
     values = dict(zip(names, sess.run(names, _feeds(sess, path, inputs))))
     rng = np.random.default_rng(seed)
     out = {}
@@ -152,11 +144,10 @@ def recalibrate(path: Path, inputs: Mapping[str, np.ndarray], out: Path) -> int:
     inits = {t.name: t for t in proto.graph.initializer}
     bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization" and len(n.input) >= 5
            and n.input[3] in inits and n.input[4] in inits]
-    for node in bns:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(proto)
-        probe.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))
-        sess = _session_of(probe, path)
+    for node in bns:      # each layer's input depends on the statistics set before it
+        proto.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))
+        sess = session(path, proto)
+        proto.graph.output.pop()
         x = np.asarray(sess.run([node.input[0]], _feeds(sess, path, inputs))[0], np.float64)
         axes = tuple(i for i in range(x.ndim) if i != 1)
         mean, var = x.mean(axis=axes), x.var(axis=axes)
