@@ -103,6 +103,8 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
     for b in graph.blocks:
         src, tgt = block_edges(graph, b)
         E = len(src)
+        if E == 0:          # opaque blocks: parameters without known connectivity
+            continue
         ei.append(np.stack([src + offsets[b.source], tgt + offsets[b.target]]))
         if b.weight is None:
             taps = np.ones((E, 1), np.float32)

@@ -93,6 +93,8 @@ class EdgeBlock:
         """Length of each edge's feature vector (kernel taps, spatial positions, or 1)."""
         if self.weight is None:
             return 1
+        if self.pattern == "opaque":
+            return 1
         skip = 2 if self.pattern == "full" else 1
         return int(np.prod(self.weight.shape[skip:], dtype=np.int64))
 
@@ -212,6 +214,32 @@ class NeuralGraph:
     def fix(self, name: str) -> None:
         self.groups[self.sets[name].group if name in self.sets else name].fixed = True
 
+    def fixed_groups(self) -> set[str]:
+        """Groups no symmetry moves: fixed ones, rigid roots, and every ancestor of a fixed
+        group (moving a parent would move its child's blocks)."""
+        fixed = {g.name for g in self.groups.values() if g.fixed or (g.rigid and g.parent is None)}
+        for name in list(fixed):
+            parent = self.groups[name].parent
+            while parent is not None and parent not in fixed:
+                fixed.add(parent)
+                parent = self.groups[parent].parent
+        return fixed
+
+    @property
+    def free_fraction(self) -> float:
+        """Share of the hidden neurons (every set but inputs and outputs) that some symmetry
+        can move: what pinning costs, 1.0 when nothing is pinned beyond the network's ends."""
+        fixed = self.fixed_groups()
+        total = free = 0
+        for s in self.sets.values():
+            if s.role in ("input", "output"):
+                continue
+            total += s.size
+            g = self.groups[s.group]
+            if g.name not in fixed and not (g.rigid and g.parent in fixed):
+                free += s.size
+        return 1.0 if total == 0 else free / total
+
     # ---------------------------------------------------------------- views
     def params(self) -> Iterator[tuple[str, Param]]:
         """Every array the graph stores, with a stable location key."""
@@ -240,7 +268,7 @@ class NeuralGraph:
             src, tgt = self.sets[b.source], self.sets[b.target]
             if b.pattern == "full":
                 total += tgt.size * (src.size // b.groups)
-            else:
+            elif b.pattern != "opaque":
                 total += src.size
         return total
 
@@ -262,6 +290,7 @@ class NeuralGraph:
             "nodes": self.num_nodes, "edges": self.num_edges, "sets": len(self.sets),
             "blocks": len(self.blocks), "parameters": self.num_parameters,
             "mapped_parameters": self.mapped_parameters, "coverage": self.coverage,
+            "free_fraction": self.free_fraction, "pins": list(self.meta.get("pins", [])),
             "unmapped": {k: v.reason for k, v in self.unmapped.items()},
         }
 
@@ -361,6 +390,10 @@ class NeuralGraph:
                 yield f"block {b.name!r}: attrs['index'] must place {src.size} neurons into {tgt.size}"
             if gs.name not in fixed or gt.name not in fixed:
                 yield f"block {b.name!r} reorders neurons between sets that are not fixed"
+        elif b.pattern == "opaque":
+            fixed = self._fixed_groups()
+            if gs.name not in fixed or gt.name not in fixed:
+                yield f"block {b.name!r} carries opaque parameters between sets that are not fixed"
         elif b.pattern == "membership":
             if gs.parent != gt.name:
                 yield f"block {b.name!r}: {src.name!r} is not a child of {tgt.name!r}'s tie group"
@@ -368,8 +401,7 @@ class NeuralGraph:
                 yield f"block {b.name!r}: membership blocks carry no weight"
 
     def _fixed_groups(self) -> set[str]:
-        from .symmetry import _effectively_fixed
-        return _effectively_fixed(self)
+        return self.fixed_groups()
 
     def _accounting_problems(self) -> Iterator[str]:
         """Every element of every source tensor mapped exactly once. Uses the boxes the

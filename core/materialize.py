@@ -52,6 +52,8 @@ def block_edges(graph: NeuralGraph, block: EdgeBlock) -> tuple[np.ndarray, np.nd
         return idx, idx
     if block.pattern == "index":
         return np.arange(S, dtype=np.int64), np.asarray(block.attrs["index"], dtype=np.int64)
+    if block.pattern == "opaque":      # parameters kept, connectivity unknown: no edges
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     bs = S // T  # membership: child neuron i → parent node i // bs
     return np.arange(S, dtype=np.int64), np.arange(S, dtype=np.int64) // bs
 
@@ -63,6 +65,8 @@ def to_coo(graph: NeuralGraph, max_taps: int | None = None) -> COO:
     for i, b in enumerate(graph.blocks):
         src, tgt = block_edges(graph, b)
         E = len(src)
+        if E == 0:
+            continue
         ei.append(np.stack([src + offsets[b.source], tgt + offsets[b.target]]))
         attr = np.zeros((E, K), dtype=np.float32)
         if b.weight is None:

@@ -23,7 +23,9 @@ def randomize(graph: NeuralGraph, seed: int = 0) -> NeuralGraph:
     several arrays (deduplicated zeros) stays a constant, so it needs no tie."""
     rng = np.random.default_rng(seed)
 
-    def draw(shape, dtype, key: str, fan_in: int = 1) -> np.ndarray:
+    def draw(shape, dtype, key: str, fan_in: int = 1, keep: np.ndarray | None = None) -> np.ndarray:
+        if keep is not None:        # an opaque op's parameters: their meaning is unknown, keep them
+            return np.array(keep, dtype=dtype)
         if any(k in key for k in POSITIVE):
             x = rng.uniform(0.5, 1.5, shape)
         elif any(k in key for k in NEAR_ONE):
@@ -43,12 +45,13 @@ def randomize(graph: NeuralGraph, seed: int = 0) -> NeuralGraph:
         wanted += [(p, key, 1) for key, p in s.arrays.items()]
     for b in graph.blocks:
         if b.weight is not None:
-            key = "embedding" if b.kind == "embedding" else "weight" if b.pattern == "full" else "scale"
+            key = "embedding" if b.kind == "embedding" else "weight" if b.pattern == "full" else \
+                "opaque" if b.pattern == "opaque" else "scale"
             wanted.append((b.weight, key, fan.get(b.target, 1)))
 
     leaves = {n: np.empty(t.shape, dtype=_dtype(t.dtype)) for n, t in graph.sources.items() if n not in graph.unmapped}
     for p, key, fan_in in wanted:
-        value = draw(p.shape, p.data.dtype, key, fan_in)
+        value = draw(p.shape, p.data.dtype, key, fan_in, p.data if key == "opaque" else None)
         if p.origin is not None and p.origin.tensor in leaves and not p.shared:
             p.origin.scatter(value, leaves[p.origin.tensor])
         elif p.origin is None:

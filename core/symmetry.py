@@ -72,14 +72,8 @@ class Symmetry:
 
 
 def _effectively_fixed(graph: NeuralGraph) -> set[str]:
-    """Fixed groups, plus every ancestor of a fixed group (moving it would move the child)."""
-    fixed = {g.name for g in graph.groups.values() if g.fixed or (g.rigid and g.parent is None)}
-    for name in list(fixed):
-        parent = graph.groups[name].parent
-        while parent is not None and parent not in fixed:
-            fixed.add(parent)
-            parent = graph.groups[parent].parent
-    return fixed
+    """Kept for callers of the old name: :meth:`NeuralGraph.fixed_groups`."""
+    return graph.fixed_groups()
 
 
 def _parents_first(graph: NeuralGraph) -> list[str]:
@@ -159,6 +153,8 @@ def permute(graph: NeuralGraph, symmetry: Symmetry) -> NeuralGraph:
 def _permute_weight(block: EdgeBlock, w: np.ndarray, ps: np.ndarray, pt: np.ndarray) -> np.ndarray:
     if block.pattern == "diagonal":
         return np.take(w, pt, axis=0)
+    if block.pattern == "opaque":      # between fixed sets: nothing moves
+        return w
     k = block.groups
     if k == 1:
         return np.take(np.take(w, pt, axis=0), ps, axis=1)

@@ -28,8 +28,10 @@ ROLES: tuple[str, ...] = (
 #: the source to node i // block_size of the target (a child set to its parent group);
 #: ``index``: source neuron i to target neuron ``attrs["index"][i]`` (a fixed reordering such as
 #: a channel shuffle, or a concatenation that must become one set; both sets are then fixed,
-#: since no tie group can express the conjugated symmetry).
-PATTERNS: tuple[str, ...] = ("full", "diagonal", "membership", "index")
+#: since no tie group can express the conjugated symmetry); ``opaque``: the parameters of an op
+#: the converter could not follow, kept exactly, any shape, between two fixed sets and with no
+#: edges (how they connect the neurons is unknown).
+PATTERNS: tuple[str, ...] = ("full", "diagonal", "membership", "index", "opaque")
 
 #: Edge-block kinds and the pattern each follows.
 KINDS: dict[str, str] = {
@@ -43,6 +45,7 @@ KINDS: dict[str, str] = {
     "attention": "diagonal",  # q_i · k_i pairing inside one head
     "head": "membership",     # a q/k/v dimension → its head node
     "shuffle": "index",       # a fixed reordering/placement (channel shuffle, concat made one set)
+    "opaque": "opaque",       # parameters of an op that could not be followed (both sets pinned)
 }
 
 ACTIVATIONS: tuple[str, ...] = (

@@ -23,8 +23,10 @@ def sniff(path: Path) -> bool:
     return False
 
 
-def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, **options) -> NeuralGraph:
-    """Lower an ONNX file. ``bind`` gives values for graph inputs that hold parameters."""
+def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, strict: bool = False,
+            **options) -> NeuralGraph:
+    """Lower an ONNX file. ``bind`` gives values for graph inputs that hold parameters;
+    ``strict`` refuses a model with any structure that would be pinned."""
     from nngraph.loader import registry
 
     from .engine import RuleTable, lower_model
@@ -32,7 +34,7 @@ def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, **options)
     from .reader import read_model
 
     rules = RuleTable(registry().onnx_rules)
-    return lower_model(read_model(path), rules, fold, dict(bind) if bind else None)
+    return lower_model(read_model(path), rules, fold, dict(bind) if bind else None, strict=strict)
 
 
 def export(source: Path, params: Mapping[str, np.ndarray], out: Path) -> None:

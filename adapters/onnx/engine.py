@@ -9,12 +9,19 @@ Every value in the ONNX graph becomes one of
 
 Nodes are visited in topological order. A node whose inputs are all constants is folded
 (index-only ops keep the exact origin; anything else becomes a *derived* leaf named after its
-output). Every other node goes to the rule registered for its (domain, op type, opset); a node
-that touches an activation and has no rule is collected, and the conversion fails naming
-every such op and node at once — nothing is guessed.
+output). Every other node goes to the rule registered for its (domain, op type, opset).
+
+**Sound degradation.** A node the engine cannot follow — no rule, or a rule that finds a
+structure it cannot prove — is *pinned*: the neuron sets it reads are fixed (with whatever is
+tied to them), its parameters are kept as ``opaque`` blocks (exact origins, so the round trip
+stays exact and coverage stays 1), and its outputs become fresh fixed sets sized from shape
+inference, from which lowering continues. A failing rule may have half-built structure, so the
+engine lowers again from the start with that node pinned (the failure is remembered by node);
+nothing a failed rule did survives. ``strict=True`` refuses instead, naming the first pin.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -154,6 +161,48 @@ class _Aux:
 AUX = _Aux()
 
 
+class Unfollowed(Exception):
+    """Raised out of :meth:`LoweringContext.walk` when a rule fails on ``node``: the engine
+    lowers again from the start with the node pinned (a failed rule may have half-built
+    structure, so nothing of that attempt is kept)."""
+
+    def __init__(self, node: onnx.NodeProto, reason: str):
+        super().__init__(reason)
+        self.node, self.reason = node, reason
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How messages name a node: its name, else its first output."""
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield from all_graphs(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for sub in a.graphs:
+                yield from all_graphs(sub)
+
+
+def _outer_names(node: onnx.NodeProto) -> list[str]:
+    """Values a node's subgraphs read from the enclosing scope (their own values excluded)."""
+    names: list[str] = []
+    for sub in _subgraphs(node):
+        own = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {o for n in sub.node for o in n.output}
+        names += [i for n in sub.node for i in n.input if i and i not in own]
+    return names
+
+
+def _leaf_consts(c: "Const") -> list["Const"]:
+    """The pieces of a constant that map to source tensors (one, or the parts of a Concat)."""
+    if c.origin is not None:
+        return [c]
+    if c.parts is not None:
+        return [q for _, _, p in c.parts[1] for q in _leaf_consts(p)]
+    return []
+
+
 class RuleTable:
     """(domain, op type) → rules by ``since_version``; lookup honours the model's opset."""
 
@@ -195,12 +244,15 @@ class LoweringContext:
     leaves: dict[str, np.ndarray] = field(default_factory=dict)       # source tensors by name
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     shapes: dict[str, tuple] = field(default_factory=dict)            # inferred: int, symbol (str) or None
+    types: dict[str, str] = field(default_factory=dict)               # inferred numpy dtype kind ("f", "i" …)
     absorbed: set[str] = field(default_factory=set)                   # leaves folded into derived leaves
     buffers: dict[str, str] = field(default_factory=dict)             # leaves read as non-parameters
     synthetic: set[str] = field(default_factory=set)                  # derived leaves made from no parameter
     rules: "RuleTable | None" = None
     fold: "Callable | None" = None
-    unsupported: dict[str, list[str]] = field(default_factory=dict)
+    pinned: dict[int, str] = field(default_factory=dict)              # id(node) → why it cannot be followed
+    pins: list[dict] = field(default_factory=list)                     # what was pinned, for the report
+    strict: bool = False                                               # refuse instead of pinning
     _names: set[str] = field(default_factory=set)
 
     def walk(self, nodes: Iterable[onnx.NodeProto]) -> None:
@@ -220,17 +272,97 @@ class LoweringContext:
                     if name:
                         self.values[name] = value
                 continue
+            if id(node) in self.pinned:
+                self.lower_opaque(node, self.pinned[id(node)])
+                continue
             rule = self.rules.lookup(domain, node.op_type, opsets.get(domain))
             if rule is None:
                 if neural or has_graph or any(isinstance(v, Const) and v.is_float and v.data.size > 1 for v in ins):
-                    self.unsupported.setdefault(f"{domain + '::' if domain else ''}{node.op_type}", []).append(
-                        node.name or node.output[0])
+                    self.lower_opaque(node, f"no lowering rule for {domain + '::' if domain else ''}{node.op_type}")
                 for o in node.output:
                     self.values.setdefault(o, AUX)
                 continue
-            rule.lower(self, node)
+            try:
+                rule.lower(self, node)
+            except Unfollowed:
+                raise
+            except Exception as e:  # noqa: BLE001 - any rule failure means: this node cannot be followed
+                raise Unfollowed(node, self._reason(e)) from e
             for o in node.output:
                 self.values.setdefault(o, AUX)
+
+    def _reason(self, e: Exception) -> str:
+        """The one-line *why* of a rule failure, without the file and node its message repeats."""
+        why = getattr(e, "why", None) or str(e)
+        prefix = f"{self.model.path}: "
+        if why.startswith(prefix):
+            why = why[len(prefix):]
+        why = re.sub(r"^node '[^']*' \([^)]*\): ", "", why)
+        if not isinstance(e, UnsupportedModelError):
+            why = f"{type(e).__name__}: {why}"
+        return why.split("\n")[0]
+
+    # ------------------------------------------------------------------ pinning
+    def lower_opaque(self, node: onnx.NodeProto, reason: str) -> None:
+        """Lower a node that cannot be followed: pin what it reads, keep its parameters as
+        ``opaque`` blocks, and give each float output of known size a fresh fixed set."""
+        label = node_label(node)
+        op = f"{node.domain + '::' if node.domain not in ('', 'ai.onnx') else ''}{node.op_type}"
+        if self.strict:
+            raise UnsupportedModelError(f"{self.model.path}: node {label!r} ({op}): {reason} "
+                                        f"(pinned; --strict refuses)")
+        names = list(node.input) + _outer_names(node)
+        reads = [self.values.get(n) for n in dict.fromkeys(n for n in names if n)]
+        touched: list[str] = []
+        for v in reads:
+            if isinstance(v, Act):
+                touched += v.sets
+            elif isinstance(v, Scores):
+                touched += [s for s in (v.q, v.k, v.heads_set) if s]
+        for name in dict.fromkeys(touched):
+            self.graph.fix(name)
+        params = [c for v in reads if isinstance(v, Const) for c in _leaf_consts(v) if c.is_float and c.data.size > 1]
+        for sub in _subgraphs(node):     # initializers of bodies the engine does not enter
+            for t in sub.initializer:
+                arr = self.model.tensor(t)
+                if t.name not in self.leaves:
+                    self.leaves[t.name] = arr
+                    if arr.dtype.kind == "f" and arr.size > 1:
+                        params.append(Const(arr, Origin(t.name)))
+        acts = [v for v in reads if isinstance(v, Act)]
+        made: list[str] = []
+        for k, out in enumerate(node.output):
+            if not out:
+                continue
+            act = self._pinned_output(node, out, acts, suffix="" if k == 0 else f":{k}")
+            if act is not None:
+                self.values[out] = act
+                made.append(act.sets[0])
+            else:
+                self.values[out] = AUX
+        if params:
+            target = made[0] if made else self.new_set(node, 1, "hidden", inputs=acts, fixed=True, suffix="/opaque",
+                                                       op=node.op_type).name
+            source = acts[0].sets[0] if acts and acts[0].sets else target
+            for i, c in enumerate(params):
+                self.graph.add_block(self.unique(f"{label}/opaque{i}"), source, target, "opaque", self.param(c),
+                                     op=node.op_type)
+        self.pins.append({"node": label, "op": op, "reason": reason,
+                          "sets": list(dict.fromkeys(touched + made)),
+                          "parameters": int(sum(c.data.size for c in params))})
+
+    def _pinned_output(self, node: onnx.NodeProto, name: str, acts: list["Act"], suffix: str) -> "Act | None":
+        shape = self.shape(name)
+        if self.types.get(name, "f") != "f" or not shape:
+            return None
+        rank = len(shape)
+        same = [a for a in acts if a.rank == rank and a.axis is not None and a.axis < rank and a.seg_axis is None]
+        axis = same[0].axis if same else _input_axis(self, name, rank)
+        size = shape[axis] if axis is not None and -rank <= axis < rank else None
+        if not isinstance(size, int) or size <= 0:
+            return None
+        s = self.new_set(node, size, "hidden", inputs=acts, fixed=True, suffix=suffix, op=node.op_type)
+        return Act((s.name,), axis % rank, rank)
 
     def add_initializers(self, graph: onnx.GraphProto) -> None:
         for t in graph.initializer:
@@ -278,7 +410,11 @@ class LoweringContext:
         return out
 
     def fail(self, node: onnx.NodeProto, why: str) -> UnsupportedModelError:
-        return UnsupportedModelError(f"{self.model.path}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
+        """The error a rule raises when it cannot follow ``node``: the engine pins the node
+        (``why`` becomes the pin's reason), or refuses the model under ``strict``."""
+        e = UnsupportedModelError(f"{self.model.path}: node {node_label(node)!r} ({node.op_type}): {why}")
+        e.why = why
+        return e
 
     # ------------------------------------------------------------------ building
     def unique(self, base: str) -> str:
@@ -389,17 +525,36 @@ def _slice_param(p: Param, axis: int, start: int, stop: int) -> Param:
 Fold = Callable[[LoweringContext, onnx.NodeProto, list], list]
 
 
-def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, np.ndarray] | None = None) -> NeuralGraph:
+def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, np.ndarray] | None = None,
+                strict: bool = False) -> NeuralGraph:
+    """Lower ``model`` into a neural graph, pinning what cannot be followed (see the module
+    docstring); ``strict`` refuses at the first pin instead."""
+    shapes, types = infer_shapes(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for sub in all_graphs(model.graph):
+        for node in sub.node:
+            for i in node.input:
+                consumers.setdefault(i, []).append(node)
+    pinned: dict[int, str] = {}
+    while True:
+        ctx = LoweringContext(model, NeuralGraph(), shapes=shapes, types=types, consumers=consumers, rules=rules,
+                              fold=fold, pinned=pinned, strict=strict)
+        try:
+            return _lower_once(ctx, bind)
+        except Unfollowed as e:
+            if strict:
+                raise UnsupportedModelError(f"{model.path}: node {node_label(e.node)!r} ({e.node.op_type}): "
+                                            f"{e.reason} (--strict refuses what would be pinned)") from None
+            pinned[id(e.node)] = e.reason
+
+
+def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> NeuralGraph:
+    model, graph = ctx.model, ctx.graph
     g = model.graph
-    graph = NeuralGraph(meta={
+    graph.meta.update({
         "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
         "opsets": model.opsets, "ir_version": model.proto.ir_version,
     })
-    ctx = LoweringContext(model, graph, shapes=infer_shapes(model), rules=rules, fold=fold)
-    for sub in all_graphs(g):
-        for node in sub.node:
-            for i in node.input:
-                ctx.consumers.setdefault(i, []).append(node)
     ctx.add_initializers(g)
     init_names = {t.name for t in g.initializer}
     unbound: list[str] = []
@@ -422,10 +577,6 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
             f"hold parameters (they feed weight slots); give their values with --inputs FILE.npz")
 
     ctx.walk(g.node)
-    unsupported = ctx.unsupported
-    if unsupported:
-        raise UnsupportedModelError(f"{model.path}: no lowering rule for", unsupported)
-
     for out in g.output:
         v = ctx.values.get(out.name)
         if isinstance(v, Act):
@@ -437,6 +588,7 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
     _share(ctx)
     _account(ctx)
     graph.meta["probes"] = _probes(ctx)
+    graph.meta["pins"] = ctx.pins
     graph.leaves = {name: ctx.leaves[name] for name in graph.sources if name not in graph.unmapped}
     return graph
 
@@ -468,6 +620,7 @@ def _share(ctx: LoweringContext) -> None:
     writes the tensor back, the others are marked ``shared``."""
     g = ctx.graph
     uses: dict[str, list] = {}
+    opaque: set[int] = set()      # params of opaque blocks: read unpermuted, so every use is pinned
     for s in g.sets.values():
         for p in s.arrays.values():
             if p.origin is not None:
@@ -477,6 +630,9 @@ def _share(ctx: LoweringContext) -> None:
             continue
         if b.pattern == "full":
             sets = [b.target, b.source if b.groups == 1 else None]
+        elif b.pattern == "opaque":
+            sets = [b.source, b.target]
+            opaque.add(id(b.weight))
         else:
             sets = [b.source]
         uses.setdefault(b.weight.origin.tensor, []).append((b.weight, sets))
@@ -497,6 +653,14 @@ def _share(ctx: LoweringContext) -> None:
         constant = leaf_data.size > 0 and bool(np.all(leaf_data == leaf_data.reshape(-1)[0]))
         for cluster in clusters:
             if len(cluster) < 2:
+                continue
+            if any(id(p) in opaque for _, p, _ in cluster) and not constant:
+                for _, _, sets in cluster:
+                    for name in sets:
+                        if name is not None:
+                            g.fix(name)
+                for _, p, _ in cluster[1:]:
+                    p.shared = True
                 continue
             if constant:     # every permutation leaves it unchanged: no tie needed (deduplicated zeros, ones)
                 for _, p, _ in cluster[1:]:
@@ -608,11 +772,39 @@ def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
         ctx.values[inp.name] = AUX
         return
     axis = _input_axis(ctx, inp.name, len(dims))
-    size = dims[axis]
-    if size is None:
-        raise UnsupportedModelError(f"{ctx.model.path}: input {inp.name!r} has a dynamic feature axis {axis}")
+    size = dims[axis] or _size_from_consumers(ctx, inp.name)
+    if not size:
+        if ctx.strict:
+            raise UnsupportedModelError(f"{ctx.model.path}: input {inp.name!r} has a dynamic feature axis {axis}")
+        ctx.pins.append({"node": inp.name, "op": "input", "reason": f"dynamic feature axis {axis} (size unknown)",
+                         "sets": [], "parameters": 0})
+        ctx.values[inp.name] = AUX
+        return
     s = ctx.graph.add_set(ctx.unique(inp.name), size, "input", depth=0, fixed=True)
     ctx.values[inp.name] = Act((s.name,), axis, len(dims))
+
+
+def _size_from_consumers(ctx: LoweringContext, name: str) -> int | None:
+    """The feature size of a data input whose axis is symbolic, read off the weight of the
+    layer that consumes it (through layout-only ops): Conv in-channels, MatMul/Gemm rows."""
+    frontier = [name]
+    for _ in range(8):
+        uses = [n for v in frontier for n in ctx.consumers.get(v, [])]
+        if not uses:
+            return None
+        n = uses[0]
+        w = ctx.const(n.input[1]) if len(n.input) > 1 else None
+        if n.op_type == "Conv" and w is not None and w.data.ndim >= 3:
+            return int(w.data.shape[1]) * int(ctx.attr(n, "group", 1))
+        if n.op_type == "MatMul" and w is not None and w.data.ndim >= 2 and n.input[0] == frontier[0]:
+            return int(w.data.shape[-2])
+        if n.op_type == "Gemm" and w is not None and w.data.ndim == 2:
+            return int(w.data.shape[1 if ctx.attr(n, "transB", 0) else 0])
+        if n.op_type in ("Identity", "Cast", "Dropout", "Transpose"):
+            frontier = [n.output[0]]
+            continue
+        return None
+    return None
 
 
 def all_graphs(g: onnx.GraphProto):
@@ -690,8 +882,9 @@ def _shape_constants(proto: onnx.ModelProto, shapes: dict) -> dict[str, np.ndarr
     return out
 
 
-def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
-    shapes = _infer_shapes_once(model.proto)
+def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Static shapes (and element kinds: "f", "i" …) of every value inference can tell."""
+    shapes, types = _infer_shapes_once(model.proto)
     consts = _shape_constants(model.proto, shapes)
     targets = {n.input[1] for n in model.graph.node if n.op_type in ("Reshape", "Expand", "Tile") and len(n.input) > 1}
     fill = {k: v for k, v in consts.items() if k in targets}
@@ -704,14 +897,15 @@ def infer_shapes(model: OnnxModel) -> dict[str, tuple]:
         keep = [n for n in proto.graph.node if not (set(n.output) & set(fill))]
         del proto.graph.node[:]
         proto.graph.node.extend(keep)
-        again = _infer_shapes_once(proto)
+        again, again_types = _infer_shapes_once(proto)
+        types = {**again_types, **types}
         for k, v in again.items():
             if k not in shapes or (not all(isinstance(d, int) for d in shapes[k]) and all(isinstance(d, int) for d in v)):
                 shapes[k] = v
-    return shapes
+    return shapes, types
 
 
-def _infer_shapes_once(proto: onnx.ModelProto) -> dict[str, tuple]:
+def _infer_shapes_once(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, str]]:
     """Static shapes of every value ONNX shape inference can tell (weights are not needed)."""
     model = OnnxModel(Path("."), proto)
     inferred = None
@@ -727,12 +921,23 @@ def _infer_shapes_once(proto: onnx.ModelProto) -> dict[str, tuple]:
         except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
             inferred = model.proto
     shapes: dict[str, tuple] = {}
+    types: dict[str, str] = {}
     for g in all_graphs(inferred.graph):
         for vi in [*g.input, *g.value_info, *g.output]:
             t = vi.type.tensor_type
+            if t.elem_type:
+                types[vi.name] = _elem_kind(t.elem_type)
             if t.HasField("shape"):   # ints, symbolic names (str: equal names are equal sizes), None
                 shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value")
                                         else (d.dim_param or None) for d in t.shape.dim)
         for t in g.initializer:
             shapes[t.name] = tuple(t.dims)
-    return shapes
+    return shapes, types
+
+
+def _elem_kind(elem_type: int) -> str:
+    """numpy's kind letter of an ONNX element type ("f" for every float format, bf16 and fp8 too)."""
+    name = onnx.TensorProto.DataType.Name(elem_type)
+    if name.startswith(("FLOAT", "BFLOAT", "DOUBLE")):
+        return "f"
+    return {"BOOL": "b", "STRING": "U"}.get(name, "u" if name.startswith("UINT") else "i")

@@ -1,0 +1,141 @@
+"""Sound degradation: what the engine cannot follow is pinned locally, never refused.
+
+Each model is hand-built around one structure the engine cannot (or could not) follow. For
+every one: the conversion succeeds with coverage 1, the pin names the node and why, the sets
+away from it stay free, the round trip is exact and permuted models compute the same function
+in onnxruntime; ``strict=True`` refuses instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import nngraph
+from conftest import ngraph
+from nngraph.errors import UnsupportedModelError
+from nngraph.verify import verify
+
+
+def _save(tmp_path, nodes, inputs, outputs, inits, name="m.onnx", opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              [numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f"
+                                                       else np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
+def _w(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32) / np.sqrt(shape[0])
+
+
+def _fin(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _mlp_around(tmp_path, rng, middle: list, mid_out: str, mid_inits: dict | None = None):
+    """x → Gemm 16 → Relu → Gemm 16 → Relu → [middle] → Gemm 16 → Relu → Gemm 4: the layers
+    away from the middle op must keep their symmetry."""
+    inits = {"W1": _w(rng, 8, 16), "W2": _w(rng, 16, 16), "W3": _w(rng, 16, 16), "W4": _w(rng, 16, 4),
+             "b1": rng.standard_normal(16), "b3": rng.standard_normal(16), **(mid_inits or {})}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h1"], name="fc1"),
+             helper.make_node("Add", ["h1", "b1"], ["h1b"], name="fc1/bias"),
+             helper.make_node("Relu", ["h1b"], ["a1"], name="act1"),
+             helper.make_node("MatMul", ["a1", "W2"], ["h2"], name="fc2"),
+             helper.make_node("Relu", ["h2"], ["a2"], name="act2"),
+             *middle,
+             helper.make_node("MatMul", [mid_out, "W3"], ["h3"], name="fc3"),
+             helper.make_node("Add", ["h3", "b3"], ["h3b"], name="fc3/bias"),
+             helper.make_node("Relu", ["h3b"], ["a3"], name="act3"),
+             helper.make_node("MatMul", ["a3", "W4"], ["y"], name="fc4")]
+    return _save(tmp_path, nodes, [_fin("x", [2, 8])], [_fin("y", [2, 4])], inits)
+
+
+def _free_sets(g) -> set[str]:
+    fixed = g.fixed_groups()
+    return {s.name for s in g.sets.values() if s.group not in fixed}
+
+
+def _check_sound(path, **kw):
+    g = nngraph.convert(path).validate()
+    assert g.coverage == 1.0
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    for name, value in g.to_params().items():
+        np.testing.assert_array_equal(value, original[name])
+    report = verify(path, trials=3, **kw)
+    assert report.ok, report.problems
+    assert report.roundtrip_exact
+    return g, report
+
+
+def test_op_without_rule_is_pinned_locally(tmp_path, rng):
+    path = _mlp_around(tmp_path, rng, [helper.make_node("Hardmax", ["a2"], ["m"], name="hard", axis=-1)], "m")
+    g, report = _check_sound(path)
+    pins = g.meta["pins"]
+    assert [(p["node"], p["op"]) for p in pins] == [("hard", "Hardmax")]
+    assert "no lowering rule" in pins[0]["reason"]
+    free = _free_sets(g)
+    # the first layer and the layer after the pinned op keep their symmetry; the sets next to it do not
+    assert any(s.startswith("fc1") for s in free) and any(s.startswith("fc3") for s in free)
+    assert not any(s.startswith("fc2") for s in free)
+    assert 0 < g.free_fraction < 1
+    assert max(report.groups_moved) >= 2
+    with pytest.raises(UnsupportedModelError, match="hard.*Hardmax"):
+        nngraph.convert(path, strict=True)
+
+
+def test_opaque_parameters_round_trip(tmp_path, rng):
+    """An op with parameters and no rule (a ScatterElements writing activations into a weight
+    tensor): its parameters stay in the graph as an opaque block, exactly."""
+    idx = np.tile(np.arange(16, dtype=np.int64), (2, 1))
+    mid = [helper.make_node("ScatterElements", ["T", "idx", "a2"], ["m"], name="scatter", axis=1)]
+    path = _mlp_around(tmp_path, rng, mid, "m", {"T": rng.standard_normal((2, 16)), "idx": idx})
+    g, _ = _check_sound(path)
+    opaque = [b for b in g.blocks if b.kind == "opaque"]
+    assert len(opaque) == 1 and opaque[0].weight.origin.tensor == "T"
+    assert g.meta["pins"][0]["parameters"] == 32
+    assert nngraph.load  # the .ngraph file keeps them too
+    g.save(tmp_path / "m.ngraph")
+    back = nngraph.load(tmp_path / "m.ngraph")
+    np.testing.assert_array_equal(back.to_params()["T"], g.to_params()["T"])
+    assert back.meta["pins"] == g.meta["pins"] and back.free_fraction == g.free_fraction
+
+
+def test_rule_failure_is_pinned_and_lowering_starts_over(tmp_path, rng):
+    """Pad on the neuron axis: the Pad rule refuses it; the engine pins it instead."""
+    pads = np.array([0, 2, 0, 2], np.int64)
+    mid = [helper.make_node("Pad", ["a2", "pads"], ["p"], name="pad")]
+    inits = {"pads": pads, "W3": _w(rng, 20, 16)}
+    path = _mlp_around(tmp_path, rng, mid, "p", inits)
+    g, _ = _check_sound(path)
+    assert [p["op"] for p in g.meta["pins"]] == ["Pad"]
+    assert any(s.startswith("fc1") for s in _free_sets(g))
+
+
+def test_dynamic_feature_axis_sized_from_the_first_layer(tmp_path, rng):
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "W2"], ["y"], name="fc2")]
+    path = _save(tmp_path, nodes, [_fin("x", ["batch", "features"])], [_fin("y", ["batch", 3])],
+                 {"W1": _w(rng, 6, 10), "W2": _w(rng, 10, 3)})
+    g = nngraph.convert(path)
+    assert [s.size for s in g.sets.values()] == [6, 10, 3] and not g.meta["pins"]
+    assert g.free_fraction == 1.0
+
+
+def test_cli_reports_pins(tmp_path, rng):
+    import json
+    path = _mlp_around(tmp_path, rng, [helper.make_node("Hardmax", ["a2"], ["m"], name="hard", axis=-1)], "m")
+    r = ngraph("convert", path, "-o", tmp_path / "m.ngraph", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["coverage"] == 1.0 and 0 < doc["free_fraction"] < 1 and doc["pins"][0]["op"] == "Hardmax"
+    r = ngraph("convert", path, "-o", tmp_path / "s.ngraph", "--strict")
+    assert r.returncode == 4 and "Hardmax" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s.ngraph").exists()
+    r = ngraph("info", tmp_path / "m.ngraph", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["pins"][0]["node"] == "hard"
