@@ -13,7 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .alignment import Alignment, align, interpolate, weight_distance
-from .api import convert, find_adapter
+from .api import convert, find_adapter, from_torch
 from .errors import GraphError, InputError, NNGraphError, PluginError, UnsupportedModelError
 from .featurize import FeatureConfig, featurize
 from .fileformat import load, read_header, save
@@ -22,7 +22,7 @@ from .origin import Origin
 from .symmetry import Symmetry, SymmetryGroup
 
 __all__ = [
-    "__version__", "convert", "find_adapter", "load", "save", "read_header", "featurize", "FeatureConfig",
+    "__version__", "convert", "from_torch", "find_adapter", "load", "save", "read_header", "featurize", "FeatureConfig",
     "NeuralGraph", "NeuronSet", "EdgeBlock", "Param", "TieGroup", "SourceTensor", "Unmapped", "Origin",
     "Symmetry", "SymmetryGroup", "align", "Alignment", "interpolate", "weight_distance",
     "NNGraphError", "GraphError", "InputError", "PluginError", "UnsupportedModelError",

@@ -39,3 +39,11 @@ def convert(path: str | os.PathLike, format: str | None = None, **options) -> Ne
     graph.meta.setdefault("format", adapter.name)
     graph.meta.setdefault("source", path.name)
     return graph.validate()
+
+
+def from_torch(module, example_inputs, **options) -> NeuralGraph:
+    """Convert a live ``torch.nn.Module`` (anything ``torch.export`` captures) with
+    ``example_inputs``: origins are its ``state_dict`` keys. Needs the ``[torch]`` extra."""
+    from nngraph.adapters.torch import from_torch as _from_torch
+
+    return _from_torch(module, example_inputs, **options).validate()

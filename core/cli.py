@@ -46,9 +46,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--format", "fmt", help="Adapter to use (see `ngraph plugins`); sniffed when omitted.")
 @click.option("--inputs", type=click.Path(path_type=Path),
               help=".npz with values for graph inputs that hold parameters (old exporters).")
+@click.option("--strict", is_flag=True,
+              help="Refuse (exit 4) a model with any structure that would be pinned, naming the first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | None, as_json: bool) -> None:
-    """Convert MODEL to a neural graph (.ngraph)."""
+def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | None, strict: bool,
+            as_json: bool) -> None:
+    """Convert MODEL to a neural graph (.ngraph).
+
+    Structures the converter cannot follow are pinned (their neurons kept fixed, their
+    parameters kept as opaque blocks) and reported; --strict refuses them instead."""
     from .api import convert as _convert
     from .fileformat import save
     from .verify import load_inputs
@@ -56,7 +62,10 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
     output = output or model.with_suffix(".ngraph")
     start = time.perf_counter()
     with _spinner(f"converting {model}", as_json):
-        graph = _convert(model, fmt, **({"bind": load_inputs(inputs)} if inputs else {}))
+        options = {"bind": load_inputs(inputs)} if inputs else {}
+        if strict:
+            options["strict"] = True
+        graph = _convert(model, fmt, **options)
         save(graph, output)
     summary = {**graph.summary(), "format": graph.meta.get("format"), "output": str(output),
                "seconds": round(time.perf_counter() - start, 3)}
@@ -67,6 +76,25 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
     out.print(f"  {summary['nodes']:,} neurons in {summary['sets']} sets, {summary['edges']:,} edges in "
               f"{summary['blocks']} blocks; {summary['mapped_parameters']:,}/{summary['parameters']:,} "
               f"parameters mapped (coverage {summary['coverage']:.4f})")
+    _print_symmetry(summary)
+
+
+def _print_symmetry(summary: dict) -> None:
+    """The symmetry kept: free fraction, and every pin with its reason (grouped by op and reason)."""
+    pins = summary.get("pins") or []
+    free = summary.get("free_fraction")
+    if free is None:
+        return
+    out.print(f"  free fraction {free:.3f} (hidden neurons some symmetry moves); "
+              f"{len(pins)} pin{'s' if len(pins) != 1 else ''}")
+    if not pins:
+        return
+    table = Table("pinned node", "op", "why", "sets", box=None)
+    for p in pins[:30]:
+        table.add_row(str(p.get("node")), str(p.get("op")), str(p.get("reason")), str(len(p.get("sets", []))))
+    out.print(table)
+    if len(pins) > 30:
+        out.print(f"  … {len(pins) - 30} more pins (use --json for all)")
 
 
 @cli.command()
@@ -91,6 +119,7 @@ def info(file: Path, as_json: bool) -> None:
     out.print(f"  {summary.get('nodes', 0):,} neurons, {summary.get('edges', 0):,} edges, "
               f"{summary.get('parameters', 0):,} parameters, coverage {summary.get('coverage', 0):.4f}")
     out.print(f"  block kinds: {', '.join(f'{k} {v}' for k, v in kinds.most_common())}")
+    _print_symmetry(summary)
     table = Table("set", "size", "role", "depth", "activation", "tie group", box=None)
     for s in doc["sets"][:60]:
         table.add_row(s["name"], str(s["size"]), s["role"], str(s["depth"]), s["activation"] or "",
@@ -141,6 +170,8 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
         out.print(f"{mark}  {model}: {report.trials} random symmetries, max |Δ| = {report.max_abs_diff:.3g} "
                   f"(relative {report.max_rel_diff:.3g}), round trip {'exact' if report.roundtrip_exact else 'NOT exact'}, "
                   f"coverage {report.coverage:.4f}")
+        out.print(f"  groups moved per trial: {', '.join(map(str, report.groups_moved))}")
+        _print_symmetry({"free_fraction": report.free_fraction, "pins": report.pins})
         for p in report.problems:
             out.print(f"  - {p}")
     if not report.ok:

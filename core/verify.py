@@ -30,6 +30,8 @@ class VerifyReport:
     coverage: float
     groups_moved: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    free_fraction: float = 1.0                                  # hidden neurons some symmetry moves
+    pins: list[dict] = field(default_factory=list)              # what the converter could not follow
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -133,4 +135,5 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     if max_rel > rtol:
         problems.append(f"permuted models differ from the original by {max_abs:.3g} (relative {max_rel:.3g} > {rtol:g})")
     return VerifyReport(ok=not problems, trials=trials, max_abs_diff=max_abs, max_rel_diff=max_rel,
-                        roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved, problems=problems)
+                        roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved, problems=problems,
+                        free_fraction=graph.free_fraction, pins=list(graph.meta.get("pins", [])))

@@ -139,3 +139,12 @@ def test_cli_reports_pins(tmp_path, rng):
     assert not (tmp_path / "s.ngraph").exists()
     r = ngraph("info", tmp_path / "m.ngraph", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["pins"][0]["node"] == "hard"
+
+
+def test_from_torch_at_package_level():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    module = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 2))
+    g = nngraph.from_torch(module, (torch.randn(3, 5),))
+    assert [s.size for s in g.sets.values()] == [5, 7, 2] and g.coverage == 1.0 and g.free_fraction == 1.0
+    assert set(g.to_params()) == set(module.state_dict())

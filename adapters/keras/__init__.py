@@ -45,7 +45,7 @@ def sniff(path: Path) -> bool:
 def convert(path: Path, bind=None, **options) -> NeuralGraph:
     if path.suffix.lower() == ".onnx":          # already exported: the ONNX engine normalises the layout
         from nngraph.adapters.onnx import convert as convert_onnx
-        graph = convert_onnx(path, bind=bind)
+        graph = convert_onnx(path, bind=bind, strict=bool(options.get("strict")))
         graph.meta.update({"format": "keras", "source": path.name})
         return graph
     try:
@@ -68,7 +68,7 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
             tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(out))
         except Exception as e:  # noqa: BLE001
             raise UnsupportedModelError(f"{path}: tf2onnx cannot export it: {str(e).splitlines()[0][:300]}") from None
-        graph = convert_onnx(out)
+        graph = convert_onnx(out, strict=bool(options.get("strict")))
         graph.detach()   # outlive the temporary ONNX file
     graph.meta.update({"format": "keras", "source": path.name})
     return graph

@@ -84,9 +84,9 @@ def export_onnx(module_or_program, example_inputs, path: Path) -> Path:
     return path
 
 
-def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None) -> NeuralGraph:
+def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None, strict: bool = False) -> NeuralGraph:
     """Convert a ``torch.nn.Module`` (anything ``torch.export`` captures) to a neural graph whose
-    origins are the module's ``state_dict`` keys."""
+    origins are the module's ``state_dict`` keys. ``strict`` refuses structure that would be pinned."""
     from nngraph.adapters.onnx import convert as convert_onnx
 
     try:
@@ -95,7 +95,7 @@ def from_torch(module, example_inputs, *, keep_onnx: str | Path | None = None) -
         pass
     with tempfile.TemporaryDirectory(prefix="nngraph-torch-") as tmp:
         path = export_onnx(module, example_inputs, Path(keep_onnx) if keep_onnx else Path(tmp) / "model.onnx")
-        graph = convert_onnx(path)
+        graph = convert_onnx(path, strict=strict)
         graph.detach()   # outlive the temporary ONNX file
     state = module.state_dict() if callable(getattr(module, "state_dict", None)) else (
         dict(module.state_dict) if hasattr(module, "state_dict") else {})
@@ -219,7 +219,7 @@ def convert(path: Path, bind=None, example_inputs: Sequence | None = None, **opt
         if example_inputs is None and bind:
             example_inputs = tuple(torch.from_numpy(np.asarray(bind[k])) for k in sorted(bind, key=str))
         inputs = example_inputs or _random_inputs(program)
-        graph = from_torch(program, inputs)
+        graph = from_torch(program, inputs, strict=bool(options.get("strict")))
     elif kind == "torchscript":
         if example_inputs is None and bind:
             example_inputs = tuple(torch.from_numpy(np.asarray(bind[k])) for k in sorted(bind))
