@@ -148,3 +148,21 @@ def test_from_torch_at_package_level():
     g = nngraph.from_torch(module, (torch.randn(3, 5),))
     assert [s.size for s in g.sets.values()] == [5, 7, 2] and g.coverage == 1.0 and g.free_fraction == 1.0
     assert set(g.to_params()) == set(module.state_dict())
+
+
+def test_gru_with_run_time_initial_state(tmp_path, rng):
+    """initial_h fed at run time: the state's hidden units are pinned, the weights recorded."""
+    H, I = 6, 4
+    nodes = [helper.make_node("MatMul", ["x", "Win"], ["xi"], name="embed"),
+             helper.make_node("GRU", ["xi", "W", "R", "B", "", "h0"], ["y", "hT"], name="gru", hidden_size=H),
+             helper.make_node("Squeeze", ["hT", "ax0"], ["h"]),
+             helper.make_node("MatMul", ["h", "Wout"], ["out"], name="head")]
+    inits = {"Win": _w(rng, 3, I), "W": rng.standard_normal((1, 3 * H, I)), "R": rng.standard_normal((1, 3 * H, H)),
+             "B": rng.standard_normal((1, 6 * H)), "Wout": _w(rng, H, 2), "ax0": np.array([0], np.int64)}
+    path = _save(tmp_path, nodes, [_fin("x", [5, 2, 3]), _fin("h0", [1, 2, H])], [_fin("out", [2, 2])], inits)
+    g, _ = _check_sound(path)
+    assert [p["op"] for p in g.meta["pins"]] == ["GRU"] and "initial_h" in g.meta["pins"][0]["reason"]
+    assert sum(b.kind == "recurrent" for b in g.blocks) == 3          # weights still recorded as recurrent blocks
+    assert any(s.startswith("embed") for s in _free_sets(g))           # the layer before stays free
+    with pytest.raises(UnsupportedModelError, match="initial_h"):
+        nngraph.convert(path, strict=True)

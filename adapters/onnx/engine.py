@@ -230,8 +230,8 @@ class RuleTable:
 PARAM_SLOTS: dict[str, set[int]] = {
     "Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {1, 2}, "BatchNormalization": {1, 2, 3, 4},
     "InstanceNormalization": {1, 2}, "LayerNormalization": {1, 2}, "GroupNormalization": {1, 2},
-    "RMSNormalization": {1}, "PRelu": {1}, "LSTM": {1, 2, 3, 5, 6, 7}, "GRU": {1, 2, 3, 5}, "RNN": {1, 2, 3, 5},
-}
+    "RMSNormalization": {1}, "PRelu": {1}, "LSTM": {1, 2, 3, 7}, "GRU": {1, 2, 3}, "RNN": {1, 2, 3},
+}   # recurrent initial states (slots 5, 6) are run-time data when fed as inputs: streaming models pass them
 
 
 @dataclass
@@ -303,6 +303,18 @@ class LoweringContext:
         return why.split("\n")[0]
 
     # ------------------------------------------------------------------ pinning
+    def pin(self, node: onnx.NodeProto, sets: Iterable[str], reason: str) -> None:
+        """Fix ``sets`` (and all tied to them) because part of ``node`` cannot be followed,
+        while the rule lowers the rest of it; recorded as a pin, refused under ``strict``."""
+        label = node_label(node)
+        if self.strict:
+            raise UnsupportedModelError(f"{self.model.path}: node {label!r} ({node.op_type}): {reason} "
+                                        f"(pinned; --strict refuses)")
+        sets = list(dict.fromkeys(sets))
+        for name in sets:
+            self.graph.fix(name)
+        self.pins.append({"node": label, "op": node.op_type, "reason": reason, "sets": sets, "parameters": 0})
+
     def lower_opaque(self, node: onnx.NodeProto, reason: str) -> None:
         """Lower a node that cannot be followed: pin what it reads, keep its parameters as
         ``opaque`` blocks, and give each float output of known size a fresh fixed set."""

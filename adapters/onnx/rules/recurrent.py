@@ -23,7 +23,7 @@ def _input(ctx: LoweringContext, node: onnx.NodeProto, i: int) -> Const | None:
     c = ctx.const(node.input[i])
     if c is None:
         v = ctx.values.get(node.input[i])
-        if isinstance(v, Act) or (i in (1, 2, 3, 7)):
+        if i in (1, 2, 3, 7) or (isinstance(v, Act) and i == 4):
             raise ctx.fail(node, f"input {i} ({node.input[i]!r}) must be a constant")
     return c
 
@@ -61,9 +61,9 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     h0 = None if h0 is not None and _synthetic(ctx, h0) and _filled(h0) else h0
     c0 = None if c0 is not None and _synthetic(ctx, c0) and _filled(c0) else c0
     peep = _input(ctx, node, 7) if op == "LSTM" else None
-    for i, label in ((5, "initial_h"), (6, "initial_c")):
-        if len(node.input) > i and node.input[i] and ctx.const(node.input[i]) is None and (op == "LSTM" or i == 5):
-            raise ctx.fail(node, f"{label} is a run-time input; its state would pin every hidden unit")
+    runtime = [(i, label) for i, label in ((5, "initial_h"), (6, "initial_c"))
+               if len(node.input) > i and node.input[i] and ctx.const(node.input[i]) is None
+               and (op == "LSTM" or i == 5)]
     base = node.name or node.output[0]
     states = []
     for d in range(D):
@@ -96,6 +96,11 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         if cell is not None:
             ctx.graph.add_block(f"{h.name}<{cell.name}", cell.name, h.name, "identity")
         states.append((h.name, cell.name if cell else None))
+    for i, label in runtime:     # a state fed at run time enters every step: its hidden units stay put
+        v = ctx.values.get(node.input[i])
+        fed = list(v.sets) if isinstance(v, Act) else []
+        ctx.pin(node, [h for h, _ in states] + fed, f"{label} is a run-time input (the state is pinned; "
+                f"weights are still recorded)")
     del base
     hs = tuple(h for h, _ in states)
     # Y: [seq, dirs, batch, hidden] (layout 0) or [batch, seq, dirs, hidden] (layout 1)
