@@ -107,14 +107,39 @@ def test_opaque_parameters_round_trip(tmp_path, rng):
 
 
 def test_rule_failure_is_pinned_and_lowering_starts_over(tmp_path, rng):
-    """Pad on the neuron axis: the Pad rule refuses it; the engine pins it instead."""
+    """Reflect-padding the neuron axis copies neurons: the Pad rule refuses it, the engine pins it."""
     pads = np.array([0, 2, 0, 2], np.int64)
-    mid = [helper.make_node("Pad", ["a2", "pads"], ["p"], name="pad")]
-    inits = {"pads": pads, "W3": _w(rng, 20, 16)}
-    path = _mlp_around(tmp_path, rng, mid, "p", inits)
+    mid = [helper.make_node("Pad", ["a2", "pads"], ["p"], name="pad", mode="reflect")]
+    path = _mlp_around(tmp_path, rng, mid, "p", {"pads": pads, "W3": _w(rng, 20, 16)})
     g, _ = _check_sound(path)
-    assert [p["op"] for p in g.meta["pins"]] == ["Pad"]
-    assert any(s.startswith("fc1") for s in _free_sets(g))
+    assert [p["op"] for p in g.meta["pins"]] == ["Pad"] and "reflect" in g.meta["pins"][0]["reason"]
+    assert any(s.startswith("fc1") for s in _free_sets(g)) and any(s.startswith("fc3") for s in _free_sets(g))
+
+
+def test_constant_pad_of_channels_pins_only_the_pad_range(tmp_path, rng):
+    pads = np.array([0, 2, 0, 3], np.int64)
+    mid = [helper.make_node("Pad", ["a2", "pads"], ["p"], name="pad")]
+    path = _mlp_around(tmp_path, rng, mid, "p", {"pads": pads, "W3": _w(rng, 21, 16)})
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction < 1
+    free = _free_sets(g)
+    assert {s for s in g.sets if s.startswith("pad")} & free == set()
+    assert any(s.startswith("fc2") for s in free)
+
+
+def test_concat_of_multi_set_activations_along_tokens(tmp_path, rng):
+    """Two branches, each a concatenation of two sets along channels, concatenated along tokens
+    (detection heads): tied set by set, not refused."""
+    inits = {"Wa": _w(rng, 8, 3), "Wb": _w(rng, 8, 5), "Wc": _w(rng, 8, 3), "Wd": _w(rng, 8, 5),
+             "Wo": _w(rng, 8, 2)}
+    nodes = [helper.make_node("MatMul", ["x1", "Wa"], ["a"]), helper.make_node("MatMul", ["x1", "Wb"], ["b"]),
+             helper.make_node("MatMul", ["x2", "Wc"], ["c"]), helper.make_node("MatMul", ["x2", "Wd"], ["d"]),
+             helper.make_node("Concat", ["a", "b"], ["ab"], axis=2), helper.make_node("Concat", ["c", "d"], ["cd"], axis=2),
+             helper.make_node("Concat", ["ab", "cd"], ["t"], axis=1, name="tokens"),
+             helper.make_node("Relu", ["t"], ["r"]), helper.make_node("MatMul", ["r", "Wo"], ["y"])]
+    path = _save(tmp_path, nodes, [_fin("x1", [2, 3, 8]), _fin("x2", [2, 4, 8])], [_fin("y", [2, 7, 2])], inits)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0
 
 
 def test_dynamic_feature_axis_sized_from_the_first_layer(tmp_path, rng):

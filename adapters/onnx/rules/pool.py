@@ -35,8 +35,26 @@ def lower_spatial(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                 raise ctx.fail(node, "pads are not constant")
             k = len(axes)
             if v.axis in axes and raw and (raw[axes.index(v.axis)] or raw[k + axes.index(v.axis)]):
-                raise ctx.fail(node, "pads the neuron axis")
+                v = _pad_neurons(ctx, node, v, raw[axes.index(v.axis)], raw[k + axes.index(v.axis)])
     ctx.set_output(node, v if v is not None else AUX)
+
+
+def _pad_neurons(ctx: LoweringContext, node: onnx.NodeProto, x: Act, before: int, after: int) -> Act:
+    """Constant padding of the neuron axis adds fixed neurons around the real ones (a channel
+    zero-pad, as shortcut layers of the original ResNet do): only the pad range is pinned."""
+    mode = ctx.attr(node, "mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        raise ctx.fail(node, f"pads the neuron axis by {mode.decode() if isinstance(mode, bytes) else mode} "
+                             "(copies neurons)")
+    if before < 0 or after < 0 or x.heads or x.seg_axis is not None:
+        raise ctx.fail(node, "crops the neuron axis or pads head-split / stacked neurons")
+    sets = list(x.sets)
+    for size, where in ((before, "before"), (after, "after")):
+        if size:
+            s = ctx.new_set(node, size, "hidden", inputs=[x], layer=False, fixed=True, suffix=f"/pad_{where}",
+                            op="Pad")
+            sets.insert(0 if where == "before" else len(sets), s.name)
+    return x.but(sets=tuple(sets), stage="out")
     for i in range(1, len(node.output)):
         ctx.set_output(node, AUX, i)
 

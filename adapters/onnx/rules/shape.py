@@ -370,19 +370,20 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if any(a.inner != 1 for a in acts):
         raise ctx.fail(node, "concatenates flattened activations along another axis")
     # along tokens / space: neurons line up; constants (a class token) become per-neuron arrays
-    if any(a.axis != first.axis for a in acts) or any([ctx.graph.sets[s].size for s in a.sets] !=
-                                                      [ctx.graph.sets[s].size for s in first.sets] for a in acts):
+    if any(a.axis != first.axis or ctx.size(a) != ctx.size(first) for a in acts):
         raise ctx.fail(node, "concatenates activations whose neuron axes do not line up")
     consts = [(i, v) for i, v in enumerate(vals) if isinstance(v, Const)]
     if len(acts) == 1 and not consts:
         ctx.set_output(node, first)
         return
-    if len(first.sets) != 1:
-        raise ctx.fail(node, "concatenates multi-set activations along a non-neuron axis")
+    if len(first.sets) != 1 and consts:
+        raise ctx.fail(node, "concatenates constants with multi-set activations along a non-neuron axis")
     from .elementwise import _combine
     if len(acts) > 1:
         _combine(ctx, node, acts)
         out = ctx.values[node.output[0]]
+        if not consts:
+            return
     else:
         out = first.but(sets=(tied_copy(ctx, node, first.set, "residual", op="Concat"),), stage="out")
     n = ctx.size(first)
