@@ -191,3 +191,44 @@ def test_gru_with_run_time_initial_state(tmp_path, rng):
     assert any(s.startswith("embed") for s in _free_sets(g))           # the layer before stays free
     with pytest.raises(UnsupportedModelError, match="initial_h"):
         nngraph.convert(path, strict=True)
+
+
+def _conv(name, x, w, y, **kw):
+    return helper.make_node("Conv", [x, w], [y], name=name, pads=[1, 1, 1, 1], **kw)
+
+
+def test_channel_split_of_a_tied_set(tmp_path, rng):
+    """YOLOv8's C2f: a conv, SiLU (x · sigmoid x ties two sets), split into halves, one half
+    through a bottleneck, everything concatenated: the tie group splits, both halves stay free."""
+    inits = {"W1": rng.standard_normal((8, 3, 3, 3)), "Wb": rng.standard_normal((4, 4, 3, 3)),
+             "W2": rng.standard_normal((2, 12, 3, 3)), "split": np.array([4, 4], np.int64)}
+    nodes = [_conv("cv1", "x", "W1", "c1"), helper.make_node("Sigmoid", ["c1"], ["sg"]),
+             helper.make_node("Mul", ["c1", "sg"], ["a"], name="cv1/act/Mul"),
+             helper.make_node("Split", ["a", "split"], ["a0", "a1"], axis=1, name="split"),
+             _conv("bottleneck", "a1", "Wb", "bc"), helper.make_node("Relu", ["bc"], ["b"]),
+             helper.make_node("Concat", ["a0", "a1", "b"], ["cat"], axis=1),
+             _conv("cv2", "cat", "W2", "y")]
+    path = _save(tmp_path, nodes, [_fin("x", [1, 3, 6, 6])], [_fin("y", [1, 2, 6, 6])], inits, opset=18)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    assert sum(1 for s in g.sets if s.startswith("cv1") and not s.startswith("cv1/")) == 2   # cv1 split in two
+
+
+def test_residual_added_to_part_of_the_channels(tmp_path, rng):
+    """As in the reference CNN zoo: a block's input added to the first channels of a wider output."""
+    inits = {"W1": rng.standard_normal((4, 3, 3, 3)), "W2": rng.standard_normal((6, 4, 3, 3)),
+             "W3": rng.standard_normal((2, 6, 3, 3)), "lo": np.array([0], np.int64), "hi": np.array([4], np.int64),
+             "ax": np.array([1], np.int64), "lo2": np.array([4], np.int64), "hi2": np.array([6], np.int64),
+             "W4": rng.standard_normal((2, 6, 3, 3))}
+    nodes = [_conv("c1", "x", "W1", "h1"), helper.make_node("Relu", ["h1"], ["a"]),
+             _conv("c2", "a", "W2", "h2"), helper.make_node("Relu", ["h2"], ["b"]),
+             _conv("side", "b", "W4", "y2"),                  # b is consumed whole before it is sliced
+             helper.make_node("Slice", ["b", "lo", "hi", "ax"], ["b0"]),
+             helper.make_node("Slice", ["b", "lo2", "hi2", "ax"], ["b1"]),
+             helper.make_node("Add", ["b0", "a"], ["r"], name="residual"),
+             helper.make_node("Concat", ["r", "b1"], ["cat"], axis=1),
+             _conv("c3", "cat", "W3", "y")]
+    path = _save(tmp_path, nodes, [_fin("x", [1, 3, 6, 6])], [_fin("y", [1, 2, 6, 6]), _fin("y2", [1, 2, 6, 6])],
+                 inits, opset=18)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0

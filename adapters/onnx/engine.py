@@ -31,7 +31,7 @@ import onnx
 
 from nngraph.errors import GraphError, UnsupportedModelError
 from nngraph.hookspecs import OpRule
-from nngraph.ir import NeuralGraph, Param, Unmapped
+from nngraph.ir import EdgeBlock, NeuralGraph, Param, Unmapped
 from nngraph.origin import Origin
 
 from .reader import OnnxModel
@@ -491,41 +491,69 @@ class LoweringContext:
                                         f"{k} channel blocks; their symmetries do not nest")
 
     def split_set(self, set_name: str, sizes: list[int]) -> list[str]:
-        """Split a freshly made layer output into consecutive sets (a fused QKV projection).
+        """Split ``set_name`` into consecutive parts of ``sizes`` (a fused QKV projection, a
+        channel split, a residual added to part of the channels) and return the parts' names.
 
-        Only a set whose group holds it alone and that feeds no block yet can be split: its
-        incoming blocks and per-neuron arrays are sliced along the neuron axis (exact origins)."""
+        Every set tied to it is split alike and each part becomes its own tie group: the parts
+        still move together with their counterparts, but independently of each other. Incoming
+        and outgoing dense/conv blocks are sliced (rows or columns), diagonal blocks inside the
+        group split part by part, per-neuron arrays sliced — all exact origins. Head or
+        channel-group structure, and blocks that both start and end in the group, are refused."""
         g = self.graph
-        s = g.sets[set_name]
         if len(sizes) == 1:
             return [set_name]
-        group = g.groups[s.group]
-        if (any(t.group == s.group for t in g.sets.values() if t.name != set_name) or group.parent
-                or any(b.source == set_name for b in g.blocks)
-                or any(b.target == set_name and b.pattern != "full" for b in g.blocks)
-                or any(x.parent == s.group for x in g.groups.values())):
-            raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} "
-                                        f"(it is already tied or consumed)")
-        incoming = [b for b in g.blocks if b.target == set_name]
-        names, offset = [], 0
-        for i, n in enumerate(sizes):
-            t = g.add_set(self.unique(f"{set_name}[{i}]"), n, s.role, depth=s.depth, activation=s.activation,
-                          fixed=group.fixed, **s.attrs)
-            for key, p in s.arrays.items():
-                t.arrays[key] = _slice_param(p, 0, offset, offset + n)
-            for b in incoming:
-                g.add_block(f"{b.name}[{i}]", b.source, t.name, b.kind, _slice_param(b.weight, 0, offset, offset + n)
-                            if b.weight is not None else None, **b.attrs)
-            names.append(t.name)
-            offset += n
-        g.blocks = [b for b in g.blocks if b.target != set_name]
-        del g.sets[set_name]
-        del g.groups[s.group]
-        for key, v in list(self.values.items()):   # values that carried the set now carry its parts
-            if isinstance(v, Act) and set_name in v.sets:
-                i = v.sets.index(set_name)
-                self.values[key] = v.but(sets=v.sets[:i] + tuple(names) + v.sets[i + 1:])
-        return names
+        gname = g.sets[set_name].group
+        group = g.groups[gname]
+        members = [t for t in g.sets.values() if t.group == gname]
+        inside = {t.name for t in members}
+        why = None
+        if group.parent or any(x.parent == gname for x in g.groups.values()):
+            why = "it is split into heads or channel groups"
+        for b in g.blocks:
+            if why or (b.source not in inside and b.target not in inside):
+                continue
+            if b.pattern == "diagonal" and b.source in inside and b.target in inside:
+                continue
+            if b.pattern == "full" and b.groups == 1 and (b.source in inside) != (b.target in inside):
+                continue
+            why = f"block {b.name!r} ({b.kind}) cannot be cut along it"
+        if why:
+            raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} ({why})")
+        bounds = np.cumsum([0, *sizes])
+        parts: dict[str, list[str]] = {}
+        for m in members:
+            names = []
+            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                first = parts[members[0].name][i] if m is not members[0] else None
+                t = g.add_set(self.unique(f"{m.name}[{i}]"), int(hi - lo), m.role, depth=m.depth,
+                              activation=m.activation, fixed=group.fixed, tie=first, **m.attrs)
+                g.groups[t.group].rigid = group.rigid
+                for key, p in m.arrays.items():
+                    t.arrays[key] = _slice_param(p, 0, lo, hi)
+                names.append(t.name)
+            parts[m.name] = names
+        kept = []
+        for b in g.blocks:
+            if b.source not in inside and b.target not in inside:
+                kept.append(b)
+                continue
+            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                src = parts[b.source][i] if b.source in inside else b.source
+                tgt = parts[b.target][i] if b.target in inside else b.target
+                axis = 1 if (b.pattern == "full" and b.target not in inside) else 0
+                w = _slice_param(b.weight, axis, lo, hi) if b.weight is not None else None
+                kept.append(EdgeBlock(f"{b.name}[{i}]", src, tgt, b.kind, w, dict(b.attrs)))
+        g.blocks = kept
+        for m in members:
+            del g.sets[m.name]
+        del g.groups[gname]
+        for key, v in list(self.values.items()):   # values that carried the sets now carry their parts
+            if isinstance(v, Act) and inside & set(v.sets):
+                sets = tuple(p for x in v.sets for p in parts.get(x, [x]))
+                inners = None if v.inners is None else tuple(
+                    t for x, t in zip(v.sets, v.inners) for _ in parts.get(x, [x]))
+                self.values[key] = v.but(sets=sets, inners=inners)
+        return parts[set_name]
 
 
 def _slice_param(p: Param, axis: int, start: int, stop: int) -> Param:
