@@ -232,3 +232,18 @@ def test_residual_added_to_part_of_the_channels(tmp_path, rng):
                  inits, opset=18)
     g, _ = _check_sound(path)
     assert not g.meta["pins"] and g.free_fraction == 1.0
+
+
+def test_einsum_forms_with_a_constant_operand(tmp_path, rng):
+    """Keras MultiHeadAttention's kernels: a projection into [heads, head_dim] and back out of it
+    ('abcd,cde->abe' contracts the heads and the head dimension together), and an ellipsis form."""
+    inits = {"Wq": rng.standard_normal((8, 2, 3)), "Wo": rng.standard_normal((2, 3, 5)), "Wf": _w(rng, 5, 4)}
+    nodes = [helper.make_node("Einsum", ["x", "Wq"], ["q"], equation="abc,cde->abde", name="query"),
+             helper.make_node("Relu", ["q"], ["r"]),
+             helper.make_node("Einsum", ["r", "Wo"], ["o"], equation="abcd,cde->abe", name="out_proj"),
+             helper.make_node("Tanh", ["o"], ["t"]),
+             helper.make_node("Einsum", ["t", "Wf"], ["y"], equation="...i,ij->...j", name="final")]
+    path = _save(tmp_path, nodes, [_fin("x", [2, 3, 8])], [_fin("y", [2, 3, 4])], inits)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    assert [b.kind for b in g.blocks].count("dense") == 3

@@ -86,26 +86,36 @@ def lower_einsum(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if len(values) != 2 or sum(isinstance(v, Act) for v in values) != 1 or sum(isinstance(v, Const) for v in values) != 1:
         from .attention import lower_einsum_acts
         return lower_einsum_acts(ctx, node, eq)
-    lhs, out_spec = eq.replace(" ", "").split("->")
-    specs = lhs.split(",")
     ai = 0 if isinstance(values[0], Act) else 1
     x, w = values[ai], values[1 - ai]
+    if "->" not in eq or x.rank is None:
+        raise ctx.fail(node, f"einsum {eq!r} without an explicit output or on an activation of unknown rank")
+    lhs, out_spec = eq.replace(" ", "").split("->")
+    specs = lhs.split(",")
     xs, ws = specs[ai], specs[1 - ai]
-    if "." in xs or "." in ws or x.rank != len(xs) or x.heads or x.inner != 1:
-        raise ctx.fail(node, f"einsum {eq!r} with ellipsis or a split neuron axis")
+    if "..." in ws:
+        raise ctx.fail(node, f"einsum {eq!r} broadcasts the constant operand")
+    if "..." in xs:        # name the axes the ellipsis stands for
+        free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq][:x.rank - (len(xs) - 3)]
+        xs, out_spec = xs.replace("...", "".join(free)), out_spec.replace("...", "".join(free))
+    if x.rank != len(xs) or x.inner != 1 or x.seg_axis is not None or x.part:
+        raise ctx.fail(node, f"einsum {eq!r} on a flattened, stacked or partial activation")
+    neuron_axes = [x.heads[0], x.axis] if x.heads else [x.axis]       # heads first: the set's order
     contracted = [c for c in ws if c in xs and c not in out_spec]
-    if contracted != [xs[x.axis]]:
+    if sorted(contracted) != sorted(xs[a] for a in neuron_axes):
         raise ctx.fail(node, f"einsum {eq!r} does not contract exactly the neuron axis")
+    contracted = [xs[a] for a in neuron_axes]
+    x = x.but(heads=None)
     new = [c for c in ws if c not in xs]                  # the weight's output axes
     if not new or any(c not in out_spec for c in new) or any(c in xs and c not in contracted and c not in out_spec
                                                               for c in ws):
         raise ctx.fail(node, f"einsum {eq!r} is not a dense map of the neuron axis")
     # canonical [out..., in]: transpose the weight so output axes come first in output order
     order = sorted(new, key=out_spec.index)
-    perm = [ws.index(c) for c in order] + [ws.index(contracted[0])]
+    perm = [ws.index(c) for c in order] + [ws.index(c) for c in contracted]
     wt = w.transpose(perm)
-    out_shape = wt.data.shape[:-1]
-    canonical = wt.reshape((int(np.prod(out_shape)), wt.data.shape[-1]))
+    out_shape = wt.data.shape[:len(order)]
+    canonical = wt.reshape((int(np.prod(out_shape)), int(np.prod(wt.data.shape[len(order):]))))
     positions = [out_spec.index(c) for c in order]
     if positions != list(range(positions[0], positions[0] + len(positions))):
         raise ctx.fail(node, f"einsum {eq!r} scatters its output axes")
