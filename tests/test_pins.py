@@ -247,3 +247,30 @@ def test_einsum_forms_with_a_constant_operand(tmp_path, rng):
     g, _ = _check_sound(path)
     assert not g.meta["pins"] and g.free_fraction == 1.0
     assert [b.kind for b in g.blocks].count("dense") == 3
+
+
+def test_reshape_with_symbolic_batch_spelled_out_by_the_target(tmp_path, rng):
+    """TorchScript exports: ('unk__1', 8, 32) reshaped to [1, 8, -1, 8] — the target fixes the
+    batch to 1, so the 32 neurons split into 4 heads of 8."""
+    inits = {"W1": _w(rng, 16, 32), "W2": _w(rng, 32, 4), "split": np.array([1, 8, -1, 8], np.int64),
+             "merge": np.array([1, 8, 32], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("Reshape", ["h", "split"], ["hs"], name="heads"),
+             helper.make_node("Softmax", ["hs"], ["sm"], axis=-1),
+             helper.make_node("Reshape", ["sm", "merge"], ["hm"], name="merge"),
+             helper.make_node("MatMul", ["hm", "W2"], ["y"], name="fc2")]
+    path = _save(tmp_path, nodes, [_fin("x", ["unk__1", 8, 16])], [_fin("y", ["unk__1", 8, 4])], inits)
+    g = nngraph.convert(path).validate()
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    assert any(grp.size == 4 for grp in g.groups.values())      # the four heads
+    x = {"x": rng.standard_normal((1, 8, 16)).astype(np.float32)}
+    report = verify(path, trials=3, inputs=x)
+    assert report.ok, report.problems
+
+
+def test_symbolic_minus_one_cancels_the_batch():
+    from nngraph.adapters.onnx.rules.shape import _infer_minus_one
+    assert _infer_minus_one(("B", 8, 4, 4), ["B", None]) == 128
+    assert _infer_minus_one(("B", "T", 32), ["B", "T", 4, None]) == 8
+    assert _infer_minus_one(("B", "T", 32), ["B", None, 32]) == "T"
+    assert _infer_minus_one(("B", "T", 32), [None, 4]) is None

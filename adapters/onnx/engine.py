@@ -400,6 +400,13 @@ class LoweringContext:
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)
 
+    @property
+    def batch_is_placeholder(self) -> bool:
+        """Shape inference ran with ``BATCH`` for the model's symbolic batch dims."""
+        inits = {t.name for t in self.model.graph.initializer}
+        return any(len(i.type.tensor_type.shape.dim) >= 2 and not i.type.tensor_type.shape.dim[0].HasField("dim_value")
+                   for i in self.model.graph.input if i.name not in inits)
+
     def taps(self, x: Act) -> list[int]:
         """Values per neuron on the neuron axis, set by set (1 unless flattened)."""
         return list(x.inners) if x.inners is not None else [x.inner] * len(x.sets)

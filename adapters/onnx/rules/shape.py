@@ -8,7 +8,7 @@ import onnx
 
 from nngraph.hookspecs import OpRule
 
-from ..engine import AUX, Act, Const, LoweringContext, Scores, Stat
+from ..engine import AUX, BATCH, Act, Const, LoweringContext, Scores, Stat
 from .common import as_one_set, tied_copy
 
 
@@ -100,16 +100,18 @@ def _product_groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
     return out
 
 
-def _target_shape(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None) -> tuple | None:
-    dst = _target_shape_inner(ctx, node, src)
+def _target_shape(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None, inferred: bool = True
+                  ) -> tuple | None:
+    dst = _target_shape_inner(ctx, node, src, inferred)
     if dst is not None and _prod(dst) is not None:
         ctx.shapes[node.output[0]] = dst       # what this engine computed beats a symbolic inference
     return dst
 
 
-def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None) -> tuple | None:
+def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple | None, use_inferred: bool
+                        ) -> tuple | None:
     dst = ctx.shape(node.output[0])
-    if dst is not None and _prod(dst) is not None:
+    if use_inferred and dst is not None and _prod(dst) is not None:
         return dst
     inferred = dst
     if node.op_type == "Flatten" and src is not None:
@@ -121,10 +123,47 @@ def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple |
     raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
     dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
             for k, v in enumerate(raw)]
-    if -1 in raw and src is not None and _prod(src) is not None:
-        known = _prod([d for d in dims if d is not None])
-        dims[raw.index(-1)] = _prod(src) // known if known else None
+    if -1 in raw and src is not None:
+        dims[raw.index(-1)] = _infer_minus_one(src, dims)
     return tuple(dims)
+
+
+def _infer_minus_one(src: tuple, dims: list) -> int | str | None:
+    """The size of a reshape's -1 dim: static arithmetic, or with symbolic dims (batch,
+    sequence) that appear on both sides cancelled, as exporters' own arithmetic implies."""
+    rest = [d for d in dims if d is not None]
+    if _prod(src) is not None and _prod(rest) is not None:
+        return _prod(src) // _prod(rest) if _prod(rest) else None
+    left = [d for d in src if not isinstance(d, int)]
+    right = [d for d in rest if not isinstance(d, int)]
+    for d in list(right):
+        if d in left:
+            left.remove(d)
+            right.remove(d)
+    num, den = _prod([d for d in src if isinstance(d, int)]), _prod([d for d in rest if isinstance(d, int)])
+    if right or not den or num % den:
+        return None
+    if not left:
+        return num // den
+    return left[0] if len(left) == 1 and num == den else None
+
+
+def bind_symbols(src: tuple | None, dst: tuple | None) -> tuple | None:
+    """A symbolic leading dim of ``src`` (a batch size) that the reshape target spells out as
+    a constant at the same place: the exported model only runs with that size, so use it."""
+    if src is None or dst is None:
+        return src
+    out = list(src)
+    for k in range(min(len(src), len(dst))):
+        if isinstance(src[k], int):
+            if isinstance(dst[k], int) and src[k] != dst[k]:
+                break
+            continue
+        if isinstance(dst[k], int) and dst[k] > 0:
+            out[k] = dst[k]
+        elif dst[k] != src[k]:
+            break
+    return tuple(out)
 
 
 def _move_heads(groups, ha: int, H: int, dst: tuple, src: tuple | None = None) -> int | None:
@@ -189,6 +228,11 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             return
         raise ctx.fail(node, "needs the input shape (shape inference found none)")
     src = tuple(n if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(src))
+    bound = bind_symbols(src, dst)
+    if ctx.batch_is_placeholder and src and dst and src[0] == BATCH and isinstance(dst[0], int) and 0 < dst[0] != BATCH:
+        bound = (dst[0], *bound[1:])   # BATCH stood in for a symbolic batch the target spells out
+    if bound != src:          # a batch the target spells out: recompute its -1 with it
+        src, dst = bound, _target_shape(ctx, node, bound, inferred=False)
     if x.heads:                       # the tracked layout knows these sizes even when inference does not
         src = tuple(d if isinstance(d, int) else x.heads[1] if k == x.heads[0] else n // x.heads[1]
                     if k == x.axis else d for k, d in enumerate(src))
