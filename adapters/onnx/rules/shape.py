@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
+from nngraph.errors import UnsupportedModelError
 from nngraph.hookspecs import OpRule
 
 from ..engine import AUX, BATCH, Act, Const, LoweringContext, Scores, Stat
@@ -228,11 +229,20 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             return
         raise ctx.fail(node, "needs the input shape (shape inference found none)")
     src = tuple(n if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(src))
-    bound = bind_symbols(src, dst)
-    if ctx.batch_is_placeholder and src and dst and src[0] == BATCH and isinstance(dst[0], int) and 0 < dst[0] != BATCH:
-        bound = (dst[0], *bound[1:])   # BATCH stood in for a symbolic batch the target spells out
-    if bound != src:          # a batch the target spells out: recompute its -1 with it
-        src, dst = bound, _target_shape(ctx, node, bound, inferred=False)
+    try:
+        return _follow_reshape(ctx, node, x, src, dst, n)
+    except UnsupportedModelError:
+        raw = _ints(ctx, node, 1, "shape") if node.op_type == "Reshape" else None
+        bound = bind_symbols(src, tuple(raw) if raw else None)
+        if raw and ctx.batch_is_placeholder and src and src[0] == BATCH and 0 < raw[0] != BATCH:
+            bound = (raw[0], *bound[1:])   # BATCH stood in for a symbolic batch the target spells out
+        if bound == src:
+            raise
+    # a batch the target spells out (the export only runs with it): follow with that batch
+    _follow_reshape(ctx, node, x, bound, _target_shape(ctx, node, bound, inferred=False), n)
+
+
+def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tuple, dst: tuple, n: int) -> None:
     if x.heads:                       # the tracked layout knows these sizes even when inference does not
         src = tuple(d if isinstance(d, int) else x.heads[1] if k == x.heads[0] else n // x.heads[1]
                     if k == x.axis else d for k, d in enumerate(src))
