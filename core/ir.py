@@ -227,12 +227,14 @@ class NeuralGraph:
 
     @property
     def free_fraction(self) -> float:
-        """Share of the hidden neurons (every set but inputs and outputs) that some symmetry
-        can move: what pinning costs, 1.0 when nothing is pinned beyond the network's ends."""
+        """Share of the hidden neurons that some symmetry can move: what pinning costs, 1.0 when
+        nothing is pinned beyond the network's ends. Hidden: every set not tied to an input or
+        output set (a tied copy, such as an output before its bias, is the same neurons)."""
         fixed = self.fixed_groups()
+        ends = {s.group for s in self.sets.values() if s.role in ("input", "output") or s.attrs.get("network_output")}
         total = free = 0
         for s in self.sets.values():
-            if s.role in ("input", "output"):
+            if s.group in ends:
                 continue
             total += s.size
             g = self.groups[s.group]

@@ -47,6 +47,8 @@ class Const:
     broadcast: tuple | None = None
     parts: tuple | None = None     # (axis, [(start, stop, Const)]): constants of different tensors concatenated
     synthetic: bool = False        # computed from scalars and shapes only (ConstantOfShape zeros …)
+    runtime: bool = False          # times a run-time scalar (a dynamic-quantization scale): a parameter's
+                                   # place, not its value, so never folded
 
     @property
     def value(self) -> np.ndarray:
@@ -194,6 +196,12 @@ def _outer_names(node: onnx.NodeProto) -> list[str]:
     return names
 
 
+def _is_weight(c: "Const") -> bool:
+    """A constant an unfollowed op is taken to read as a parameter: a float tensor, or an 8-bit
+    (or narrower) integer one — a quantized weight — of more than one element."""
+    return c.data.size > 1 and (c.is_float or (c.data.dtype.kind in "iu" and c.data.dtype.itemsize == 1))
+
+
 def _leaf_consts(c: "Const") -> list["Const"]:
     """The pieces of a constant that map to source tensors (one, or the parts of a Concat)."""
     if c.origin is not None:
@@ -267,7 +275,8 @@ class LoweringContext:
             domain = "" if node.domain == "ai.onnx" else node.domain
             neural = any(isinstance(v, (Act, Stat, Scores)) for v in ins)
             has_graph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-            if not neural and not has_graph and not domain and all(v is None or isinstance(v, Const) for v in ins):
+            if not neural and not has_graph and not domain and all(
+                    v is None or (isinstance(v, Const) and not v.runtime) for v in ins):
                 for name, value in zip(node.output, self.fold(self, node, ins)):
                     if name:
                         self.values[name] = value
@@ -333,13 +342,13 @@ class LoweringContext:
                 touched += [s for s in (v.q, v.k, v.heads_set) if s]
         for name in dict.fromkeys(touched):
             self.graph.fix(name)
-        params = [c for v in reads if isinstance(v, Const) for c in _leaf_consts(v) if c.is_float and c.data.size > 1]
+        params = [c for v in reads if isinstance(v, Const) for c in _leaf_consts(v) if _is_weight(c)]
         for sub in _subgraphs(node):     # initializers of bodies the engine does not enter
             for t in sub.initializer:
                 arr = self.model.tensor(t)
                 if t.name not in self.leaves:
                     self.leaves[t.name] = arr
-                    if arr.dtype.kind == "f" and arr.size > 1:
+                    if _is_weight(Const(arr)):
                         params.append(Const(arr, Origin(t.name)))
         acts = [v for v in reads if isinstance(v, Act)]
         made: list[str] = []
@@ -631,6 +640,8 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
                 s = graph.sets[name]
                 if s.role == "hidden":
                     s.role = "output"
+                elif s.role != "output":
+                    s.attrs["network_output"] = True     # an output that kept its role (a scale, a norm)
                 graph.fix(name)
     _share(ctx)
     _account(ctx)

@@ -1,6 +1,8 @@
 """Elementwise ops: activations, pass-through ops, per-channel affine maps, residual sums and gates."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 
@@ -99,6 +101,31 @@ def _scalar_like(v) -> bool:
     return v is None or v is AUX or (isinstance(v, Const) and v.data.size == 1)
 
 
+def _scaled_constant(ctx: LoweringContext, node: onnx.NodeProto, a, b):
+    """A run-time scalar times a float constant (dynamic quantization's activation scale ×
+    per-channel weight scales): the constant, marked ``runtime``, so that whatever it scales
+    next attaches it per neuron; anything else without neurons is AUX."""
+    if node.op_type != "Mul":
+        return AUX
+    for aux, c, name in ((a, b, node.input[0]), (b, a, node.input[1])):
+        shape = ctx.shape(name)
+        if aux is AUX and isinstance(c, Const) and c.is_float and c.data.size > 1 and shape is not None \
+                and all(d == 1 for d in shape):
+            return replace(c, runtime=True)
+    return AUX
+
+
+def _varies_along_neurons(ctx: LoweringContext, name: str, x: Act) -> bool:
+    """Whether a run-time value broadcast against ``x`` has more than one entry on its neuron
+    axis (then it is tied to neuron positions no rule can follow)."""
+    shape = ctx.shape(name)
+    if shape is None or x.rank is None or len(shape) > x.rank:
+        return False
+    full = (1,) * (x.rank - len(shape)) + tuple(shape)
+    axes = [x.axis] + ([x.heads[0]] if x.heads else [])
+    return any(full[k] != 1 and full[k] is not None for k in axes)
+
+
 def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     a, b = (ctx.values.get(i) for i in node.input[:2])
@@ -119,8 +146,10 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     act_first = isinstance(a, Act)
     x, c = (a, b) if act_first else (b, a)
     if not isinstance(x, Act):
-        ctx.set_output(node, AUX)
+        ctx.set_output(node, _scaled_constant(ctx, node, a, b))
         return
+    if c is AUX and _varies_along_neurons(ctx, node.input[1 if act_first else 0], x):
+        raise ctx.fail(node, "a run-time operand varies along the neuron axis")
     if _scalar_like(c):      # a scalar or data-dependent operand: a fixed hyperparameter, no neurons
         if isinstance(c, Const):
             ctx.buffer(c, "scalar operand")

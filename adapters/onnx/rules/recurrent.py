@@ -39,11 +39,17 @@ def _filled(c: Const) -> bool:
     return flat.size == 0 or flat.min() == flat.max()
 
 
-def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    op = node.op_type
+def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto, op: str | None = None,
+                    weights: dict[str, Const] | None = None, quant: dict[str, Const | None] | None = None) -> None:
+    """``op``/``weights`` let a variant reuse it (DynamicQuantizeLSTM: integer W and R in
+    another layout, given here canonical [D, gates·H, ·]); ``quant``: their scales and zero
+    points, per direction (data) or per gate unit (arrays of the gate sets)."""
+    op = op or node.op_type
     gates = GATES[op]
     x = ctx.act(node.input[0])
     W, R, B = _input(ctx, node, 1), _input(ctx, node, 2), _input(ctx, node, 3)
+    if weights:
+        W, R = weights["W"], weights["R"]
     if x is None or W is None or R is None:
         raise ctx.fail(node, "needs an activation input and constant W and R")
     layout = int(ctx.attr(node, "layout", 0))
@@ -88,6 +94,10 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             if Bd is not None:
                 s.arrays["bias"] = ctx.param(Bd.slice(0, g * H, (g + 1) * H))
                 s.arrays["recurrent_bias"] = ctx.param(Bd.slice(0, GH + g * H, GH + (g + 1) * H))
+            for key, c in (quant or {}).items():
+                if c is not None and c.data.size == D * GH:
+                    s.arrays[key.lower()] = ctx.param(c.reshape((D, GH)).slice(0, d, d + 1).reshape((GH,))
+                                                      .slice(0, g * H, (g + 1) * H))
             if peep is not None and gate in "iof":
                 k = "iof".index(gate)
                 s.arrays["peephole"] = ctx.param(peep.slice(0, d, d + 1).reshape((3 * H,)).slice(0, k * H, (k + 1) * H))
@@ -102,6 +112,11 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.pin(node, [h for h, _ in states] + fed, f"{label} is a run-time input (the state is pinned; "
                 f"weights are still recorded)")
     del base
+    for key, c in (quant or {}).items():
+        if c is not None and c.data.size != D * GH:
+            if c.data.size != D:
+                raise ctx.fail(node, f"{key} of shape {c.data.shape} is neither per direction nor per gate unit")
+            ctx.buffer(c, "weight quantization scale / zero point (per direction)")
     hs = tuple(h for h, _ in states)
     # Y: [seq, dirs, batch, hidden] (layout 0) or [batch, seq, dirs, hidden] (layout 1)
     dir_axis = 2 if layout else 1
