@@ -274,3 +274,41 @@ def test_symbolic_minus_one_cancels_the_batch():
     assert _infer_minus_one(("B", "T", 32), ["B", "T", 4, None]) == 8
     assert _infer_minus_one(("B", "T", 32), ["B", None, 32]) == "T"
     assert _infer_minus_one(("B", "T", 32), [None, 4]) is None
+
+
+def _attention_with_bias(tmp_path, rng, mask_shape):
+    """Two heads of 4; the scores get a per-head position bias (a parameter) plus a run-time mask."""
+    T = 3
+    inits = {"Wq": _w(rng, 8, 8), "Wk": _w(rng, 8, 8), "Wv": _w(rng, 8, 8), "Wo": _w(rng, 8, 5),
+             "bias": rng.standard_normal((1, 2, T, T)), "split": np.array([1, T, 2, 4], np.int64),
+             "merge": np.array([1, T, 8], np.int64), "neg": np.array(-1e4, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q0"]), helper.make_node("Reshape", ["q0", "split"], ["q1"]),
+             helper.make_node("Transpose", ["q1"], ["q"], perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["x", "Wk"], ["k0"]), helper.make_node("Reshape", ["k0", "split"], ["k1"]),
+             helper.make_node("Transpose", ["k1"], ["k"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["x", "Wv"], ["v0"]), helper.make_node("Reshape", ["v0", "split"], ["v1"]),
+             helper.make_node("Transpose", ["v1"], ["v"], perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["q", "k"], ["s"], name="scores"),
+             helper.make_node("Cast", ["mask"], ["mb"], to=TensorProto.BOOL),
+             helper.make_node("Where", ["mb", "bias", "neg"], ["bm"], name="bias+mask"),
+             helper.make_node("Add", ["s", "bm"], ["sb"], name="biased"),
+             helper.make_node("Softmax", ["sb"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["o0"]), helper.make_node("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["o1", "merge"], ["o"]), helper.make_node("MatMul", ["o", "Wo"], ["y"])]
+    mask = helper.make_tensor_value_info("mask", TensorProto.INT64, list(mask_shape))
+    return _save(tmp_path, nodes, [_fin("x", [1, T, 8]), mask], [_fin("y", [1, T, 5])], inits)
+
+
+def test_position_bias_plus_mask_keeps_heads(tmp_path, rng):
+    """T5 with an attention mask: the mask added to the per-head bias does not vary across heads,
+    so the bias stays a parameter of the heads and the heads stay free."""
+    g, report = _check_sound(_attention_with_bias(tmp_path, rng, (1, 1, 1, 3)))
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    heads = [s for s in g.sets.values() if s.role == "head"]
+    assert heads and "score_add" in heads[0].arrays
+
+
+def test_run_time_data_varying_across_heads_is_pinned(tmp_path, rng):
+    """Control: a mask that differs per head would not move with the heads — pinned, still sound."""
+    g, report = _check_sound(_attention_with_bias(tmp_path, rng, (1, 2, 1, 3)))
+    assert any("varies across heads" in p["reason"] for p in g.meta["pins"])

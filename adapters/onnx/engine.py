@@ -47,21 +47,27 @@ class Const:
     broadcast: tuple | None = None
     parts: tuple | None = None     # (axis, [(start, stop, Const)]): constants of different tensors concatenated
     synthetic: bool = False        # computed from scalars and shapes only (ConstantOfShape zeros …)
-    runtime: bool = False          # times a run-time scalar (a dynamic-quantization scale): a parameter's
-                                   # place, not its value, so never folded
+    runtime: bool = False          # combined with run-time data (a dynamic-quantization scale, a mask added
+                                   # to a position bias): a parameter's place, not its value; never folded
+    varies: tuple[int, ...] | None = ()   # with ``runtime``: axes (counted from the right, negative) along
+                                          # which the run-time part varies; None: unknown (any axis)
+
+    def varies_along(self, axis: int, rank: int) -> bool:
+        """Whether the run-time part of this value differs along ``axis`` of a rank-``rank`` frame."""
+        return self.runtime and (self.varies is None or axis - rank in self.varies)
 
     @property
     def value(self) -> np.ndarray:
         return self.data if self.broadcast is None else np.broadcast_to(self.data, self.broadcast)
 
-    def transpose(self, perm) -> "Const":
+    def _transpose(self, perm) -> "Const":
         parts = None
         if self.parts is not None:
             axis, bounds = self.parts
             parts = (list(perm).index(axis), [(lo, hi, p.transpose(perm)) for lo, hi, p in bounds])
         return Const(self.data.transpose(perm), self.origin.transpose(perm) if self.origin else None, parts=parts)
 
-    def reshape(self, shape) -> "Const":
+    def _reshape(self, shape) -> "Const":
         shape = tuple(int(s) for s in shape)
         parts = None
         if self.parts is not None:    # unit axes added or removed around stacked parts: keep them stacked
@@ -75,10 +81,10 @@ class Const:
                                     for lo, hi, p in bounds])
         return Const(self.data.reshape(shape), self.origin.reshape(shape) if self.origin else None, parts=parts)
 
-    def take(self, axis: int, indices) -> "Const":
+    def _take(self, axis: int, indices) -> "Const":
         return Const(np.take(self.data, indices, axis=axis), self.origin.take(axis, indices) if self.origin else None)
 
-    def slice(self, axis: int, start: int, stop: int) -> "Const":
+    def _slice(self, axis: int, start: int, stop: int) -> "Const":
         if self.parts is not None and axis % self.data.ndim == self.parts[0]:
             n = self.data.shape[axis]
             start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
@@ -93,6 +99,25 @@ class Const:
         index = [slice(None)] * self.data.ndim
         index[axis] = slice(start, stop)
         return Const(self.data[tuple(index)], self.origin.slice(axis, start, stop) if self.origin else None)
+
+    def transpose(self, perm) -> "Const":
+        return self._moved(self._transpose(perm))
+
+    def reshape(self, shape) -> "Const":
+        return self._moved(self._reshape(shape))
+
+    def take(self, axis: int, indices) -> "Const":
+        return self._moved(self._take(axis, indices))
+
+    def slice(self, axis: int, start: int, stop: int) -> "Const":
+        return self._moved(self._slice(axis, start, stop))
+
+    def _moved(self, out: "Const") -> "Const":
+        """A transformed ``runtime`` constant stays one; where its run-time part varies is
+        no longer known after a change of axes (unless it varies nowhere)."""
+        if self.runtime:
+            out.runtime, out.varies = True, (() if self.varies == () else None)
+        return out
 
     @property
     def is_float(self) -> bool:
@@ -262,6 +287,7 @@ class LoweringContext:
     pins: list[dict] = field(default_factory=list)                     # what was pinned, for the report
     strict: bool = False                                               # refuse instead of pinning
     _names: set[str] = field(default_factory=set)
+    _producers: dict | None = None
 
     def walk(self, nodes: Iterable[onnx.NodeProto]) -> None:
         """Lower nodes in order (the main graph, or a branch of an ``If``)."""
@@ -366,7 +392,7 @@ class LoweringContext:
                                                        op=node.op_type).name
             source = acts[0].sets[0] if acts and acts[0].sets else target
             for i, c in enumerate(params):
-                self.graph.add_block(self.unique(f"{label}/opaque{i}"), source, target, "opaque", self.param(c),
+                self.graph.add_block(self.unique(f"{label}/opaque{i}"), source, target, "opaque", self.param(c, True),
                                      op=node.op_type)
         self.pins.append({"node": label, "op": op, "reason": reason,
                           "sets": list(dict.fromkeys(touched + made)),
@@ -408,6 +434,26 @@ class LoweringContext:
 
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        """The node that computes ``name`` (None for inputs and initializers)."""
+        if self._producers is None:
+            self._producers = {o: n for g in all_graphs(self.model.graph) for n in g.node for o in n.output}
+        return self._producers.get(name)
+
+    def varying_shape(self, name: str) -> tuple | None:
+        """The shape of a run-time value with the axes an ``Expand`` only broadcast (copies of one
+        value) set to 1: along those, the value does not vary."""
+        shape = self.shape(name)
+        node = self.producer(name)
+        if shape is None or node is None:
+            return shape
+        if node.op_type == "Expand" or (node.op_type in ("Cast", "Not", "Identity") and len(node.input) == 1):
+            inner = self.varying_shape(node.input[0])
+            if inner is None or len(inner) > len(shape):
+                return shape
+            return (1,) * (len(shape) - len(inner)) + tuple(inner)
+        return shape
 
     @property
     def batch_is_placeholder(self) -> bool:
@@ -453,10 +499,15 @@ class LoweringContext:
         self._names.add(name)
         return name
 
-    def param(self, c: Const) -> Param:
-        """Use a constant as a parameter: registers its leaf as a source tensor of the model."""
+    def param(self, c: Const, checked: bool = False) -> Param:
+        """Use a constant as a parameter: registers its leaf as a source tensor of the model.
+        ``checked``: the caller made sure that the run-time data a ``runtime`` constant was
+        combined with does not vary along the axes its neurons are on."""
         if c.origin is None:
             raise UnsupportedModelError(f"{self.model.path}: a parameter is computed from non-constant data")
+        if c.runtime and c.varies != () and not checked:
+            raise UnsupportedModelError(f"{self.model.path}: a parameter is combined with run-time data "
+                                        f"({c.origin.tensor!r})")
         leaf = self.leaves[c.origin.tensor]
         if c.origin.tensor not in self.graph.sources:
             self.graph.add_source(c.origin.tensor, leaf.shape, leaf.dtype)

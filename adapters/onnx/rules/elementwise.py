@@ -101,29 +101,47 @@ def _scalar_like(v) -> bool:
     return v is None or v is AUX or (isinstance(v, Const) and v.data.size == 1)
 
 
-def _scaled_constant(ctx: LoweringContext, node: onnx.NodeProto, a, b):
-    """A run-time scalar times a float constant (dynamic quantization's activation scale ×
-    per-channel weight scales): the constant, marked ``runtime``, so that whatever it scales
-    next attaches it per neuron; anything else without neurons is AUX."""
-    if node.op_type != "Mul":
+def _runtime_mix(ctx: LoweringContext, node: onnx.NodeProto, names: list[str]):
+    """A parameter combined with run-time data that carries no neurons (dynamic quantization's
+    activation scale × per-channel weight scales; an attention mask applied to a relative
+    position bias by Add or Where): the parameter, marked ``runtime`` with the axes along which
+    the rest varies, so that a later per-neuron use keeps its place — and is refused where the
+    rest varies along the neurons. Anything else without neurons is AUX."""
+    vals = [ctx.values.get(n) if n else None for n in names]
+    params = [v for v in vals if isinstance(v, Const) and v.is_float and v.data.size > 1 and not _synthetic(ctx, v)]
+    if len(params) != 1 or not any(v is AUX or (isinstance(v, Const) and v.runtime) for v in vals):
         return AUX
-    for aux, c, name in ((a, b, node.input[0]), (b, a, node.input[1])):
-        shape = ctx.shape(name)
-        if aux is AUX and isinstance(c, Const) and c.is_float and c.data.size > 1 and shape is not None \
-                and all(d == 1 for d in shape):
-            return replace(c, runtime=True)
-    return AUX
+    c = params[0]
+    varies: set[int] | None = set(c.varies or ()) if c.varies is not None else None
+    for v, name in zip(vals, names):
+        if v is c or v is None:
+            continue
+        if isinstance(v, Const) and not v.runtime:
+            shape = v.data.shape if v.data.size > 1 and v.value.min() != v.value.max() else ()
+        else:
+            shape = ctx.varying_shape(name)
+        if shape is None or varies is None:
+            varies = None
+        else:
+            varies |= {k - len(shape) for k, d in enumerate(shape) if d != 1}
+    return replace(c, runtime=True, varies=None if varies is None else tuple(sorted(varies)))
+
+
+def _synthetic(ctx: LoweringContext, c: Const) -> bool:
+    """Made from no parameter (masks from ConstantOfShape, Range, Trilu …)."""
+    return c.synthetic or c.origin is None or c.origin.tensor in ctx.synthetic
 
 
 def _varies_along_neurons(ctx: LoweringContext, name: str, x: Act) -> bool:
     """Whether a run-time value broadcast against ``x`` has more than one entry on its neuron
     axis (then it is tied to neuron positions no rule can follow)."""
-    shape = ctx.shape(name)
+    shape = ctx.varying_shape(name)
     if shape is None or x.rank is None or len(shape) > x.rank:
         return False
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
     axes = [x.axis] + ([x.heads[0]] if x.heads else [])
     return any(full[k] != 1 and full[k] is not None for k in axes)
+
 
 
 def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -146,7 +164,8 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     act_first = isinstance(a, Act)
     x, c = (a, b) if act_first else (b, a)
     if not isinstance(x, Act):
-        ctx.set_output(node, _scaled_constant(ctx, node, a, b))
+        ctx.set_output(node, _runtime_mix(ctx, node, list(node.input[:2])) if op in ("Add", "Sub", "Mul", "Div")
+                       else AUX)
         return
     if c is AUX and _varies_along_neurons(ctx, node.input[1 if act_first else 0], x):
         raise ctx.fail(node, "a run-time operand varies along the neuron axis")
@@ -156,6 +175,10 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, x)
         return
     assert isinstance(c, Const)
+    if c.runtime:            # a parameter combined with run-time data: only its place is known
+        if any(c.varies_along(k, x.rank or 0) for k in [x.axis] + ([x.heads[0]] if x.heads else [])):
+            raise ctx.fail(node, "a parameter combined with run-time data that varies along the neuron axis")
+        c = replace(c, runtime=False, varies=())
     size = ctx.size(x)
     vec = per_channel(c, x, size) if c.is_float else None
     if vec is None and _rotary(ctx, node, x, c):
@@ -206,6 +229,10 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
             raise ctx.fail(node, "combines attention scores with an activation that is not one value per head")
         g.tie(other.set, scores.heads_set)
     elif isinstance(other, Const) and other.is_float and other.data.size > 1:
+        if other.runtime:    # a bias combined with a mask: the mask must not vary across heads
+            if scores.head_axis is not None and other.varies_along(scores.head_axis, scores.rank):
+                raise ctx.fail(node, "run-time data that varies across heads is added to the attention scores")
+            other = replace(other, runtime=False, varies=())
         shape = (1,) * (scores.rank - other.data.ndim) + other.data.shape
         if scores.head_axis is not None and scores.heads > 1 and shape[scores.head_axis] == scores.heads:
             full = other.reshape(shape)
@@ -305,12 +332,31 @@ def lower_qdq(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_where(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     vals = [ctx.values.get(i) for i in node.input[1:3]]
     acts = [v for v in vals if isinstance(v, (Act, Scores))]
+    if not acts:
+        ctx.set_output(node, _runtime_mix(ctx, node, list(node.input)))
+        return
+    x = acts[0]
+    if isinstance(x, Act):   # the condition and the other branch must not vary along the neurons
+        for name, v in zip(node.input, [ctx.values.get(i) for i in node.input]):
+            if v is AUX and _varies_along_neurons(ctx, name, x):
+                raise ctx.fail(node, "selects by a run-time condition that varies along the neuron axis")
+            if isinstance(v, Const) and v.data.size > 1 and v.value.min() != v.value.max() and len(acts) == 1 \
+                    and _const_varies_along_neurons(v, x):
+                raise ctx.fail(node, "selects with a constant that varies along the neuron axis")
     for v in vals:
         if isinstance(v, Const):
             ctx.buffer(v, "Where operand")
     if len(acts) == 2 and all(isinstance(a, Act) for a in acts):
         return _combine(ctx, node, acts)
-    ctx.set_output(node, acts[0] if acts else AUX)
+    ctx.set_output(node, x)
+
+
+def _const_varies_along_neurons(c: Const, x: Act) -> bool:
+    shape = c.data.shape
+    if x.rank is None or len(shape) > x.rank:
+        return True
+    full = (1,) * (x.rank - len(shape)) + tuple(shape)
+    return any(full[k] != 1 for k in [x.axis] + ([x.heads[0]] if x.heads else []))
 
 
 RULES = [
