@@ -68,7 +68,8 @@ def test_truncated_ngraph_exit_4(mlp_onnx, tmp_path):
     assert r.returncode == 4
 
 
-def test_unsupported_ops_named_all_at_once(tmp_path):
+def test_ops_without_rules_are_pinned_and_strict_refuses(tmp_path):
+    import json
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
     w2 = numpy_helper.from_array(np.ones((3, 3), np.float32), "W2")
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
@@ -79,10 +80,14 @@ def test_unsupported_ops_named_all_at_once(tmp_path):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     path = tmp_path / "odd.onnx"
     onnx.save(model, path)
-    r = ngraph("convert", path, "-o", tmp_path / "odd.ngraph")
-    assert r.returncode == 4
-    assert "Hardmax (hm)" in r.stderr and "com.example::Frobnicate (frob)" in r.stderr
-    assert not (tmp_path / "odd.ngraph").exists()
+    r = ngraph("convert", path, "-o", tmp_path / "odd.ngraph", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["coverage"] == 1.0
+    assert [(p["node"], p["op"]) for p in doc["pins"]] == [("hm", "Hardmax"), ("frob", "com.example::Frobnicate")]
+    r = ngraph("convert", path, "-o", tmp_path / "strict.ngraph", "--strict")
+    assert r.returncode == 4 and "'hm' (Hardmax)" in r.stderr and "Frobnicate" not in r.stderr
+    assert not (tmp_path / "strict.ngraph").exists()
 
 
 def test_usage_and_plugin_errors(mlp_onnx):

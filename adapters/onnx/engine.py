@@ -288,6 +288,7 @@ class LoweringContext:
     strict: bool = False                                               # refuse instead of pinning
     _names: set[str] = field(default_factory=set)
     _producers: dict | None = None
+    signals: set[str] = field(default_factory=set)                    # inputs with no feature axis (raw audio)
 
     def walk(self, nodes: Iterable[onnx.NodeProto]) -> None:
         """Lower nodes in order (the main graph, or a branch of an ``If``)."""
@@ -404,7 +405,12 @@ class LoweringContext:
             return None
         rank = len(shape)
         same = [a for a in acts if a.rank == rank and a.axis is not None and a.axis < rank and a.seg_axis is None]
-        axis = same[0].axis if same else _input_axis(self, name, rank)
+        if node.op_type in CHANNEL_FIRST and rank >= 3:
+            axis = 1                                  # what the op itself says
+        else:                                         # what reads it says, else where its input had neurons
+            axis = _input_axis(self, name, rank, decisive=True)
+            if axis is None:
+                axis = same[0].axis if same else _input_axis(self, name, rank)
         size = shape[axis] if axis is not None and -rank <= axis < rank else None
         if not isinstance(size, int) or size <= 0:
             return None
@@ -847,10 +853,13 @@ CHANNEL_FIRST = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormali
                  "GlobalAveragePool", "GlobalMaxPool", "LRN")
 
 
-def _input_axis(ctx: LoweringContext, name: str, rank: int) -> int:
+def _input_axis(ctx: LoweringContext, name: str, rank: int, decisive: bool = False) -> int | None:
     """Which axis of a data input carries its features: axis 1 when a channel-first op reads it
     (through a layout Transpose, as Keras/TensorFlow exports do: NHWC → the last axis), the
-    last axis when a MatMul/Gemm/Einsum reads it, else 1 for images and the last for sequences."""
+    last axis when a MatMul/Gemm/Einsum reads it, else 1 for images and the last for sequences
+    (``decisive``: None instead of that guess). None also when the input only becomes the
+    channel axis of a channel-first op by an ``Unsqueeze`` (raw audio [B, T] → [B, 1, T]): then
+    it has one feature, which the Unsqueeze rule creates."""
     frontier, perm = [name], list(range(rank))
     for _ in range(8):
         uses = [n for v in frontier for n in ctx.consumers.get(v, [])]
@@ -869,8 +878,24 @@ def _input_axis(ctx: LoweringContext, name: str, rank: int) -> int:
         if n.op_type in ("Identity", "Cast", "Dropout", "Relu", "Mul", "Add", "Sub", "Div"):
             frontier = [n.output[0]]
             continue
+        if n.op_type == "Unsqueeze" and _unsqueezed_channel(ctx, n):
+            return None
         break
+    if decisive:
+        return None
     return perm[1] if rank >= 4 or rank == 2 else perm[-1] if rank == 3 else 0
+
+
+def _unsqueezed_channel(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """An Unsqueeze that adds axis 1 for a channel-first op to read as its (single) channel."""
+    axes = ctx.attr(node, "axes")
+    if axes is None and len(node.input) > 1:
+        c = ctx.const(node.input[1])
+        src = ctx.producer(node.input[1])
+        if c is None and src is not None and src.op_type == "Constant" and src.attribute[0].name == "value":
+            c = Const(onnx.numpy_helper.to_array(src.attribute[0].t))
+        axes = None if c is None else [int(a) for a in np.asarray(c.data).reshape(-1)]
+    return list(axes or []) == [1] and any(n.op_type in CHANNEL_FIRST for n in ctx.consumers.get(node.output[0], []))
 
 
 def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
@@ -881,6 +906,10 @@ def _add_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> None:
         ctx.values[inp.name] = AUX
         return
     axis = _input_axis(ctx, inp.name, len(dims))
+    if axis is None:             # becomes a one-channel signal by an Unsqueeze (see _unsqueezed_channel)
+        ctx.values[inp.name] = AUX
+        ctx.signals.add(inp.name)
+        return
     size = dims[axis] or _size_from_consumers(ctx, inp.name)
     if not size:
         if ctx.strict:

@@ -70,13 +70,37 @@ def _id_ranges(path: Path) -> dict[str, int]:
     return out
 
 
-def example_inputs(path: Path, seed: int = 0, dynamic: int = 2) -> dict[str, np.ndarray]:
-    """Random inputs from the declared types: dynamic dims become ``dynamic``, floats are
-    standard normal, integer ids cover the rows of the table they index, masks are ones."""
+#: Sizes tried for dynamic dims (the batch gets the size, other dims twice it) until the model
+#: runs: small first; conv stacks that downsample 32× or read raw audio need the larger ones.
+DYNAMIC_SIZES = (2, 16, 64, 256)
+
+
+def example_inputs(path: Path, seed: int = 0, dynamic: int | None = None) -> dict[str, np.ndarray]:
+    """Random inputs from the declared types: dynamic dims become ``dynamic`` (by default the
+    first of :data:`DYNAMIC_SIZES` the model runs with), floats are standard normal, integer
+    ids cover the rows of the table they index, masks are ones."""
+    sess = session(path)
+    if dynamic is not None or all(isinstance(d, int) and d > 0 for i in sess.get_inputs() for d in i.shape):
+        return _example_inputs(path, sess, seed, dynamic or DYNAMIC_SIZES[0])
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4          # a size that is too small is expected, not an error to print
+    for size in DYNAMIC_SIZES:
+        feeds = _example_inputs(path, sess, seed, size)
+        try:
+            sess.run(None, feeds, quiet)
+            return feeds
+        except Exception:  # noqa: BLE001 - too small for the model: try the next size
+            continue
+    return _example_inputs(path, sess, seed, DYNAMIC_SIZES[0])
+
+
+def _example_inputs(path: Path, sess, seed: int, dynamic: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     ranges = _id_ranges(path)
-    for i in session(path).get_inputs():
+    for i in sess.get_inputs():
         dtype = _ORT_TYPES.get(i.type)
         if dtype is None:
             raise InputError(f"{path}: cannot make example inputs of type {i.type} for {i.name!r}; pass --inputs")

@@ -84,6 +84,9 @@ def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.buffer(slope, "scalar PReLU slope")
         return _activate(ctx, node, "prelu")
     vec = per_channel(slope, x, ctx.size(x))
+    if vec is None and slope.data.ndim == 1 and x.axis == 1 and (ctx.model.opsets.get("") or 7) < 7 \
+            and slope.data.size == ctx.size(x) and not x.heads and x.inner == 1:
+        vec = slope                   # opset ≤ 6 broadcast a 1-d slope along the channel axis
     if vec is None:
         raise ctx.fail(node, f"slope of shape {slope.data.shape} is not per channel")
     slices = iter(vector_slices(ctx, vec, x))

@@ -16,6 +16,8 @@ SPATIAL = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPo
 
 def lower_spatial(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
+    for name in node.input[1:]:      # scales, sizes, roi, pads, axes: settings of the op, not parameters
+        ctx.buffer(ctx.const(name), f"{node.op_type} setting")
     if isinstance(v, Act) and (v.inner != 1 or v.part):
         raise ctx.fail(node, "spatial op on a flattened activation or part of a head")
     if isinstance(v, Act) and v.rank is not None:

@@ -341,6 +341,11 @@ def _squeeze(ctx: LoweringContext, node: onnx.NodeProto, unsqueeze: bool) -> Non
             shape = tuple(d for i, d in enumerate(v.shape) if i not in axes) if v.shape is not None else None
         ctx.set_output(node, replace(v, head_axis=ha, rank=r, shape=shape))
         return
+    if unsqueeze and node.input[0] in ctx.signals:      # raw signal [B, T] → [B, 1, T]: one input channel
+        s = ctx.graph.add_set(ctx.unique(node.input[0]), 1, "input", depth=0, fixed=True)
+        shape = ctx.shape(node.output[0])
+        ctx.set_output(node, Act((s.name,), 1, len(shape) if shape else None))
+        return
     if _passthrough_other(ctx, node):
         return
     x = ctx.act(node.input[0])
