@@ -826,7 +826,9 @@ def _is_parameter_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> bool:
 
 def _account(ctx: LoweringContext) -> None:
     """Every float constant of more than one element is a parameter in the graph, folded into
-    one, a declared buffer, unused, or — listed as unmapped with the reason."""
+    one, a declared buffer or unused. One read only where no neurons are tracked becomes an
+    opaque parameter (pinned, recorded); under ``strict``, or read by nothing, it is listed as
+    unmapped with the reason."""
     graph = ctx.graph
     unused, buffers = [], {}
     for name, arr in ctx.leaves.items():
@@ -837,12 +839,24 @@ def _account(ctx: LoweringContext) -> None:
         if name in ctx.buffers:
             buffers[name] = ctx.buffers[name]
             continue
-        readers = [n.name or n.op_type for n in ctx.consumers.get(name, [])]
+        readers = ctx.consumers.get(name, [])
         if not readers and name not in {o.name for o in ctx.model.graph.output}:
             unused.append(name)
             continue
-        graph.add_source(name, arr.shape, arr.dtype)
-        graph.unmapped[name] = Unmapped(f"read by {', '.join(readers[:3])}, which carry no neurons", np.asarray(arr))
+        if not readers or ctx.strict:
+            labels = [node_label(n) for n in readers]
+            graph.add_source(name, arr.shape, arr.dtype)
+            graph.unmapped[name] = Unmapped(f"read by {', '.join(labels[:3]) or 'no node'}, which carry no neurons",
+                                            np.asarray(arr))
+            continue
+        # read where no neurons were tracked (downstream of a pin that lost the layout): kept as an
+        # opaque parameter of a fixed one-node set standing for the reading node
+        reader = readers[0]
+        holder = ctx.new_set(reader, 1, "hidden", layer=False, fixed=True, suffix="/opaque", op=reader.op_type)
+        graph.add_block(ctx.unique(f"{node_label(reader)}/opaque:{name}"), holder.name, holder.name, "opaque",
+                        ctx.param(Const(arr, Origin(name))), op=reader.op_type)
+        ctx.pins.append({"node": node_label(reader), "op": reader.op_type, "parameters": int(arr.size), "sets": [holder.name],
+                         "reason": "reads a parameter where no neurons are tracked (after an earlier pin)"})
     if unused:
         graph.meta["unused_constants"] = unused
     if buffers:

@@ -6,7 +6,7 @@ import onnx
 
 from nngraph.hookspecs import OpRule
 
-from ..engine import Act, Const, LoweringContext
+from ..engine import AUX, Act, Const, LoweringContext
 
 
 def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias: Const | None = None,
@@ -72,6 +72,13 @@ def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         if a.data.ndim != 2 or b.rank is None or b.axis != b.rank - 2 or b.heads:
             raise ctx.fail(node, "constant @ activation needs a 2-D weight and neurons on axis -2")
         ctx.set_output(node, dense(ctx, node, b, a))
+        return
+    shape = ctx.shape(node.input[0])
+    if a is AUX and isinstance(b, Const) and b.is_float and b.data.ndim == 2 and shape and shape[-1] == b.data.shape[0]:
+        # run-time data with no neurons times a weight (a one-hot lookup: OneHot → MatMul, as jax2tf
+        # exports embeddings): its last axis is a fixed set of K inputs, the weight a dense block
+        s = ctx.new_set(node, b.data.shape[0], "token", layer=False, fixed=True, suffix="/rows")
+        ctx.set_output(node, dense(ctx, node, Act((s.name,), len(shape) - 1, len(shape)), b.transpose((1, 0))))
         return
     from .attention import lower_matmul_acts
     lower_matmul_acts(ctx, node)

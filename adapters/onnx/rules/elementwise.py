@@ -112,7 +112,8 @@ def _runtime_mix(ctx: LoweringContext, node: onnx.NodeProto, names: list[str]):
     rest varies along the neurons. Anything else without neurons is AUX."""
     vals = [ctx.values.get(n) if n else None for n in names]
     params = [v for v in vals if isinstance(v, Const) and v.is_float and v.data.size > 1 and not _synthetic(ctx, v)]
-    if len(params) != 1 or not any(v is AUX or (isinstance(v, Const) and v.runtime) for v in vals):
+    if len(params) != 1 or not any(v is AUX or isinstance(v, Stat) or (isinstance(v, Const) and v.runtime)
+                                    for v in vals):
         return AUX
     c = params[0]
     varies: set[int] | None = set(c.varies or ()) if c.varies is not None else None
@@ -136,10 +137,12 @@ def _synthetic(ctx: LoweringContext, c: Const) -> bool:
 
 
 def _varies_along_neurons(ctx: LoweringContext, name: str, x: Act) -> bool:
-    """Whether a run-time value broadcast against ``x`` has more than one entry on its neuron
-    axis (then it is tied to neuron positions no rule can follow)."""
+    """Whether a run-time value broadcast against ``x`` may have more than one entry on its
+    neuron axis (then it is tied to neuron positions no rule can follow). Unknown: it may."""
     shape = ctx.varying_shape(name)
-    if shape is None or x.rank is None or len(shape) > x.rank:
+    if shape is None or x.rank is None:
+        return True
+    if len(shape) > x.rank:
         return False
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
     axes = [x.axis] + ([x.heads[0]] if x.heads else [])
@@ -156,6 +159,10 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return _with_scores(ctx, node, a if isinstance(a, Scores) else b, b if isinstance(a, Scores) else a)
     if isinstance(a, Stat) or isinstance(b, Stat):
         other = b if isinstance(a, Stat) else a
+        if isinstance(other, Const) and other.is_float and other.data.size > 1 and op in ("Add", "Sub", "Mul", "Div"):
+            # a statistic times a per-neuron parameter (rsqrt(var) · γ): varies per neuron now
+            ctx.set_output(node, _runtime_mix(ctx, node, list(node.input[:2])))
+            return
         if isinstance(other, Act):
             if op in ("Div", "Mul"):           # x / sqrt(var), x * rsqrt(mean(x²)): normalization
                 ctx.set_output(node, map_segments(ctx, other, lambda s, o, n: tied_copy(ctx, node, s, "norm", "norm")))
@@ -246,6 +253,12 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
             ctx.buffer(other, "attention mask or scale")     # 0/-inf masks
     elif isinstance(other, Const):
         ctx.buffer(other, "attention scale")
+    elif other is AUX and scores.head_axis is not None and scores.heads > 1:
+        name = next(i for i in node.input if ctx.values.get(i) is other)
+        shape = ctx.varying_shape(name)
+        if shape is None or (len(shape) >= scores.rank - scores.head_axis
+                             and shape[scores.head_axis - scores.rank] not in (1,)):
+            raise ctx.fail(node, "run-time data that may vary across heads is added to the attention scores")
     ctx.set_output(node, scores)
 
 
@@ -311,6 +324,8 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
         return
     if len(acts) == 1 and all(_scalar_like(v) for v in vals if v is not acts[0]):
+        if any(v is AUX and _varies_along_neurons(ctx, name, acts[0]) for v, name in zip(vals, node.input)):
+            raise ctx.fail(node, "a run-time operand varies along the neuron axis")
         ctx.set_output(node, acts[0])
         return
     if len(acts) != len(vals):
