@@ -312,3 +312,49 @@ def test_run_time_data_varying_across_heads_is_pinned(tmp_path, rng):
     """Control: a mask that differs per head would not move with the heads — pinned, still sound."""
     g, report = _check_sound(_attention_with_bias(tmp_path, rng, (1, 2, 1, 3)))
     assert any("varies across heads" in p["reason"] for p in g.meta["pins"])
+
+
+def test_bidirectional_directions_sliced_apart_and_batch_sized_zero_state(tmp_path, rng):
+    """tf2onnx's Bidirectional(LSTM): a zero initial state built from the batch size (Shape →
+    ConstantOfShape, then Concat of both directions — data, not a parameter), and Y sliced into
+    its directions, each squeezed and read by its own layer."""
+    H, I = 4, 3
+    inits = {"W": rng.standard_normal((2, 4 * H, I)), "R": rng.standard_normal((2, 4 * H, H)),
+             "Wf": _w(rng, H, 2), "Wb": _w(rng, H, 2), "one": np.array([1], np.int64), "zero": np.array([0], np.int64),
+             "two": np.array([2], np.int64), "hdim": np.array([H], np.int64), "ax1": np.array([1], np.int64)}
+    nodes = [helper.make_node("Shape", ["x"], ["shp"]),
+             helper.make_node("Slice", ["shp", "one", "two", "zero"], ["batch"]),
+             helper.make_node("Concat", ["one", "batch", "hdim"], ["zshape"], axis=0),
+             helper.make_node("ConstantOfShape", ["zshape"], ["z"]),
+             helper.make_node("Concat", ["z", "z"], ["h0"], axis=0, name="state"),
+             helper.make_node("LSTM", ["x", "W", "R", "", "", "h0", "h0"], ["y"], name="lstm", hidden_size=H,
+                              direction="bidirectional"),
+             helper.make_node("Slice", ["y", "zero", "one", "ax1"], ["yf"]), helper.make_node("Squeeze", ["yf", "ax1"], ["sf"]),
+             helper.make_node("Slice", ["y", "one", "two", "ax1"], ["yb"]), helper.make_node("Squeeze", ["yb", "ax1"], ["sb"]),
+             helper.make_node("MatMul", ["sf", "Wf"], ["of"]), helper.make_node("MatMul", ["sb", "Wb"], ["ob"]),
+             helper.make_node("Add", ["of", "ob"], ["out"])]
+    path = _save(tmp_path, nodes, [_fin("x", [5, "batch", I])], [_fin("out", [5, "batch", 2])], inits)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    assert "state" not in g.sources and "state:0" not in g.sources       # the zero state is data
+
+
+def test_one_hot_lookup_and_normalization_gain(tmp_path, rng):
+    """jax2tf exports: an embedding as OneHot → MatMul, and a layer norm whose gain multiplies
+    rsqrt(var) before the activations do (rsqrt(var) · γ)."""
+    inits = {"E": rng.standard_normal((10, 6)), "gamma": rng.standard_normal(6) + 2, "W": _w(rng, 6, 3),
+             "depth": np.array(10, np.int64), "vals": np.array([0, 1], np.float32), "ax": np.array([-1], np.int64),
+             "eps": np.array(1e-5, np.float32)}
+    nodes = [helper.make_node("OneHot", ["ids", "depth", "vals"], ["oh"], axis=-1),
+             helper.make_node("MatMul", ["oh", "E"], ["e"], name="embed"),
+             helper.make_node("ReduceMean", ["e", "ax"], ["mu"]), helper.make_node("Sub", ["e", "mu"], ["c"]),
+             helper.make_node("Mul", ["c", "c"], ["c2"]), helper.make_node("ReduceMean", ["c2", "ax"], ["var"]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Reciprocal", ["sd"], ["rs"]), helper.make_node("Mul", ["rs", "gamma"], ["g"], name="gain"),
+             helper.make_node("Mul", ["c", "g"], ["n"]), helper.make_node("MatMul", ["n", "W"], ["y"])]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 4])
+    path = _save(tmp_path, nodes, [ids], [_fin("y", [2, 4, 3])], inits, opset=18)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    assert any(b.weight is not None and b.weight.origin and b.weight.origin.tensor == "gamma" for b in g.blocks) or \
+        any(p.origin and p.origin.tensor == "gamma" for s in g.sets.values() for p in s.arrays.values())

@@ -215,7 +215,8 @@ def fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list:
     for v in ins:                       # leaves folded into a new derived leaf live on inside it
         if v is not None and v.origin is not None and v.is_float:
             ctx.absorbed.add(v.origin.tensor)
-    from_params = any(v is not None and v.origin is not None and v.is_float and v.data.size > 1 for v in ins)
+    from_params = any(v is not None and v.origin is not None and v.is_float and v.data.size > 1
+                      and not v.synthetic and v.origin.tensor not in ctx.synthetic for v in ins)
     for name, arr in zip(node.output, computed):
         arr = np.asarray(arr)
         if arr.dtype.kind == "f" and arr.size > 1:

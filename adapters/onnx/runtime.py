@@ -99,12 +99,20 @@ def example_inputs(path: Path, seed: int = 0, dynamic: int | None = None) -> dic
 def _example_inputs(path: Path, sess, seed: int, dynamic: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
+    symbols: dict[str, int] = {}
     ranges = _id_ranges(path)
     for i in sess.get_inputs():
         dtype = _ORT_TYPES.get(i.type)
         if dtype is None:
             raise InputError(f"{path}: cannot make example inputs of type {i.type} for {i.name!r}; pass --inputs")
-        shape = [d if isinstance(d, int) and d > 0 else dynamic * (2 if k else 1) for k, d in enumerate(i.shape)]
+        shape = []
+        for k, d in enumerate(i.shape):       # one size per symbol: inputs that share a dim agree on it
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            else:
+                size = symbols.setdefault(d, dynamic * (2 if k else 1)) if isinstance(d, str) and d else \
+                    dynamic * (2 if k else 1)
+                shape.append(size)
         if np.dtype(dtype).kind == "f":
             feeds[i.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:

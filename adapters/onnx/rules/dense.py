@@ -77,7 +77,7 @@ def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if a is AUX and isinstance(b, Const) and b.is_float and b.data.ndim == 2 and shape and shape[-1] == b.data.shape[0]:
         # run-time data with no neurons times a weight (a one-hot lookup: OneHot → MatMul, as jax2tf
         # exports embeddings): its last axis is a fixed set of K inputs, the weight a dense block
-        s = ctx.new_set(node, b.data.shape[0], "token", layer=False, fixed=True, suffix="/rows")
+        s = ctx.new_set(node, b.data.shape[0], "input", layer=False, fixed=True, suffix="/rows")
         ctx.set_output(node, dense(ctx, node, Act((s.name,), len(shape) - 1, len(shape)), b.transpose((1, 0))))
         return
     from .attention import lower_matmul_acts

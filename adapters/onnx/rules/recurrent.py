@@ -29,9 +29,26 @@ def _input(ctx: LoweringContext, node: onnx.NodeProto, i: int) -> Const | None:
 
 
 def _synthetic(ctx: LoweringContext, c: Const) -> bool:
+    """Made from shapes and scalars only (a zero state sized by the batch), not a parameter."""
+    if c.parts is not None and c.origin is None:
+        return all(_synthetic(ctx, p) for _, _, p in c.parts[1])
     if c.synthetic or c.origin is None:
         return c.parts is None
     return c.origin.tensor in ctx.synthetic
+
+
+def _filled_at_run_time(ctx: LoweringContext, name: str, depth: int = 0) -> bool:
+    """A state made at run time as one repeated value (ConstantOfShape sized by the batch, then
+    stacked): the same under every permutation, so nothing to pin."""
+    node = ctx.producer(name)
+    if node is None or depth > 8:
+        return False
+    if node.op_type == "ConstantOfShape":
+        return True
+    if node.op_type in ("Concat", "Unsqueeze", "Expand", "Cast", "Identity", "Reshape", "Tile"):
+        data = node.input if node.op_type == "Concat" else node.input[:1]
+        return all(_filled_at_run_time(ctx, i, depth + 1) for i in data)
+    return False
 
 
 def _filled(c: Const) -> bool:
@@ -69,7 +86,7 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto, op: str | None =
     peep = _input(ctx, node, 7) if op == "LSTM" else None
     runtime = [(i, label) for i, label in ((5, "initial_h"), (6, "initial_c"))
                if len(node.input) > i and node.input[i] and ctx.const(node.input[i]) is None
-               and (op == "LSTM" or i == 5)]
+               and (op == "LSTM" or i == 5) and not _filled_at_run_time(ctx, node.input[i])]
     base = node.name or node.output[0]
     states = []
     for d in range(D):

@@ -479,6 +479,10 @@ def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x is None or x.rank is None:
         raise ctx.fail(node, "input is not a tracked activation")
     axis = ctx.attr(node, "axis", 0) % x.rank
+    if x.seg_axis is not None and axis == x.seg_axis and len(node.output) == len(x.sets):   # one per direction
+        for i in range(len(node.output)):
+            ctx.set_output(node, _select_directions(ctx, node, x, [i]), i)
+        return
     if axis != x.axis:
         if x.heads and axis == x.heads[0]:
             raise ctx.fail(node, "splits attention heads apart")
@@ -538,7 +542,17 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                 out = _select(ctx, node, x, st, en)
         elif x.heads and ax == x.heads[0]:
             raise ctx.fail(node, "slices attention heads")
+        elif x.seg_axis is not None and ax == x.seg_axis:     # some directions of a bidirectional layer
+            out = _select_directions(ctx, node, out, range(len(x.sets))[st:en:sp])
     ctx.set_output(node, out)
+
+
+def _select_directions(ctx: LoweringContext, node: onnx.NodeProto, x: Act, picked) -> Act:
+    picked = list(picked)
+    if not picked:
+        raise ctx.fail(node, "selects no direction of a bidirectional layer")
+    sets = tuple(x.sets[i] for i in picked)
+    return x.but(sets=sets, seg_axis=x.seg_axis if len(sets) > 1 else None)
 
 
 def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -614,6 +628,16 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x.but(axis=x.axis + shift, rank=x.rank + shift, heads=heads))
 
 
+def lower_one_hot(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """OneHot of run-time indices: data with no neurons (its [off, on] values are settings);
+    a weight multiplying it is a lookup table (see dense.lower_matmul)."""
+    if isinstance(ctx.values.get(node.input[0]), Act):
+        raise ctx.fail(node, "one-hot of an activation")
+    if len(node.input) > 2:
+        ctx.buffer(ctx.const(node.input[2]), "OneHot values")
+    ctx.set_output(node, AUX)
+
+
 def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if _passthrough_other(ctx, node):
         return
@@ -645,6 +669,7 @@ def lower_aux(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 RULES = [
     OpRule("Reshape", lower_reshape), OpRule("Flatten", lower_reshape),
+    OpRule("OneHot", lower_one_hot),
     OpRule("Squeeze", lambda c, n: _squeeze(c, n, False)), OpRule("Unsqueeze", lambda c, n: _squeeze(c, n, True)),
     OpRule("Transpose", lower_transpose), OpRule("Concat", lower_concat), OpRule("Split", lower_split),
     OpRule("Slice", lower_slice), OpRule("Gather", lower_gather), OpRule("Expand", lower_expand),
