@@ -29,6 +29,9 @@ class VerifyReport:
     roundtrip_exact: bool
     coverage: float
     groups_moved: list[int] = field(default_factory=list)
+    #: per trial, how many source tensors the symmetry changed: all zero means nothing was tested
+    #: (no free neurons, or constant weights a permutation cannot change)
+    tensors_changed: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +102,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
                 problems.append(f"tensor {name!r} does not round-trip exactly")
     max_abs = max_rel = 0.0
     moved: list[int] = []
+    changed: list[int] = []
     with tempfile.TemporaryDirectory(prefix="nngraph-verify-") as tmp:
         same = Path(tmp) / f"roundtrip{path.suffix}"
         adapter.export(path, params, same)
@@ -117,6 +121,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
             base = Path(tmp) / f"randomized{path.suffix}"
             adapter.export(path, graph.to_params(), base)
         reference = adapter.run(base, feeds)
+        unpermuted = graph.to_params()
         for name, ref in reference.items():
             if np.issubdtype(ref.dtype, np.floating) and not np.all(np.isfinite(ref)):
                 problems.append(f"output {name!r} of the model is not finite; verification is meaningless")
@@ -124,7 +129,10 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
             sym = graph.random_symmetry(seed + 1 + t)
             moved.append(sum(1 for p in sym.perms.values() if not np.array_equal(p, np.arange(len(p)))))
             permuted = Path(tmp) / f"permuted{t}{path.suffix}"
-            adapter.export(base, graph.permute(sym).to_params(), permuted)
+            permuted_params = graph.permute(sym).to_params()
+            changed.append(sum(1 for k, v in permuted_params.items()
+                               if not np.array_equal(v, unpermuted[k], equal_nan=v.dtype.kind in "fc")))
+            adapter.export(base, permuted_params, permuted)
             d_abs, d_rel, trial_problems = compare_outputs(reference, adapter.run(permuted, feeds))
             max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
             problems += [f"trial {t}: {p}" for p in trial_problems]
@@ -133,4 +141,5 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     if max_rel > rtol:
         problems.append(f"permuted models differ from the original by {max_abs:.3g} (relative {max_rel:.3g} > {rtol:g})")
     return VerifyReport(ok=not problems, trials=trials, max_abs_diff=max_abs, max_rel_diff=max_rel,
-                        roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved, problems=problems)
+                        roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved,
+                        tensors_changed=changed, problems=problems)
