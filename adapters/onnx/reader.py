@@ -70,7 +70,78 @@ def read_model(path: str | os.PathLike) -> OnnxModel:
         raise InputError(f"{path}: not an ONNX model (empty graph)")
     if not proto.opset_import:
         raise InputError(f"{path}: not an ONNX model (no opset_import)")
-    return OnnxModel(path, proto, raw)
+    model = OnnxModel(path, proto, raw)
+    check_model(model)
+    return model
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_PACKED = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
+
+
+def _check_tensor(t: TensorProto, where: str, stripped: bool) -> None:
+    """Dims natural, a known data type, and stored data exactly as long as the dims say: an
+    initializer claiming huge dims is refused here, not by a failing reshape later."""
+    if any(d < 0 for d in t.dims):
+        raise InputError(f"{where}: tensor {t.name!r} has negative dims {list(t.dims)}")
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    except Exception:  # noqa: BLE001 - unknown enum value
+        raise InputError(f"{where}: tensor {t.name!r} has unknown data type {t.data_type}") from None
+    count = 1
+    for d in t.dims:
+        count *= d
+    if t.data_location == TensorProto.EXTERNAL or stripped:
+        return                                    # checked against the file when it is read
+    if t.data_type == TensorProto.STRING:
+        if len(t.string_data) != count:
+            raise InputError(f"{where}: tensor {t.name!r} stores {len(t.string_data)} strings for dims {list(t.dims)}")
+        return
+    packed = t.data_type in _PACKED
+    if t.HasField("raw_data"):
+        need = (count + 1) // 2 if packed else count * dtype.itemsize
+        if len(t.raw_data) != need:
+            raise InputError(f"{where}: tensor {t.name!r} has {len(t.raw_data)} bytes of data for dims "
+                             f"{list(t.dims)} ({dtype}, needs {need})")
+        return
+    stored = sum(len(getattr(t, f)) for f in _TYPED_FIELDS)
+    need = (count + 1) // 2 if packed else count * (2 if dtype.kind == "c" else 1)
+    if stored != need:
+        raise InputError(f"{where}: tensor {t.name!r} stores {stored} values for dims {list(t.dims)} (needs {need})")
+
+
+def check_model(model: OnnxModel) -> None:
+    """Structural checks on an untrusted model before any rule sees it: every initializer and
+    ``Constant`` tensor consistent with its dims, and every attribute of a standard op of the
+    type its schema declares (a rule would otherwise fail with a ``TypeError``)."""
+    from onnx import AttributeProto, defs
+
+    from .engine import all_graphs
+
+    where = str(model.path)
+    opsets = model.opsets
+    schemas: dict = {}
+    for g in all_graphs(model.graph):
+        for t in g.initializer:
+            _check_tensor(t, where, model.stripped(t))
+        for n in g.node:
+            key = (n.domain, n.op_type)
+            if key not in schemas:
+                try:
+                    schemas[key] = defs.get_schema(n.op_type, opsets.get(n.domain or "", 1),
+                                                   "" if n.domain == "ai.onnx" else n.domain)
+                except Exception:  # noqa: BLE001 - unknown op or domain: the rules decide
+                    schemas[key] = None
+            declared = schemas[key].attributes if schemas[key] is not None else {}
+            for a in n.attribute:
+                if a.type == AttributeProto.UNDEFINED:
+                    raise InputError(f"{where}: node {n.name or n.op_type!r}: attribute {a.name!r} has no type")
+                if a.name in declared and declared[a.name].type != a.type:
+                    raise InputError(f"{where}: node {n.name or n.op_type!r} ({n.op_type}): attribute {a.name!r} is "
+                                     f"{AttributeProto.AttributeType.Name(a.type)}, the op needs "
+                                     f"{AttributeProto.AttributeType.Name(declared[a.name].type)}")
+                if a.type == AttributeProto.TENSOR:
+                    _check_tensor(a.t, f"{where}: node {n.name or n.op_type!r}", False)
 
 
 def _external_info(t: TensorProto) -> dict[str, str]:
@@ -90,8 +161,14 @@ def external_file(t: TensorProto, model_path: Path) -> tuple[Path, int, int | No
         raise InputError(f"{where}: external data location {location!r} escapes the model's folder")
     if not target.is_file():
         raise InputError(f"{where}: external data file {location!r} does not exist")
-    offset = int(info.get("offset", 0) or 0)
-    length = int(info["length"]) if info.get("length") else None
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise InputError(f"{where}: external data offset/length {info.get('offset')!r}/{info.get('length')!r} "
+                         f"is not a number") from None
+    if length is not None and length < 0:
+        raise InputError(f"{where}: negative external data length {length}")
     size = target.stat().st_size
     if offset < 0 or offset > size or (length is not None and offset + length > size):
         raise InputError(f"{where}: external data range {offset}+{length} is past the end of {location!r} ({size} bytes)")
