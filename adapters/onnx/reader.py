@@ -6,6 +6,7 @@ its file after checking that the file stays inside the model's folder (no absolu
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,38 +111,91 @@ def _check_tensor(t: TensorProto, where: str, stripped: bool) -> None:
         raise InputError(f"{where}: tensor {t.name!r} stores {stored} values for dims {list(t.dims)} (needs {need})")
 
 
+@functools.lru_cache(maxsize=1)
+def _contrib_schemas() -> dict:
+    """onnxruntime's schemas of its contrib ops (com.microsoft …), which onnx does not know:
+    (domain, op) → {attribute: (type, required)} of the newest version."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as C
+        schemas = sorted(C.get_all_operator_schema(), key=lambda x: x.since_version)
+    except Exception:  # noqa: BLE001 - no onnxruntime schemas: nothing to check against
+        return {}
+    return {(x.domain, x.name): {k: (int(v.type.value), bool(v.required)) for k, v in x.attributes.items()}
+            for x in schemas}
+
+
+def _attribute_table(domain: str, op: str, version: int) -> dict | None:
+    """{attribute: (AttributeProto type, required)} of an op, or None when no schema is known."""
+    from onnx import defs
+    try:
+        schema = defs.get_schema(op, version, domain)
+        return {k: (int(v.type), bool(v.required)) for k, v in schema.attributes.items()}
+    except Exception:  # noqa: BLE001 - not an onnx op: maybe an onnxruntime contrib op
+        pass
+    if domain in ("", "ai.onnx", "ai.onnx.ml"):
+        return None
+    return _contrib_schemas().get((domain, op))
+
+
 def check_model(model: OnnxModel) -> None:
     """Structural checks on an untrusted model before any rule sees it: every initializer and
-    ``Constant`` tensor consistent with its dims, and every attribute of a standard op of the
-    type its schema declares (a rule would otherwise fail with a ``TypeError``)."""
-    from onnx import AttributeProto, defs
+    ``Constant`` tensor consistent with its dims, and every node of a known op (onnx's schemas,
+    onnxruntime's for contrib ops) with its required attributes, each of the declared type (a
+    rule would otherwise fail with a ``TypeError``)."""
+    from onnx import AttributeProto
 
     from .engine import all_graphs
 
     where = str(model.path)
     opsets = model.opsets
-    schemas: dict = {}
+    tables: dict = {}
     for g in all_graphs(model.graph):
+        inits = {t.name: t for t in g.initializer}
         for t in g.initializer:
             _check_tensor(t, where, model.stripped(t))
         for n in g.node:
-            key = (n.domain, n.op_type)
-            if key not in schemas:
-                try:
-                    schemas[key] = defs.get_schema(n.op_type, opsets.get(n.domain or "", 1),
-                                                   "" if n.domain == "ai.onnx" else n.domain)
-                except Exception:  # noqa: BLE001 - unknown op or domain: the rules decide
-                    schemas[key] = None
-            declared = schemas[key].attributes if schemas[key] is not None else {}
+            domain = "" if n.domain == "ai.onnx" else n.domain
+            key = (domain, n.op_type)
+            if key not in tables:
+                tables[key] = _attribute_table(domain, n.op_type, max(1, opsets.get(domain, 1)))
+            declared = tables[key] or {}
+            label = f"{where}: node {n.name or n.op_type!r} ({n.op_type})"
+            present = set()
             for a in n.attribute:
-                if a.type == AttributeProto.UNDEFINED:
-                    raise InputError(f"{where}: node {n.name or n.op_type!r}: attribute {a.name!r} has no type")
-                if a.name in declared and declared[a.name].type != a.type:
-                    raise InputError(f"{where}: node {n.name or n.op_type!r} ({n.op_type}): attribute {a.name!r} is "
-                                     f"{AttributeProto.AttributeType.Name(a.type)}, the op needs "
-                                     f"{AttributeProto.AttributeType.Name(declared[a.name].type)}")
+                present.add(a.name)
+                if a.type == AttributeProto.UNDEFINED or a.type not in AttributeProto.AttributeType.values():
+                    raise InputError(f"{label}: attribute {a.name!r} has no valid type")
+                if a.name in declared and declared[a.name][0] != a.type:
+                    raise InputError(f"{label}: attribute {a.name!r} is {AttributeProto.AttributeType.Name(a.type)}, "
+                                     f"the op needs {AttributeProto.AttributeType.Name(declared[a.name][0])}")
                 if a.type == AttributeProto.TENSOR:
-                    _check_tensor(a.t, f"{where}: node {n.name or n.op_type!r}", False)
+                    _check_tensor(a.t, label, False)
+            missing = [k for k, (_, required) in declared.items() if required and k not in present]
+            if missing:
+                raise InputError(f"{label}: required attribute(s) {', '.join(sorted(missing))} missing")
+            if n.op_type == "ConstantOfShape" and n.input and n.input[0] in inits:
+                _check_constant_size(model, inits[n.input[0]], label)
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 36
+
+
+def _check_constant_size(model: OnnxModel, shape_tensor: TensorProto, label: str) -> None:
+    """A ``ConstantOfShape`` is folded into a real array: refuse one larger than half the
+    machine's memory (a few bytes of model must not take the machine down)."""
+    try:
+        dims = [int(d) for d in np.asarray(model.tensor(shape_tensor)).reshape(-1)]
+    except (InputError, ValueError, TypeError):
+        return
+    count = 1
+    for d in dims:
+        count *= max(d, 0)
+    if count * 8 > _memory_bytes() // 2:
+        raise InputError(f"{label}: ConstantOfShape of shape {dims} would need {count * 8 / 2**30:.3g} GiB; refused")
 
 
 def _external_info(t: TensorProto) -> dict[str, str]:

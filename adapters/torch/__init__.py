@@ -174,8 +174,11 @@ def _flat(out) -> list:
 def _kind(path: Path) -> str | None:
     if not zipfile.is_zipfile(path):
         return None
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, NotImplementedError) as e:
+        raise InputError(f"{path}: damaged zip archive ({type(e).__name__}: {str(e)[:120]})") from None
     if any(n.endswith("archive_format") or "/models/" in n or n.endswith(".json") and "serialized" in n
            for n in names) and path.suffix == ".pt2":
         return "pt2"
