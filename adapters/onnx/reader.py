@@ -120,16 +120,30 @@ def _contrib_schemas() -> dict:
         schemas = sorted(C.get_all_operator_schema(), key=lambda x: x.since_version)
     except Exception:  # noqa: BLE001 - no onnxruntime schemas: nothing to check against
         return {}
-    return {(x.domain, x.name): {k: (int(v.type.value), bool(v.required)) for k, v in x.attributes.items()}
+    return {(x.domain, x.name): _Schema({k: (int(v.type.value), bool(v.required)) for k, v in x.attributes.items()},
+                                        x.min_input, x.max_input, x.min_output, x.max_output,
+                                        tuple(i for i, p in enumerate(x.inputs) if int(p.option.value) == 0))
             for x in schemas}
 
 
-def _attribute_table(domain: str, op: str, version: int) -> dict | None:
-    """{attribute: (AttributeProto type, required)} of an op, or None when no schema is known."""
+@dataclass
+class _Schema:
+    attributes: dict          # name → (AttributeProto type, required)
+    min_input: int
+    max_input: int
+    min_output: int
+    max_output: int
+    required: tuple = ()      # input positions that must be given (not optional, not variadic)
+
+
+def _schema(domain: str, op: str, version: int) -> _Schema | None:
+    """What an op takes, from onnx's schemas (or onnxruntime's for contrib ops); None if unknown."""
     from onnx import defs
     try:
-        schema = defs.get_schema(op, version, domain)
-        return {k: (int(v.type), bool(v.required)) for k, v in schema.attributes.items()}
+        x = defs.get_schema(op, version, domain)
+        return _Schema({k: (int(v.type), bool(v.required)) for k, v in x.attributes.items()},
+                       x.min_input, x.max_input, x.min_output, x.max_output,
+                       tuple(i for i, p in enumerate(x.inputs) if int(p.option.value) == 0))
     except Exception:  # noqa: BLE001 - not an onnx op: maybe an onnxruntime contrib op
         pass
     if domain in ("", "ai.onnx", "ai.onnx.ml"):
@@ -157,9 +171,18 @@ def check_model(model: OnnxModel) -> None:
             domain = "" if n.domain == "ai.onnx" else n.domain
             key = (domain, n.op_type)
             if key not in tables:
-                tables[key] = _attribute_table(domain, n.op_type, max(1, opsets.get(domain, 1)))
-            declared = tables[key] or {}
+                tables[key] = _schema(domain, n.op_type, max(1, opsets.get(domain, 1)))
+            schema = tables[key]
+            declared = schema.attributes if schema is not None else {}
             label = f"{where}: node {n.name or n.op_type!r} ({n.op_type})"
+            if schema is not None:
+                if not schema.min_input <= len(n.input) <= schema.max_input or any(
+                        i < len(n.input) and not n.input[i] for i in schema.required):
+                    raise InputError(f"{label}: {len(n.input)} inputs ({', '.join(map(repr, n.input))}); the op takes "
+                                     f"{schema.min_input}–{schema.max_input}")
+                if not schema.min_output <= len(n.output) <= schema.max_output:
+                    raise InputError(f"{label}: {len(n.output)} outputs; the op gives "
+                                     f"{schema.min_output}–{schema.max_output}")
             present = set()
             for a in n.attribute:
                 present.add(a.name)
