@@ -54,6 +54,10 @@ def make_seeds(folder: Path) -> dict[str, Path]:
              "safetensors": folder / "mlp.safetensors", "ngraph": folder / "mlp.ngraph"}
     shutil.copy(ROOT / "examples" / "mlp.onnx", seeds["onnx"])
     shutil.copy(ROOT / "tests" / "fixtures" / "torch" / "convs_torchscript.onnx", seeds["conv"])
+    for name, rel in (("lstm", "torch/lstm_torchscript.onnx"), ("bert", "hf/bert_ortopt.onnx"),
+                      ("resnet", "hf/resnet_torchscript.onnx"), ("qdq", "quant/resnet_qdq.onnx")):
+        seeds[name] = folder / f"{name}.onnx"
+        shutil.copy(ROOT / "tests" / "fixtures" / rel, seeds[name])
     shutil.copy(ROOT / "tests" / "fixtures" / "safetensors" / "chain" / "mlp.safetensors", seeds["safetensors"])
     save(convert(seeds["onnx"]), seeds["ngraph"])
     try:
@@ -65,6 +69,9 @@ def make_seeds(folder: Path) -> dict[str, Path]:
              "2.weight": torch.randn(3, 8, generator=g), "2.bias": torch.randn(3, generator=g)}
     seeds["pt"] = folder / "mlp.pt"
     torch.save(state, seeds["pt"])
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    seeds["pt2"] = folder / "mlp.pt2"
+    torch.export.save(torch.export.export(net, (torch.randn(2, 4),)), str(seeds["pt2"]))
     return seeds
 
 
@@ -220,7 +227,7 @@ def mutate_onnx(model: onnx.ModelProto, folder: Path, rng: np.random.Generator) 
 
 
 def _make_external(t: TensorProto, folder: Path, rng: np.random.Generator) -> None:
-    data = numpy_helper.to_array(t).tobytes() if t.HasField("raw_data") or t.float_data else b""
+    data = bytes(t.raw_data) if t.HasField("raw_data") else np.asarray(t.float_data, np.float32).tobytes()
     (folder / "weights.bin").write_bytes(bytes(16) + data)
     outside = folder.parent / f"outside-{folder.name}.bin"
     location = str(rng.choice(["weights.bin", "../" + outside.name, str(outside), "sub/../../x.bin",
@@ -247,9 +254,10 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def hostile_pickles(folder: Path) -> list[Path]:
+def hostile_pickles(folder: Path, pt2: Path | None = None) -> list[Path]:
     """Files whose unpickling would create ``folder/MARKER``: a torch-style zip checkpoint, a
-    legacy pickle named .pt, and a .pt2 archive whose sample inputs are such a pickle."""
+    legacy pickle named .pt, a Lightning-style .ckpt, and .pt2 archives whose sample inputs are
+    such a pickle (a real exported program's, when ``pt2`` is given)."""
     marker = folder / MARKER
     payload = pickle.dumps({"w": _Payload(marker)}, protocol=2)
     out = []
@@ -266,13 +274,19 @@ def hostile_pickles(folder: Path) -> list[Path]:
     with zipfile.ZipFile(ckpt, "w") as z:
         z.writestr("evil/data.pkl", pickle.dumps({"state_dict": _Payload(marker)}, protocol=2))
     out.append(ckpt)
-    pt2 = folder / "evil.pt2"
+    template, pt2 = pt2, folder / "evil.pt2"
     with zipfile.ZipFile(pt2, "w") as z:
         z.writestr("m/archive_format", "pt2")
         z.writestr("m/archive_version", "0")
         z.writestr("m/models/model.json", "{}")
         z.writestr("m/data/sample_inputs/model.pt", payload)
     out.append(pt2)
+    if template is not None:
+        real = folder / "evil_real.pt2"
+        with zipfile.ZipFile(template) as src, zipfile.ZipFile(real, "w") as dst:
+            for name in src.namelist():
+                dst.writestr(name, payload if "sample_inputs" in name else src.read(name))
+        out.append(real)
     return out
 
 
@@ -342,20 +356,29 @@ def generate(family: str, seeds: dict[str, Path], folder: Path, count: int, seed
         case_dir = folder / f"{family}-{i}"
         shutil.rmtree(case_dir, ignore_errors=True)
         case_dir.mkdir(parents=True)
-        if family == "onnx-proto":
-            src = seeds["onnx"] if rng.random() < 0.6 else seeds["conv"]
+        if family in ("onnx-proto", "onnx-external"):
+            pool = [seeds[k] for k in ("onnx", "conv", "lstm", "bert", "resnet", "qdq")]
+            src = seeds["onnx"] if rng.random() < 0.5 else pool[int(rng.integers(0, len(pool)))]
             model = onnx.load(str(src))
-            kinds = [mutate_onnx(model, case_dir, rng) for _ in range(int(rng.integers(1, 3)))]
+            if family == "onnx-external":
+                inits = [t for t in model.graph.initializer if t.HasField("raw_data")]
+                _make_external(inits[int(rng.integers(0, len(inits)))], case_dir, rng)
+                kinds = ["external"]
+            else:
+                kinds = [mutate_onnx(model, case_dir, rng) for _ in range(int(rng.integers(1, 3)))]
             path = case_dir / "model.onnx"
             path.write_bytes(model.SerializeToString())
             yield f"{family}-{i}:{'+'.join(kinds)}", path, "verify" if rng.random() < 0.25 else "convert"
             continue
         if family == "pickle":
-            paths = hostile_pickles(case_dir)
+            paths = hostile_pickles(case_dir, seeds.get("pt2"))
             yield f"{family}-{i}", paths[i % len(paths)], "verify" if i % 2 else "convert"
             continue
-        src = seeds[{"onnx-bytes": "onnx", "safetensors-bytes": "safetensors", "ngraph-bytes": "ngraph",
-                     "pt-bytes": "pt", "safetensors-header": "safetensors", "ngraph-header": "ngraph"}[family]]
+        if family == "onnx-bytes" and rng.random() < 0.3:
+            src = seeds[str(rng.choice(["conv", "lstm", "bert", "resnet", "qdq"]))]
+        else:
+            src = seeds[{"onnx-bytes": "onnx", "safetensors-bytes": "safetensors", "ngraph-bytes": "ngraph",
+                         "pt-bytes": "pt", "safetensors-header": "safetensors", "ngraph-header": "ngraph"}[family]]
         data = src.read_bytes()
         if family.endswith("-header"):
             kind, data = mutate_safetensors_header(data, rng, ngraph=family.startswith("ngraph"))
@@ -417,5 +440,5 @@ def sigkill_convert(model: Path, folder: Path, delays: list[float]) -> list[str]
     return problems
 
 
-FAMILIES = ["onnx-bytes", "onnx-proto", "safetensors-bytes", "safetensors-header", "ngraph-bytes",
+FAMILIES = ["onnx-bytes", "onnx-proto", "onnx-external", "safetensors-bytes", "safetensors-header", "ngraph-bytes",
             "ngraph-header", "pt-bytes", "pickle"]

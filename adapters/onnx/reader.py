@@ -167,6 +167,11 @@ def check_model(model: OnnxModel) -> None:
         inits = {t.name: t for t in g.initializer}
         for t in g.initializer:
             _check_tensor(t, where, model.stripped(t))
+        names = [t.name for t in g.initializer] + [v.name for v in (*g.input, *g.output, *g.value_info)]
+        names += [x for n in g.node for x in (n.name, n.op_type, n.domain, *n.input, *n.output)]
+        names += [a.name for n in g.node for a in n.attribute]
+        if not all(type(x) is str for x in names):      # protobuf gives bytes for invalid UTF-8
+            raise InputError(f"{where}: a name in graph {g.name!r} is not valid UTF-8")
         for n in g.node:
             domain = "" if n.domain == "ai.onnx" else n.domain
             key = (domain, n.op_type)
@@ -196,8 +201,21 @@ def check_model(model: OnnxModel) -> None:
             missing = [k for k, (_, required) in declared.items() if required and k not in present]
             if missing:
                 raise InputError(f"{label}: required attribute(s) {', '.join(sorted(missing))} missing")
+            for i, (lo, hi) in _WEIGHT_RANKS.get(n.op_type, {}).items() if domain == "" else ():
+                if i < len(n.input) and n.input[i] in inits and not lo <= len(inits[n.input[i]].dims) <= hi:
+                    raise InputError(f"{label}: input {i} ({n.input[i]!r}) has rank {len(inits[n.input[i]].dims)}, "
+                                     f"the op needs {lo if lo == hi else f'{lo}–{hi}'}")
             if n.op_type == "ConstantOfShape" and n.input and n.input[0] in inits:
                 _check_constant_size(model, inits[n.input[0]], label)
+
+
+# Ranks the ONNX spec fixes for weight inputs (input position → (min, max)), checked when the
+# input is an initializer: rules unpack these shapes.
+_RNN = {1: (3, 3), 2: (3, 3), 3: (2, 2)}
+_WEIGHT_RANKS = {"LSTM": {**_RNN, 7: (3, 3)}, "GRU": _RNN, "RNN": _RNN, "Gemm": {0: (2, 2), 1: (2, 2)},
+                 "Conv": {1: (3, 5)}, "ConvTranspose": {1: (3, 5)},
+                 "BatchNormalization": {k: (1, 1) for k in range(1, 5)}, "InstanceNormalization": {1: (1, 1), 2: (1, 1)},
+                 "PRelu": {1: (0, 8)}}
 
 
 def _memory_bytes() -> int:
