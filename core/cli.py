@@ -9,6 +9,7 @@ import math
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """nngraph: neural networks as neural graphs (neurons = nodes, weights = edges)."""
     ctx.ensure_object(dict)["debug"] = debug
     logging.disable(logging.NOTSET if debug else logging.CRITICAL)   # torch.export & co. log tracebacks
+    if not debug:                       # and torch.load warns about pickle protocols: one line only
+        warnings.simplefilter("ignore")
 
 
 @cli.command()

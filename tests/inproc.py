@@ -5,6 +5,7 @@ import contextlib
 import io
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def run_cli(*args, cwd: str | os.PathLike | None = None) -> Result:
 
     out, err = io.StringIO(), io.StringIO()
     before = Path.cwd()
+    filters = warnings.filters[:]
     try:
         if cwd is not None:
             os.chdir(cwd)
@@ -28,5 +30,6 @@ def run_cli(*args, cwd: str | os.PathLike | None = None) -> Result:
             rc = main([str(a) for a in args])
     finally:
         os.chdir(before)
-        logging.disable(logging.NOTSET)       # the CLI silences logging unless --debug
+        logging.disable(logging.NOTSET)       # the CLI silences logging and warnings unless --debug
+        warnings.filters[:] = filters
     return Result(rc, out.getvalue(), err.getvalue())

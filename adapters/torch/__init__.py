@@ -172,9 +172,9 @@ def _flat(out) -> list:
 
 # ---------------------------------------------------------------------------- files
 def _kind(path: Path) -> str | None:
-    if not zipfile.is_zipfile(path):
-        return None
     try:
+        if not zipfile.is_zipfile(path):
+            return None
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
     except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, NotImplementedError) as e:
