@@ -70,8 +70,11 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .npz of inputs ({e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - BadZipFile, a corrupt .npy header (TokenError) … : bad input
+        raise InputError(f"{path}: not a readable .npz of inputs ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
 
 
 def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inputs: Mapping[str, np.ndarray] | None = None,

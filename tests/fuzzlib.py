@@ -60,6 +60,8 @@ def make_seeds(folder: Path) -> dict[str, Path]:
         shutil.copy(ROOT / "tests" / "fixtures" / rel, seeds[name])
     shutil.copy(ROOT / "tests" / "fixtures" / "safetensors" / "chain" / "mlp.safetensors", seeds["safetensors"])
     save(convert(seeds["onnx"]), seeds["ngraph"])
+    seeds["npz"] = folder / "inputs.npz"
+    np.savez(seeds["npz"], pixels=np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
     try:
         import torch
     except ImportError:
@@ -299,7 +301,7 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def run_case(path: Path, command: str, work: Path) -> list[str]:
+def run_case(path: Path, command: str, work: Path, model: Path | None = None) -> list[str]:
     """Run one CLI command in-process on ``path``; the list of broken properties (empty: fine)."""
     from inproc import run_cli
     from nngraph import load
@@ -311,7 +313,9 @@ def run_case(path: Path, command: str, work: Path) -> list[str]:
     inputs_before = sorted(p.name for p in path.parent.iterdir())
     output = out_dir / "result.ngraph"
     args = {"convert": ("convert", path, "-o", output), "info": ("info", path),
-            "verify": ("verify", path, "--trials", "1")}[command]
+            "verify": ("verify", path, "--trials", "1"),
+            "inputs": ("convert", model, "--inputs", path, "-o", output),
+            "verify-inputs": ("verify", model, "--inputs", path, "--trials", "1")}[command]
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(CASE_SECONDS)
     try:
@@ -338,7 +342,7 @@ def run_case(path: Path, command: str, work: Path) -> list[str]:
         problems.append("changed the input's folder")
     if (path.parent / MARKER).exists() or (cwd / MARKER).exists():
         problems.append("UNPICKLED: code ran while loading")
-    if command == "convert" and r.returncode == 0:
+    if command in ("convert", "inputs") and r.returncode == 0:
         if not output.exists():
             problems.append("exit 0 without an output")
         else:
@@ -378,7 +382,8 @@ def generate(family: str, seeds: dict[str, Path], folder: Path, count: int, seed
             src = seeds[str(rng.choice(["conv", "lstm", "bert", "resnet", "qdq"]))]
         else:
             src = seeds[{"onnx-bytes": "onnx", "safetensors-bytes": "safetensors", "ngraph-bytes": "ngraph",
-                         "pt-bytes": "pt", "safetensors-header": "safetensors", "ngraph-header": "ngraph"}[family]]
+                             "pt-bytes": "pt", "safetensors-header": "safetensors", "ngraph-header": "ngraph",
+                         "npz-bytes": "npz"}[family]]
         data = src.read_bytes()
         if family.endswith("-header"):
             kind, data = mutate_safetensors_header(data, rng, ngraph=family.startswith("ngraph"))
@@ -387,6 +392,8 @@ def generate(family: str, seeds: dict[str, Path], folder: Path, count: int, seed
         path = case_dir / src.name
         path.write_bytes(data)
         command = ("info" if rng.random() < 0.5 else "convert") if src.suffix == ".ngraph" else "convert"
+        if src.suffix == ".npz":
+            command = "inputs" if rng.random() < 0.7 else "verify-inputs"
         if command == "convert" and src.suffix == ".ngraph":
             command = "load"
         yield f"{family}-{i}:{kind}", path, command
@@ -408,7 +415,7 @@ def run_family(family: str, seeds: dict[str, Path], folder: Path, count: int, se
             except Exception as e:  # noqa: BLE001
                 problems.append(f"{name}: load raised {type(e).__name__}: {str(e)[:200]}")
             continue
-        problems += [f"{name}: {p}" for p in run_case(path, command, folder / "work")]
+        problems += [f"{name}: {p}" for p in run_case(path, command, folder / "work", seeds["onnx"])]
     return n, problems
 
 
@@ -441,4 +448,4 @@ def sigkill_convert(model: Path, folder: Path, delays: list[float]) -> list[str]
 
 
 FAMILIES = ["onnx-bytes", "onnx-proto", "onnx-external", "safetensors-bytes", "safetensors-header", "ngraph-bytes",
-            "ngraph-header", "pt-bytes", "pickle"]
+            "ngraph-header", "pt-bytes", "pickle", "npz-bytes"]
