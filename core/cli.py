@@ -181,7 +181,7 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
 @click.option("--hidden", default=TrainConfig.hidden, show_default=True, type=click.IntRange(1))
 @click.option("--layers", default=TrainConfig.layers, show_default=True, type=click.IntRange(1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split shuffles, init and symmetries.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, device, seed, output, as_json):
@@ -334,7 +334,7 @@ def _add_plugin_commands() -> None:
 @click.option("--data", type=click.Path(path_type=Path), help=".npz of sample inputs named like the model's inputs.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--method embedding).")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs and tie-breaks.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: alignment and the random inputs of the function check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def align(model_a, model_b, output, method, data, checkpoint, fmt, seed, as_json) -> None:
     """Permute MODEL_B's neurons to match MODEL_A's; write it (checked to compute B's function)."""
@@ -391,7 +391,7 @@ def _weights(text: str | None, n: int) -> list[float] | None:
               help=".npz of sample inputs: activation matching, and BatchNorm statistics re-estimated on it.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--align embedding).")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs and tie-breaks.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: alignment and the random inputs of the function check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def merge(models, output, weights, method, data, checkpoint, fmt, seed, as_json) -> None:
     """Align MODELS to the first and average their parameters into one model."""
