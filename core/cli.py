@@ -329,7 +329,7 @@ def _add_plugin_commands() -> None:
 @click.argument("model_a", type=click.Path(path_type=Path))
 @click.argument("model_b", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write B aligned to A.")
-@click.option("--method", "--align", "method", type=click.Choice(["weight", "activation", "embedding"]), default="weight",
+@click.option("--method", type=click.Choice(["weight", "activation", "embedding"]), default="weight",
               show_default=True, help="weight matching; activation matching on --data; node embeddings of --checkpoint")
 @click.option("--data", type=click.Path(path_type=Path), help=".npz of sample inputs named like the model's inputs.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--method embedding).")
@@ -389,7 +389,7 @@ def _weights(text: str | None, n: int) -> list[float] | None:
               default="weight", show_default=True, help="How to align every model to the first before averaging.")
 @click.option("--data", type=click.Path(path_type=Path),
               help=".npz of sample inputs: activation matching, and BatchNorm statistics re-estimated on it.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--align embedding).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--method embedding).")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: alignment and the random inputs of the function check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
