@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import InputError, NNGraphError
+from .errors import InputError, NNGraphError, missing_extra
 from .train import TrainConfig
 
-err = Console(stderr=True)
-out = Console()
+
+def _console(stderr: bool = False) -> Console:
+    """Rich on a terminal; in a pipe or file no wrapping at 80 columns (paths stay whole)."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+err = _console(stderr=True)
+out = _console()
 
 
 def _spinner(text: str, as_json: bool):
@@ -38,6 +49,9 @@ def _emit_json(doc) -> None:
 def cli(ctx: click.Context, debug: bool) -> None:
     """nngraph: neural networks as neural graphs (neurons = nodes, weights = edges)."""
     ctx.ensure_object(dict)["debug"] = debug
+    logging.disable(logging.NOTSET if debug else logging.CRITICAL)   # torch.export & co. log tracebacks
+    if not debug:                       # and torch.load warns about pickle protocols: one line only
+        warnings.simplefilter("ignore")
 
 
 @cli.command()
@@ -56,10 +70,10 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
     Structures the converter cannot follow are pinned (their neurons kept fixed, their
     parameters kept as opaque blocks) and reported; --strict refuses them instead."""
     from .api import convert as _convert
-    from .fileformat import save
+    from .fileformat import check_output, save
     from .verify import load_inputs
 
-    output = output or model.with_suffix(".ngraph")
+    output = check_output(output or model.with_suffix(".ngraph"))
     start = time.perf_counter()
     with _spinner(f"converting {model}", as_json):
         options = {"bind": load_inputs(inputs)} if inputs else {}
@@ -91,7 +105,8 @@ def _print_symmetry(summary: dict) -> None:
         return
     table = Table("pinned node", "op", "why", "sets", box=None)
     for p in pins[:30]:
-        table.add_row(str(p.get("node")), str(p.get("op")), str(p.get("reason")), str(len(p.get("sets", []))))
+        table.add_row(*map(escape, (str(p.get("node")), str(p.get("op")), str(p.get("reason")),
+                                    str(len(p.get("sets", []))))))
     out.print(table)
     if len(pins) > 30:
         out.print(f"  … {len(pins) - 30} more pins (use --json for all)")
@@ -115,15 +130,16 @@ def info(file: Path, as_json: bool) -> None:
                              for s in doc["sets"]]})
         return
     meta = doc.get("meta", {})
-    out.print(f"[bold]{file}[/]  schema {doc['schema']}, from {meta.get('source', '?')} ({meta.get('format', '?')})")
+    out.print(f"[bold]{escape(str(file))}[/]  schema {doc['schema']}, from {escape(str(meta.get('source', '?')))} "
+              f"({escape(str(meta.get('format', '?')))})")
     out.print(f"  {summary.get('nodes', 0):,} neurons, {summary.get('edges', 0):,} edges, "
               f"{summary.get('parameters', 0):,} parameters, coverage {summary.get('coverage', 0):.4f}")
-    out.print(f"  block kinds: {', '.join(f'{k} {v}' for k, v in kinds.most_common())}")
+    out.print(f"  block kinds: {escape(', '.join(f'{k} {v}' for k, v in kinds.most_common()))}")
     _print_symmetry(summary)
     table = Table("set", "size", "role", "depth", "activation", "tie group", box=None)
     for s in doc["sets"][:60]:
-        table.add_row(s["name"], str(s["size"]), s["role"], str(s["depth"]), s["activation"] or "",
-                      s["group"] if s["group"] != s["name"] else "")
+        table.add_row(*map(escape, (s["name"], str(s["size"]), s["role"], str(s["depth"]), s["activation"] or "",
+                                    s["group"] if s["group"] != s["name"] else "")))
     out.print(table)
     if len(doc["sets"]) > 60:
         out.print(f"  … {len(doc['sets']) - 60} more sets (use --json for all)")
@@ -140,11 +156,11 @@ def plugins(as_json: bool) -> None:
         _emit_json([p.to_json() for p in reg.plugins])
         return
     table = Table("plugin", "package", "version", "status", "provides", box=None)
-    colors = {"active": "green", "failed": "red", "blocked": "yellow"}
+    colors = {"active": "green", "failed": "red", "blocked": "yellow", "needs-extra": "yellow"}
     for p in reg.plugins:
         provides = "; ".join(f"{k}: {', '.join(v) if len(v) <= 6 else f'{len(v)} rules'}" for k, v in p.provides.items())
-        table.add_row(p.name, p.package, p.version, f"[{colors[p.status]}]{p.status}[/]",
-                      provides if p.status == "active" else (p.error or ""))
+        table.add_row(escape(p.name), escape(p.package), escape(p.version), f"[{colors.get(p.status, 'red')}]{p.status}[/]",
+                      escape(provides if p.status == "active" else (p.error or "")))
     out.print(table)
 
 
@@ -153,7 +169,7 @@ def plugins(as_json: bool) -> None:
 @click.option("--inputs", type=click.Path(path_type=Path), help=".npz of named inputs [default: random].")
 @click.option("--trials", default=3, show_default=True, type=click.IntRange(1), help="Random symmetries to test.")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random symmetries and inputs.")
 @click.option("--randomize", is_flag=True, help="Redraw all parameters first (for constant or zero weights).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed: int, randomize: bool,
@@ -163,17 +179,22 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
 
     feeds = load_inputs(inputs) if inputs else None
     report = _verify(model, format=fmt, trials=trials, inputs=feeds, seed=seed, randomize=randomize)
+    tested = any(report.tensors_changed)      # a symmetry that changes no weight proves nothing
     if as_json:
-        _emit_json(report.to_json())
+        _emit_json({**report.to_json(), "tested": tested})
     else:
-        mark = "[bold green]✓ ok[/]" if report.ok else "[bold red]✗ FAILED[/]"
-        out.print(f"{mark}  {model}: {report.trials} random symmetries, max |Δ| = {report.max_abs_diff:.3g} "
+        mark = ("[bold red]✗ FAILED[/]" if not report.ok else "[bold green]✓ ok[/]" if tested
+                else "[bold yellow]? nothing tested[/]")
+        out.print(f"{mark}  {escape(str(model))}: {report.trials} random symmetries "
+                  f"(tie groups moved: {', '.join(map(str, report.groups_moved))}), max |Δ| = {report.max_abs_diff:.3g} "
                   f"(relative {report.max_rel_diff:.3g}), round trip {'exact' if report.roundtrip_exact else 'NOT exact'}, "
                   f"coverage {report.coverage:.4f}")
-        out.print(f"  groups moved per trial: {', '.join(map(str, report.groups_moved))}")
         _print_symmetry({"free_fraction": report.free_fraction, "pins": report.pins})
+        if not tested:
+            out.print("  no random symmetry changed any weight (no free neurons, or constant weights): the "
+                      "permutation test was vacuous; rerun with --randomize")
         for p in report.problems:
-            out.print(f"  - {p}")
+            out.print(f"  - {escape(p)}")
     if not report.ok:
         sys.exit(1)
 
@@ -191,9 +212,9 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
 @click.option("--hidden", default=TrainConfig.hidden, show_default=True, type=click.IntRange(1))
 @click.option("--layers", default=TrainConfig.layers, show_default=True, type=click.IntRange(1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot."""
     from .dataset import load_dataset
@@ -241,7 +262,7 @@ def _plot_history(history, path: Path) -> str | None:
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True, help="train | val | test | all")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(checkpoint, dataset, split, device, as_json):
     """Evaluate CHECKPOINT on DATASET's split (regression: kendall_tau, r2, mse; classification: accuracy)."""
     from .dataset import load_dataset
@@ -259,7 +280,7 @@ def evaluate(checkpoint, dataset, split, device, as_json):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 def predict(checkpoint, models, device, as_json):
     """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
     from .api import convert as _convert
@@ -280,7 +301,7 @@ def predict(checkpoint, models, device, as_json):
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Embeddings (.npz).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def embed(checkpoint, dataset, output, device, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
     import numpy as np
@@ -300,9 +321,9 @@ def embed(checkpoint, dataset, output, device, as_json):
 @cli.command()
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-k", default=5, show_default=True, type=click.IntRange(1))
+@click.option("-k", "--top", "k", default=5, show_default=True, type=click.IntRange(1), help="How many networks to list.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(embeddings, model, k, device, as_json):
     """The K networks of an `ngraph embed` file most similar to MODEL (cosine similarity)."""
     import numpy as np
@@ -344,13 +365,16 @@ def _add_plugin_commands() -> None:
 @click.option("--data", type=click.Path(path_type=Path), help=".npz of sample inputs named like the model's inputs.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--method embedding).")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: alignment and the random inputs of the function check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def align(model_a, model_b, output, method, data, checkpoint, fmt, seed, as_json) -> None:
     """Permute MODEL_B's neurons to match MODEL_A's; write it (checked to compute B's function)."""
+    from .fileformat import check_output
     from .merge import align_files
     from .verify import load_inputs
 
+    _check_method(method, data, checkpoint)
+    check_output(output)
     with _spinner(f"aligning {model_b} to {model_a}", as_json):
         result = align_files(model_a, model_b, output, method, data=load_inputs(data) if data else None,
                              checkpoint=checkpoint, fmt=fmt, seed=seed)
@@ -366,36 +390,53 @@ def align(model_a, model_b, output, method, data, checkpoint, fmt, seed, as_json
         out.print(f"  no activations for {len(doc['fallback_to_weight'])} groups: weight-matched instead")
 
 
-def _weights(text: str | None) -> list[float] | None:
+def _check_method(method: str | None, data, checkpoint) -> None:
+    """Options that must come together are usage errors (exit 2), found before any work."""
+    if method == "activation" and not data:
+        raise click.UsageError("--method activation needs --data FILE.npz (sample inputs named like the model's)")
+    if method == "embedding" and not checkpoint:
+        raise click.UsageError("--method embedding needs --checkpoint CKPT (a trained encoder, see `ngraph train`)")
+
+
+def _weights(text: str | None, n: int) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(w) for w in text.split(",")]
+        weights = [float(w) for w in text.split(",")]
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint="--weights") from None
+    if len(weights) != n:
+        raise click.BadParameter(f"{len(weights)} values for {n} models", param_hint="--weights")
+    if not all(math.isfinite(w) for w in weights) or not math.isclose(sum(weights), 1.0, rel_tol=1e-5, abs_tol=1e-8):
+        raise click.BadParameter(f"must be finite and sum to 1 (they sum to {sum(weights):g})", param_hint="--weights")
+    return weights
 
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the merged model.")
 @click.option("--weights", help="Interpolation weights, comma-separated, summing to 1 [default: equal].")
-@click.option("--align", "method", type=click.Choice(["weight", "activation", "embedding", "none"]), default="weight",
-              show_default=True, help="How to align every model to the first before averaging.")
+@click.option("--method", "--align", "method", type=click.Choice(["weight", "activation", "embedding", "none"]),
+              default="weight", show_default=True, help="How to align every model to the first before averaging.")
 @click.option("--data", type=click.Path(path_type=Path),
               help=".npz of sample inputs: activation matching, and BatchNorm statistics re-estimated on it.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--align embedding).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained encoder checkpoint (--method embedding).")
 @click.option("--format", "fmt", help="Adapter to use; sniffed when omitted.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: alignment and the random inputs of the function check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def merge(models, output, weights, method, data, checkpoint, fmt, seed, as_json) -> None:
     """Align MODELS to the first and average their parameters into one model."""
+    from .fileformat import check_output
     from .merge import merge_files
     from .verify import load_inputs
 
     if len(models) < 2:
         raise click.UsageError("merge needs at least two models")
+    weights = _weights(weights, len(models))
+    _check_method(method, data, checkpoint)
+    check_output(output)
     with _spinner(f"merging {len(models)} models", as_json):
-        result = merge_files(list(models), output, _weights(weights), None if method == "none" else method,
+        result = merge_files(list(models), output, weights, None if method == "none" else method,
                              data=load_inputs(data) if data else None, checkpoint=checkpoint, fmt=fmt, seed=seed)
     doc = result.to_json()
     if as_json:
@@ -438,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line, not a traceback, unless --debug
         if debug:
             traceback.print_exc()
+        extra = missing_extra(e)
+        if extra is not None:               # base install: say which extra to install
+            click.echo(f"ngraph: error: {extra}", err=True)
+            return extra.exit_code
         click.echo(f"ngraph: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         return 1
 

@@ -43,3 +43,33 @@ class UnsupportedModelError(InputError):
                      for op, nodes in sorted(self.unsupported.items())]
             message = f"{message}: {'; '.join(parts)}"
         super().__init__(message)
+
+
+class UsageError(NNGraphError):
+    """Options that do not fit together (e.g. activation matching without data): exit 2, like
+    the command-line parser's own usage errors."""
+
+    exit_code = 2
+
+
+#: Modules nngraph imports lazily → the extra that installs them.
+EXTRAS = {"torch": "learn", "torch_geometric": "learn", "scipy": "learn", "onnxscript": "torch",
+          "sklearn": "learn", "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras",
+          "transformers": "test"}
+
+
+class MissingExtraError(PluginError):
+    """An optional dependency is not installed: names the ``pip install "nngraph[extra]"`` that fixes it."""
+
+    def __init__(self, module: str, extra: str | None = None):
+        self.module, self.extra = module, extra or EXTRAS.get(module, "learn")
+        super().__init__(f"this needs {module}, which is not installed: pip install \"nngraph[{self.extra}]\"")
+
+
+def missing_extra(exc: BaseException) -> MissingExtraError | None:
+    """The :class:`MissingExtraError` for an ``ImportError`` of a module an extra provides, else None."""
+    name = getattr(exc, "name", None) or ""
+    top = name.split(".")[0]
+    if isinstance(exc, ImportError) and top in EXTRAS:
+        return MissingExtraError(top)
+    return None

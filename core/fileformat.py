@@ -12,6 +12,7 @@ folder renamed into place, so a failure never leaves a partial file.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -21,12 +22,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import InputError
+from .errors import GraphError, InputError
+from .headers import FREE, NAT, DictOf, Fields, HeaderError, ListOf, Opt, check, loads, read_safetensors_header
 from .ir import EdgeBlock, NeuralGraph, NeuronSet, Param, SourceTensor, TieGroup, Unmapped, _np_dtype
 from .origin import Origin
 
 SCHEMA_VERSION = 1
-MAX_HEADER = 256 * 1024 * 1024
+COMPACT_BYTES = 1024     # constant source tensors at least this large are stored as one value + shape
 
 _ST_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -35,6 +37,23 @@ _ST_DTYPES = {
     "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
 }
 _NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+_ITEMSIZES = {code: np.dtype(_np_dtype(name)).itemsize for code, name in _NP_DTYPES.items()}
+
+# The structure document in the header. Free-form fields (meta, attrs) are depth-limited JSON.
+_ORIGIN = Fields({"tensor": str}, {"steps": ListOf(list)})
+_REF = Opt(Fields({"origin": Opt(_ORIGIN), "tensor": Opt(str)}, {"shared": bool}))
+DOCUMENT_SCHEMA = Fields(
+    {"schema": int,
+     "groups": ListOf(Fields({"name": str, "size": NAT}, {"fixed": bool, "parent": Opt(str), "rigid": bool})),
+     "sets": ListOf(Fields({"name": str, "size": NAT, "role": str, "depth": int, "group": str,
+                            "activation": Opt(str), "attrs": dict, "arrays": DictOf(_REF)})),
+     "blocks": ListOf(Fields({"name": str, "source": str, "target": str, "kind": str, "attrs": dict,
+                              "weight": _REF})),
+     "sources": DictOf(Fields({"shape": ListOf(NAT), "dtype": str, "tensor": Opt(str)}, {"constant": bool})),
+     "unmapped": DictOf(Fields({"reason": str, "tensor": Opt(str)}))},
+    {"meta": dict, "summary": Fields({}, {"nodes": NAT, "edges": NAT, "sets": NAT, "blocks": NAT,
+                                          "parameters": NAT, "mapped_parameters": NAT, "coverage": float,
+                                          "unmapped": FREE})})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -48,15 +67,74 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ writing
+def check_output(path: str | os.PathLike) -> Path:
+    """Refuse an output path whose folder does not exist or that is a folder (exit 4): a typo in
+    ``-o`` must not create directories nor write somewhere unexpected."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: output folder {str(parent)!r} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file path")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` with the
+    permissions a plain ``open`` would give (the umask, not mkstemp's 0600); on any failure it
+    is removed, so a reader never sees half a file."""
+    path = check_output(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def constant_value(arr: np.ndarray) -> np.ndarray | None:
+    """The single value of an array whose elements are all bitwise equal (NaN and -0.0 count
+    exactly), as a one-element array; None otherwise or when it is too small to matter.
+    Weights made by ``ConstantOfShape`` are like this: stored as value + shape, not expanded."""
+    if arr.nbytes < COMPACT_BYTES or arr.size < 2 or arr.dtype.kind not in "fiub":
+        return None
+    if all(st == 0 for st in arr.strides):                       # already a broadcast view
+        return np.ascontiguousarray(arr.reshape(-1)[:1])
+    if not arr.flags.c_contiguous:
+        return None
+    bits = arr.reshape(-1).view(f"u{arr.dtype.itemsize}")
+    first = bits[0]
+    probe = bits[:: max(1, bits.size // 64)]
+    if not (probe == first).all():
+        return None
+    step = 1 << 22
+    if not all((bits[i:i + step] == first).all() for i in range(0, bits.size, step)):
+        return None
+    return np.ascontiguousarray(arr.reshape(-1)[:1])
+
+
 def save(graph: NeuralGraph, path: str | os.PathLike) -> Path:
     """Write ``graph`` to ``path`` atomically. Returns the path."""
     path = Path(path)
     tensors: dict[str, np.ndarray] = {}
     params = graph.to_params()
-    leaf_keys = {}
+    leaf_keys, constant = {}, set()
     for i, name in enumerate(n for n in graph.sources if n not in graph.unmapped):
         leaf_keys[name] = f"L{i}"
-        tensors[f"L{i}"] = params[name]
+        value = constant_value(params[name])
+        if value is not None:
+            constant.add(name)
+        tensors[f"L{i}"] = params[name] if value is None else value
 
     def ref(key: str, p: Param | None) -> dict | None:
         if p is None:
@@ -83,7 +161,8 @@ def save(graph: NeuralGraph, path: str | os.PathLike) -> Path:
         "blocks": [{"name": b.name, "source": b.source, "target": b.target, "kind": b.kind,
                     "attrs": b.attrs, "weight": ref(f"b{i}", b.weight)}
                    for i, b in enumerate(graph.blocks)],
-        "sources": {n: {"shape": list(t.shape), "dtype": t.dtype, "tensor": leaf_keys.get(n)}
+        "sources": {n: {"shape": list(t.shape), "dtype": t.dtype, "tensor": leaf_keys.get(n),
+                        **({"constant": True} if n in constant else {})}
                     for n, t in graph.sources.items()},
         "unmapped": {n: {"reason": u.reason, "tensor": ref(f"u{i}", Param(u.data))["tensor"]
                          if u.data is not None else None}
@@ -105,19 +184,12 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dic
         offset += arr.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for arr in tensors.values():
-                _write_array(f, arr)
-            f.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in tensors.values():
+            _write_array(f, arr)
+        f.flush()
 
 
 def _write_array(f: BinaryIO, arr: np.ndarray, chunk_bytes: int = 64 << 20) -> None:
@@ -132,77 +204,102 @@ def _write_array(f: BinaryIO, arr: np.ndarray, chunk_bytes: int = 64 << 20) -> N
 
 # ------------------------------------------------------------------------------ reading
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """(nngraph document, safetensors tensor table, data start offset) — reads only the header."""
+    """(nngraph document, safetensors tensor table, data start offset) — reads only the header.
+
+    Both the safetensors table and the structure document are checked against their schemas
+    (:mod:`nngraph.headers`): whatever is returned has every key, of the right type."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise InputError(f"{path}: not an .ngraph file (too short)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > min(size - 8, MAX_HEADER):
-            raise InputError(f"{path}: not an .ngraph file or truncated (header of {n} bytes, file of {size})")
         try:
-            table = json.loads(f.read(n))
-            doc = json.loads(table["__metadata__"]["nngraph"])
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{path}: not an .ngraph file (no nngraph metadata)") from None
+            table, metadata, start = read_safetensors_header(f, size, _ITEMSIZES, f"{path}")
+        except HeaderError as e:       # say what the user thinks they gave us
+            detail = str(e).removeprefix(f"{path}: ").replace("safetensors file", ".ngraph file")
+            raise HeaderError(f"{path}: not an .ngraph file or corrupt ({detail})") from None
+    if metadata.get("format") != "nngraph" or "nngraph" not in metadata:
+        raise InputError(f"{path}: not an .ngraph file (no nngraph metadata)")
+    doc = loads(metadata["nngraph"], f"{path}: .ngraph structure")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_VERSION:
         raise InputError(f"{path}: unsupported .ngraph schema {doc.get('schema') if isinstance(doc, dict) else '?'}"
                          f" (this nngraph reads schema {SCHEMA_VERSION})")
-    data_len = size - 8 - n
-    for key, t in table.items():
-        if key == "__metadata__":
-            continue
-        begin, end = t["data_offsets"]
-        expected = int(np.prod(t["shape"], dtype=np.int64)) * np.dtype(_np_dtype(_NP_DTYPES[t["dtype"]])).itemsize
-        if end > data_len or end - begin != expected or begin < 0:
-            raise InputError(f"{path}: truncated or corrupt (tensor {key!r} needs bytes {begin}–{end}, "
-                             f"data section has {data_len})")
-    return doc, table, 8 + n
+    check(doc, DOCUMENT_SCHEMA, f"{path}: .ngraph structure")
+    return doc, table, start
+
+
+def _leaf_shape_ok(t: dict, entry: dict, constant: bool) -> bool:
+    return entry["shape"] == ([1] if constant else t["shape"])
 
 
 def load(path: str | os.PathLike) -> NeuralGraph:
-    """Open an ``.ngraph`` file; arrays are read-only views of one memory map."""
+    """Open an ``.ngraph`` file; arrays are read-only views of one memory map.
+
+    Every reference in the structure (tensor keys, origins, sets, groups) is checked and the
+    graph validated, so an edited or hostile file is an :class:`InputError`, not a crash later."""
     path = Path(path)
     doc, table, start = read_header(path)
     buf = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if path.stat().st_size > start else np.zeros(0, np.uint8)
 
+    def bad(why: str) -> InputError:
+        return InputError(f"{path}: corrupt .ngraph structure ({why})")
+
     def array(key: str) -> np.ndarray:
-        t = table[key]
+        t = table.get(key)
+        if t is None:
+            raise bad(f"no tensor {key!r} in the file")
         begin, end = t["data_offsets"]
         return buf[begin:end].view(_np_dtype(_NP_DTYPES[t["dtype"]])).reshape(t["shape"])
 
-    try:
-        leaves = {n: array(t["tensor"]) for n, t in doc["sources"].items() if t.get("tensor")}
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{path}: corrupt .ngraph metadata ({type(e).__name__}: {e})") from None
+    leaves = {}
+    for n, t in doc["sources"].items():
+        if not t["tensor"]:
+            continue
+        try:
+            dtype = np.dtype(_np_dtype(t["dtype"]))
+        except (TypeError, AttributeError):
+            raise bad(f"source {n!r} has unknown dtype {t['dtype']!r}") from None
+        data = array(t["tensor"])
+        constant = bool(t.get("constant"))
+        if data.dtype != dtype or not _leaf_shape_ok(t, table[t["tensor"]], constant):
+            raise bad(f"source {n!r} is {t['dtype']} {t['shape']}, its tensor is {data.dtype} {list(data.shape)}")
+        leaves[n] = np.broadcast_to(data.reshape(()), tuple(t["shape"])) if constant else data
 
-    def param(ref: dict | None) -> Param | None:
+    def param(ref: dict | None, where: str) -> Param | None:
         if ref is None:
             return None
-        origin = Origin.from_json(ref["origin"]) if ref["origin"] else None
+        try:
+            origin = Origin.from_json(ref["origin"]) if ref["origin"] else None
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise bad(f"{where}: bad origin ({e})") from None
         if ref["tensor"] is None:
-            data = origin.apply(leaves[origin.tensor])
+            if origin is None or origin.tensor not in leaves:
+                raise bad(f"{where}: refers to no stored source tensor")
+            try:
+                data = origin.apply(leaves[origin.tensor])
+            except (TypeError, ValueError, IndexError) as e:
+                raise bad(f"{where}: origin does not fit its source tensor ({e})") from None
         else:
             data = array(ref["tensor"])
         return Param(data, origin, bool(ref.get("shared", False)))
 
+    g = NeuralGraph(doc.get("meta", {}))
+    g.groups = {d["name"]: TieGroup(d["name"], d["size"], bool(d.get("fixed", False)), d.get("parent"),
+                                    bool(d.get("rigid", False))) for d in doc["groups"]}
+    for d in doc["sets"]:
+        g.sets[d["name"]] = NeuronSet(d["name"], d["size"], d["role"], d["depth"], d["group"], d["activation"],
+                                      {k: param(r, f"set {d['name']!r} array {k!r}") for k, r in d["arrays"].items()},
+                                      d["attrs"])
+    g.blocks = [EdgeBlock(d["name"], d["source"], d["target"], d["kind"], param(d["weight"], f"block {d['name']!r}"),
+                          d["attrs"]) for d in doc["blocks"]]
+    g.sources = {n: SourceTensor(tuple(t["shape"]), t["dtype"]) for n, t in doc["sources"].items()}
+    g.unmapped = {n: Unmapped(u["reason"], array(u["tensor"]) if u["tensor"] else None)
+                  for n, u in doc["unmapped"].items()}
+    g.leaves = leaves
     try:
-        g = NeuralGraph(doc.get("meta", {}))
-        g.groups = {d["name"]: TieGroup(**d) for d in doc["groups"]}
-        for d in doc["sets"]:
-            g.sets[d["name"]] = NeuronSet(d["name"], d["size"], d["role"], d["depth"], d["group"],
-                                          d["activation"], {k: param(r) for k, r in d["arrays"].items()},
-                                          d["attrs"])
-        g.blocks = [EdgeBlock(d["name"], d["source"], d["target"], d["kind"], param(d["weight"]), d["attrs"])
-                    for d in doc["blocks"]]
-        g.sources = {n: SourceTensor(tuple(t["shape"]), t["dtype"]) for n, t in doc["sources"].items()}
-        g.unmapped = {n: Unmapped(u["reason"], array(u["tensor"]) if u["tensor"] else None)
-                      for n, u in doc["unmapped"].items()}
-        g.leaves = leaves
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{path}: corrupt .ngraph metadata ({type(e).__name__}: {e})") from None
+        g.validate()
+    except GraphError as e:
+        raise bad(str(e)) from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from None
     return g

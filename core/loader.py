@@ -10,6 +10,7 @@ Environment:
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -18,7 +19,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import EXTRAS, PluginError
 from .hookspecs import HOOKS, PROJECT, Contributions
 
 
@@ -28,7 +29,7 @@ class PluginInfo:
     package: str
     version: str
     value: str
-    status: str = "active"           # active | failed | blocked
+    status: str = "active"           # active | failed | blocked | needs-extra (loaded, dependencies missing)
     provides: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
 
@@ -91,6 +92,36 @@ def _entry_points() -> list[EntryPoint]:
     return list(seen.values())
 
 
+#: What the built-in plugins import lazily (third parties may set ``NNGRAPH_REQUIRES`` on their module).
+BUILTIN_REQUIRES = {"nngraph.adapters.torch": ["torch", "onnxscript"],
+                    "nngraph.adapters.keras": ["tensorflow", "keras", "tf2onnx"],
+                    "nngraph.plugins.encoders": ["torch", "torch_geometric"],
+                    "nngraph.plugins.heads": ["torch"]}
+
+
+def missing_modules(modules) -> list[str]:
+    """The modules of ``modules`` that are not installed (found without importing them)."""
+    out = []
+    for m in modules:
+        try:
+            if importlib.util.find_spec(m) is None:
+                out.append(m)
+        except (ImportError, ValueError):
+            out.append(m)
+    return out
+
+
+def _needs(info: PluginInfo, obj: object) -> str | None:
+    """'needs torch: pip install "nngraph[learn]"' for a plugin whose dependencies are missing."""
+    required = getattr(obj, "NNGRAPH_REQUIRES", None) or BUILTIN_REQUIRES.get(info.value.split(":")[0], [])
+    missing = missing_modules(required)
+    if not missing:
+        return None
+    extras = sorted({EXTRAS[m] for m in missing if m in EXTRAS})
+    how = f': pip install "nngraph[{",".join(extras)}]"' if info.package == PROJECT and extras else ""
+    return f"needs {', '.join(missing)}{how}"
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
 
@@ -116,13 +147,20 @@ def load_registry() -> Registry:
                 pm.unregister(obj)
                 raise PluginError(f"implements unknown hook(s) {', '.join(sorted(set(unknown)))}")
             got[ep.name] = _collect(pm, obj)
+            needs = _needs(info, obj)
+            if needs:                 # still registered: using it says which extra to install
+                info.status, info.error = "needs-extra", needs
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            info.status, info.error = ("needs-extra", f'needs {top}: pip install "nngraph[{EXTRAS[top]}]"') \
+                if top in EXTRAS else ("failed", _describe(exc))
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, never fatal
             info.status, info.error = "failed", _describe(exc)
 
     reg = Registry(infos, {}, [], {}, {}, {})
     # built-ins claim their names first: a third party cannot shadow "onnx" by sorting earlier
     for info in sorted(infos, key=lambda i: i.package != PROJECT):
-        if info.status != "active":
+        if info.status not in ("active", "needs-extra") or info.name not in got:
             continue
         c = got[info.name]
         clash = ([a.name for a in c.adapters if a.name in reg.adapters]

@@ -29,6 +29,9 @@ class VerifyReport:
     roundtrip_exact: bool
     coverage: float
     groups_moved: list[int] = field(default_factory=list)
+    #: per trial, how many source tensors the symmetry changed: all zero means nothing was tested
+    #: (no free neurons, or constant weights a permutation cannot change)
+    tensors_changed: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     free_fraction: float = 1.0                                  # hidden neurons some symmetry moves
     pins: list[dict] = field(default_factory=list)              # what the converter could not follow
@@ -69,8 +72,11 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .npz of inputs ({e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - BadZipFile, a corrupt .npy header (TokenError) … : bad input
+        raise InputError(f"{path}: not a readable .npz of inputs ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
 
 
 def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inputs: Mapping[str, np.ndarray] | None = None,
@@ -101,6 +107,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
                 problems.append(f"tensor {name!r} does not round-trip exactly")
     max_abs = max_rel = 0.0
     moved: list[int] = []
+    changed: list[int] = []
     with tempfile.TemporaryDirectory(prefix="nngraph-verify-") as tmp:
         same = Path(tmp) / f"roundtrip{path.suffix}"
         adapter.export(path, params, same)
@@ -119,6 +126,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
             base = Path(tmp) / f"randomized{path.suffix}"
             adapter.export(path, graph.to_params(), base)
         reference = adapter.run(base, feeds)
+        unpermuted = graph.to_params()
         for name, ref in reference.items():
             if np.issubdtype(ref.dtype, np.floating) and not np.all(np.isfinite(ref)):
                 problems.append(f"output {name!r} of the model is not finite; verification is meaningless")
@@ -126,7 +134,10 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
             sym = graph.random_symmetry(seed + 1 + t)
             moved.append(sum(1 for p in sym.perms.values() if not np.array_equal(p, np.arange(len(p)))))
             permuted = Path(tmp) / f"permuted{t}{path.suffix}"
-            adapter.export(base, graph.permute(sym).to_params(), permuted)
+            permuted_params = graph.permute(sym).to_params()
+            changed.append(sum(1 for k, v in permuted_params.items()
+                               if not np.array_equal(v, unpermuted[k], equal_nan=v.dtype.kind in "fc")))
+            adapter.export(base, permuted_params, permuted)
             d_abs, d_rel, trial_problems = compare_outputs(reference, adapter.run(permuted, feeds))
             max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
             problems += [f"trial {t}: {p}" for p in trial_problems]
@@ -135,5 +146,6 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     if max_rel > rtol:
         problems.append(f"permuted models differ from the original by {max_abs:.3g} (relative {max_rel:.3g} > {rtol:g})")
     return VerifyReport(ok=not problems, trials=trials, max_abs_diff=max_abs, max_rel_diff=max_rel,
-                        roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved, problems=problems,
-                        free_fraction=graph.free_fraction, pins=list(graph.meta.get("pins", [])))
+                        roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved,
+                        tensors_changed=changed, problems=problems, free_fraction=graph.free_fraction,
+                        pins=list(graph.meta.get("pins", [])))

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -51,25 +52,42 @@ def kind_stats(graph: nngraph.NeuralGraph) -> dict[str, dict]:
     return out
 
 
-def plot(graph: nngraph.NeuralGraph, rows: list[dict], path: str) -> None:
+def _label(name: str, width: int = 22) -> str:
+    """A block name short enough for an axis: its last dotted/slashed parts, then an ellipsis."""
+    parts = [p for p in name.replace("/", ".").split(".") if p] or [name]
+    label = parts[-1]
+    for p in reversed(parts[:-1]):
+        if len(p) + 1 + len(label) > width:
+            break
+        label = f"{p}.{label}"
+    return label if len(label) <= width else "…" + label[-(width - 1):]
+
+
+def plot(graph: nngraph.NeuralGraph, rows: list[dict], path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     weighted = [b for b in graph.blocks if b.weight is not None]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     ax1.boxplot([np.asarray(b.weight.data, np.float64).ravel() for b in weighted], showfliers=False)
-    ax1.set_xticks(range(1, len(weighted) + 1), [b.name[-18:] for b in weighted], rotation=60, ha="right", fontsize=7)
+    every = max(1, len(weighted) // 30)          # at most ~30 labels, the others left blank
+    ax1.set_xticks(range(1, len(weighted) + 1),
+                   [f"{i + 1}: {_label(b.name)}" if i % every == 0 else "" for i, b in enumerate(weighted)],
+                   rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     ax1.set_title("weight distribution per block")
     ax1.set_ylabel("weight")
     ax2.plot([r["depth"] for r in rows], [r["std"] for r in rows], "o", label="std")
     ax2.plot([r["depth"] for r in rows], [r["abs_mean"] for r in rows], "s", mfc="none", label="mean |w|")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))    # depths are layer numbers
     ax2.set_xlabel("depth (layer)")
     ax2.set_title("weight scale by depth")
     ax2.legend()
-    fig.suptitle(f"{graph.meta.get('source', '')}: {graph.num_nodes:,} neurons, {graph.num_edges:,} edges")
+    fig.suptitle(f"{title}: {graph.num_nodes:,} neurons, {graph.num_edges:,} edges")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     rows, kinds = block_stats(graph), kind_stats(graph)
     png = args.plot or args.graph.rsplit(".", 1)[0] + "_weights.png"
-    plot(graph, rows, png)
+    plot(graph, rows, png, Path(args.graph).name)
     if args.json:
         print(json.dumps({"blocks": rows, "kinds": kinds, "plot": png}, indent=2))
         return 0

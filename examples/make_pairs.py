@@ -12,16 +12,24 @@ Needs torch and scikit-learn.
 from __future__ import annotations
 
 import argparse
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    raise SystemExit(f'{__file__}: needs torch: pip install torch==2.13.0 && pip install -e ".[learn]"') from None
 
 
 def digits():
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise SystemExit(f'{__file__}: needs scikit-learn: pip install -e ".[learn]"') from None
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target)
@@ -70,9 +78,19 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--width", type=int, default=64)
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    xtr, ytr, xte, yte = digits()
+    xtr, ytr, xte, yte = digits()       # before anything is created: a missing dependency fails here
+    created = not args.out.exists()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        write_pairs(args, xtr, ytr, xte, yte)
+    except BaseException:
+        if created:
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+
+
+def write_pairs(args, xtr, ytr, xte, yte) -> None:
     np.savez(args.out / "digits_train.npz", image=xtr.numpy())
     np.savez(args.out / "digits_test.npz", image=xte.numpy(), label=yte.numpy())
     for seed in range(2 * args.pairs):

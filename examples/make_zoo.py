@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    raise SystemExit(f'{__file__}: needs torch: pip install torch==2.13.0 && pip install -e ".[learn]"') from None
 
 
 def digits():
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise SystemExit(f'{__file__}: needs scikit-learn: pip install -e ".[learn]"') from None
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target)
@@ -85,9 +93,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wide-test", action="store_true")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    data = digits()
+    data = digits()                     # before anything is created: a missing dependency fails here
+    created = not args.out.exists()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        write_zoo(args, rng, data)
+    except BaseException:
+        if created:                     # a folder without labels.csv is no zoo: leave nothing behind
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+
+
+def write_zoo(args, rng, data) -> None:
     rows = []
     torch.set_num_threads(1)
     for i in range(args.n):

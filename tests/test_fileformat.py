@@ -6,6 +6,8 @@ import pytest
 
 import netlib
 from nngraph import InputError, load, read_header, save
+from nngraph.ir import NeuralGraph, Param
+from nngraph.origin import Origin
 
 
 @pytest.fixture(params=["conv", "attention"])
@@ -96,3 +98,64 @@ def test_overwrite_is_atomic(graph, tmp_path):
     save(graph, path)
     assert [p.name for p in tmp_path.iterdir()] == ["g.ngraph"]
     load(path).validate()
+
+
+def _header_file(path, header: bytes, body: bytes = b""):
+    import struct
+    path.write_bytes(struct.pack("<Q", len(header)) + header + body)
+    return path
+
+
+def test_schema_errors_name_the_field(tmp_path):
+    import json
+    from nngraph.headers import HeaderError
+    doc = {"schema": 1, "groups": [], "sets": [{"name": "a", "size": "3", "role": "input", "depth": 0, "group": "a",
+                                                "activation": None, "attrs": {}, "arrays": {}}],
+           "blocks": [], "sources": {}, "unmapped": {}}
+    header = json.dumps({"__metadata__": {"format": "nngraph", "nngraph": json.dumps(doc)}}).encode()
+    with pytest.raises(HeaderError, match=r"sets\[0\]\.size: expected a non-negative integer, got a string"):
+        read_header(_header_file(tmp_path / "a.ngraph", header))
+    for bad, needle in [(b"[" * 100000, "nested too deeply"), (b"7", "not an object"), (b"{\"x\": {}}", "missing key"),
+                        (json.dumps({"x": {"dtype": "F32", "shape": [3], "data_offsets": [4, 0]}}).encode(), "corrupt")]:
+        with pytest.raises(HeaderError, match=needle):
+            read_header(_header_file(tmp_path / "b.ngraph", bad, bytes(16)))
+
+
+def test_constant_tensors_are_stored_once(tmp_path):
+    """Constant source tensors (also NaN and -0.0, bit for bit) are one stored value + shape, and a
+    loaded graph saved again stays compact (its leaves are broadcast views)."""
+    from nngraph.fileformat import constant_value
+    for value in (0.0, -0.0, np.nan, 3.5):
+        a = np.full((64, 64), value, np.float32)
+        assert constant_value(a) is not None and constant_value(a).tobytes() == a.reshape(-1)[:1].tobytes()
+    b = np.full((64, 64), np.nan, np.float32)
+    b.view(np.uint32)[0, 0] ^= 1                      # another NaN payload: not the same bits
+    assert constant_value(b) is None
+    c = np.zeros((64, 64), np.float32)
+    c[-1, -1] = 1e-30
+    assert constant_value(c) is None and constant_value(np.zeros(4, np.float32)) is None   # tiny: not worth it
+
+    g = NeuralGraph()
+    g.add_source("W", (256, 128), "float32")
+    g.add_source("U", (10, 256), "float32")
+    g.add_set("x", 128, "input", fixed=True)
+    g.add_set("h", 256, depth=1)
+    g.add_set("y", 10, "output", depth=2, fixed=True)
+    w = np.full((256, 128), -0.0, np.float32)
+    u = np.random.default_rng(0).standard_normal((10, 256)).astype(np.float32)
+    g.add_block("W", "x", "h", "dense", Param(w, Origin("W")))
+    g.add_block("U", "h", "y", "dense", Param(u, Origin("U")))
+    first = save(g.validate(), tmp_path / "c.ngraph")
+    assert first.stat().st_size < w.nbytes
+    h = load(first)
+    assert h.to_params()["W"].tobytes() == w.tobytes() and np.array_equal(h.to_params()["U"], u)
+    second = save(h, tmp_path / "again.ngraph")
+    assert second.stat().st_size == first.stat().st_size
+
+
+def test_output_path_checks(graph, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        save(graph, tmp_path / "missing" / "g.ngraph")
+    with pytest.raises(InputError, match="is a folder"):
+        save(graph, tmp_path)
+    assert list(tmp_path.iterdir()) == []

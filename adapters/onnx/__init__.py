@@ -34,7 +34,24 @@ def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, strict: bo
     from .reader import read_model
 
     rules = RuleTable(registry().onnx_rules)
-    return lower_model(read_model(path), rules, fold, dict(bind) if bind else None, strict=strict)
+    return lower_model(read_model(path), rules, _checked(fold, path), dict(bind) if bind else None,
+                       strict=strict)
+
+
+def _checked(fold, path: Path):
+    """Folding evaluates the model's own constant subgraphs: when numpy cannot (a Reshape or
+    Expand to an impossible shape, mismatched operands), the model is inconsistent: exit 4."""
+    from nngraph.errors import NNGraphError
+
+    def checked_fold(ctx, node, ins):
+        try:
+            return fold(ctx, node, ins)
+        except NNGraphError:
+            raise
+        except (ValueError, TypeError, IndexError, OverflowError) as e:
+            raise InputError(f"{path}: node {node.name or node.op_type!r} ({node.op_type}): its constant inputs "
+                             f"cannot be evaluated ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+    return checked_fold
 
 
 def export(source: Path, params: Mapping[str, np.ndarray], out: Path) -> None:

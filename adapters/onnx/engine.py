@@ -1062,11 +1062,21 @@ def _infer_shapes_once(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[s
     model = OnnxModel(Path("."), proto)
     inferred = None
     if any(n.domain == "com.microsoft" for n in model.graph.node):
-        try:   # onnxruntime's symbolic inference knows its contrib ops (fused attention, norms)
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-            inferred = SymbolicShapeInference.infer_shapes(_with_static_batch(model.proto), auto_merge=True)
-        except Exception:  # noqa: BLE001
-            inferred = None
+        import os
+        import tempfile
+        # onnxruntime's symbolic inference knows its contrib ops (fused attention, norms); when it
+        # cannot finish it saves sym_shape_infer_temp.onnx into the cwd: run it in a temporary one
+        # (the cwd is process-wide; parallel conversions run in processes, not threads)
+        with tempfile.TemporaryDirectory(prefix="nngraph-shapes-") as tmp:
+            cwd = os.getcwd()
+            try:
+                os.chdir(tmp)
+                from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+                inferred = SymbolicShapeInference.infer_shapes(_with_static_batch(model.proto), auto_merge=True)
+            except Exception:  # noqa: BLE001
+                inferred = None
+            finally:
+                os.chdir(cwd)
     if inferred is None:
         try:
             inferred = onnx.shape_inference.infer_shapes(_with_static_batch(model.proto), data_prop=True)

@@ -41,10 +41,9 @@ _ORT_TYPES = {
 def _id_ranges(path: Path) -> dict[str, int]:
     """For integer inputs that index a lookup table (directly or through casts and reshapes),
     the number of rows of that table: ids drawn below it are valid."""
-    import onnx
+    from .reader import read_model
 
-    model = onnx.load(str(path), load_external_data=False)
-    g = model.graph
+    g = read_model(path).graph        # corrupt protobuf: InputError (exit 4); weights stay in the file
     rows = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 2}
     consumers: dict[str, list] = {}
     for n in g.node:

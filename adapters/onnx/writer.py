@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -72,24 +71,20 @@ def inline_copy(model) -> onnx.ModelProto:
 def save_atomic(proto: onnx.ModelProto, out: str | os.PathLike) -> Path:
     """Write ``proto`` to ``out`` via a temporary file and a rename: never half a model.
     Above ~1.8 GB of weights they go to ``OUT.data`` beside it (protobuf's 2 GB limit)."""
+    from nngraph.fileformat import atomic_output
+
     g = proto.graph
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    os.close(fd)
     big = sum(t.ByteSize() for t in g.initializer) > EXTERNAL_ABOVE
-    try:
+    with atomic_output(out) as tmp:       # umask permissions; nothing left behind on failure
         if big:   # protobuf cannot hold 2 GB: weights go to OUT.data beside the model
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=f"{out.name}.data", size_threshold=1024)
-            produced = Path(tmp).parent / f"{out.name}.data"
+            produced = tmp.parent / f"{out.name}.data"
             if produced != out.parent / f"{out.name}.data":
                 os.replace(produced, out.parent / f"{out.name}.data")
         else:
-            onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            onnx.save(proto, str(tmp))
     return out
 
 

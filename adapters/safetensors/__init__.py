@@ -32,11 +32,13 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file (or of the shards an index names), memory-mapped."""
     path = Path(path)
     if path.name.endswith(".index.json"):
+        from nngraph.headers import DictOf, Fields, check, loads
         try:
-            index = json.loads(path.read_text())
-            shards = sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{path}: not a safetensors index ({e})") from None
+            index = loads(path.read_bytes(), f"{path}: not a safetensors index")
+        except OSError as e:
+            raise InputError(f"{path}: not a readable safetensors index ({e})") from None
+        check(index, Fields({"weight_map": DictOf(str)}), f"{path}: not a safetensors index")
+        shards = sorted(set(index["weight_map"].values()))
         out: dict[str, np.ndarray] = {}
         folder = path.resolve().parent
         for shard in shards:
@@ -45,27 +47,19 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
                 raise InputError(f"{path}: shard {shard!r} is outside the index's folder")
             out.update(read_tensors(target))
         return out
+    from nngraph.headers import read_safetensors_header
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
+        with open(path, "rb") as f:     # schema-checked: types, keys, byte ranges inside the file
+            header, _, start = read_safetensors_header(
+                f, size, {k: np.dtype(v).itemsize for k, v in _DTYPES.items()}, str(path))
+    except OSError as e:
         raise InputError(f"{path}: not a readable safetensors file ({e})") from None
     out = {}
-    start = 8 + n
     for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(t.get("dtype"))
-        if dtype is None:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {t.get('dtype')}")
+        dtype = _DTYPES[t["dtype"]]
         b, e = t["data_offsets"]
         shape = tuple(t["shape"])
-        if start + e > size or e - b != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
-            raise InputError(f"{path}: tensor {name!r} is truncated or corrupt")
         out[name] = (np.memmap(path, dtype=dtype, mode="r", offset=start + b, shape=shape) if e > b
                      else np.zeros(shape, dtype))
     return out

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nngraph.errors import InputError, UnsupportedModelError
+from nngraph.errors import InputError, MissingExtraError, UnsupportedModelError
 from nngraph.hookspecs import AdapterSpec, hookimpl
 from nngraph.ir import NeuralGraph
 
@@ -27,11 +27,14 @@ __version__ = "0.1.0"
 SUFFIXES = (".pt2", ".pt", ".pth", ".bin", ".ckpt")
 
 
+NNGRAPH_REQUIRES = ["torch", "onnxscript"]    # shown by `ngraph plugins` when missing
+
+
 def _torch():
     try:
         import torch
-    except ImportError:  # pragma: no cover - depends on the install
-        raise InputError("this needs PyTorch: pip install torch (CPU: pip install torch==2.13.0)") from None
+    except ImportError:  # depends on the install
+        raise MissingExtraError("torch", "torch") from None
     return torch
 
 
@@ -70,7 +73,7 @@ def export_onnx(module_or_program, example_inputs, path: Path) -> Path:
     try:
         import onnxscript  # noqa: F401 - the dynamo exporter needs it
     except ImportError:
-        raise InputError('the torch adapter needs onnxscript: pip install "nngraph[torch]"') from None
+        raise MissingExtraError("onnxscript", "torch") from None
     import warnings
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -169,10 +172,13 @@ def _flat(out) -> list:
 
 # ---------------------------------------------------------------------------- files
 def _kind(path: Path) -> str | None:
-    if not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, NotImplementedError) as e:
+        raise InputError(f"{path}: damaged zip archive ({type(e).__name__}: {str(e)[:120]})") from None
     if any(n.endswith("archive_format") or "/models/" in n or n.endswith(".json") and "serialized" in n
            for n in names) and path.suffix == ".pt2":
         return "pt2"
@@ -209,13 +215,7 @@ def convert(path: Path, bind=None, example_inputs: Sequence | None = None, **opt
     torch = _torch()
     kind = _kind(path)
     if kind == "pt2":
-        with _safe_torch_load():
-            try:
-                program = torch.export.load(str(path))
-            except InputError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise InputError(f"{path}: not a readable torch.export program ({type(e).__name__}: {e})") from None
+        program = _program(path)
         if example_inputs is None and bind:
             example_inputs = tuple(torch.from_numpy(np.asarray(bind[k])) for k in sorted(bind, key=str))
         inputs = example_inputs or _random_inputs(program)
@@ -269,11 +269,19 @@ def _from_torchscript(module, example_inputs) -> NeuralGraph:
 
 
 def _program(path: Path):
+    """The exported program in ``path``; a damaged archive is an :class:`InputError` (exit 4) for
+    convert and verify alike."""
     torch = _torch()
     if _kind(path) != "pt2":
         raise InputError(f"{path}: only torch.export programs (.pt2) can be run; a state dict has no computation")
     with _safe_torch_load():
-        return torch.export.load(str(path))
+        try:
+            return torch.export.load(str(path))
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any damage inside the archive
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise InputError(f"{path}: not a readable torch.export program ({type(e).__name__}: {detail})") from None
 
 
 def export(source: Path, params, out: Path) -> None:
