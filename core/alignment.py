@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import InputError
 from .ir import NeuralGraph
-from .materialize import block_edges
+from .materialize import block_edges, is_float
 from .symmetry import Symmetry, _effectively_fixed
 
 METHODS = ("weight", "activation", "embedding")
@@ -94,7 +94,7 @@ def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = 
     total = 0.0
     for name, x in pa.items():
         y = pb.get(name)
-        if y is None or x.shape != y.shape or not np.issubdtype(x.dtype, np.floating):
+        if y is None or x.shape != y.shape or not is_float(x.dtype):
             continue
         total += float(np.sum(np.square(x.astype(np.float64) - y.astype(np.float64))))
     return float(np.sqrt(total))
@@ -137,13 +137,13 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
             continue
         for key, p in s.arrays.items():
             q = b.sets[name].arrays[key]
-            if np.issubdtype(p.data.dtype, np.floating):
+            if is_float(p.data.dtype):
                 out.append(_Factor(np.asarray(p.data, np.float32).reshape(s.size, -1),
                                    np.asarray(q.data, np.float32).reshape(s.size, -1), (g,)))
     for x, y in zip(a.blocks, b.blocks):
         if x.weight is None or x.pattern not in ("full", "diagonal"):
             continue
-        if not np.issubdtype(x.weight.data.dtype, np.floating):
+        if not is_float(x.weight.data.dtype):
             continue
         axes = (grp(x.target),) if x.pattern == "diagonal" else (grp(x.target), grp(x.source))
         if all(ax is None for ax in axes):
@@ -433,7 +433,7 @@ def interpolate(graphs: list[NeuralGraph], weights: list[float]) -> dict[str, np
     params = [g.to_params() for g in graphs]
     out = {}
     for name, first in params[0].items():
-        if not np.issubdtype(first.dtype, np.floating):
+        if not is_float(first.dtype):
             out[name] = first
             continue
         acc = np.zeros(first.shape, np.float64)

@@ -18,6 +18,14 @@ ROLE_IDS = {r: i for i, r in enumerate(ROLES)}
 ACTIVATION_IDS = {a: i + 1 for i, a in enumerate(ACTIVATIONS)}  # 0 = none
 
 
+def is_float(dtype) -> bool:
+    """Floating point, including ml_dtypes' bfloat16 / float8 (numpy calls those void)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return True
+    return dtype.name.startswith(("bfloat16", "float8", "float4", "float6"))
+
+
 @dataclass
 class COO:
     """Edges (source row 0 → target row 1) and per-node / per-edge attributes."""
