@@ -32,9 +32,11 @@ class COO:
     dtypes that hold them: int32 node indices below 2³¹ nodes (int64 above), int8 kinds, int32
     block numbers — 17 bytes per scalar edge instead of 36 (and the arrays are written in
     place, never concatenated). ``edge_attr`` pads every edge to K taps; with
-    ``taps="split"`` it holds one value per edge and only edges of blocks with kernel taps
-    have a row in ``edge_taps``: the rows, in edge order, of the edges where ``edge_has_taps``
-    (an order that batching by concatenation keeps)."""
+    ``taps="split"`` it holds the weight of one-tap edges only (0 for the others), and the
+    kernel taps of the edges that have them are stored unpadded, flat, in edge order:
+    ``edge_num_taps[e]`` values for edge e (0 for one-tap edges) — an order batching by
+    concatenation keeps, so ``np.split(edge_taps, np.cumsum(edge_num_taps)[:-1])`` gives each
+    edge's taps."""
 
     edge_index: np.ndarray   # int32/int64 [2, E]
     edge_attr: np.ndarray    # float32 [E, K]: weight or kernel taps, zero-padded to K ([E, 1] when split)
@@ -46,8 +48,8 @@ class COO:
     node_activation: np.ndarray  # int8 [N]: 0 = none, else 1 + index into vocab.ACTIVATIONS
     node_fixed: np.ndarray   # bool [N]: inputs/outputs that no symmetry moves
     node_bias: np.ndarray    # float32 [N]: the set's "bias" array, 0 where there is none
-    edge_taps: np.ndarray | None = None      # float32 [E_taps, K] (taps="split" only)
-    edge_has_taps: np.ndarray | None = None  # bool [E]: the edges edge_taps holds, in order
+    edge_taps: np.ndarray | None = None      # float32 [Σ taps of tapped edges] (taps="split" only)
+    edge_num_taps: np.ndarray | None = None  # int16/int32 [E]: taps per edge in edge_taps, 0 for none
 
     @property
     def num_nodes(self) -> int:
@@ -100,11 +102,10 @@ def index_dtype(n: int) -> np.dtype:
 
 
 def _block_taps(b: EdgeBlock, E: int) -> np.ndarray | None:
-    """A block's weight as [E, taps], read as float32 (bf16/fp8/fp16 too) block by block."""
+    """A block's weight as [E, taps] in its stored dtype (a view where the layout allows)."""
     if b.weight is None:
         return None
-    w = b.weight.data
-    return w.reshape(E, -1) if w.dtype == np.float32 else np.asarray(w, np.float32).reshape(E, -1)
+    return b.weight.data.reshape(E, -1)        # assigning into float32 casts in buffered chunks
 
 
 def to_coo(graph: NeuralGraph, max_taps: int | None = None, *, taps: str = "pad") -> COO:
@@ -122,10 +123,11 @@ def to_coo(graph: NeuralGraph, max_taps: int | None = None, *, taps: str = "pad"
     edge_block = np.empty(E, np.int32 if len(graph.blocks) < 2 ** 31 else np.int64)
     split = taps == "split"
     tapped = [b for b in graph.blocks if split and b.taps > 1]
-    E_taps = sum(_block_edge_count(graph, b) for b in tapped)
+    n_taps = sum(_block_edge_count(graph, b) * b.taps for b in tapped)
     edge_attr = np.zeros((E, 1 if split else K), np.float32)
-    edge_taps = np.zeros((E_taps, K), np.float32) if split else None
-    has_taps = np.zeros(E, bool) if split else None
+    edge_taps = np.empty(n_taps, np.float32) if split else None
+    num_taps = np.zeros(E, np.int16 if max([b.taps for b in tapped], default=0) < 2 ** 15 else np.int32) \
+        if split else None
     e = t = 0
     for i, b in enumerate(graph.blocks):
         n = _block_edge_count(graph, b)
@@ -137,9 +139,9 @@ def to_coo(graph: NeuralGraph, max_taps: int | None = None, *, taps: str = "pad"
         if w is None:
             edge_attr[sl, 0] = 1.0
         elif split and b.taps > 1:
-            edge_taps[t:t + n, : min(K, w.shape[1])] = w[:, :K]
-            has_taps[sl] = True
-            t += n
+            edge_taps[t:t + w.size] = w.reshape(-1)
+            num_taps[sl] = b.taps
+            t += w.size
         else:
             edge_attr[sl, : min(edge_attr.shape[1], w.shape[1])] = w[:, : edge_attr.shape[1]]
         e += n
@@ -159,7 +161,7 @@ def to_coo(graph: NeuralGraph, max_taps: int | None = None, *, taps: str = "pad"
         node_depth=per_set([s.depth for s in sets], np.int32),
         node_activation=per_set([ACTIVATION_IDS.get(s.activation, 0) for s in sets], np.int8),
         node_fixed=per_set([s.group in fixed for s in sets], bool),
-        node_bias=bias, edge_taps=edge_taps, edge_has_taps=has_taps,
+        node_bias=bias, edge_taps=edge_taps, edge_num_taps=num_taps,
     )
 
 
@@ -177,7 +179,7 @@ def to_pyg(graph: NeuralGraph, max_taps: int | None = None, *, taps: str = "pad"
 
     c = to_coo(graph, max_taps, taps=taps)
     t = torch.from_numpy
-    extra = {} if c.edge_taps is None else {"edge_taps": t(c.edge_taps), "edge_has_taps": t(c.edge_has_taps)}
+    extra = {} if c.edge_taps is None else {"edge_taps": t(c.edge_taps), "edge_num_taps": t(c.edge_num_taps)}
     return Data(
         edge_index=t(c.edge_index), edge_attr=t(c.edge_attr), edge_kind=t(c.edge_kind),
         edge_block=t(c.edge_block), node_set=t(c.node_set), node_role=t(c.node_role),

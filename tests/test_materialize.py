@@ -77,8 +77,13 @@ def test_lean_dtypes_and_split_taps(conv):
     assert pad.edge_index.dtype == np.int32 and pad.edge_kind.dtype == np.int8 and pad.edge_block.dtype == np.int32
     assert np.array_equal(pad.edge_index, split.edge_index) and split.edge_attr.shape == (g.num_edges, 1)
     tapped = np.array([g.blocks[b].taps > 1 for b in pad.edge_block])
-    assert np.array_equal(split.edge_has_taps, tapped) and len(split.edge_taps) == tapped.sum()
-    np.testing.assert_array_equal(split.edge_taps, pad.edge_attr[tapped])
+    assert np.array_equal(split.edge_num_taps > 0, tapped)
+    per_edge = np.split(split.edge_taps, np.cumsum(split.edge_num_taps)[:-1])
+    for e in np.flatnonzero(tapped):                               # each edge's own taps, unpadded
+        n = split.edge_num_taps[e]
+        np.testing.assert_array_equal(per_edge[e], pad.edge_attr[e, :n])
+        assert not pad.edge_attr[e, n:].any()
+    assert all(len(per_edge[e]) == 0 for e in np.flatnonzero(~tapped)[:5])
     np.testing.assert_array_equal(split.edge_attr[~tapped, 0], pad.edge_attr[~tapped, 0])
     assert not pad.edge_attr[~tapped, 1:].any()                   # what split saves: padding
     assert split.nbytes < pad.nbytes
@@ -113,4 +118,4 @@ def test_split_taps_batch(rng):
     datas = [to_pyg(g, taps="split") for g in graphs]
     batch = Batch.from_data_list(datas)
     assert torch.equal(batch.edge_taps, torch.cat([d.edge_taps for d in datas]))
-    assert batch.edge_has_taps.sum() == len(batch.edge_taps)
+    assert int(batch.edge_num_taps.sum()) == len(batch.edge_taps)
