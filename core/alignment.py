@@ -104,16 +104,31 @@ def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = 
 @dataclass
 class _Factor:
     """One parameter array of A and B with the tie group of each leading axis (``None``:
-    a fixed or absent axis). Grouped-conv and diagonal weights are made dense first."""
+    a fixed or absent axis). Grouped-conv weights are made dense first; other arrays stay views
+    in their stored dtype (bf16 too) and are read as float32 where used, so aligning two large
+    models holds no float32 copy of either (a 307 M-parameter pair would need 2.5 GB)."""
 
-    a: np.ndarray
-    b: np.ndarray
+    raw_a: np.ndarray
+    raw_b: np.ndarray
     axes: tuple[str | None, ...]
+
+    @property
+    def a(self) -> np.ndarray:
+        return _f32(self.raw_a)
+
+    @property
+    def b(self) -> np.ndarray:
+        return _f32(self.raw_b)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.float32 else np.asarray(x, np.float32)
 
 
 def _dense(graph: NeuralGraph, block) -> np.ndarray:
-    """A block's weight as ``[T, S, taps]`` (``[n, taps]`` for a diagonal block)."""
-    w = np.asarray(block.weight.data, np.float32)
+    """A block's weight as ``[T, S, taps]`` (``[n, taps]`` for a diagonal block), a view in the
+    stored dtype unless grouped (then a dense float32 array with zeros between groups)."""
+    w = block.weight.data
     if block.pattern == "diagonal":
         return w.reshape(w.shape[0], -1)
     T, S = graph.sets[block.target].size, graph.sets[block.source].size
@@ -121,7 +136,7 @@ def _dense(graph: NeuralGraph, block) -> np.ndarray:
         return w.reshape(T, S, -1)
     src, tgt = block_edges(graph, block)
     out = np.zeros((T, S, block.taps), np.float32)
-    out[tgt, src] = w.reshape(len(src), -1)
+    out[tgt, src] = np.asarray(w, np.float32).reshape(len(src), -1)
     return out
 
 
@@ -138,8 +153,7 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
         for key, p in s.arrays.items():
             q = b.sets[name].arrays[key]
             if is_float(p.data.dtype):
-                out.append(_Factor(np.asarray(p.data, np.float32).reshape(s.size, -1),
-                                   np.asarray(q.data, np.float32).reshape(s.size, -1), (g,)))
+                out.append(_Factor(p.data.reshape(s.size, -1), q.data.reshape(s.size, -1), (g,)))
     for x, y in zip(a.blocks, b.blocks):
         if x.weight is None or x.pattern not in ("full", "diagonal"):
             continue
@@ -154,10 +168,11 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
 
 def _permuted_b(f: _Factor, perms: Mapping[str, np.ndarray], skip: int) -> np.ndarray:
     """B's array with every group axis except ``skip`` put in its current order."""
-    arr = f.b
+    arr = f.raw_b
     for k, g in enumerate(f.axes):
         if k != skip and g is not None and g in perms:
             arr = np.take(arr, perms[g], axis=k)
+    arr = _f32(arr)
     return arr
 
 
@@ -414,7 +429,7 @@ def _pruned_step(factors: list[_Factor], perms: Mapping[str, np.ndarray], g: str
     del sketch
     rows, cols = _candidate_pairs(n, *cands)
     vals = np.zeros(len(rows))
-    chunk = max(1, (1 << 24) // max(1, max(int(np.prod(f.a.shape)) // n for _, f, _ in on)))
+    chunk = max(1, (1 << 24) // max(1, max(f.raw_a.size // n for _, f, _ in on)))
     for i, f, k in on:
         xa, xb = _slices(f.a, k), _slices(_permuted_b(f, perms, k), k)
         na, nb = norms.get(i, f, k)
