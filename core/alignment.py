@@ -332,14 +332,18 @@ class _Hierarchy:
             if self.groups[c].rigid or c not in self.moving or bs == 1:
                 within = np.broadcast_to(np.arange(bs), (n, n, bs))
                 value = np.trace(blocks, axis1=2, axis2=3)
-            else:
-                within = np.broadcast_to(np.arange(bs), (n, n, bs)).copy()
-                value = np.zeros((n, n))
-                for a in range(n):
-                    for b_ in ([a] if pinned else range(n)):
-                        p = _lap(blocks[a, b_])
-                        within[a, b_] = p
-                        value[a, b_] = blocks[a, b_][np.arange(bs), p].sum()
+            else:     # n² alike assignment problems, batched: those whose row maxima are
+                # distinct columns are solved by the argmax at once, the rest one by one
+                within = blocks.argmax(axis=3)                                     # [a, b, i]
+                clear = (np.diff(np.sort(within, axis=2), axis=2) != 0).all(axis=2)
+                value = np.take_along_axis(blocks, within[..., None], axis=3)[..., 0].sum(axis=2)
+                todo = ~clear & (np.eye(n, dtype=bool) if pinned else True)
+                for a, b_ in zip(*np.nonzero(todo)):
+                    p = _lap(blocks[a, b_])
+                    within[a, b_] = p
+                    value[a, b_] = blocks[a, b_][np.arange(bs), p].sum()
+                if pinned:
+                    value = np.where(np.eye(n, dtype=bool), value, 0.0)
             total += value
             pickers.append((c, bs, within, cchoose))
 
