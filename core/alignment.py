@@ -96,7 +96,8 @@ def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = 
         y = pb.get(name)
         if y is None or x.shape != y.shape or not is_float(x.dtype):
             continue
-        total += float(np.sum(np.square(x.astype(np.float64) - y.astype(np.float64))))
+        d = np.asarray(x, np.float32) - np.asarray(y, np.float32)   # 0 exactly where equal
+        total += float(np.square(d).sum(dtype=np.float64))
     return float(np.sqrt(total))
 
 
@@ -363,12 +364,13 @@ def _value(costs: Mapping[str, np.ndarray], perms: Mapping[str, np.ndarray]) -> 
 
 #: Roots that are one group (no heads inside) of at least PRUNE_N neurons are solved over
 #: candidate partners only: each neuron's current partner, its CANDIDATES nearest by signature
-#: and its CANDIDATES nearest by a SKETCH_DIM-dimensional random projection of the linear cost.
+#: and its CANDIDATES nearest by a random projection of the linear cost (SKETCH_DIM columns in
+#: all, shared out among the arrays on the group's axis by size).
 #: Exact costs are then computed for those pairs only (≈ 2·CANDIDATES/n of the full n²·m
 #: product) and the assignment is a sparse one. The current partner keeps the step monotone.
 PRUNE_N = 1024
 CANDIDATES = 16
-SKETCH_DIM = 64
+SKETCH_DIM = 128
 
 
 def _prunable(hier: "_Hierarchy", root: str, sizes: Mapping[str, int]) -> bool:
@@ -416,31 +418,51 @@ def _slices(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, k, 0)).reshape(x.shape[k], -1)
 
 
+def _project(x: np.ndarray, k: int, proj: np.ndarray) -> np.ndarray:
+    """The slices of ``x`` along axis ``k`` times ``proj`` (``[m, d]``), without moving axis k
+    to the front where the layout allows (``Aᵀ·P`` for the columns of a matrix)."""
+    if k == 0:
+        return x.reshape(x.shape[0], -1) @ proj
+    if k == 1 and (x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1)):
+        return x.reshape(x.shape[0], x.shape[1]).T @ proj
+    return _slices(x, k) @ proj
+
+
 def _pruned_step(factors: list[_Factor], perms: Mapping[str, np.ndarray], g: str, n: int,
                  hint: np.ndarray | None, norms: _Norms, rng: np.random.Generator):
     """One coordinate step for a large single group over candidate pairs; returns the new
     permutation, its value and the current one's (both exact over the same pairs)."""
     on = [(i, f, k) for i, f in enumerate(factors) for k, ax in enumerate(f.axes) if ax == g]
     current = perms.get(g, np.arange(n))
-    sketch = np.zeros((n, n), np.float32)
+    # random projections of every array's slices, SKETCH_DIM columns shared out by size
+    total = sum(f.raw_a.size for _, f, _ in on)
+    pa, pb, norm = [], [], np.zeros(n)
     for i, f, k in on:
-        xa, xb = _slices(f.a, k), _slices(_permuted_b(f, perms, k), k)
-        na, nb = norms.get(i, f, k)
-        proj = rng.standard_normal((xa.shape[1], SKETCH_DIM)).astype(np.float32) / np.float32(np.sqrt(SKETCH_DIM))
-        sketch += (xa @ proj) @ (xb @ proj).T
-        sketch -= (0.5 * (na[:, None] + nb[None, :])).astype(np.float32)
+        dim = max(2, int(round(SKETCH_DIM * f.raw_a.size / total)))
+        m = f.raw_a.size // n
+        proj = rng.standard_normal((m, dim)).astype(np.float32) / np.float32(np.sqrt(dim))
+        pa.append(_project(f.a, k, proj))
+        pb.append(_project(_permuted_b(f, perms, k), k, proj))
+        norm += norms.get(i, f, k)[1]
+    sketch = np.concatenate(pa, axis=1) @ np.concatenate(pb, axis=1).T
+    sketch -= (0.5 * norm[None, :]).astype(np.float32)       # row constants do not change a row's order
     cands = [current, _top_k(sketch, CANDIDATES)] + ([hint] if hint is not None else [])
-    del sketch
+    del sketch, pa, pb
     rows, cols = _candidate_pairs(n, *cands)
+    starts = np.searchsorted(rows, np.arange(n))
+    slot = np.arange(len(rows)) - starts[rows]
+    padded = np.repeat(cols[starts][:, None], int(slot.max()) + 1, axis=1)   # [n, K]: each row's candidates
+    padded[rows, slot] = cols
     vals = np.zeros(len(rows))
-    chunk = max(1, (1 << 24) // max(1, max(f.raw_a.size // n for _, f, _ in on)))
+    K = padded.shape[1]
+    chunk = max(1, (1 << 24) // max(1, K * max(f.raw_a.size // n for _, f, _ in on)))
     for i, f, k in on:
         xa, xb = _slices(f.a, k), _slices(_permuted_b(f, perms, k), k)
         na, nb = norms.get(i, f, k)
-        for a in range(0, len(rows), chunk):
-            r, c = rows[a:a + chunk], cols[a:a + chunk]
-            vals[a:a + chunk] += np.einsum("ij,ij->i", xa[r], xb[c], dtype=np.float64)
-        vals -= 0.5 * (na[rows] + nb[cols])
+        pv = np.empty((n, K))
+        for a in range(0, n, chunk):         # A's rows read once, B's candidate rows gathered
+            pv[a:a + chunk] = np.matmul(xb[padded[a:a + chunk]], xa[a:a + chunk, :, None])[..., 0]
+        vals += pv[rows, slot] - 0.5 * (na[rows] + nb[cols])
     new = _sparse_lap(n, rows, cols, vals)
     return new, _pair_lookup(n, rows, cols, vals, new), _pair_lookup(n, rows, cols, vals, current)
 
