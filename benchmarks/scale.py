@@ -12,7 +12,7 @@ each step in a fresh process so peaks do not mix:
 * the growth exponent of each measure in the parameter count (least squares on log-log).
 
     python benchmarks/scale.py                      # sizes tiny,small,medium (a few minutes on 2 cores)
-    python benchmarks/scale.py --sizes tinyllama    # TinyLlama-1.1B's configuration (≈2.2 GB written)
+    python benchmarks/scale.py --sizes tinyllama --no-coo --no-align   # TinyLlama-1.1B's configuration (≈2.2 GB written)
     python benchmarks/scale.py --sizes small --json --keep /tmp/ckpts
 """
 from __future__ import annotations
@@ -175,7 +175,7 @@ def growth_exponent(x, y) -> float | None:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
-def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=print) -> dict:
+def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=print, coo: bool = True) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="nngraph-scale-") as tmp:
         root = keep or Path(tmp)
@@ -187,7 +187,8 @@ def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=
             row = {"size": size, "hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"],
                    "write_s": time.perf_counter() - t}
             row.update(_child("convert", index, folder / "a.ngraph"))
-            row.update(_child("coo", folder / "a.ngraph"))
+            if coo:
+                row.update(_child("coo", folder / "a.ngraph"))
             if align:
                 row.update(_child("align", folder / "a.ngraph", "-", seed + 1))
             if pairs:
@@ -213,6 +214,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help=f"comma list of {', '.join(SIZES)}")
     ap.add_argument("--no-align", action="store_true", help="skip alignment")
+    ap.add_argument("--no-coo", action="store_true", help="skip to_coo (it needs ≈ 18 bytes per edge of memory)")
     ap.add_argument("--pairs", action="store_true", help="also align two independent checkpoints per size")
     ap.add_argument("--keep", type=Path, help="write checkpoints here and keep them")
     ap.add_argument("--seed", type=int, default=0)
@@ -233,7 +235,7 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
     result = run(sizes, args.keep, not args.no_align, args.pairs, args.seed,
-                 progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)))
+                 progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)), coo=not args.no_coo)
     if args.json:
         print(json.dumps(result, indent=1))
         return
@@ -243,8 +245,8 @@ def main(argv=None) -> None:
     nan = float("nan")
     for r in result["rows"]:
         print(f"| {r['size']} | {r['hidden']} × {r['layers']} | {r['params'] / 1e6:.1f} M | {r['edges'] / 1e6:.1f} M "
-              f"| {r['convert_s']:.2f} | {r['convert_peak_mib']:.0f} | {r['coo_bytes_per_edge']:.1f} "
-              f"| {r['coo_peak_bytes_per_edge']:.1f} | {r.get('align_s', nan):.0f} ({r.get('align_cpu_s', nan):.0f}) "
+              f"| {r['convert_s']:.2f} | {r['convert_peak_mib']:.0f} | {r.get('coo_bytes_per_edge', nan):.1f} "
+              f"| {r.get('coo_peak_bytes_per_edge', nan):.1f} | {r.get('align_s', nan):.0f} ({r.get('align_cpu_s', nan):.0f}) "
               f"| {r.get('align_peak_mib', nan):.0f} | {r.get('recovered', '-')} |")
     print("growth exponents in parameters:", {k: (round(v, 2) if v is not None else None)
                                               for k, v in result["growth_exponent"].items()})

@@ -226,18 +226,19 @@ def _linear_costs(factors: list[_Factor], perms: Mapping[str, np.ndarray], group
     return costs
 
 
-#: Sorted rows longer than SIG_EXACT are compared by the means of SIG_BINS equal bins of
-#: their sorted values (scaled so squared distances keep the exact rows' scale): the signature
+#: Sorted rows longer than SIG_EXACT (or than SIG_BINS in groups of ≥ PRUNE_N neurons) are
+#: compared by the means of SIG_BINS equal bins of their sorted values (scaled so squared distances keep the exact rows' scale): the signature
 #: matrix product then costs n²·SIG_BINS instead of n²·m, and identical rows stay identical.
 SIG_EXACT = 4096
 SIG_BINS = 256
 
 
 def _sorted_sketch(x: np.ndarray) -> np.ndarray:
-    """Each row's sorted values, binned to SIG_BINS (a permutation-invariant signature)."""
+    """Each row's sorted values, binned to SIG_BINS (a permutation-invariant signature) when
+    rows are long or the group is large (the product costs n²·m)."""
     s = np.sort(x, axis=1)
-    m = s.shape[1]
-    if m <= SIG_EXACT:
+    n, m = s.shape
+    if m <= SIG_BINS or (m <= SIG_EXACT and n < PRUNE_N):
         return s
     edges = np.linspace(0, m, SIG_BINS + 1).round().astype(np.int64)
     widths = np.diff(edges).astype(np.float32)
