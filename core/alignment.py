@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import InputError
 from .ir import NeuralGraph
-from .materialize import block_edges
+from .materialize import block_edges, is_float
 from .symmetry import Symmetry, _effectively_fixed
 
 METHODS = ("weight", "activation", "embedding")
@@ -94,9 +94,10 @@ def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = 
     total = 0.0
     for name, x in pa.items():
         y = pb.get(name)
-        if y is None or x.shape != y.shape or not np.issubdtype(x.dtype, np.floating):
+        if y is None or x.shape != y.shape or not is_float(x.dtype):
             continue
-        total += float(np.sum(np.square(x.astype(np.float64) - y.astype(np.float64))))
+        d = np.asarray(x, np.float32) - np.asarray(y, np.float32)   # 0 exactly where equal
+        total += float(np.square(d).sum(dtype=np.float64))
     return float(np.sqrt(total))
 
 
@@ -104,16 +105,31 @@ def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = 
 @dataclass
 class _Factor:
     """One parameter array of A and B with the tie group of each leading axis (``None``:
-    a fixed or absent axis). Grouped-conv and diagonal weights are made dense first."""
+    a fixed or absent axis). Grouped-conv weights are made dense first; other arrays stay views
+    in their stored dtype (bf16 too) and are read as float32 where used, so aligning two large
+    models holds no float32 copy of either (a 307 M-parameter pair would need 2.5 GB)."""
 
-    a: np.ndarray
-    b: np.ndarray
+    raw_a: np.ndarray
+    raw_b: np.ndarray
     axes: tuple[str | None, ...]
+
+    @property
+    def a(self) -> np.ndarray:
+        return _f32(self.raw_a)
+
+    @property
+    def b(self) -> np.ndarray:
+        return _f32(self.raw_b)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.float32 else np.asarray(x, np.float32)
 
 
 def _dense(graph: NeuralGraph, block) -> np.ndarray:
-    """A block's weight as ``[T, S, taps]`` (``[n, taps]`` for a diagonal block)."""
-    w = np.asarray(block.weight.data, np.float32)
+    """A block's weight as ``[T, S, taps]`` (``[n, taps]`` for a diagonal block), a view in the
+    stored dtype unless grouped (then a dense float32 array with zeros between groups)."""
+    w = block.weight.data
     if block.pattern == "diagonal":
         return w.reshape(w.shape[0], -1)
     T, S = graph.sets[block.target].size, graph.sets[block.source].size
@@ -121,7 +137,7 @@ def _dense(graph: NeuralGraph, block) -> np.ndarray:
         return w.reshape(T, S, -1)
     src, tgt = block_edges(graph, block)
     out = np.zeros((T, S, block.taps), np.float32)
-    out[tgt, src] = w.reshape(len(src), -1)
+    out[tgt, src] = np.asarray(w, np.float32).reshape(len(src), -1)
     return out
 
 
@@ -137,13 +153,12 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
             continue
         for key, p in s.arrays.items():
             q = b.sets[name].arrays[key]
-            if np.issubdtype(p.data.dtype, np.floating):
-                out.append(_Factor(np.asarray(p.data, np.float32).reshape(s.size, -1),
-                                   np.asarray(q.data, np.float32).reshape(s.size, -1), (g,)))
+            if is_float(p.data.dtype):
+                out.append(_Factor(p.data.reshape(s.size, -1), q.data.reshape(s.size, -1), (g,)))
     for x, y in zip(a.blocks, b.blocks):
         if x.weight is None or x.pattern not in ("full", "diagonal"):
             continue
-        if not np.issubdtype(x.weight.data.dtype, np.floating):
+        if not is_float(x.weight.data.dtype):
             continue
         axes = (grp(x.target),) if x.pattern == "diagonal" else (grp(x.target), grp(x.source))
         if all(ax is None for ax in axes):
@@ -154,34 +169,80 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
 
 def _permuted_b(f: _Factor, perms: Mapping[str, np.ndarray], skip: int) -> np.ndarray:
     """B's array with every group axis except ``skip`` put in its current order."""
-    arr = f.b
+    arr = f.raw_b
     for k, g in enumerate(f.axes):
         if k != skip and g is not None and g in perms:
             arr = np.take(arr, perms[g], axis=k)
+    arr = _f32(arr)
     return arr
 
 
+def _axis_gram(f: _Factor, k: int, b: np.ndarray) -> np.ndarray:
+    """Σ over every axis but ``k`` of A·B: ``[n, n]`` inner products of A's slices i and B's
+    slices j along axis k, without moving axis k to the front (BLAS reads the transpose)."""
+    a = f.a
+    if k == 0:
+        return a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1).T
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):          # [T, S(, 1)]: Aᵀ B
+        a2, b2 = a.reshape(a.shape[0], a.shape[1]), b.reshape(b.shape[0], b.shape[1])
+        return a2.T @ b2
+    return np.tensordot(a, b, axes=([i for i in range(a.ndim) if i != k], [i for i in range(b.ndim) if i != k]))
+
+
+def _axis_norms(x: np.ndarray, k: int) -> np.ndarray:
+    """Squared norm of every slice along axis ``k`` (unchanged by permuting the other axes)."""
+    other = tuple(i for i in range(x.ndim) if i != k)
+    return np.square(x).sum(axis=other, dtype=np.float64) if other else np.square(x, dtype=np.float64)
+
+
+class _Norms:
+    """Per (factor, axis) squared slice norms of A and B, computed once per alignment."""
+
+    def __init__(self):
+        self.cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, i: int, f: _Factor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if (i, k) not in self.cache:
+            self.cache[(i, k)] = (_axis_norms(f.a, k), _axis_norms(f.b, k))
+        return self.cache[(i, k)]
+
+
 def _linear_costs(factors: list[_Factor], perms: Mapping[str, np.ndarray], groups: set[str],
-                  sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+                  sizes: Mapping[str, int], norms: _Norms | None = None) -> dict[str, np.ndarray]:
     """``C[g][i, j]`` = −½‖A's slice i − B's slice j‖² summed over the arrays on g's axis, the
     other axes of B already permuted. Over perfect matchings this differs from the inner product
     ⟨A_i, B_j⟩ by a constant (same optimum), but each row's maximum is its nearest neighbour,
     so a clear match needs no assignment solver (see :func:`_lap`)."""
+    norms = norms or _Norms()
     costs = {g: np.zeros((sizes[g], sizes[g])) for g in groups}
-    for f in factors:
+    for i, f in enumerate(factors):
         for k, g in enumerate(f.axes):
             if g not in groups:
                 continue
-            xa = np.moveaxis(f.a, k, 0).reshape(sizes[g], -1)
-            xb = np.moveaxis(_permuted_b(f, perms, k), k, 0).reshape(sizes[g], -1)
-            costs[g] += _neg_half_sq_dist(xa, xb)
+            na, nb = norms.get(i, f, k)
+            c = _axis_gram(f, k, _permuted_b(f, perms, k))
+            costs[g] += c
+            costs[g] -= 0.5 * (na[:, None] + nb[None, :])
     return costs
 
 
-def _neg_half_sq_dist(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    na = np.einsum("ij,ij->i", xa, xa, dtype=np.float64)
-    nb = np.einsum("ij,ij->i", xb, xb, dtype=np.float64)
-    return (xa @ xb.T).astype(np.float64) - 0.5 * (na[:, None] + nb[None, :])
+#: Sorted rows longer than SIG_EXACT (or than SIG_BINS in groups of ≥ PRUNE_N neurons) are
+#: compared by the means of SIG_BINS equal bins of their sorted values (scaled so squared distances keep the exact rows' scale): the signature
+#: matrix product then costs n²·SIG_BINS instead of n²·m, and identical rows stay identical.
+SIG_EXACT = 4096
+SIG_BINS = 256
+
+
+def _sorted_sketch(x: np.ndarray) -> np.ndarray:
+    """Each row's sorted values, binned to SIG_BINS (a permutation-invariant signature) when
+    rows are long or the group is large (the product costs n²·m)."""
+    s = np.sort(x, axis=1)
+    n, m = s.shape
+    if m <= SIG_BINS or (m <= SIG_EXACT and n < PRUNE_N):
+        return s
+    edges = np.linspace(0, m, SIG_BINS + 1).round().astype(np.int64)
+    widths = np.diff(edges).astype(np.float32)
+    return np.add.reduceat(s, edges[:-1], axis=1) / widths * np.sqrt(widths)
 
 
 def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[str, int],
@@ -195,8 +256,8 @@ def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[st
         for k, g in enumerate(f.axes):
             if g not in groups:
                 continue
-            xa = np.sort(np.moveaxis(f.a, k, 0).reshape(sizes[g], -1), axis=1)
-            xb = np.sort(np.moveaxis(f.b, k, 0).reshape(sizes[g], -1), axis=1)
+            xa = _sorted_sketch(np.moveaxis(f.a, k, 0).reshape(sizes[g], -1))
+            xb = _sorted_sketch(np.moveaxis(f.b, k, 0).reshape(sizes[g], -1))
             costs[g] += xa @ xb.T
             norms[g][0][:] += np.einsum("ij,ij->i", xa, xa, dtype=np.float64)
             norms[g][1][:] += np.einsum("ij,ij->i", xb, xb, dtype=np.float64)
@@ -273,14 +334,18 @@ class _Hierarchy:
             if self.groups[c].rigid or c not in self.moving or bs == 1:
                 within = np.broadcast_to(np.arange(bs), (n, n, bs))
                 value = np.trace(blocks, axis1=2, axis2=3)
-            else:
-                within = np.broadcast_to(np.arange(bs), (n, n, bs)).copy()
-                value = np.zeros((n, n))
-                for a in range(n):
-                    for b_ in ([a] if pinned else range(n)):
-                        p = _lap(blocks[a, b_])
-                        within[a, b_] = p
-                        value[a, b_] = blocks[a, b_][np.arange(bs), p].sum()
+            else:     # n² alike assignment problems, batched: those whose row maxima are
+                # distinct columns are solved by the argmax at once, the rest one by one
+                within = blocks.argmax(axis=3)                                     # [a, b, i]
+                clear = (np.diff(np.sort(within, axis=2), axis=2) != 0).all(axis=2)
+                value = np.take_along_axis(blocks, within[..., None], axis=3)[..., 0].sum(axis=2)
+                todo = ~clear & (np.eye(n, dtype=bool) if pinned else True)
+                for a, b_ in zip(*np.nonzero(todo)):
+                    p = _lap(blocks[a, b_])
+                    within[a, b_] = p
+                    value[a, b_] = blocks[a, b_][np.arange(bs), p].sum()
+                if pinned:
+                    value = np.where(np.eye(n, dtype=bool), value, 0.0)
             total += value
             pickers.append((c, bs, within, cchoose))
 
@@ -298,31 +363,155 @@ def _value(costs: Mapping[str, np.ndarray], perms: Mapping[str, np.ndarray]) -> 
     return float(sum(c[np.arange(len(c)), perms[g]].sum() for g, c in costs.items() if g in perms))
 
 
+#: Roots that are one group (no heads inside) of at least PRUNE_N neurons are solved over
+#: candidate partners only: each neuron's current partner, its CANDIDATES nearest by signature
+#: and its CANDIDATES nearest by a random projection of the linear cost (SKETCH_DIM columns in
+#: all, shared out among the arrays on the group's axis by size).
+#: Exact costs are then computed for those pairs only (≈ 2·CANDIDATES/n of the full n²·m
+#: product) and the assignment is a sparse one. The current partner keeps the step monotone.
+PRUNE_N = 1024
+CANDIDATES = 16
+SKETCH_DIM = 128
+
+
+def _prunable(hier: "_Hierarchy", root: str, sizes: Mapping[str, int]) -> bool:
+    return sizes[root] >= PRUNE_N and hier.family(root) == [root] and root in hier.moving
+
+
+def _top_k(m: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, m.shape[1])
+    return np.argpartition(-m, k - 1, axis=1)[:, :k]
+
+
+def _candidate_pairs(n: int, *cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated (row, col) pairs, row-major, from [n, k] candidate column arrays."""
+    mask = np.zeros((n, n), bool)
+    rows = np.arange(n)
+    for c in cands:
+        mask[rows[:, None] if c.ndim == 2 else rows, c] = True
+    r, c = np.nonzero(mask)
+    return r, c
+
+
+def _pair_lookup(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, perm: np.ndarray) -> float:
+    keys = rows.astype(np.int64) * n + cols
+    pos = np.searchsorted(keys, np.arange(n, dtype=np.int64) * n + perm)
+    return float(vals[pos].sum())
+
+
+def _sparse_lap(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Maximum-weight perfect matching over the given pairs (they must contain one)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, rows, vals)
+    arg = np.empty(n, np.int64)
+    hit = vals == best[rows]
+    arg[rows[hit][::-1]] = cols[hit][::-1]
+    if len(np.unique(arg)) == n:                 # every row's best partner distinct: optimal as is
+        return arg
+    w = csr_matrix((vals - vals.min() + 1.0, (rows, cols)), shape=(n, n))   # no zero weights
+    _, col = min_weight_full_bipartite_matching(w, maximize=True)
+    return col.astype(np.int64)
+
+
+def _slices(x: np.ndarray, k: int) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, k, 0)).reshape(x.shape[k], -1)
+
+
+def _project(x: np.ndarray, k: int, proj: np.ndarray) -> np.ndarray:
+    """The slices of ``x`` along axis ``k`` times ``proj`` (``[m, d]``), without moving axis k
+    to the front where the layout allows (``Aᵀ·P`` for the columns of a matrix)."""
+    if k == 0:
+        return x.reshape(x.shape[0], -1) @ proj
+    if k == 1 and (x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1)):
+        return x.reshape(x.shape[0], x.shape[1]).T @ proj
+    return _slices(x, k) @ proj
+
+
+def _pruned_step(factors: list[_Factor], perms: Mapping[str, np.ndarray], g: str, n: int,
+                 hint: np.ndarray | None, norms: _Norms, rng: np.random.Generator):
+    """One coordinate step for a large single group over candidate pairs; returns the new
+    permutation, its value and the current one's (both exact over the same pairs)."""
+    on = [(i, f, k) for i, f in enumerate(factors) for k, ax in enumerate(f.axes) if ax == g]
+    current = perms.get(g, np.arange(n))
+    # random projections of every array's slices, SKETCH_DIM columns shared out by size
+    total = sum(f.raw_a.size for _, f, _ in on)
+    pa, pb, norm = [], [], np.zeros(n)
+    for i, f, k in on:
+        dim = max(2, int(round(SKETCH_DIM * f.raw_a.size / total)))
+        m = f.raw_a.size // n
+        proj = rng.standard_normal((m, dim)).astype(np.float32) / np.float32(np.sqrt(dim))
+        pa.append(_project(f.a, k, proj))
+        pb.append(_project(_permuted_b(f, perms, k), k, proj))
+        norm += norms.get(i, f, k)[1]
+    sketch = np.concatenate(pa, axis=1) @ np.concatenate(pb, axis=1).T
+    sketch -= (0.5 * norm[None, :]).astype(np.float32)       # row constants do not change a row's order
+    cands = [current, _top_k(sketch, CANDIDATES)] + ([hint] if hint is not None else [])
+    del sketch, pa, pb
+    rows, cols = _candidate_pairs(n, *cands)
+    starts = np.searchsorted(rows, np.arange(n))
+    slot = np.arange(len(rows)) - starts[rows]
+    padded = np.repeat(cols[starts][:, None], int(slot.max()) + 1, axis=1)   # [n, K]: each row's candidates
+    padded[rows, slot] = cols
+    vals = np.zeros(len(rows))
+    K = padded.shape[1]
+    chunk = max(1, (1 << 24) // max(1, K * max(f.raw_a.size // n for _, f, _ in on)))
+    for i, f, k in on:
+        xa, xb = _slices(f.a, k), _slices(_permuted_b(f, perms, k), k)
+        na, nb = norms.get(i, f, k)
+        pv = np.empty((n, K))
+        for a in range(0, n, chunk):         # A's rows read once, B's candidate rows gathered
+            pv[a:a + chunk] = np.matmul(xb[padded[a:a + chunk]], xa[a:a + chunk, :, None])[..., 0]
+        vals += pv[rows, slot] - 0.5 * (na[rows] + nb[cols])
+    new = _sparse_lap(n, rows, cols, vals)
+    return new, _pair_lookup(n, rows, cols, vals, new), _pair_lookup(n, rows, cols, vals, current)
+
+
 def _weight_matching(factors: list[_Factor], hier: _Hierarchy, perms: dict[str, np.ndarray], roots: list[str],
                      sizes: Mapping[str, int], max_iter: int, seed: int, init: bool = True) -> int:
-    """Coordinate descent over ``roots`` (updates ``perms`` in place); returns the rounds run."""
+    """Coordinate descent over ``roots`` (updates ``perms`` in place); returns the rounds run.
+    A root is solved again only when a root it shares a parameter array with has moved since
+    (its costs depend on nothing else), so a converged or exactly matched model costs one round."""
     if not roots:
         return 0
+    norms = _Norms()
+    family = {r: set(hier.family(r)) & hier.moving for r in roots}
+    touching = {r: {i for i, f in enumerate(factors) if family[r] & set(f.axes)} for r in roots}
+    neighbours = {r: {q for q in roots if q != r and touching[r] & touching[q]} for r in roots}
+    hints: dict[str, np.ndarray] = {}
     if init:
         sig = _signature_costs(factors, {d for r in roots for d in hier.family(r)} & hier.moving, sizes)
         for r in roots:
-            perms.update(hier.solve(r, sig))
+            if _prunable(hier, r, sizes):
+                hints[r] = _top_k(sig[r], CANDIDATES)
+                rows, cols = _candidate_pairs(sizes[r], np.arange(sizes[r]), hints[r])
+                perms[r] = _sparse_lap(sizes[r], rows, cols, sig[r][rows, cols])
+            else:
+                perms.update(hier.solve(r, sig))
+        del sig
     rng = np.random.default_rng(seed)
+    dirty = set(roots)
     rounds = 0
     for rounds in range(1, max_iter + 1):
-        changed = False
         for r in rng.permutation(roots):
-            family = set(hier.family(r)) & hier.moving
-            costs = _linear_costs(factors, perms, family, sizes)
-            new = hier.solve(r, costs)
-            old = {g: perms.get(g, np.arange(sizes[g])) for g in new}
+            if r not in dirty:
+                continue
+            dirty.discard(r)
+            if _prunable(hier, r, sizes):
+                p, after, before = _pruned_step(factors, perms, r, sizes[r], hints.get(r), norms, rng)
+                new = {r: p}
+            else:
+                costs = _linear_costs(factors, perms, family[r], sizes, norms)
+                new = hier.solve(r, costs)
+                old = {g: perms.get(g, np.arange(sizes[g])) for g in new}
+                before, after = _value(costs, old), _value(costs, new)
             # linear in this family's permutations (others held): the assignment cannot lose,
             # so accept it only when it strictly gains (no cycling between equal optima)
-            before = _value(costs, old)
-            if _value(costs, new) > before + 1e-9 * max(1.0, abs(before)):
+            if after > before + 1e-9 * max(1.0, abs(before)):
                 perms.update(new)
-                changed = True
-        if not changed:
+                dirty |= neighbours[r]
+        if not dirty:
             break
     return rounds
 
@@ -433,7 +622,7 @@ def interpolate(graphs: list[NeuralGraph], weights: list[float]) -> dict[str, np
     params = [g.to_params() for g in graphs]
     out = {}
     for name, first in params[0].items():
-        if not np.issubdtype(first.dtype, np.floating):
+        if not is_float(first.dtype):
             out[name] = first
             continue
         acc = np.zeros(first.shape, np.float64)

@@ -19,7 +19,7 @@ from .alignment import Alignment, align, check_compatible, interpolate, node_emb
 from .api import find_adapter
 from .errors import GraphError, InputError, PluginError
 from .ir import NeuralGraph
-from .verify import RTOL, compare_outputs
+from .verify import compare_outputs, graph_depth, output_tolerance
 
 Inputs = Mapping[str, np.ndarray]
 
@@ -59,9 +59,12 @@ def _align_all(adapter, paths: list[Path], graphs: list[NeuralGraph], method: st
     return out
 
 
-def _same_function(adapter, reference: Path, candidate: Path, inputs: Inputs, rtol: float = RTOL) -> float:
-    """Largest relative output difference; raises :class:`GraphError` above ``rtol``."""
-    _, worst, problems = compare_outputs(adapter.run(reference, inputs), adapter.run(candidate, inputs))
+def _same_function(adapter, reference: Path, candidate: Path, inputs: Inputs, depth: int = 0) -> float:
+    """Largest relative output difference; raises :class:`GraphError` above the tolerance of the
+    model's output dtype and depth (:func:`nngraph.verify.output_tolerance`)."""
+    ref = adapter.run(reference, inputs)
+    rtol = output_tolerance(ref, depth)
+    _, worst, problems = compare_outputs(ref, adapter.run(candidate, inputs))
     if problems:
         raise GraphError(f"the aligned model differs from the original: {problems[0]}; nothing written")
     if worst > rtol:
@@ -101,7 +104,7 @@ def align_files(a: Path, b: Path, out: Path, method: str = "weight", *, data: In
     with tempfile.TemporaryDirectory(prefix=".nngraph-align-", dir=out.parent if str(out.parent) else ".") as tmp:
         staged = Path(tmp) / f"aligned{b.suffix}"
         adapter.export(b, graphs[1].permute(alignment.symmetry).to_params(), staged)
-        worst = _same_function(adapter, b, staged, feeds)
+        worst = _same_function(adapter, b, staged, feeds, graph_depth(graphs[1]))
         _publish(staged, out)
     return AlignResult(alignment, out, worst)
 

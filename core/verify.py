@@ -16,6 +16,7 @@ import numpy as np
 
 from .api import find_adapter
 from .errors import InputError, PluginError
+from .materialize import is_float
 
 RTOL = 1e-4
 
@@ -35,20 +36,60 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     free_fraction: float = 1.0                                  # hidden neurons some symmetry moves
     pins: list[dict] = field(default_factory=list)              # what the converter could not follow
+    rtol: float = RTOL              # the tolerance used (see output_tolerance)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
 def _rel(diff: float, ref: np.ndarray) -> float:
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    finite = np.abs(ref[np.isfinite(ref)]) if ref.size else ref
+    scale = float(np.max(finite)) if finite.size else 0.0
     return diff / max(scale, 1.0)
+
+
+def rounding_unit(dtype) -> float:
+    """Machine epsilon of a float dtype (ml_dtypes ones too)."""
+    try:
+        return float(np.finfo(dtype).eps)
+    except ValueError:
+        import ml_dtypes
+        return float(ml_dtypes.finfo(dtype).eps)
+
+
+def output_tolerance(reference: Mapping[str, np.ndarray], depth: int, rtol: float = RTOL) -> float:
+    """Relative tolerance for comparing a model with a permuted copy. A permutation changes the
+    order of every sum, so each of ``depth`` layers may round differently in the precision the
+    model computes in (its outputs' dtype): ``2·eps·√(depth + 1)``, never below ``rtol``. float32
+    keeps 1e-4; float16 at depth 3 allows 3.9e-3 — a wrong permutation differs by O(1)."""
+    eps = [rounding_unit(v.dtype) for v in reference.values() if is_float(v.dtype)]
+    return max(rtol, 2.0 * max(eps, default=0.0) * float(np.sqrt(depth + 1)))
+
+
+def graph_depth(graph) -> int:
+    """Layers between input and output, as the converter numbered them."""
+    return max((s.depth for s in graph.sets.values()), default=0)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Exact equality that NaN and Inf cannot break: bit patterns when the dtypes agree."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype and a.dtype.itemsize in (1, 2, 4, 8):
+        view = np.dtype(f"u{a.dtype.itemsize}")
+        return bool(np.array_equal(np.ascontiguousarray(a).view(view), np.ascontiguousarray(b).view(view)))
+    if is_float(a.dtype) and is_float(b.dtype):
+        return bool(np.array_equal(a.astype(np.float64), b.astype(np.float64), equal_nan=True))
+    return bool(np.array_equal(a, b))
 
 
 def compare_outputs(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
                     ) -> tuple[float, float, list[str]]:
-    """Largest absolute and relative difference of float outputs, and the problems that make a
-    comparison meaningless (a shape change, a differing integer output: relative ``inf``)."""
+    """Largest absolute and relative difference of float outputs (compared in float64; NaN
+    equals NaN, equal infinities are equal, a NaN or Inf on one side only differs by ``inf``),
+    and the problems that make a comparison meaningless (a shape change, a differing integer
+    output: relative ``inf``)."""
     max_abs = max_rel = 0.0
     problems: list[str] = []
     for name, out in outputs.items():
@@ -57,13 +98,19 @@ def compare_outputs(reference: Mapping[str, np.ndarray], outputs: Mapping[str, n
             problems.append(f"output {name!r} has shape {out.shape}, expected {ref.shape}")
             max_rel = float("inf")
             continue
-        if not np.issubdtype(ref.dtype, np.floating):
+        if not is_float(ref.dtype):
             if not np.array_equal(out, ref):
                 problems.append(f"integer output {name!r} differs")
                 max_rel = float("inf")
             continue
-        d = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
-        max_abs, max_rel = max(max_abs, d), max(max_rel, _rel(d, ref))
+        if not ref.size:
+            continue
+        x, r = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(x - r)
+        diff[(x == r) | (np.isnan(x) & np.isnan(r))] = 0.0
+        d = float(np.max(np.nan_to_num(diff, nan=np.inf)))
+        max_abs, max_rel = max(max_abs, d), max(max_rel, _rel(d, r))
     return max_abs, max_rel, problems
 
 
@@ -80,10 +127,12 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inputs: Mapping[str, np.ndarray] | None = None,
-           seed: int = 0, rtol: float = RTOL, randomize: bool = False,
+           seed: int = 0, rtol: float | None = None, randomize: bool = False,
            progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Convert ``path`` and check it: exact round trip, then ``trials`` random symmetries.
 
+    ``rtol``: the allowed relative output difference; by default :func:`output_tolerance` of the
+    model's output dtype and depth (1e-4 for float32 models).
     ``randomize`` redraws every parameter first (see :mod:`nngraph.randomize`), for models whose
     weights are constants or zeros and would hide a wrong symmetry."""
     path = Path(path)
@@ -102,7 +151,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     if adapter.read_params is not None:
         original = adapter.read_params(path)
         for name, value in params.items():
-            if name in original and not np.array_equal(original[name], value):
+            if name in original and not same_bits(original[name], value):
                 roundtrip = False
                 problems.append(f"tensor {name!r} does not round-trip exactly")
     max_abs = max_rel = 0.0
@@ -117,7 +166,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
             base = path
             reference = adapter.run(path, feeds)
             for name, out in adapter.run(same, feeds).items():
-                if not np.array_equal(out, reference[name], equal_nan=True):
+                if not same_bits(out, reference[name]):
                     roundtrip = False
                     problems.append(f"output {name!r} changes after writing the unpermuted parameters back")
         if randomize:
@@ -128,8 +177,10 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
         reference = adapter.run(base, feeds)
         unpermuted = graph.to_params()
         for name, ref in reference.items():
-            if np.issubdtype(ref.dtype, np.floating) and not np.all(np.isfinite(ref)):
-                problems.append(f"output {name!r} of the model is not finite; verification is meaningless")
+            if is_float(ref.dtype) and ref.size and not np.any(np.isfinite(np.asarray(ref, np.float32))):
+                problems.append(f"output {name!r} of the model is nowhere finite; verification is meaningless")
+        if rtol is None:
+            rtol = output_tolerance(reference, graph_depth(graph))
         for t in range(trials):
             sym = graph.random_symmetry(seed + 1 + t)
             moved.append(sum(1 for p in sym.perms.values() if not np.array_equal(p, np.arange(len(p)))))
@@ -148,4 +199,4 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     return VerifyReport(ok=not problems, trials=trials, max_abs_diff=max_abs, max_rel_diff=max_rel,
                         roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved,
                         tensors_changed=changed, problems=problems, free_fraction=graph.free_fraction,
-                        pins=list(graph.meta.get("pins", [])))
+                        pins=list(graph.meta.get("pins", [])), rtol=rtol if rtol is not None else RTOL)

@@ -216,3 +216,74 @@ def test_batchnorm_statistics_are_re_estimated_like_torch(tmp_path):
         np.testing.assert_allclose(mean, m.running_mean.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(var, m.running_var.numpy() * (n - 1) / n, rtol=1e-4, atol=1e-5)
         assert not np.allclose(old_mean, mean, atol=1e-2)      # the statistics did change
+
+
+# ------------------------------------------------------------------ alignment at scale (issue 12)
+ST = ROOT / "tests" / "fixtures" / "safetensors"
+
+
+@pytest.fixture
+def pruned(monkeypatch):
+    """Make the tinyllama fixture's groups (64 residual, 128 FFN neurons) take the large-group
+    paths: candidate-pruned sparse assignments and binned signatures."""
+    import nngraph.alignment as al
+    monkeypatch.setattr(al, "PRUNE_N", 64)
+    monkeypatch.setattr(al, "CANDIDATES", 4)
+    monkeypatch.setattr(al, "SIG_EXACT", 16)
+    monkeypatch.setattr(al, "SIG_BINS", 8)
+    return al
+
+
+def test_pruned_weight_matching_recovers_a_permuted_llm(pruned):
+    """GQA slots, kv heads, the residual stream and the FFN of a bf16 LLaMA layout, through the
+    pruned paths: the permutation comes back exactly, in one round (nothing moves after init)."""
+    a = convert(ST / "tinyllama" / "model.safetensors.index.json")
+    sym = a.random_symmetry(7)
+    b = a.permute(sym)
+    assert any(pruned._prunable(pruned._Hierarchy(a), r, {g: t.size for g, t in a.groups.items()})
+               for r in pruned._Hierarchy(a).roots)
+    res = align(a, b)
+    assert res.distance_before > 0 and res.distance_after == 0.0 and res.iterations == 1
+    # the alignment is the inverse of the symmetry on every group that moved
+    for g, p in sym.perms.items():
+        q = res.symmetry.perm(g, len(p))
+        assert np.array_equal(p[q], np.arange(len(p))), g
+
+
+def test_pruned_matching_of_noisy_and_unrelated_copies(pruned, monkeypatch):
+    """A permuted copy with heavy noise (a stand-in for two similar networks): pruned and dense
+    matching both find the permutation. An unrelated model: every pruned step is monotone (the
+    current partner is always a candidate), so the distance never grows."""
+    import ml_dtypes
+    a = convert(ST / "tinyllama" / "model.safetensors.index.json")
+    rng = np.random.default_rng(3)
+
+    def redraw(g, noise):
+        for _, p in g.params():
+            x = np.asarray(p.data, np.float32)
+            p.data = (noise * x + rng.standard_normal(p.shape).astype(np.float32) * x.std()).astype(ml_dtypes.bfloat16) \
+                if noise is not None else rng.standard_normal(p.shape).astype(ml_dtypes.bfloat16)
+        g.leaves = None
+        return g
+
+    sym = a.random_symmetry(1)
+    noisy = redraw(a.permute(sym), 2.0)                        # signal 2σ, noise σ
+    res = align(a, noisy)
+    expected = sym.inverse()
+    for g, p in sym.perms.items():
+        assert np.array_equal(res.symmetry.perm(g, len(p)), expected.perm(g, len(p))), g
+    monkeypatch.setattr(pruned, "PRUNE_N", 10 ** 9)
+    dense = align(a, noisy)
+    assert dense.distance_after == pytest.approx(res.distance_after)
+    monkeypatch.setattr(pruned, "PRUNE_N", 64)
+    unrelated = align(a, redraw(a.permute(sym), None), max_iter=20)
+    assert unrelated.distance_after <= unrelated.distance_before
+
+
+def test_sorted_sketch_is_permutation_invariant(pruned):
+    x = np.random.default_rng(0).standard_normal((5, 100)).astype(np.float32)
+    s = pruned._sorted_sketch(x)
+    assert s.shape == (5, 8)
+    np.testing.assert_array_equal(s, pruned._sorted_sketch(x[:, np.random.default_rng(1).permutation(100)]))
+    # binned sorted rows keep the squared-norm scale of the rows (bin means × √width)
+    np.testing.assert_allclose((s ** 2).sum(1), (x ** 2).sum(1), rtol=0.2)

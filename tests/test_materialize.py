@@ -67,3 +67,55 @@ def test_networkx(conv):
     assert nxg.nodes[off["c1"]]["set"] == "c1" and nxg.nodes[off["c1"]]["activation"] == "relu"
     kinds = {d["kind"] for _, _, d in nxg.edges(data=True)}
     assert kinds == {"conv", "identity", "scale", "dense"}
+
+
+def test_lean_dtypes_and_split_taps(conv):
+    """int32 indices, int8 kinds; split taps hold exactly the padded layout's information."""
+    _, g = conv
+    from nngraph.materialize import block_edges, to_coo
+    pad, split = to_coo(g), to_coo(g, taps="split")   # (NeuralGraph.to_coo takes no taps= yet)
+    assert pad.edge_index.dtype == np.int32 and pad.edge_kind.dtype == np.int8 and pad.edge_block.dtype == np.int32
+    assert np.array_equal(pad.edge_index, split.edge_index) and split.edge_attr.shape == (g.num_edges, 1)
+    tapped = np.array([g.blocks[b].taps > 1 for b in pad.edge_block])
+    assert np.array_equal(split.edge_num_taps > 0, tapped)
+    per_edge = np.split(split.edge_taps, np.cumsum(split.edge_num_taps)[:-1])
+    for e in np.flatnonzero(tapped):                               # each edge's own taps, unpadded
+        n = split.edge_num_taps[e]
+        np.testing.assert_array_equal(per_edge[e], pad.edge_attr[e, :n])
+        assert not pad.edge_attr[e, n:].any()
+    assert all(len(per_edge[e]) == 0 for e in np.flatnonzero(~tapped)[:5])
+    np.testing.assert_array_equal(split.edge_attr[~tapped, 0], pad.edge_attr[~tapped, 0])
+    assert not pad.edge_attr[~tapped, 1:].any()                   # what split saves: padding
+    assert split.nbytes < pad.nbytes
+    src, tgt = pad.edge_index.astype(np.int64)                    # block_edges (int64) agrees
+    for i, b in enumerate(g.blocks):
+        s, t = block_edges(g, b)
+        off = g.set_offsets()
+        assert np.array_equal(src[pad.edge_block == i] - off[b.source], s)
+        assert np.array_equal(tgt[pad.edge_block == i] - off[b.target], t)
+
+
+def test_bytes_per_edge_of_a_transformer():
+    """A LLaMA-layout graph (bf16 weights, one tap per edge): 17 bytes per edge (int32 pair,
+    float32 weight, int8 kind, int32 block), where int64 indices and kinds took 36."""
+    from pathlib import Path
+    import nngraph
+    g = nngraph.convert(Path(__file__).parent / "fixtures" / "safetensors" / "tinyllama" / "model.safetensors.index.json")
+    c = g.to_coo()
+    edge_bytes = sum(a.nbytes for a in (c.edge_index, c.edge_attr, c.edge_kind, c.edge_block))
+    assert edge_bytes == 17 * g.num_edges
+    lm = [i for i, b in enumerate(g.blocks) if b.name == "lm_head"][0]
+    w = np.asarray(g.blocks[lm].weight.data, np.float32).reshape(-1)
+    np.testing.assert_array_equal(c.edge_attr[c.edge_block == lm, 0], w)   # bf16 read as float32
+
+
+def test_split_taps_batch(rng):
+    pytest.importorskip("torch_geometric")
+    import torch
+    from torch_geometric.data import Batch
+    graphs = [netlib.conv_graph(netlib.conv_params(rng)) for _ in range(2)]
+    from nngraph.materialize import to_pyg
+    datas = [to_pyg(g, taps="split") for g in graphs]
+    batch = Batch.from_data_list(datas)
+    assert torch.equal(batch.edge_taps, torch.cat([d.edge_taps for d in datas]))
+    assert int(batch.edge_num_taps.sum()) == len(batch.edge_taps)

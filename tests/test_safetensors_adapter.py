@@ -103,3 +103,110 @@ def test_verify_without_config_is_a_clear_error():
     r = ngraph("verify", str(path))
     assert r.returncode == 3, r.stderr
     assert "config.json" in r.stderr and "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ LLM layouts (issue 12)
+LLMS = {"tinyllama": "model.safetensors.index.json", "mistral_mqa": "model.safetensors",
+        "qwen2": "model.safetensors", "phi3": "model.safetensors", "llama_fp8": "model.safetensors"}
+
+
+@pytest.mark.parametrize("name", LLMS)
+def test_llm_layout_structure(name):
+    """GQA/MQA as query slots under key/value heads, lm_head tied or not, stored dtype kept."""
+    cfg = json.loads((ST / name / "config.json").read_text())
+    g = nngraph.convert(ST / name / LLMS[name])
+    assert g.coverage == 1.0 and g.meta["model_type"] == cfg["model_type"]
+    H, G = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    heads = g.sets["layers.0.heads"]
+    assert heads.size == G and g.groups[heads.group].parent is None
+    slots = [s for s in g.sets if s.startswith("layers.0.q") and not s.endswith("/pass")]
+    assert len(slots) == H // G
+    for s in slots:                                          # every slot tied to the keys, under kv heads
+        assert g.sets[s].group == g.sets[slots[0]].group
+        assert g.groups[g.sets[s].group].parent == heads.group and g.groups[g.sets[s].group].rigid
+    v = g.groups[g.sets["layers.0.v"].group]
+    assert v.parent == heads.group and not v.rigid            # value dims permute inside their head
+    logits = g.sets["logits"]
+    assert logits.role == "output" and g.groups[logits.group].fixed and logits.size == cfg["vocab_size"]
+    assert not g.groups[g.sets["final_norm"].group].fixed     # with a head, the residual stream moves
+    lm = next(b for b in g.blocks if b.name == "lm_head")
+    assert lm.weight.shared == cfg["tie_word_embeddings"]
+    dtypes = {t.dtype for t in g.sources.values()}
+    assert dtypes == {"tinyllama": {"bfloat16"}, "llama_fp8": {"float8_e4m3fn"}}.get(name, {"float32"})
+    if name == "phi3":                                        # partial rotary: rigid /rot, free /pass
+        assert g.groups[g.sets["layers.0.q0/rot"].group].rigid
+        assert not g.groups[g.sets["layers.0.q0/pass"].group].rigid
+        assert g.sets["layers.0.q0/rot"].size == g.sets["layers.0.q0/pass"].size == G * 4
+    if name == "tinyllama":
+        index = json.loads((ST / name / LLMS[name]).read_text())
+        assert len(set(index["weight_map"].values())) == 3 and "lm_head.weight" in g.sources
+
+
+@pytest.mark.parametrize("name", LLMS)
+def test_llm_layout_verifies_with_transformers(name):
+    pytest.importorskip("transformers")
+    report = verify(ST / name / LLMS[name], trials=2)
+    assert report.ok and report.roundtrip_exact and report.coverage == 1.0, report.problems
+    assert all(report.groups_moved)
+
+
+def test_tinyllama_cli_convert_and_verify(tmp_path):
+    pytest.importorskip("transformers")
+    path = ST / "tinyllama" / LLMS["tinyllama"]
+    r = ngraph("convert", path, "-o", tmp_path / "t.ngraph", "--json")
+    assert r.returncode == 0, r.stderr
+    g = nngraph.load(tmp_path / "t.ngraph")
+    assert g.sources["model.embed_tokens.weight"].dtype == "bfloat16"
+    original = nngraph.convert(path).to_params()
+    for k, v in g.to_params().items():
+        assert v.dtype == original[k].dtype and np.array_equal(v.view(np.uint16), original[k].view(np.uint16))
+    r = ngraph("verify", path, "--trials", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"]
+
+
+def test_gqa_symmetry_is_what_the_graph_says():
+    """Through transformers: the value dimensions of a key/value head must move alike for all its
+    query heads (the graph ties the ctx slots to V), and exchanging two query heads of one key/value
+    head is a symmetry too (the factor the IR leaves out); moving one slot's o_proj columns alone is not."""
+    pytest.importorskip("transformers")
+    from nngraph.adapters.safetensors.families import hf_run, hf_example_inputs
+    from safetensors.numpy import save_file
+    import tempfile
+    src = ST / "qwen2"
+    cfg = json.loads((src / "config.json").read_text())
+    H, G, D = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    d, r = D // H, H // G
+    x = hf_example_inputs(src / "model.safetensors")
+    ref = hf_run(src / "model.safetensors", x)["logits"]
+    base = {k: np.array(v) for k, v in nngraph.adapters.safetensors.read_tensors(src / "model.safetensors").items()}
+    L = "model.layers.0.self_attn."
+
+    def run(params):
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, f"{tmp}/model.safetensors")
+            shutil.copy(src / "config.json", f"{tmp}/config.json")
+            return hf_run(Path(tmp) / "model.safetensors", x)["logits"]
+
+    def rows(h):            # q rows (and o columns) of query head h
+        return np.arange(h * d, (h + 1) * d)
+
+    p = {k: v.copy() for k, v in base.items()}                 # exchange query heads 0 and 1 (kv head 0)
+    order = np.arange(H * d)
+    order[rows(0)], order[rows(1)] = rows(1), rows(0)
+    p[L + "q_proj.weight"], p[L + "q_proj.bias"] = base[L + "q_proj.weight"][order], base[L + "q_proj.bias"][order]
+    p[L + "o_proj.weight"] = base[L + "o_proj.weight"][:, order]
+    np.testing.assert_allclose(run(p), ref, rtol=1e-4, atol=1e-4)
+    perm = np.roll(np.arange(d), 1)                             # value dims of kv head 0
+    vrows = np.arange(G * d)
+    vrows[:d] = perm
+    p = {k: v.copy() for k, v in base.items()}
+    p[L + "v_proj.weight"], p[L + "v_proj.bias"] = base[L + "v_proj.weight"][vrows], base[L + "v_proj.bias"][vrows]
+    cols = np.arange(H * d)
+    for h in range(r):                                          # all r query heads of kv head 0 follow
+        cols[h * d:(h + 1) * d] = h * d + perm
+    p[L + "o_proj.weight"] = base[L + "o_proj.weight"][:, cols]
+    np.testing.assert_allclose(run(p), ref, rtol=1e-4, atol=1e-4)
+    cols[d:2 * d] = np.arange(d, 2 * d)                         # … but not only one of them
+    p[L + "o_proj.weight"] = base[L + "o_proj.weight"][:, cols]
+    assert np.max(np.abs(run(p) - ref)) > 1e-2

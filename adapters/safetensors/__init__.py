@@ -26,6 +26,12 @@ __version__ = "0.1.0"
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+try:     # bfloat16 and fp8 as numpy dtypes (ml_dtypes comes with onnx): mapped as stored, so the
+    import ml_dtypes    # round trip stays bit-exact; every consumer reads them as float32
+    _DTYPES.update({"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+                    "F8_E5M2": ml_dtypes.float8_e5m2})
+except ImportError:      # pragma: no cover - onnx is a dependency
+    pass
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:

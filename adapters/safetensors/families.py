@@ -1,7 +1,21 @@
 """Hugging Face transformer families from ``config.json``: a table of tensor names per family,
 heads from ``num_attention_heads``, and each family's block layout (post-norm BERT, pre-norm
-GPT-2 / ViT / LLaMA). Every tensor must find its place, else the conversion stops naming the
-ones left over."""
+GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Phi-3). Every tensor must find its place, else the
+conversion stops naming the ones left over.
+
+Grouped-query attention (``num_key_value_heads`` G < H query heads, r = H / G): query head
+``g·r + i`` reads key/value head ``g``. The symmetry that really is there: key/value heads
+permute as blocks (taking their r query heads along); inside key/value head g one permutation
+of the value dimensions (shared by its r query heads, hence by r column blocks of ``o_proj``);
+query/key dimensions inside a head move together (none with rotary: positions are rigid), and
+the r query heads of one key/value head may be exchanged. The IR expresses a group's blocks
+moving with *one* parent, so the graph holds query *slots*: ``q{i}`` is the i-th query head of
+every key/value head (G·d neurons, tied to K, diagonal q·k attention edges), ``ctx{i}`` its
+attention output (tied to V), and ``o_proj`` is r blocks ``ctx{i} → o``. Exchanging query heads
+inside one key/value head (r!^G elements, across slot sets) is the one factor left out; the value
+dimensions (d!^G) are kept. Partial rotary (``partial_rotary_factor``) splits Q/K into rigid
+``/rot`` and freely permuted ``/pass`` dimensions.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,6 +47,7 @@ class Family:
     activation: str = "gelu"
     rotary: bool = False
     ignore: tuple[str, ...] = field(default_factory=tuple)
+    kv_heads_key: str | None = None   # grouped-query attention: number of key/value heads
 
 
 FAMILIES = {
@@ -53,7 +68,7 @@ FAMILIES = {
                      "o": "self_attn.o_proj"}, ("input_layernorm", "post_attention_layernorm"),
                     {"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"},
                     {"word": "embed_tokens"}, final_norm="norm", norm_kind="rms", activation="swish",
-                    rotary=True, ignore=("rotary_emb.inv_freq",)),
+                    rotary=True, ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads"),
     "vit": Family(("vit.", ""), "encoder.layer.{i}.", "num_hidden_layers", "num_attention_heads", True,
                   {"q": "attention.attention.query", "k": "attention.attention.key",
                    "v": "attention.attention.value", "o": "attention.output.dense"},
@@ -62,6 +77,16 @@ FAMILIES = {
                   {"patch": "embeddings.patch_embeddings.projection", "cls": "embeddings.cls_token",
                    "position": "embeddings.position_embeddings"}, final_norm="layernorm"),
 }
+FAMILIES["mistral"] = FAMILIES["llama"]                  # same names; sliding window changes no weight
+FAMILIES["qwen2"] = FAMILIES["llama"]                    # q/k/v biases are picked up where present
+FAMILIES["phi3"] = Family(("model.", ""), "layers.{i}.", "num_hidden_layers", "num_attention_heads", True,
+                          {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj"},
+                          ("input_layernorm", "post_attention_layernorm"),
+                          {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}, {"word": "embed_tokens"},
+                          final_norm="norm", norm_kind="rms", activation="swish", rotary=True,
+                          ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads")
+#: ``architectures`` entries whose checkpoints end in a language-model head (``lm_head``)
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 class _Builder:
@@ -74,8 +99,8 @@ class _Builder:
     def has(self, name: str) -> bool:
         return self.prefix + name in self.t
 
-    def param(self, name: str, origin_steps=()) -> Param:
-        key = self.prefix + name
+    def param(self, name: str, origin_steps=(), absolute: bool = False) -> Param:
+        key = name if absolute else self.prefix + name
         if key not in self.t:
             raise UnsupportedModelError(f"{self.path}: expected tensor {key!r} is missing")
         arr = self.t[key]
@@ -85,20 +110,34 @@ class _Builder:
         o = Origin(key, tuple(origin_steps))
         return Param(o.apply(arr), o)
 
-    def linear(self, module: str, src: str, out_name: str, role="hidden", rows=None, act=None, **kw) -> str:
-        """A dense layer ``module`` (weight [out, in], or [in, out] when transposed) from ``src``."""
-        steps = []
+    def shape(self, name: str) -> tuple[int, ...]:
+        key = self.prefix + name
+        if key not in self.t:
+            raise UnsupportedModelError(f"{self.path}: expected tensor {key!r} is missing")
+        return tuple(self.t[key].shape)
+
+    def linear(self, module: str, src: str, out_name: str, role="hidden", rows=None, act=None,
+               heads=None, **kw) -> str:
+        """A dense layer ``module`` (weight [out, in], or [in, out] when transposed) from ``src``.
+        ``rows``: a contiguous range of its outputs; ``heads``: one query slot / dimension range
+        of a head-structured output (see :func:`_head_steps`)."""
+        steps, bsteps = [], []
         if self.fam.transposed:
             if rows is not None:
                 steps.append(("slice", 1, rows[0], rows[1]))
             steps.append(("transpose", (1, 0)))
         elif rows is not None:
             steps.append(("slice", 0, rows[0], rows[1]))
+        if rows is not None:
+            bsteps.append(("slice", 0, rows[0], rows[1]))
+        if heads is not None:
+            w, b = _head_steps(*heads, self.shape(f"{module}.weight")[1])
+            steps += w
+            bsteps += b
         w = self.param(f"{module}.weight", steps)
         s = self.g.add_set(out_name, w.shape[0], role, depth=self.depth, activation=act, **kw)
         self.g.add_block(out_name, src, out_name, "dense", w)
         if self.has(f"{module}.bias"):
-            bsteps = [("slice", 0, rows[0], rows[1])] if rows is not None else []
             s.arrays["bias"] = self.param(f"{module}.bias", bsteps)
         return out_name
 
@@ -125,38 +164,96 @@ class _Builder:
         self.g.add_block(label, tokens.name, s.name, "embedding", w)
         return label
 
-    def attention(self, i: int, src: str, heads: int) -> str:
-        fam, L = self.fam, self.fam.layer.format(i=i)
+    def attention(self, i: int, src: str, heads: int, kv_heads: int, head_dim: int | None, rotary_dims: int) -> str:
+        fam, L, g = self.fam, self.fam.layer.format(i=i), self.g
         a = fam.attn
-        if "qkv" in a:
+        if fam.transposed:                                         # GPT-2: fused [in, 3·out], heads = kv heads
             D = self.g.sets[src].size
             q = self.linear(L + a["qkv"], src, f"{L}q", "query", rows=(0, D))
             k = self.linear(L + a["qkv"], src, f"{L}k", "key", rows=(D, 2 * D))
             v = self.linear(L + a["qkv"], src, f"{L}v", "value", rows=(2 * D, 3 * D))
-        else:
-            q = self.linear(L + a["q"], src, f"{L}q", "query")
-            k = self.linear(L + a["k"], src, f"{L}k", "key")
-            v = self.linear(L + a["v"], src, f"{L}v", "value")
+            return self._heads_mha(L, q, k, v, heads)
+        H, G = heads, kv_heads
+        if G < 1 or H % G:
+            raise UnsupportedModelError(f"{self.path}: {H} query heads cannot share {G} key/value heads")
+        qmod, kmod, vmod = (a["qkv"],) * 3 if "qkv" in a else (a["q"], a["k"], a["v"])
+        rows_q = self.shape(f"{L}{qmod}.weight")[0] if "qkv" not in a else None
+        d = head_dim or (rows_q // H if rows_q else None)
+        if d is None:
+            d = self.shape(f"{L}{qmod}.weight")[0] // (H + 2 * G)
+        off = {"q": 0, "k": H * d, "v": H * d + G * d} if "qkv" in a else {"q": 0, "k": 0, "v": 0}
+        for m, n, key in ((qmod, H, "q"), (kmod, G, "k"), (vmod, G, "v")):
+            total = self.shape(f"{L}{m}.weight")[0]
+            if off[key] + n * d > total or ("qkv" not in a and total != n * d):
+                raise UnsupportedModelError(f"{self.path}: {L}{m}.weight has {total} outputs, expected "
+                                            f"{n} heads of {d} (config heads/key_value_heads/head_dim)")
+        r = H // G
+        if r == 1 and rotary_dims in (0, d) and "qkv" not in a:   # multi-head attention as before
+            q = self.linear(L + qmod, src, f"{L}q", "query")
+            k = self.linear(L + kmod, src, f"{L}k", "key")
+            v = self.linear(L + vmod, src, f"{L}v", "value")
+            return self._heads_mha(L, q, k, v, heads)
+        hs = g.add_set(f"{L}heads", G, "head", depth=self.depth)
+        parts = [(lo, hi) for lo, hi in ((0, rotary_dims), (rotary_dims, d)) if hi > lo]
+        for lo, hi in parts:
+            tag = "" if len(parts) == 1 else ("/rot" if lo == 0 and rotary_dims else "/pass")
+            qs = [self.linear(L + qmod, src, f"{L}q{j if r > 1 else ''}{tag}", "query",
+                              heads=(off["q"], G, r, d, j, lo, hi)) for j in range(r)]
+            k = self.linear(L + kmod, src, f"{L}k{tag}", "key", heads=(off["k"], G, 1, d, 0, lo, hi))
+            g.groups[g.sets[qs[0]].group].parent = hs.group
+            for q in qs:
+                g.tie(qs[0], q)
+            g.tie(qs[0], k)
+            if fam.rotary and lo == 0 and rotary_dims:
+                g.groups[g.sets[k].group].rigid = True
+            for j, q in enumerate(qs):
+                g.add_block(f"{q}/qk", q, k, "attention")
+                g.add_block(f"{q}/head", q, hs.name, "head")
+        v = self.linear(L + vmod, src, f"{L}v", "value", heads=(off["v"], G, 1, d, 0, 0, d))
+        g.groups[g.sets[v].group].parent = hs.group
+        g.add_block(f"{L}v/head", v, hs.name, "head")
+        self.depth += 1
+        if r == 1:
+            return self.linear(L + a["o"], v, f"{L}o")
+        D = self.shape(f"{L}{a['o']}.weight")[0]
+        o = g.add_set(f"{L}o", D, "hidden", depth=self.depth)
+        for j in range(r):                 # o_proj's columns of query slot j read value head g's dims
+            ctx = g.add_set(f"{L}ctx{j}", G * d, "value", depth=self.depth - 1, tie=v)
+            g.add_block(f"{L}ctx{j}", v, ctx.name, "identity")
+            w = self.param(f"{L}{a['o']}.weight", [("reshape", (D, G, r, d)), ("slice", 2, j, j + 1),
+                                                  ("reshape", (D, G * d))])
+            g.add_block(f"{L}o/{j}", ctx.name, o.name, "dense", w)
+        if self.has(f"{L}{a['o']}.bias"):
+            o.arrays["bias"] = self.param(f"{L}{a['o']}.bias")
+        return o.name
+
+    def _heads_mha(self, L: str, q: str, k: str, v: str, heads: int) -> str:
+        """Multi-head attention: Q and K tied, Q/K and V heads as blocks of one heads group."""
         g = self.g
         if g.sets[k].size != g.sets[q].size:
-            raise UnsupportedModelError(f"{self.path}: grouped-query attention (fewer key/value heads) is not "
-                                        f"supported yet")
+            raise UnsupportedModelError(f"{self.path}: {L}: keys ({g.sets[k].size}) and queries "
+                                        f"({g.sets[q].size}) differ in size")
         hs = g.add_set(f"{L}heads", heads, "head", depth=self.depth)
         for name in (q, v):
             g.groups[g.sets[name].group].parent = hs.group
         g.tie(q, k)
-        if fam.rotary:
+        if self.fam.rotary:
             g.groups[g.sets[q].group].rigid = True
         g.add_block(f"{L}qk", q, k, "attention")
         g.add_block(f"{L}q/head", q, hs.name, "head")
         g.add_block(f"{L}v/head", v, hs.name, "head")
         self.depth += 1
-        return self.linear(L + a["o"], v, f"{L}o")
+        return self.linear(L + self.fam.attn["o"], v, f"{L}o")
 
     def ffn(self, i: int, src: str) -> str:
         fam, L = self.fam, self.fam.layer.format(i=i)
         self.depth += 1
-        if "gate" in fam.ffn:
+        if "gate_up" in fam.ffn:                       # fused [gate; up] rows (Phi-3)
+            n = self.shape(L + fam.ffn["gate_up"] + ".weight")[0] // 2
+            gate = self.linear(L + fam.ffn["gate_up"], src, f"{L}gate", act=fam.activation, rows=(0, n))
+            up = self.linear(L + fam.ffn["gate_up"], src, f"{L}up", rows=(n, 2 * n))
+            h = self.add(gate, up, f"{L}gated", op="Mul")
+        elif "gate" in fam.ffn:
             gate = self.linear(L + fam.ffn["gate"], src, f"{L}gate", act=fam.activation)
             up = self.linear(L + fam.ffn["up"], src, f"{L}up")
             h = self.add(gate, up, f"{L}gated", op="Mul")
@@ -164,6 +261,21 @@ class _Builder:
             h = self.linear(L + fam.ffn["up"], src, f"{L}up", act=fam.activation)
         self.depth += 1
         return self.linear(L + fam.ffn["down"], h, f"{L}down")
+
+
+def _head_steps(offset: int, G: int, r: int, d: int, slot: int, lo: int, hi: int, fan_in: int):
+    """Origin steps (weight [rows, in], bias [rows]) selecting query slot ``slot`` and head
+    dimensions ``lo:hi`` of G·r heads of d rows starting at row ``offset``: rows
+    ``offset + (g·r + slot)·d + lo … hi`` for every g, as [G·(hi − lo), in]."""
+    n = G * r * d
+    w = [("slice", 0, offset, offset + n)]
+    b = [("slice", 0, offset, offset + n)]
+    if r > 1 or (lo, hi) != (0, d):
+        w += [("reshape", (G, r, d, fan_in)), ("slice", 1, slot, slot + 1), ("slice", 2, lo, hi),
+              ("reshape", (G * (hi - lo), fan_in))]
+        b += [("reshape", (G, r, d)), ("slice", 1, slot, slot + 1), ("slice", 2, lo, hi),
+              ("reshape", (G * (hi - lo),))]
+    return w, b
 
 
 def _prefix(tensors, fam: Family, model_type: str) -> str:
@@ -208,23 +320,49 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
             stream = "embeddings"
     if fam.embed_norm:
         stream = b.norm(fam.embed_norm, stream, "embeddings/norm")
-    heads = int(cfg[fam.heads_key])
-    for i in range(int(cfg[fam.layers_key])):
+    try:
+        heads = int(cfg[fam.heads_key])
+        kv_heads = int(cfg.get(fam.kv_heads_key) or heads) if fam.kv_heads_key else heads
+        layers = int(cfg[fam.layers_key])
+        head_dim = int(cfg["head_dim"]) if cfg.get("head_dim") else None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnsupportedModelError(f"{path}: config.json lacks a usable {e} for a {model_type} model") from None
+    rotary_dims = 0
+    if fam.rotary:
+        d = head_dim or (g.sets[stream].size // heads)
+        rotary_dims = int(d * _partial_rotary(cfg))
+    for i in range(layers):
         L = fam.layer.format(i=i)
         if fam.norm_first:
             n1 = b.norm(L + fam.norms[0], stream, f"{L}norm1")
-            o = b.attention(i, n1, heads)
+            o = b.attention(i, n1, heads, kv_heads, head_dim, rotary_dims)
             r1 = b.add(o, stream, f"{L}residual1")
             n2 = b.norm(L + fam.norms[1], r1, f"{L}norm2")
             stream = b.add(b.ffn(i, n2), r1, f"{L}residual2")
         else:
-            o = b.attention(i, stream, heads)
+            o = b.attention(i, stream, heads, kv_heads, head_dim, rotary_dims)
             n1 = b.norm(L + fam.norms[0], b.add(o, stream, f"{L}residual1"), f"{L}norm1")
             stream = b.norm(L + fam.norms[1], b.add(b.ffn(i, n1), n1, f"{L}residual2"), f"{L}norm2")
     if fam.final_norm and b.has(f"{fam.final_norm}.weight"):
         stream = b.norm(fam.final_norm, stream, "final_norm")
-    g.sets[stream].role = "output"
-    g.fix(stream)
+    if is_causal_lm(cfg) or "lm_head.weight" in tensors:
+        # the residual stream is no output any more: only the logits (vocabulary order) are fixed
+        b.depth += 1
+        if "lm_head.weight" in tensors:                               # untied
+            w = b.param("lm_head.weight", absolute=True)
+        elif "word" in emb and cfg.get("tie_word_embeddings", True):  # tied: the embedding table, shared
+            key = b.prefix + emb["word"] + ".weight"
+            w = Param(tensors[key], Origin(key), shared=True)
+        else:
+            raise UnsupportedModelError(f"{path}: a causal LM checkpoint without lm_head.weight and with "
+                                        f"untied word embeddings (tie_word_embeddings false)")
+        logits = g.add_set("logits", w.shape[0], "output", depth=b.depth, fixed=True)
+        g.add_block("lm_head", stream, logits.name, "dense", w)
+        if "lm_head.bias" in tensors:
+            logits.arrays["bias"] = b.param("lm_head.bias", absolute=True)
+    else:
+        g.sets[stream].role = "output"
+        g.fix(stream)
     for extra in ("pooler.dense",):
         if b.has(f"{extra}.weight"):
             b.depth += 1
@@ -239,6 +377,19 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
     return g.validate()
 
 
+def is_causal_lm(cfg: dict) -> bool:
+    return any(str(a).endswith(CAUSAL_SUFFIXES) for a in cfg.get("architectures") or [])
+
+
+def _partial_rotary(cfg: dict) -> float:
+    """Fraction of each head's dimensions that rotary embeddings rotate (top level or in
+    ``rope_parameters`` / ``rope_scaling``, as transformers versions write it)."""
+    for where in (cfg, cfg.get("rope_parameters") or {}, cfg.get("rope_scaling") or {}):
+        if isinstance(where, dict) and where.get("partial_rotary_factor") is not None:
+            return float(where["partial_rotary_factor"])
+    return 1.0
+
+
 def hf_run(path: Path, inputs):
     """Run the Hugging Face model the checkpoint and its config.json describe (needs transformers)."""
     try:
@@ -247,13 +398,13 @@ def hf_run(path: Path, inputs):
     except ImportError:
         from nngraph.errors import PluginError
         raise PluginError("verifying a safetensors checkpoint needs torch and transformers installed") from None
+    import json
     import os
     import tempfile
     import warnings
 
     with tempfile.TemporaryDirectory(prefix="nngraph-hf-") as tmp:   # from_pretrained maps legacy names
         if path.name.endswith(".index.json"):
-            import json
             os.symlink(path.resolve(), Path(tmp) / "model.safetensors.index.json")
             for shard in set(json.loads(path.read_text())["weight_map"].values()):
                 os.symlink((path.parent / shard).resolve(), Path(tmp) / shard)
@@ -264,14 +415,20 @@ def hf_run(path: Path, inputs):
             warnings.simplefilter("ignore")
             transformers.logging.set_verbosity_error()
             transformers.utils.logging.disable_progress_bar()
-            model, info = transformers.AutoModel.from_pretrained(tmp, output_loading_info=True)
+            cfg = json.loads((path.parent / "config.json").read_text())
+            auto = transformers.AutoModelForCausalLM if is_causal_lm(cfg) else transformers.AutoModel
+            # computed in float32 whatever the stored dtype (bf16, fp16, fp8 upcast exactly), so
+            # a permutation's different summation order stays at float32 rounding
+            model, info = auto.from_pretrained(tmp, output_loading_info=True, dtype=torch.float32)
         model = model.eval()
     if info.get("unexpected_keys") or info.get("missing_keys"):
         raise UnsupportedModelError(f"{path}: checkpoint and model disagree: "
                                     f"{(info.get('unexpected_keys') or info.get('missing_keys'))[:5]}")
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
-    return {"last_hidden_state": out.last_hidden_state.numpy()}
+    if hasattr(out, "logits"):
+        return {"logits": out.logits.float().numpy()}
+    return {"last_hidden_state": out.last_hidden_state.float().numpy()}
 
 
 def hf_example_inputs(path: Path, seed: int = 0):

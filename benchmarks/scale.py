@@ -1,0 +1,256 @@
+"""Scale benchmark: Hugging Face-layout LLaMA checkpoints with random weights at several sizes.
+
+Each size is written as the Hub ships TinyLlama-1.1B (bf16, shards + ``model.safetensors.index.json``,
+grouped-query attention with 4 key/value heads, untied ``lm_head``, config.json), then measured,
+each step in a fresh process so peaks do not mix:
+
+* convert: ``nngraph.convert`` + ``save`` of the ``.ngraph`` (time, peak RSS);
+* materialize: ``to_coo`` bytes per edge (its arrays, and the tracemalloc peak while building them);
+* align: weight matching of the model against a randomly permuted copy of itself (time, peak RSS,
+  whether the permutation is recovered exactly), and optionally against an independent second
+  checkpoint (``--pairs``);
+* the growth exponent of each measure in the parameter count (least squares on log-log).
+
+    python benchmarks/scale.py                      # sizes tiny,small,medium (a few minutes on 2 cores)
+    python benchmarks/scale.py --sizes tinyllama --no-coo --no-align   # TinyLlama-1.1B's configuration (≈2.2 GB written)
+    python benchmarks/scale.py --sizes small --json --keep /tmp/ckpts
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: TinyLlama-1.1B's configuration and smaller ones of the same shape (head dim 64, 4 kv heads,
+#: intermediate ≈ 2.75 × hidden, vocabulary 32000).
+SIZES = {
+    "tiny": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=2, num_attention_heads=4),
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8),
+    "medium": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16),
+    "align2048": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_attention_heads=32),
+    "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32),
+}
+DEFAULT_SIZES = ("tiny", "small", "medium")
+
+
+def llama_config(size: str, vocab: int = 32000) -> dict:
+    c = dict(SIZES[size])
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "vocab_size": vocab, "num_key_value_heads": 4, "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+            "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16", **c}
+
+
+def llama_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a LlamaForCausalLM checkpoint."""
+    D, inter, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    H, G = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = D // H
+    out = {"model.embed_tokens.weight": (V, D)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (D,), p + "self_attn.q_proj.weight": (H * d, D),
+                    p + "self_attn.k_proj.weight": (G * d, D), p + "self_attn.v_proj.weight": (G * d, D),
+                    p + "self_attn.o_proj.weight": (D, H * d), p + "post_attention_layernorm.weight": (D,),
+                    p + "mlp.gate_proj.weight": (inter, D), p + "mlp.up_proj.weight": (inter, D),
+                    p + "mlp.down_proj.weight": (D, inter)})
+    out["model.norm.weight"] = (D,)
+    out["lm_head.weight"] = (V, D)
+    return out
+
+
+def write_checkpoint(folder: Path, cfg: dict, shards: int = 3, seed: int = 0) -> Path:
+    """Random bf16 weights (norm scales near 1) in ``shards`` files + index; one tensor in memory
+    at a time. Returns the index path."""
+    import ml_dtypes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    shapes = llama_shapes(cfg)
+    names = list(shapes)
+    sizes = np.array([int(np.prod(shapes[n])) * 2 for n in names])
+    cuts = np.searchsorted(np.cumsum(sizes), np.linspace(0, sizes.sum(), shards + 1)[1:-1])
+    groups = np.split(np.arange(len(names)), cuts)
+    rng = np.random.default_rng(seed)
+    weight_map = {}
+    for k, idx in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for i in idx:
+            header[names[i]] = {"dtype": "BF16", "shape": list(shapes[names[i]]),
+                                "data_offsets": [offset, offset + int(sizes[i])]}
+            offset += int(sizes[i])
+            weight_map[names[i]] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(folder / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for i in idx:
+                shape = shapes[names[i]]
+                if len(shape) == 1:
+                    x = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+                else:
+                    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(1 / np.sqrt(shape[1]))
+                f.write(x.astype(ml_dtypes.bfloat16).tobytes())
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": int(sizes.sum())}, "weight_map": weight_map}))
+    return index
+
+
+# ----------------------------------------------------------------------------- child steps
+def _peak_mib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_convert(path: str, out: str) -> dict:
+    import nngraph
+    t, c = time.perf_counter(), time.process_time()
+    g = nngraph.convert(path)
+    g.save(out)
+    return {"convert_s": time.perf_counter() - t, "convert_cpu_s": time.process_time() - c,
+            "convert_peak_mib": _peak_mib(), "params": g.num_parameters,
+            "nodes": g.num_nodes, "edges": g.num_edges, "file_mib": Path(out).stat().st_size / 2 ** 20}
+
+
+def step_coo(path: str) -> dict:
+    import tracemalloc
+
+    import nngraph
+    from nngraph.materialize import to_coo
+    g = nngraph.load(path)
+    out = {}
+    for taps in ("pad",):
+        tracemalloc.start()
+        c = to_coo(g, taps=taps)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        edges = sum(a.nbytes for a in (c.edge_index, c.edge_attr, c.edge_kind, c.edge_block))
+        out.update({"coo_bytes_per_edge": edges / g.num_edges, "coo_peak_bytes_per_edge": peak / g.num_edges})
+        del c
+    return out
+
+
+def step_align(path: str, other: str | None, seed: int) -> dict:
+    import nngraph
+    a = nngraph.load(path)
+    if other is None:
+        sym = a.random_symmetry(seed)
+        b = a.permute(sym)
+    else:
+        b = nngraph.load(other)
+    t, c = time.perf_counter(), time.process_time()
+    res = nngraph.align(a, b, "weight")
+    elapsed = time.perf_counter() - t
+    out = {"align_s": elapsed, "align_cpu_s": time.process_time() - c, "align_peak_mib": _peak_mib(),
+           "align_iterations": res.iterations,
+           "distance_before": res.distance_before, "distance_after": res.distance_after}
+    if other is None:           # B = A permuted by sym: the alignment must be its inverse exactly
+        out["recovered"] = bool(res.distance_after == 0.0)
+    return out
+
+
+def _child(step: str, *args) -> dict:
+    cmd = [sys.executable, __file__, "--step", step, *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{step} failed: {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def growth_exponent(x, y) -> float | None:
+    """Slope of log y against log x (least squares); None with fewer than two points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = (x > 0) & (y > 0)
+    if ok.sum() < 2:
+        return None
+    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
+
+
+def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=print, coo: bool = True) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nngraph-scale-") as tmp:
+        root = keep or Path(tmp)
+        for size in sizes:
+            folder = root / size
+            cfg = llama_config(size)
+            t = time.perf_counter()
+            index = write_checkpoint(folder / "a", cfg, seed=seed)
+            row = {"size": size, "hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"],
+                   "write_s": time.perf_counter() - t}
+            row.update(_child("convert", index, folder / "a.ngraph"))
+            if coo:
+                row.update(_child("coo", folder / "a.ngraph"))
+            if align:
+                row.update(_child("align", folder / "a.ngraph", "-", seed + 1))
+            if pairs:
+                index_b = write_checkpoint(folder / "b", cfg, seed=seed + 1)
+                _child("convert", index_b, folder / "b.ngraph")
+                pair = _child("align", folder / "a.ngraph", folder / "b.ngraph", seed)
+                row.update({f"pair_{k}": v for k, v in pair.items()})
+            if keep is None:
+                import shutil
+                shutil.rmtree(folder, ignore_errors=True)
+            rows.append(row)
+            progress(json.dumps(row))
+    fits = {}
+    p = [r["params"] for r in rows]
+    for key in ("convert_s", "convert_peak_mib", "coo_peak_bytes_per_edge", "align_s", "align_cpu_s", "align_peak_mib",
+                "pair_align_s"):
+        if all(key in r for r in rows):
+            fits[key] = growth_exponent(p, [r[key] for r in rows])
+    return {"rows": rows, "growth_exponent": fits}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help=f"comma list of {', '.join(SIZES)}")
+    ap.add_argument("--no-align", action="store_true", help="skip alignment")
+    ap.add_argument("--no-coo", action="store_true", help="skip to_coo (it needs ≈ 18 bytes per edge of memory)")
+    ap.add_argument("--pairs", action="store_true", help="also align two independent checkpoints per size")
+    ap.add_argument("--keep", type=Path, help="write checkpoints here and keep them")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.step:
+        step, *rest = args.step
+        if step == "convert":
+            print(json.dumps(step_convert(*rest)))
+        elif step == "coo":
+            print(json.dumps(step_coo(*rest)))
+        elif step == "align":
+            print(json.dumps(step_align(rest[0], None if rest[1] == "-" else rest[1], int(rest[2]))))
+        return
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        ap.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
+    result = run(sizes, args.keep, not args.no_align, args.pairs, args.seed,
+                 progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)), coo=not args.no_coo)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print("| size | hidden × layers | params | edges | convert s | convert peak MiB | to_coo B/edge "
+          "| to_coo peak B/edge | align s (CPU s), permuted copy | align peak MiB | recovered |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
+    for r in result["rows"]:
+        print(f"| {r['size']} | {r['hidden']} × {r['layers']} | {r['params'] / 1e6:.1f} M | {r['edges'] / 1e6:.1f} M "
+              f"| {r['convert_s']:.2f} | {r['convert_peak_mib']:.0f} | {r.get('coo_bytes_per_edge', nan):.1f} "
+              f"| {r.get('coo_peak_bytes_per_edge', nan):.1f} | {r.get('align_s', nan):.0f} ({r.get('align_cpu_s', nan):.0f}) "
+              f"| {r.get('align_peak_mib', nan):.0f} | {r.get('recovered', '-')} |")
+    print("growth exponents in parameters:", {k: (round(v, 2) if v is not None else None)
+                                              for k, v in result["growth_exponent"].items()})
+
+
+if __name__ == "__main__":
+    main()
