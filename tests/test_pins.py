@@ -358,3 +358,28 @@ def test_one_hot_lookup_and_normalization_gain(tmp_path, rng):
     assert not g.meta["pins"] and g.free_fraction == 1.0
     assert any(b.weight is not None and b.weight.origin and b.weight.origin.tensor == "gamma" for b in g.blocks) or \
         any(p.origin and p.origin.tensor == "gamma" for s in g.sets.values() for p in s.arrays.values())
+
+
+def test_reshape_targets_computed_from_symbolic_shapes(tmp_path, rng):
+    """TorchScript exports with dynamic axes build reshape targets from Shape → Gather →
+    Unsqueeze → Concat of symbolic dims: followed entry by entry (heads split and merged back)."""
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    inits = {"W1": _w(rng, 8, 8), "W2": _w(rng, 8, 3), "i0": i64(0), "i1": i64(1), "ax0": i64(0),
+             "m1": i64(-1), "four": i64(4)}
+
+    def dim(src, idx, out):
+        return [helper.make_node("Shape", [src], [f"{out}_s"]), helper.make_node("Gather", [f"{out}_s", idx], [f"{out}_g"]),
+                helper.make_node("Unsqueeze", [f"{out}_g", "ax0"], [out])]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             *dim("h", "i0", "b"), *dim("h", "i1", "t"),
+             helper.make_node("Concat", ["b", "t", "m1", "four"], ["split"], axis=0),
+             helper.make_node("Reshape", ["h", "split"], ["hs"], name="heads"),
+             helper.make_node("Softmax", ["hs"], ["sm"], axis=-1),
+             *dim("sm", "i0", "b2"), *dim("sm", "i1", "t2"),
+             helper.make_node("Concat", ["b2", "t2", "m1"], ["merge"], axis=0),
+             helper.make_node("Reshape", ["sm", "merge"], ["hm"], name="merge"),
+             helper.make_node("MatMul", ["hm", "W2"], ["y"], name="fc2")]
+    path = _save(tmp_path, nodes, [_fin("x", ["batch", "seq", 8])], [_fin("y", ["batch", "seq", 3])], inits)
+    g, _ = _check_sound(path)
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    assert any(grp.size == 2 for grp in g.groups.values())          # two heads of four

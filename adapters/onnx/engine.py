@@ -188,6 +188,11 @@ class _Aux:
 AUX = _Aux()
 
 
+#: Ops that combine their inputs element by element (with broadcasting).
+ELEMENTWISE = frozenset(("Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Xor", "Not", "Cast", "Identity", "Equal",
+                         "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Neg", "Abs", "Sqrt", "Exp", "Log"))
+
+
 class Unfollowed(Exception):
     """Raised out of :meth:`LoweringContext.walk` when a rule fails on ``node``: the engine
     lowers again from the start with the node pinned (a failed rule may have half-built
@@ -447,18 +452,28 @@ class LoweringContext:
             self._producers = {o: n for g in all_graphs(self.model.graph) for n in g.node for o in n.output}
         return self._producers.get(name)
 
-    def varying_shape(self, name: str) -> tuple | None:
-        """The shape of a run-time value with the axes an ``Expand`` only broadcast (copies of one
-        value) set to 1: along those, the value does not vary."""
+    def varying_shape(self, name: str, depth: int = 0) -> tuple | None:
+        """The shape of a run-time value with the axes along which it cannot vary set to 1:
+        those an ``Expand`` only broadcast (copies of one value), through elementwise ops (a
+        mask made with And/Where/Cast varies where one of its operands does)."""
         shape = self.shape(name)
         node = self.producer(name)
-        if shape is None or node is None:
+        c = self.const(name)
+        if c is not None:
+            return tuple(c.data.shape) if c.data.size > 1 and c.value.min() != c.value.max() else ()
+        if shape is None or node is None or depth > 16:
             return shape
-        if node.op_type == "Expand" or (node.op_type in ("Cast", "Not", "Identity") and len(node.input) == 1):
-            inner = self.varying_shape(node.input[0])
-            if inner is None or len(inner) > len(shape):
+        if node.op_type == "Expand" or node.op_type in ELEMENTWISE:
+            ins = node.input[:1] if node.op_type == "Expand" else [i for i in node.input if i]
+            parts = [self.varying_shape(i, depth + 1) for i in ins]
+            if any(p is None or len(p) > len(shape) for p in parts):
                 return shape
-            return (1,) * (len(shape) - len(inner)) + tuple(inner)
+            out = [1] * len(shape)
+            for p in parts:
+                for k, d in enumerate(p, start=len(shape) - len(p)):
+                    if d != 1:
+                        out[k] = shape[k] if shape[k] != 1 else d
+            return tuple(out)
         return shape
 
     @property

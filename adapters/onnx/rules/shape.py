@@ -64,7 +64,9 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
     mid = None
     if _prod(sm) is not None and _prod(dm) is not None:
         mid = _product_groups(sm, dm)
-    if mid is None and (len(dm) == 1 or len(sm) == 1):
+    if mid is None and (len(dm) == 1 or len(sm) == 1 or (head or tail)):
+        # one side a single axis (a merge or split), or axes that cannot be told apart between
+        # equal leading / trailing axes (row-major order keeps those): the middle as one group
         mid = [(range(len(sm)), range(len(dm)))]
     if mid is None:
         return None
@@ -120,13 +122,80 @@ def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple |
         return (_prod(src[:f]), _prod(src[f:]))
     c = ctx.const(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
     if c is None:
-        return inferred
+        partial = _partial_vector(ctx, node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
+        if partial is None or (inferred is not None and len(inferred) != len(partial)):
+            return inferred
+        # what the exporter's own shape arithmetic says, entry by entry, over what inference left unknown
+        dims = []
+        for k, v in enumerate(partial):
+            known = inferred[k] if inferred is not None else None
+            if isinstance(v, int) and v > 0:
+                dims.append(v)
+            elif isinstance(v, int) and v == 0 and src is not None and k < len(src):
+                dims.append(src[k])
+            elif isinstance(known, int):
+                dims.append(known)
+            else:
+                dims.append(v if isinstance(v, str) else known)
+        if partial.count(-1) == 1 and src is not None and not isinstance(dims[partial.index(-1)], int):
+            dims[partial.index(-1)] = None
+            dims[partial.index(-1)] = _infer_minus_one(src, dims)
+        return tuple(dims)
     raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
     dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
             for k, v in enumerate(raw)]
     if -1 in raw and src is not None:
         dims[raw.index(-1)] = _infer_minus_one(src, dims)
     return tuple(dims)
+
+
+def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | None:
+    """A small integer vector computed at run time (a reshape target), entry by entry as far as
+    the exporter's arithmetic tells: constants, and dims read off a value's shape (an int, or
+    its symbolic name) through Shape → Gather/Slice → Unsqueeze → Concat; None where unknown."""
+    c = ctx.const(name)
+    if c is not None:
+        return [int(v) for v in np.asarray(c.data).reshape(-1)] if c.data.dtype.kind in "iu" else None
+    node = ctx.producer(name)
+    if node is None or depth > 8:
+        return None
+    op = node.op_type
+    if op == "Concat":
+        parts = [_partial_vector(ctx, i, depth + 1) or [None] * _length(ctx, i) for i in node.input]
+        return None if any(p is None or None in p and len(p) == 0 for p in parts) else [v for p in parts for v in p]
+    if op in ("Unsqueeze", "Cast", "Identity", "Squeeze"):
+        inner = _partial_vector(ctx, node.input[0], depth + 1)
+        return inner if inner is not None and len(inner) <= 1 or op in ("Cast", "Identity") else None
+    if op == "Shape":
+        shape = ctx.shape(node.input[0])
+        if shape is None:
+            return None
+        x = ctx.values.get(node.input[0])
+        if isinstance(x, Act) and x.rank == len(shape) and not x.heads and x.seg_axis is None and x.inner == 1 \
+                and not isinstance(shape[x.axis], int):
+            shape = tuple(ctx.size(x) if k == x.axis else d for k, d in enumerate(shape))   # tracking knows it
+        start = ctx.attr(node, "start", 0)
+        end = ctx.attr(node, "end", None)
+        return list(shape[start:end])
+    if op == "Gather":
+        vec = _partial_vector(ctx, node.input[0], depth + 1)
+        idx = ctx.const(node.input[1])
+        if vec is None or idx is None or np.asarray(idx.data).size != 1:
+            return None
+        i = int(np.asarray(idx.data).reshape(-1)[0])
+        return [vec[i]] if -len(vec) <= i < len(vec) else None
+    if op == "Slice":
+        vec = _partial_vector(ctx, node.input[0], depth + 1)
+        bounds = [_ints(ctx, node, k, "") for k in (1, 2)]
+        if vec is None or None in bounds or len(bounds[0]) != 1:
+            return None
+        return vec[bounds[0][0]:bounds[1][0]]
+    return None
+
+
+def _length(ctx: LoweringContext, name: str) -> int:
+    shape = ctx.shape(name)
+    return int(shape[0]) if shape and len(shape) == 1 and isinstance(shape[0], int) else 1
 
 
 def _infer_minus_one(src: tuple, dims: list) -> int | str | None:
@@ -142,6 +211,10 @@ def _infer_minus_one(src: tuple, dims: list) -> int | str | None:
             left.remove(d)
             right.remove(d)
     num, den = _prod([d for d in src if isinstance(d, int)]), _prod([d for d in rest if isinstance(d, int)])
+    if len(left) == len(right) == 1:
+        # one unnamed-alike symbol each side (shape inference names the same sequence length afresh
+        # after each op): a reshape keeps the element count, so they are the same length
+        left, right = [], []
     if right or not den or num % den:
         return None
     if not left:
@@ -210,8 +283,13 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x.inner != 1:
         raise ctx.fail(node, "reshapes an already flattened activation")
     src = ctx.shape(node.input[0])
-    dst = _target_shape(ctx, node, src)
     n = ctx.size(x)
+    if src is not None and x.rank == len(src) and x.seg_axis is None:   # what tracking knows beats a symbol
+        src = tuple(n if k == x.axis and not isinstance(d, int) and not x.heads else
+                    x.heads[1] if x.heads and k == x.heads[0] and not isinstance(d, int) else
+                    n // x.heads[1] if x.heads and k == x.axis and not isinstance(d, int) else d
+                    for k, d in enumerate(src))
+    dst = _target_shape(ctx, node, src)
     if x.seg_axis is not None:
         groups = _groups(src, dst) if src is not None and dst is not None else None
         g = next(((sg, dg) for sg, dg in groups if x.axis in sg), None) if groups else None
