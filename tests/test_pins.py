@@ -364,7 +364,7 @@ def test_reshape_targets_computed_from_symbolic_shapes(tmp_path, rng):
     """TorchScript exports with dynamic axes build reshape targets from Shape → Gather →
     Unsqueeze → Concat of symbolic dims: followed entry by entry (heads split and merged back)."""
     i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
-    inits = {"W1": _w(rng, 8, 8), "W2": _w(rng, 8, 3), "i0": i64(0), "i1": i64(1), "ax0": i64(0),
+    inits = {"W1": _w(rng, 8, 8), "W2": _w(rng, 8, 3), "i0": np.array(0, np.int64), "i1": np.array(1, np.int64), "ax0": i64(0),
              "m1": i64(-1), "four": i64(4)}
 
     def dim(src, idx, out):
