@@ -28,7 +28,11 @@ def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
-    return dict(zip(names, sess.run(names, {k: v for k, v in inputs.items() if k in wanted})))
+    try:
+        return dict(zip(names, sess.run(names, {k: v for k, v in inputs.items() if k in wanted})))
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors are long; the first line names the node
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: onnxruntime cannot run it on these inputs ({msg[:300]})") from None
 
 
 _ORT_TYPES = {
