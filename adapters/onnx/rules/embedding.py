@@ -11,7 +11,8 @@ from .common import tied_copy
 
 def _table_block(ctx: LoweringContext, node: onnx.NodeProto, table: Const, label: str, ids_rank: int | None,
                  role_suffix: str = "") -> Act:
-    if table.data.ndim != 2 or not table.is_float:
+    quantized = table.data.dtype.kind in "iu" and table.data.dtype.itemsize == 1    # a dynamic-quantized table
+    if table.data.ndim != 2 or not (table.is_float or quantized):
         raise ctx.fail(node, f"lookup table of shape {table.data.shape}")
     rows, dim = table.data.shape
     tokens = ctx.new_set(node, rows, "token", layer=False, suffix=f"/{label}")
