@@ -871,7 +871,7 @@ def _account(ctx: LoweringContext) -> None:
         graph.add_block(ctx.unique(f"{node_label(reader)}/opaque:{name}"), holder.name, holder.name, "opaque",
                         ctx.param(Const(arr, Origin(name))), op=reader.op_type)
         ctx.pins.append({"node": node_label(reader), "op": reader.op_type, "parameters": int(arr.size), "sets": [holder.name],
-                         "reason": "reads a parameter where no neurons are tracked (after an earlier pin)"})
+                         "reason": "reads a parameter in a computation that carries no tracked neurons"})
     if unused:
         graph.meta["unused_constants"] = unused
     if buffers:

@@ -178,6 +178,8 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                        else AUX)
         return
     if c is AUX and _varies_along_neurons(ctx, node.input[1 if act_first else 0], x):
+        if _runtime_rotary(ctx, node, x, node.input[1 if act_first else 0]):
+            return
         raise ctx.fail(node, "a run-time operand varies along the neuron axis")
     if _scalar_like(c):      # a scalar or data-dependent operand: a fixed hyperparameter, no neurons
         if isinstance(c, Const):
@@ -260,6 +262,22 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
                              and shape[scores.head_axis - scores.rank] not in (1,)):
             raise ctx.fail(node, "run-time data that may vary across heads is added to the attention scores")
     ctx.set_output(node, scores)
+
+
+def _runtime_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, name: str) -> bool:
+    """cos/sin computed at run time from positions (dynamic-axes exports): they vary along the
+    head dimensions but not across heads — the head dimensions keep their places (the group
+    becomes rigid), heads still permute."""
+    shape = ctx.varying_shape(name)
+    if not x.heads or x.rank is None or shape is None or len(shape) > x.rank or node.op_type not in ("Mul", "Add"):
+        return False
+    full = (1,) * (x.rank - len(shape)) + tuple(shape)
+    if full[x.heads[0]] != 1:
+        return False
+    for s in x.sets:
+        ctx.graph.groups[ctx.graph.sets[s].group].rigid = True
+    ctx.set_output(node, x)
+    return True
 
 
 def _rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> bool:

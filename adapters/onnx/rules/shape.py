@@ -184,6 +184,17 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
             return None
         i = int(np.asarray(idx.data).reshape(-1)[0])
         return [vec[i]] if -len(vec) <= i < len(vec) else None
+    if op in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:     # the exporter's dim arithmetic
+        a, b = (_partial_vector(ctx, i, depth + 1) for i in node.input)
+        if a is None or b is None or not all(isinstance(v, int) for v in (*a, *b)) or len(a) != len(b) \
+                and 1 not in (len(a), len(b)):
+            return None
+        n = max(len(a), len(b))
+        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+        f = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
+             "Div": lambda u, v: u // v if v else None}[op]
+        out = [f(u, v) for u, v in zip(a, b)]
+        return None if None in out else out
     if op == "Slice":
         vec = _partial_vector(ctx, node.input[0], depth + 1)
         bounds = [_ints(ctx, node, k, "") for k in (1, 2)]
@@ -592,6 +603,11 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x is None or x.rank is None:
         raise ctx.fail(node, "input is not a tracked activation")
     starts, ends = _ints(ctx, node, 1, "starts"), _ints(ctx, node, 2, "ends")
+    if starts is None or ends is None and len(node.input) > 2:      # bounds computed from shapes (rotate_half)
+        computed = [_partial_vector(ctx, node.input[k]) if len(node.input) > k and node.input[k] else None
+                    for k in (1, 2)]
+        if all(c is not None and all(isinstance(v, int) for v in c) for c in computed):
+            starts, ends = computed
     axes = _ints(ctx, node, 3, "axes") or list(range(len(starts or [])))
     steps = _ints(ctx, node, 4, "steps") or [1] * len(axes)
     if starts is None or ends is None:
