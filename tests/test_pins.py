@@ -383,3 +383,34 @@ def test_reshape_targets_computed_from_symbolic_shapes(tmp_path, rng):
     g, _ = _check_sound(path)
     assert not g.meta["pins"] and g.free_fraction == 1.0
     assert any(grp.size == 2 for grp in g.groups.values())          # two heads of four
+
+
+def test_rotary_computed_at_run_time(tmp_path, rng):
+    """Dynamic-axes LLaMA exports: cos/sin of positions computed at run time multiply the head
+    dimensions (which become rigid), rotate_half slices with bounds read off the shape; heads
+    stay free."""
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    inits = {"Wq": _w(rng, 8, 8), "Wo": _w(rng, 8, 3), "split": i64(1, -1, 2, 4), "merge": i64(1, -1, 8),
+             "inv": np.array([1.0, 0.5, 0.25, 0.125], np.float32), "i1": np.array(1, np.int64),
+             "im1": np.array(-1, np.int64), "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+             "two": np.array(2, np.int64), "big": i64(1 << 30), "ax": i64(-1), "ax0": i64(0)}
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["h"]), helper.make_node("Reshape", ["h", "split"], ["hs"]),
+             helper.make_node("Transpose", ["hs"], ["q"], perm=[0, 2, 1, 3]),
+             helper.make_node("Shape", ["x"], ["xs"]), helper.make_node("Gather", ["xs", "i1"], ["T"]),
+             helper.make_node("Range", ["zero", "T", "one"], ["pos"]), helper.make_node("Cast", ["pos"], ["posf"], to=1),
+             helper.make_node("Unsqueeze", ["posf", "ax"], ["pos2"]),
+             helper.make_node("Mul", ["pos2", "inv"], ["ang"]), helper.make_node("Cos", ["ang"], ["cos"]),
+             helper.make_node("Mul", ["q", "cos"], ["qc"], name="rope_cos"),
+             helper.make_node("Shape", ["q"], ["qs"]), helper.make_node("Gather", ["qs", "im1"], ["d"]),
+             helper.make_node("Div", ["d", "two"], ["half"]), helper.make_node("Unsqueeze", ["half", "ax0"], ["h1"]),
+             helper.make_node("Slice", ["q", "h1", "big", "ax"], ["x2"], name="rot_hi"),
+             helper.make_node("Slice", ["q", "ax0", "h1", "ax"], ["x1"], name="rot_lo"),
+             helper.make_node("Neg", ["x2"], ["nx2"]),
+             helper.make_node("Concat", ["nx2", "x1"], ["rot"], axis=-1),
+             helper.make_node("Add", ["qc", "rot"], ["qr"]),
+             helper.make_node("Transpose", ["qr"], ["o1"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["o1", "merge"], ["o"]), helper.make_node("MatMul", ["o", "Wo"], ["y"])]
+    path = _save(tmp_path, nodes, [_fin("x", [1, "T", 8])], [_fin("y", [1, "T", 3])], inits)
+    g, _ = _check_sound(path)
+    assert not [p for p in g.meta["pins"] if p["parameters"] == 0], g.meta["pins"]
+    assert any(grp.rigid for grp in g.groups.values()) and g.free_fraction > 0

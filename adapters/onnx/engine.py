@@ -897,6 +897,8 @@ def _input_axis(ctx: LoweringContext, name: str, rank: int, decisive: bool = Fal
         n = uses[0]
         if n.op_type == "Transpose":
             p = next((list(a.ints) for a in n.attribute if a.name == "perm"), list(range(rank))[::-1])
+            if sorted(p) != list(range(len(perm))):
+                break                          # not this value's rank: shapes disagree, stop guessing
             perm = [perm[i] for i in p]
             frontier = [n.output[0]]
             continue

@@ -30,6 +30,9 @@ def _activate(ctx: LoweringContext, node: onnx.NodeProto, name: str) -> None:
     if isinstance(v, (Stat, Scores)) or v is AUX:
         ctx.set_output(node, v)          # softmax over attention scores, activations of statistics
         return
+    if isinstance(v, Const) and v.runtime:    # cos/sin of a parameter times run-time positions: its place
+        ctx.set_output(node, replace(v, varies=None if v.varies is None else v.varies))
+        return
     x = ctx.act(node.input[0])
     if x is None:
         raise ctx.fail(node, "input is not a tracked activation")
