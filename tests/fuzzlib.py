@@ -236,6 +236,7 @@ def _make_external(t: TensorProto, folder: Path, rng: np.random.Generator) -> No
                                "link.bin", "missing.bin", ""]))
     if location == "link.bin":
         outside.write_bytes(bytes(len(data) + 16))
+        (folder / "link.bin").unlink(missing_ok=True)
         (folder / "link.bin").symlink_to(outside)
     t.ClearField("raw_data")
     t.ClearField("float_data")
