@@ -60,6 +60,8 @@ def make_seeds(folder: Path) -> dict[str, Path]:
         shutil.copy(ROOT / "tests" / "fixtures" / rel, seeds[name])
     shutil.copy(ROOT / "tests" / "fixtures" / "safetensors" / "chain" / "mlp.safetensors", seeds["safetensors"])
     save(convert(seeds["onnx"]), seeds["ngraph"])
+    seeds["hf"] = folder / "gpt2"           # a safetensors checkpoint with a Hugging Face config.json
+    shutil.copytree(ROOT / "tests" / "fixtures" / "safetensors" / "gpt2", seeds["hf"], dirs_exist_ok=True)
     seeds["npz"] = folder / "inputs.npz"
     np.savez(seeds["npz"], pixels=np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
     try:
@@ -375,6 +377,14 @@ def generate(family: str, seeds: dict[str, Path], folder: Path, count: int, seed
             path.write_bytes(model.SerializeToString())
             yield f"{family}-{i}:{'+'.join(kinds)}", path, "verify" if rng.random() < 0.25 else "convert"
             continue
+        if family == "config-json":
+            for f in seeds["hf"].iterdir():
+                shutil.copy(f, case_dir / f.name)
+            cfg = json.loads((seeds["hf"] / "config.json").read_text())
+            kinds = [mutate_json(cfg, rng) for _ in range(int(rng.integers(1, 3)))]
+            (case_dir / "config.json").write_text(json.dumps(cfg))
+            yield f"{family}-{i}:{'+'.join(kinds)}", case_dir / "model.safetensors", "convert"
+            continue
         if family == "pickle":
             paths = hostile_pickles(case_dir, seeds.get("pt2"))
             yield f"{family}-{i}", paths[i % len(paths)], "verify" if i % 2 else "convert"
@@ -449,4 +459,4 @@ def sigkill_convert(model: Path, folder: Path, delays: list[float]) -> list[str]
 
 
 FAMILIES = ["onnx-bytes", "onnx-proto", "onnx-external", "safetensors-bytes", "safetensors-header", "ngraph-bytes",
-            "ngraph-header", "pt-bytes", "pickle", "npz-bytes"]
+            "ngraph-header", "pt-bytes", "pickle", "npz-bytes", "config-json"]
