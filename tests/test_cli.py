@@ -425,3 +425,19 @@ def test_make_zoo_without_sklearn_leaves_nothing(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "scikit-learn" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "zoo").exists()
+
+
+def test_hugging_face_config_is_checked(tmp_path):
+    import shutil
+    src = ROOT / "tests" / "fixtures" / "safetensors" / "gpt2"
+    cfg = json.loads((src / "config.json").read_text())
+    for name, text in [("deep", "[" * 5000 + "]" * 5000), ("array", "[1]"), ("heads_zero", json.dumps({**cfg, "n_head": 0})),
+                       ("heads_text", json.dumps({**cfg, "n_head": "12"})),
+                       ("no_layers", json.dumps({k: v for k, v in cfg.items() if k != "n_layer"}))]:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        (folder / "config.json").write_text(text)
+        r = run_cli("convert", folder / "model.safetensors", "-o", tmp_path / "x.ngraph")
+        _one_line(r, 4)
+        assert "config.json" in r.stderr, r.stderr
+    assert not (tmp_path / "x.ngraph").exists()
