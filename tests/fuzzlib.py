@@ -13,7 +13,6 @@ beside the input), a valid output when the exit code is 0, no code run by unpick
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import signal
@@ -23,25 +22,16 @@ import sys
 import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "PWNED-by-unpickling"
 CASE_SECONDS = 60
 EXIT_CODES: Counter = Counter()      # (family-less) tally of exit codes, for reports
-
-
-@dataclass
-class Case:
-    family: str
-    name: str
-    path: Path                     # the input file (in its own folder)
-    command: str = "convert"       # convert | info | verify
 
 
 # ------------------------------------------------------------------------------ seeds

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import click
-
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ngraph
+from conftest import EXAMPLES, ROOT, ngraph
+from inproc import run_cli
 
 
 def test_convert_then_info(mlp_onnx, tmp_path):
@@ -132,15 +136,6 @@ def test_analyse_example(mlp_onnx, tmp_path):
 
 
 # ---------------------------------------------------------------------------- hardening (issue 13)
-import os
-import re
-import subprocess
-import sys
-
-import pytest
-
-from conftest import EXAMPLES, ROOT
-from inproc import run_cli
 
 
 def _one_line(r, code):
