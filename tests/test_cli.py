@@ -164,6 +164,10 @@ def test_output_folder_must_exist(mlp_onnx, tmp_path):
     assert "does not exist" in r.stderr and not (tmp_path / "nodir").exists()
     r = run_cli("align", mlp_onnx, mlp_onnx, "-o", tmp_path / "nodir" / "a.onnx")
     _one_line(r, 4)
+    (tmp_path / "labels.csv").write_text("model,acc\n")
+    for cmd in ("train", "embed"):            # checked before any training or embedding
+        args = ("train", tmp_path) if cmd == "train" else ("embed", tmp_path / "c.safetensors", tmp_path)
+        _one_line(run_cli(*args, "-o", tmp_path / "nodir" / "x"), 4)
     assert not (tmp_path / "nodir").exists()
 
 
