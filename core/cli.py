@@ -218,8 +218,10 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot."""
     from .dataset import load_dataset
+    from .fileformat import check_output
     from .train import save_checkpoint, train as _train
 
+    check_output(output)            # before hours of training, not after
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
     for name, why in data.failed:
         err.print(f"[yellow]skipped[/] {name}: {why}")
@@ -307,8 +309,10 @@ def embed(checkpoint, dataset, output, device, as_json):
     import numpy as np
 
     from .dataset import load_dataset
+    from .fileformat import check_output
     from .train import embed as _embed
 
+    check_output(output)
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
     vectors = _embed(checkpoint, [e.graph for e in data.entries], device)
     names = np.array([e.row["model"] for e in data.entries])

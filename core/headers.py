@@ -52,6 +52,7 @@ class Fields:
 
 FREE = "free"            # any JSON value up to MAX_DEPTH levels
 NAT = "nat"              # an integer ≥ 0 (not a bool)
+POS = "pos"              # an integer ≥ 1 (not a bool)
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "an object",
                list: "an array", NAT: "a non-negative integer"}
 
@@ -77,9 +78,10 @@ def check(value: Any, schema: Any, where: str = "header") -> None:
         if s is FREE:
             depth_ok(v, w)
             continue
-        if s is NAT:
-            if type(v) is not int or v < 0:
-                raise HeaderError(f"{w}: expected a non-negative integer, got {_kind(v)}")
+        if s is NAT or s is POS:
+            if type(v) is not int or v < (0 if s is NAT else 1):
+                raise HeaderError(f"{w}: expected a {'non-negative' if s is NAT else 'positive'} integer, "
+                                  f"got {_kind(v) if type(v) is not int else v}")
             continue
         if s in (str, bool, int, float):
             ok = (type(v) is s if s in (str, bool) else
@@ -138,6 +140,23 @@ def loads(data: bytes | str, where: str) -> Any:
         raise HeaderError(f"{where}: JSON nested too deeply") from None
     except (ValueError, TypeError) as e:
         raise HeaderError(f"{where}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+
+
+# ------------------------------------------------------------------------------ Hugging Face config.json
+#: Sizes a model family reads from ``config.json``: when present they must be positive integers.
+CONFIG_SIZES = ("n_head", "num_attention_heads", "num_key_value_heads", "n_layer", "num_hidden_layers",
+                "hidden_size", "n_embd", "intermediate_size", "n_inner", "vocab_size", "type_vocab_size",
+                "n_positions", "max_position_embeddings", "image_size", "patch_size", "num_channels", "head_dim")
+CONFIG_SCHEMA = Fields({}, {"model_type": str, **{k: Opt(POS) for k in CONFIG_SIZES}})
+
+
+def read_config(data: bytes | str, where: str) -> dict:
+    """A ``config.json`` as a checked object: JSON, an object, not nested deeper than
+    :data:`MAX_DEPTH`, with the sizes of :data:`CONFIG_SIZES` positive integers (or null)."""
+    cfg = loads(data, where)
+    check(cfg, dict, where)
+    check(cfg, CONFIG_SCHEMA, where)
+    return cfg
 
 
 # ------------------------------------------------------------------------------ safetensors

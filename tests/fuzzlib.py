@@ -13,7 +13,6 @@ beside the input), a valid output when the exit code is 0, no code run by unpick
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import signal
@@ -23,25 +22,16 @@ import sys
 import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "PWNED-by-unpickling"
 CASE_SECONDS = 60
 EXIT_CODES: Counter = Counter()      # (family-less) tally of exit codes, for reports
-
-
-@dataclass
-class Case:
-    family: str
-    name: str
-    path: Path                     # the input file (in its own folder)
-    command: str = "convert"       # convert | info | verify
 
 
 # ------------------------------------------------------------------------------ seeds
@@ -60,6 +50,8 @@ def make_seeds(folder: Path) -> dict[str, Path]:
         shutil.copy(ROOT / "tests" / "fixtures" / rel, seeds[name])
     shutil.copy(ROOT / "tests" / "fixtures" / "safetensors" / "chain" / "mlp.safetensors", seeds["safetensors"])
     save(convert(seeds["onnx"]), seeds["ngraph"])
+    seeds["hf"] = folder / "gpt2"           # a safetensors checkpoint with a Hugging Face config.json
+    shutil.copytree(ROOT / "tests" / "fixtures" / "safetensors" / "gpt2", seeds["hf"], dirs_exist_ok=True)
     seeds["npz"] = folder / "inputs.npz"
     np.savez(seeds["npz"], pixels=np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
     try:
@@ -236,6 +228,7 @@ def _make_external(t: TensorProto, folder: Path, rng: np.random.Generator) -> No
                                "link.bin", "missing.bin", ""]))
     if location == "link.bin":
         outside.write_bytes(bytes(len(data) + 16))
+        (folder / "link.bin").unlink(missing_ok=True)
         (folder / "link.bin").symlink_to(outside)
     t.ClearField("raw_data")
     t.ClearField("float_data")
@@ -374,6 +367,14 @@ def generate(family: str, seeds: dict[str, Path], folder: Path, count: int, seed
             path.write_bytes(model.SerializeToString())
             yield f"{family}-{i}:{'+'.join(kinds)}", path, "verify" if rng.random() < 0.25 else "convert"
             continue
+        if family == "config-json":
+            for f in seeds["hf"].iterdir():
+                shutil.copy(f, case_dir / f.name)
+            cfg = json.loads((seeds["hf"] / "config.json").read_text())
+            kinds = [mutate_json(cfg, rng) for _ in range(int(rng.integers(1, 3)))]
+            (case_dir / "config.json").write_text(json.dumps(cfg))
+            yield f"{family}-{i}:{'+'.join(kinds)}", case_dir / "model.safetensors", "convert"
+            continue
         if family == "pickle":
             paths = hostile_pickles(case_dir, seeds.get("pt2"))
             yield f"{family}-{i}", paths[i % len(paths)], "verify" if i % 2 else "convert"
@@ -448,4 +449,4 @@ def sigkill_convert(model: Path, folder: Path, delays: list[float]) -> list[str]
 
 
 FAMILIES = ["onnx-bytes", "onnx-proto", "onnx-external", "safetensors-bytes", "safetensors-header", "ngraph-bytes",
-            "ngraph-header", "pt-bytes", "pickle", "npz-bytes"]
+            "ngraph-header", "pt-bytes", "pickle", "npz-bytes", "config-json"]

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import click
-
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ngraph
+from conftest import EXAMPLES, ROOT, ngraph
+from inproc import run_cli
 
 
 def test_convert_then_info(mlp_onnx, tmp_path):
@@ -137,15 +141,6 @@ def test_analyse_example(mlp_onnx, tmp_path):
 
 
 # ---------------------------------------------------------------------------- hardening (issue 13)
-import os
-import re
-import subprocess
-import sys
-
-import pytest
-
-from conftest import EXAMPLES, ROOT
-from inproc import run_cli
 
 
 def _one_line(r, code):
@@ -174,6 +169,10 @@ def test_output_folder_must_exist(mlp_onnx, tmp_path):
     assert "does not exist" in r.stderr and not (tmp_path / "nodir").exists()
     r = run_cli("align", mlp_onnx, mlp_onnx, "-o", tmp_path / "nodir" / "a.onnx")
     _one_line(r, 4)
+    (tmp_path / "labels.csv").write_text("model,acc\n")
+    for cmd in ("train", "embed"):            # checked before any training or embedding
+        args = ("train", tmp_path) if cmd == "train" else ("embed", tmp_path / "c.safetensors", tmp_path)
+        _one_line(run_cli(*args, "-o", tmp_path / "nodir" / "x"), 4)
     assert not (tmp_path / "nodir").exists()
 
 
@@ -430,3 +429,19 @@ def test_make_zoo_without_sklearn_leaves_nothing(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "scikit-learn" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "zoo").exists()
+
+
+def test_hugging_face_config_is_checked(tmp_path):
+    import shutil
+    src = ROOT / "tests" / "fixtures" / "safetensors" / "gpt2"
+    cfg = json.loads((src / "config.json").read_text())
+    for name, text in [("deep", "[" * 5000 + "]" * 5000), ("array", "[1]"), ("heads_zero", json.dumps({**cfg, "n_head": 0})),
+                       ("heads_text", json.dumps({**cfg, "n_head": "12"})),
+                       ("no_layers", json.dumps({k: v for k, v in cfg.items() if k != "n_layer"}))]:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        (folder / "config.json").write_text(text)
+        r = run_cli("convert", folder / "model.safetensors", "-o", tmp_path / "x.ngraph")
+        _one_line(r, 4)
+        assert "config.json" in r.stderr, r.stderr
+    assert not (tmp_path / "x.ngraph").exists()

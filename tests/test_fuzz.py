@@ -16,7 +16,7 @@ import fuzzlib
 SEED = 20261129
 CASES = {"onnx-bytes": 150, "onnx-proto": 250, "onnx-external": 100, "safetensors-bytes": 100,
          "safetensors-header": 120, "ngraph-bytes": 100, "ngraph-header": 150, "pt-bytes": 100, "pickle": 20,
-         "npz-bytes": 60}
+         "npz-bytes": 60, "config-json": 60}
 
 
 @pytest.fixture(scope="module")

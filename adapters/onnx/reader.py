@@ -139,6 +139,14 @@ class _Schema:
 def _schema(domain: str, op: str, version: int) -> _Schema | None:
     """What an op takes, from onnx's schemas (or onnxruntime's for contrib ops); None if unknown."""
     from onnx import defs
+    if defs.has(op, domain):
+        try:
+            defs.get_schema(op, version, domain)
+        except Exception:  # noqa: BLE001 - newer than the model's opset: onnxruntime may still know it
+            known = _contrib_schemas().get((domain, op))     # e.g. its LayerNormalization before opset 17
+            if known is None:
+                raise InputError(f"{op} does not exist at opset {version} of {domain or 'ai.onnx'}") from None
+            return known
     try:
         x = defs.get_schema(op, version, domain)
         return _Schema({k: (int(v.type), bool(v.required)) for k, v in x.attributes.items()},
@@ -152,10 +160,12 @@ def _schema(domain: str, op: str, version: int) -> _Schema | None:
 
 
 def check_model(model: OnnxModel) -> None:
-    """Structural checks on an untrusted model before any rule sees it: every initializer and
-    ``Constant`` tensor consistent with its dims, and every node of a known op (onnx's schemas,
-    onnxruntime's for contrib ops) with its required attributes, each of the declared type (a
-    rule would otherwise fail with a ``TypeError``)."""
+    """Structural checks on an untrusted model before any rule sees it, so that malformed input
+    is an :class:`InputError` (exit 4) and not a ``TypeError`` or ``IndexError`` inside a rule:
+    names valid UTF-8; every initializer and ``Constant`` tensor consistent with its dims; every
+    node with an output and, for a known op (onnx's schemas, onnxruntime's for contrib ops), the
+    number of inputs and outputs it takes, its required attributes, each of the declared type,
+    weight initializers of the rank the spec fixes, and no ``ConstantOfShape`` beyond memory."""
     from onnx import AttributeProto
 
     from .engine import all_graphs
@@ -175,11 +185,16 @@ def check_model(model: OnnxModel) -> None:
         for n in g.node:
             domain = "" if n.domain == "ai.onnx" else n.domain
             key = (domain, n.op_type)
-            if key not in tables:
-                tables[key] = _schema(domain, n.op_type, max(1, opsets.get(domain, 1)))
-            schema = tables[key]
-            declared = schema.attributes if schema is not None else {}
             label = f"{where}: node {n.name or n.op_type!r} ({n.op_type})"
+            if key not in tables:
+                try:
+                    tables[key] = _schema(domain, n.op_type, max(1, opsets.get(domain, 1)))
+                except InputError as e:
+                    raise InputError(f"{label}: {e}") from None
+            schema = tables[key]
+            if not n.output:
+                raise InputError(f"{label}: the node has no outputs")
+            declared = schema.attributes if schema is not None else {}
             if schema is not None:
                 if not schema.min_input <= len(n.input) <= schema.max_input or any(
                         i < len(n.input) and not n.input[i] for i in schema.required):
@@ -198,6 +213,9 @@ def check_model(model: OnnxModel) -> None:
                                      f"the op needs {AttributeProto.AttributeType.Name(declared[a.name][0])}")
                 if a.type == AttributeProto.TENSOR:
                     _check_tensor(a.t, label, False)
+            if n.op_type == "Concat" and domain == "" and "axis" not in present and opsets.get("", 1) < 4:
+                n.attribute.append(helper.make_attribute("axis", 1))   # opset < 4: optional, default 1
+                present.add("axis")
             missing = [k for k, (_, required) in declared.items() if required and k not in present]
             if missing:
                 raise InputError(f"{label}: required attribute(s) {', '.join(sorted(missing))} missing")

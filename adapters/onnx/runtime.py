@@ -15,7 +15,7 @@ def session(path: Path, proto=None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4          # errors come back as exceptions: no second copy on stderr
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         source = str(path) if proto is None else proto.SerializeToString()
@@ -28,11 +28,16 @@ def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
+    return dict(zip(names, _run(sess, path, names, {k: v for k, v in inputs.items() if k in wanted})))
+
+
+def _run(sess, path: Path, names: list[str], feeds: Mapping[str, np.ndarray]) -> list:
+    """``sess.run``; a model onnxruntime loads but cannot execute (inconsistent shapes, inputs
+    of the wrong type) is an :class:`InputError` naming the file."""
     try:
-        return dict(zip(names, sess.run(names, {k: v for k, v in inputs.items() if k in wanted})))
-    except Exception as e:  # noqa: BLE001 - onnxruntime's errors are long; the first line names the node
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: onnxruntime cannot run it on these inputs ({msg[:300]})") from None
+        return sess.run(names, dict(feeds))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidArgument types
+        raise InputError(f"{path}: onnxruntime cannot run the model ({str(e).strip().splitlines()[0][:300]})") from None
 
 
 _ORT_TYPES = {
@@ -155,7 +160,7 @@ def activations(path: Path, probes: Mapping[str, list], inputs: Mapping[str, np.
     count as samples; at most ``max_samples`` rows, drawn without replacement)."""
     names = sorted({v for v, _ in probes.values()})
     sess = session(path, _with_outputs(path, names))
-    values = dict(zip(names, sess.run(names, _feeds(sess, path, inputs))))
+    values = dict(zip(names, _run(sess, path, names, _feeds(sess, path, inputs))))
     rng = np.random.default_rng(seed)
     out = {}
     for set_name, (value, axis) in probes.items():
@@ -183,7 +188,7 @@ def recalibrate(path: Path, inputs: Mapping[str, np.ndarray], out: Path) -> int:
         proto.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))
         sess = session(path, proto)
         proto.graph.output.pop()
-        x = np.asarray(sess.run([node.input[0]], _feeds(sess, path, inputs))[0], np.float64)
+        x = np.asarray(_run(sess, path, [node.input[0]], _feeds(sess, path, inputs))[0], np.float64)
         axes = tuple(i for i in range(x.ndim) if i != 1)
         mean, var = x.mean(axis=axes), x.var(axis=axes)
         for name, value in ((node.input[3], mean), (node.input[4], var)):

@@ -178,11 +178,16 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
     tensors = read_tensors(path)
     config = path.parent / "config.json"
     if config.is_file():
-        from .families import convert_family
+        from nngraph.headers import POS, Fields, check, read_config
+
+        from .families import FAMILIES, convert_family
         try:
-            cfg = json.loads(config.read_text())
-        except ValueError as e:
-            raise InputError(f"{config}: not valid JSON ({e})") from None
+            cfg = read_config(config.read_bytes(), str(config))     # schema-checked: an object, sizes ≥ 1
+        except OSError as e:
+            raise InputError(f"{config}: cannot read ({e})") from None
+        fam = FAMILIES.get(cfg.get("model_type"))
+        if fam is not None:                                        # the sizes this family cannot do without
+            check(cfg, Fields({fam.heads_key: POS, fam.layers_key: POS}), str(config))
         graph = convert_family(tensors, cfg, path)
     else:
         graph = convert_state_dict(tensors, path)
