@@ -415,6 +415,30 @@ def _sparse_lap(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) ->
     return col.astype(np.int64)
 
 
+def _signature_candidates(factors: list[_Factor], g: str, n: int):
+    """For a large group: each neuron's CANDIDATES nearest B neurons by signature (the binned
+    sorted slices of every array on the group's axis, concatenated) and the signature value
+    −½‖a − b‖² of those pairs and of the identity pairs; memory O(n · features), not n²."""
+    fa, fb = [], []
+    for f in factors:
+        for k, ax in enumerate(f.axes):
+            if ax == g:
+                fa.append(_sorted_sketch(_slices(f.a, k)))
+                fb.append(_sorted_sketch(_slices(f.b, k)))
+    fa, fb = np.concatenate(fa, axis=1), np.concatenate(fb, axis=1)
+    nb = np.einsum("ij,ij->i", fb, fb, dtype=np.float64)
+    top = np.empty((n, min(CANDIDATES, n)), np.int64)
+    chunk = max(1, (1 << 24) // n)
+    for a in range(0, n, chunk):
+        top[a:a + chunk] = _top_k(fa[a:a + chunk] @ fb.T - 0.5 * nb[None, :].astype(np.float32), CANDIDATES)
+    rows, cols = _candidate_pairs(n, np.arange(n), top)
+    vals = np.empty(len(rows))
+    for a in range(0, len(rows), chunk):
+        d = fa[rows[a:a + chunk]] - fb[cols[a:a + chunk]]
+        vals[a:a + chunk] = -0.5 * np.einsum("ij,ij->i", d, d, dtype=np.float64)
+    return top, rows, cols, vals
+
+
 def _slices(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, k, 0)).reshape(x.shape[k], -1)
 
@@ -481,14 +505,14 @@ def _weight_matching(factors: list[_Factor], hier: _Hierarchy, perms: dict[str, 
     neighbours = {r: {q for q in roots if q != r and touching[r] & touching[q]} for r in roots}
     hints: dict[str, np.ndarray] = {}
     if init:
-        sig = _signature_costs(factors, {d for r in roots for d in hier.family(r)} & hier.moving, sizes)
-        for r in roots:
-            if _prunable(hier, r, sizes):
-                hints[r] = _top_k(sig[r], CANDIDATES)
-                rows, cols = _candidate_pairs(sizes[r], np.arange(sizes[r]), hints[r])
-                perms[r] = _sparse_lap(sizes[r], rows, cols, sig[r][rows, cols])
-            else:
-                perms.update(hier.solve(r, sig))
+        big = [r for r in roots if _prunable(hier, r, sizes)]
+        for r in big:      # signature features, never an n×n matrix per group (22 of them for TinyLlama)
+            hints[r], rows, cols, vals = _signature_candidates(factors, r, sizes[r])
+            perms[r] = _sparse_lap(sizes[r], rows, cols, vals)
+        small = [r for r in roots if r not in big]
+        sig = _signature_costs(factors, {d for r in small for d in hier.family(r)} & hier.moving, sizes)
+        for r in small:
+            perms.update(hier.solve(r, sig))
         del sig
     rng = np.random.default_rng(seed)
     dirty = set(roots)
