@@ -165,10 +165,18 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
         else:
             base = path
             reference = adapter.run(path, feeds)
+            # weights the converter folded out of constant subgraphs are written back as stored
+            # tensors: the runtime may then pick other kernels, so only those outputs get a tolerance
+            folded = bool(set(graph.meta.get("derived", ())) & set(graph.sources))
             for name, out in adapter.run(same, feeds).items():
-                if not same_bits(out, reference[name]):
-                    roundtrip = False
-                    problems.append(f"output {name!r} changes after writing the unpermuted parameters back")
+                if same_bits(out, reference[name]):
+                    continue
+                if folded:
+                    _, rel, trouble = compare_outputs({name: reference[name]}, {name: out})
+                    if not trouble and rel <= RTOL:
+                        continue
+                roundtrip = False
+                problems.append(f"output {name!r} changes after writing the unpermuted parameters back")
         if randomize:
             from .randomize import randomize as _randomize
             _randomize(graph, seed)
