@@ -95,9 +95,10 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
 
 def _print_symmetry(summary: dict) -> None:
     """The symmetry kept: free fraction, and every pin with its reason (grouped by op and reason)."""
-    pins = summary.get("pins") or []
+    pins = summary.get("pins")
+    pins = [p for p in pins if isinstance(p, dict)] if isinstance(pins, list) else []   # headers are untrusted
     free = summary.get("free_fraction")
-    if free is None:
+    if not isinstance(free, (int, float)) or isinstance(free, bool):
         return
     out.print(f"  free fraction {free:.3f} (hidden neurons some symmetry moves); "
               f"{len(pins)} pin{'s' if len(pins) != 1 else ''}")
@@ -105,8 +106,9 @@ def _print_symmetry(summary: dict) -> None:
         return
     table = Table("pinned node", "op", "why", "sets", box=None)
     for p in pins[:30]:
+        sets = p.get("sets")
         table.add_row(*map(escape, (str(p.get("node")), str(p.get("op")), str(p.get("reason")),
-                                    str(len(p.get("sets", []))))))
+                                    str(len(sets)) if isinstance(sets, list) else "?")))
     out.print(table)
     if len(pins) > 30:
         out.print(f"  … {len(pins) - 30} more pins (use --json for all)")

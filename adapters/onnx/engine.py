@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-from nngraph.errors import GraphError, UnsupportedModelError
+from nngraph.errors import GraphError, NNGraphError, UnsupportedModelError
 from nngraph.hookspecs import OpRule
 from nngraph.ir import EdgeBlock, NeuralGraph, Param, Unmapped
 from nngraph.origin import Origin
@@ -309,7 +309,17 @@ class LoweringContext:
             has_graph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
             if not neural and not has_graph and not domain and all(
                     v is None or (isinstance(v, Const) and not v.runtime) for v in ins):
-                for name, value in zip(node.output, self.fold(self, node, ins)):
+                try:
+                    folded = self.fold(self, node, ins)
+                except NNGraphError as e:
+                    # constants that cannot be computed here (they depend on sizes only known at run
+                    # time): run-time data; a parameter read by them is kept as an opaque one
+                    if self.strict:
+                        raise
+                    self.pins.append({"node": node_label(node), "op": node.op_type, "parameters": 0, "sets": [],
+                                      "reason": f"constant subgraph not computed: {self._reason(e)}"})
+                    folded = [AUX] * len(node.output)
+                for name, value in zip(node.output, folded):
                     if name:
                         self.values[name] = value
                 continue
