@@ -7,6 +7,8 @@ in onnxruntime; ``strict=True`` refuses instead.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -414,3 +416,14 @@ def test_rotary_computed_at_run_time(tmp_path, rng):
     g, _ = _check_sound(path)
     assert not [p for p in g.meta["pins"] if p["parameters"] == 0], g.meta["pins"]
     assert any(grp.rigid for grp in g.groups.values()) and g.free_fraction > 0
+
+
+@pytest.mark.parametrize("name", ["test_BatchNorm2d_eval", "test_GLU"])
+def test_opset6_models_verify_through_an_upgraded_copy(name):
+    """onnxruntime has no kernels before opset 7: verify runs the same graph converted to opset 7."""
+    import os
+    path = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "pytorch-converted" / name / "model.onnx"
+    if not path.exists():
+        pytest.skip("not shipped with this onnx")
+    report = verify(path, trials=1, randomize=True)
+    assert report.ok and report.roundtrip_exact, report.problems

@@ -21,7 +21,30 @@ def session(path: Path, proto=None):
         source = str(path) if proto is None else proto.SerializeToString()
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
+        error = e
+    upgraded = _upgraded(path, proto) if "NOT_IMPLEMENTED" in str(error) else None
+    if upgraded is not None:       # onnxruntime has no kernels for opsets before 7: run the same graph upgraded
+        try:
+            return ort.InferenceSession(upgraded, opts, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - report the original failure
+            pass
+    raise InputError(f"{path}: onnxruntime cannot load the model ({str(error).splitlines()[0]})") from None
+
+
+def _upgraded(path: Path, proto) -> bytes | None:
+    """The model converted to opset 7 (where onnxruntime's kernels start) when it is older;
+    weights and structure stay what they are (the converter only rewrites op versions)."""
+    import onnx
+    from onnx import version_converter
+
+    try:
+        model = proto if proto is not None else onnx.load(str(path))
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is None or opset >= 7:
+            return None
+        return version_converter.convert_version(model, 7).SerializeToString()
+    except Exception:  # noqa: BLE001 - not convertible: the caller reports the load failure
+        return None
 
 
 def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
