@@ -162,7 +162,8 @@ def _child(step: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--step", step, *map(str, args)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
-        raise RuntimeError(f"{step} failed: {r.stderr.strip()[-2000:]}")
+        why = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+        raise RuntimeError(f"{step} failed ({why}): {r.stderr.strip()[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 

@@ -88,16 +88,21 @@ def check_compatible(a: NeuralGraph, b: NeuralGraph, names: tuple[str, str] = ("
 
 def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = None) -> float:
     """L2 distance between A's parameters and B's (permuted by ``symmetry``), over every
-    floating-point source tensor both hold."""
-    pa = a.to_params()
-    pb = (b.permute(symmetry) if symmetry is not None else b).to_params()
+    floating-point source element both hold: array by array (each source element is mapped
+    once), so no rebuilt copy of either model's source tensors is made."""
+    pb = dict((b.permute(symmetry) if symmetry is not None else b).params())
     total = 0.0
-    for name, x in pa.items():
-        y = pb.get(name)
-        if y is None or x.shape != y.shape or not is_float(x.dtype):
+    for key, x in a.params():
+        y = pb.get(key)
+        if x.origin is None or x.shared or y is None or x.shape != y.shape or not is_float(x.data.dtype):
             continue
-        d = np.asarray(x, np.float32) - np.asarray(y, np.float32)   # 0 exactly where equal
+        d = np.asarray(x.data, np.float32) - np.asarray(y.data, np.float32)   # 0 exactly where equal
         total += float(np.square(d).sum(dtype=np.float64))
+    for name, u in a.unmapped.items():       # kept outside the graph: no symmetry moves them
+        v = b.unmapped.get(name)
+        if u.data is not None and v is not None and v.data is not None and u.data.shape == v.data.shape \
+                and is_float(u.data.dtype):
+            total += float(np.square(np.asarray(u.data, np.float32) - np.asarray(v.data, np.float32)).sum(dtype=np.float64))
     return float(np.sqrt(total))
 
 
