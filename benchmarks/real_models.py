@@ -207,6 +207,7 @@ def main() -> None:
     ap.add_argument("--align", action="store_true", help="align each model with a permuted copy of itself")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per model")
     ap.add_argument("-k", "--pattern", default="*", help="only files matching this glob")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no per-model progress on stderr")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -232,7 +233,7 @@ def main() -> None:
         row.setdefault("mib", round(path.stat().st_size / 2**20, 2))
         row["wall"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        if not args.json:
+        if not args.quiet:
             status = ("ok" if row.get("verify_ok") else "VERIFY FAIL") if row.get("converts") else "REFUSED"
             print(f"[{i + 1}/{len(files)}] {path.name}: {status} ({row['wall']} s)", file=sys.stderr, flush=True)
     s = summary(rows)
