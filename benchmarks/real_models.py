@@ -75,7 +75,7 @@ def _constant_weights(graph) -> bool:
 
 def _run_cli(args: list[str], timeout: float) -> tuple[int, dict | None, str]:
     try:
-        r = subprocess.run(_ngraph_cmd() + args, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(_ngraph_cmd() + args, check=False, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return 124, None, f"timed out after {timeout:.0f}s"
     doc = None
@@ -191,6 +191,13 @@ def summary(rows: list[dict]) -> dict:
          "mean_free_fraction": round(sum(ff) / len(ff), 3) if ff else None,
          "pins": sum(r.get("pins", 0) for r in conv),
          "refused_by_error": dict(Counter(_error_kind(r["error"]) for r in rows if not r.get("converts")))}
+    by_source: dict[str, list[int]] = {}
+    for r in rows:
+        c = by_source.setdefault(r.get("source", "?"), [0, 0, 0])
+        c[0] += 1
+        c[1] += bool(r.get("converts"))
+        c[2] += bool(r.get("verify_ok"))
+    s["by_source"] = {k: {"models": a, "convert": b, "verify_ok": v} for k, (a, b, v) in sorted(by_source.items())}
     if any("align" in r for r in rows):
         s["align_ok"] = sum(1 for r in rows if r.get("align") == "ok")
         s["align_tried"] = sum(1 for r in rows if "align_after" in r or str(r.get("align", "")).startswith("failed"))
@@ -221,13 +228,15 @@ def main() -> None:
                    and not p.name.endswith(".part.onnx"))
     if not files:
         sys.exit(f"real_models.py: no .onnx files in {args.dir} (run benchmarks/corpus.py first)")
+    manifest = args.dir / "manifest.json"     # written by corpus.py: provenance per file
+    provenance = json.loads(manifest.read_text())["models"] if manifest.exists() else {}
     rows = []
     for i, path in enumerate(files):
         cmd = [sys.executable, __file__, "--worker", str(path), "--verify-trials", str(args.verify_trials),
                "--timeout", str(args.timeout)] + (["--align"] if args.align else [])
         t0 = time.perf_counter()
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout * (3 if args.align else 2))
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=args.timeout * (3 if args.align else 2))
             row = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
             if row is None:
                 row = {"model": path.name, "converts": False,
@@ -235,6 +244,9 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             row = {"model": path.name, "converts": False, "error": "timed out", "error_type": "timeout"}
         row.setdefault("mib", round(path.stat().st_size / 2**20, 2))
+        row["source"] = provenance.get(path.name, {}).get("source") or path.name.split("_", 1)[0]
+        if path.name in provenance:
+            row["provenance"] = provenance[path.name]["provenance"]
         row["wall"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         if not args.quiet:
@@ -249,6 +261,8 @@ def main() -> None:
     print(f"{s['convert']}/{s['models']} convert, {s['coverage_1']} with coverage 1.0, "
           f"{s['verify_ok']}/{s['convert']} verify ok, mean free_fraction {s['mean_free_fraction']}, "
           f"{s['pins']} pins" + (f", align ok {s['align_ok']}/{s['align_tried']}" if "align_ok" in s else ""))
+    for src, c in s["by_source"].items():
+        print(f"  {src}: {c['convert']}/{c['models']} convert, {c['verify_ok']} verify ok")
     for kind, n in sorted(s["refused_by_error"].items(), key=lambda kv: -kv[1]):
         print(f"  refused ×{n}: {kind}")
 
