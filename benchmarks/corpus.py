@@ -261,7 +261,8 @@ def _record_pypi(man: dict, t: Path, pkg: str, version: str, member: str) -> Non
 
 def fetch_hf(out: Path, man: dict, force: bool, families: list[str], timeout: int) -> None:
     for fam in families:
-        want = [m for m in _modes(fam) if force or not (out / f"hf_{fam}_{m}.onnx").exists()]
+        want = [m for m in _modes(fam) if force or not (out / f"hf_{fam}_{m}.onnx").exists()
+                or f"hf_{fam}_{m}.onnx" not in man["models"]]      # no provenance recorded: export again
         # a mode that failed before is not retried unless --force (exports are deterministic)
         want = [m for m in want if force or f"hf_{fam}_{m}.onnx" not in man["failures"]]
         if want:
@@ -453,7 +454,7 @@ def export_family(fam: str, modes: list[str], out: Path) -> None:
                         (", dynamic_axes=batch/seq)" if dynamic else ")")
                 else:
                     opset = int(mode.removeprefix("dynamo").removesuffix("dyn"))
-                    shapes = (tuple({ax: torch.export.Dim.DYNAMIC for ax in dyn[n]} for n in names)
+                    shapes = ({"args": tuple({ax: torch.export.Dim.DYNAMIC for ax in dyn[n]} for n in names)}
                               if mode.endswith("dyn") else None)
                     prog = torch.onnx.export(wrapped, args, dynamo=True, input_names=names, output_names=["output"],
                                              opset_version=opset, optimize=True, dynamic_shapes=shapes)
