@@ -2,13 +2,16 @@
 
     python benchmarks/corpus.py                        # builds benchmarks/models/corpus/
     python benchmarks/real_models.py [DIR] [--json] [--verify-trials N] [--align] [--timeout S] [-k PATTERN]
+                                     [--baseline EARLIER.json]
 
 Per model, in its own subprocess with a timeout (a crash or hang costs one row): does it convert,
 coverage, does ``ngraph verify`` pass (with ``--randomize`` when some weight tensor is one constant,
 as in the onnx package's ``light_*`` models, where any permutation would look right), free_fraction,
 pins grouped by reason, seconds to convert, and the one-line error when refused. With ``--align``,
 a model with free groups is also aligned (``ngraph align``, weight matching) with a randomly
-permuted copy of itself; the weight distance after must be 0.
+permuted copy of itself; the weight distance after must be 0. ``--baseline`` compares with an
+earlier ``--json`` run and lists every model that got worse (refused, verify lost, lower coverage,
+fewer free neurons, align lost): issue 10's "no model loses free neurons" check.
 
 free_fraction = hidden neurons in tie groups that are not (effectively) fixed / all hidden neurons,
 hidden meaning every neuron set whose role is not input, output or token. ``graph.free_fraction``
@@ -204,6 +207,31 @@ def summary(rows: list[dict]) -> dict:
     return s
 
 
+def regressions(rows: list[dict], baseline: list[dict]) -> list[str]:
+    """Models that did better in ``baseline`` (an earlier ``--json`` run): converted or verified
+    then and not now, lower coverage, or fewer free neurons (free_fraction down by more than 1e-9)."""
+    before = {r["model"]: r for r in baseline}
+    out = []
+    for r in rows:
+        b = before.get(r["model"])
+        if b is None or not b.get("converts"):
+            continue
+        name = r["model"]
+        if not r.get("converts"):
+            out.append(f"{name}: converted before, now refused: {r.get('error')}")
+            continue
+        if b.get("verify_ok") and not r.get("verify_ok"):
+            out.append(f"{name}: verified before, now: {r.get('verify_error')}")
+        if r["coverage"] < b["coverage"]:
+            out.append(f"{name}: coverage {b['coverage']} → {r['coverage']}")
+        fb, fa = b.get("free_fraction"), r.get("free_fraction")
+        if fb is not None and (fa is None or fa < fb - 1e-9):
+            out.append(f"{name}: free_fraction {fb:.4f} → {_fmt(fa, '.4f')}")
+        if b.get("align") == "ok" and r.get("align") not in (None, "ok"):
+            out.append(f"{name}: aligned before, now: {r.get('align')}")
+    return out
+
+
 def _error_kind(msg: str) -> str:
     """The error without the model path and node names: what to group refusals by."""
     text = msg.split(": ", 1)[1] if msg.startswith("/") and ": " in msg else msg
@@ -219,6 +247,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per model")
     ap.add_argument("-k", "--pattern", default="*", help="only files matching this glob")
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-model progress on stderr")
+    ap.add_argument("--baseline", type=Path, help="an earlier --json output: list regressions against it, "
+                    "exit 1 if any")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -253,9 +283,12 @@ def main() -> None:
             status = ("ok" if row.get("verify_ok") else "VERIFY FAIL") if row.get("converts") else "REFUSED"
             print(f"[{i + 1}/{len(files)}] {path.name}: {status} ({row['wall']} s)", file=sys.stderr, flush=True)
     s = summary(rows)
+    regressed = regressions(rows, json.loads(args.baseline.read_text())["rows"]) if args.baseline else []
+    if args.baseline:
+        s["regressions"] = regressed
     if args.json:
         print(json.dumps({"rows": rows, "summary": s}, indent=1))
-        return
+        sys.exit(1 if regressed else 0)
     print(table(rows, args.align))
     print()
     print(f"{s['convert']}/{s['models']} convert, {s['coverage_1']} with coverage 1.0, "
@@ -265,6 +298,11 @@ def main() -> None:
         print(f"  {src}: {c['convert']}/{c['models']} convert, {c['verify_ok']} verify ok")
     for kind, n in sorted(s["refused_by_error"].items(), key=lambda kv: -kv[1]):
         print(f"  refused ×{n}: {kind}")
+    if args.baseline:
+        print(f"\n{len(regressed)} regressions against {args.baseline}")
+        for line in regressed:
+            print(f"  REGRESSION {line}")
+        sys.exit(1 if regressed else 0)
 
 
 if __name__ == "__main__":
