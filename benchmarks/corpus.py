@@ -78,7 +78,12 @@ ONNX_NODE = ["pytorch-converted/test_Conv1d_groups", "pytorch-converted/test_Con
 # (ii) transformers families (built in the worker) and the exporters applied to each
 HF_FAMILIES = ["bert", "distilbert", "roberta", "albert", "electra", "gpt2", "gpt_neo", "llama", "mistral", "qwen2",
                "t5enc", "bartenc", "vit", "deit", "convnext", "resnet", "mobilenet_v2", "swin", "whisperenc",
-               "wav2vec2"]
+               "wav2vec2",
+               # more structures: disentangled / relative / ALiBi attention, parallel blocks, GeGLU, learned
+               # positions with offset, squeeze-excitation, grouped convs, conv-attention hybrids,
+               # spatial-reduction attention, layer scale, relative position tables, CLIP's quick-gelu
+               "deberta_v2", "mpnet", "opt", "bloom", "phi", "gemma", "efficientnet", "regnet", "mobilevit",
+               "segformer", "dinov2", "beit", "clip_vision"]
 HF_MODES = ["dynamo18", "dynamo23", "ts17dyn", "ts14"]
 # dynamo with dynamic batch/sequence dims (torch.export symbolic shapes), for a few families
 HF_EXTRA_MODES = {f: ["dynamo18dyn"] for f in ("bert", "gpt2", "llama", "vit", "resnet", "whisperenc")}
@@ -400,6 +405,54 @@ def _build(fam: str):
                                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                                 feat_extract_norm="layer", do_stable_layer_norm=True)
         return tf.Wav2Vec2ForCTC(cfg), {"input_values": torch.randn(2, 400)}, {"input_values": {0: "batch", 1: "t"}}
+    if fam == "deberta_v2":
+        return tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(
+            relative_attention=True, position_buckets=8, max_relative_positions=16, pos_att_type=["p2c", "c2p"],
+            type_vocab_size=0, num_labels=2, **txt)), text, text_dyn
+    if fam == "mpnet":
+        return tf.MPNetForSequenceClassification(tf.MPNetConfig(relative_attention_num_buckets=8, num_labels=2,
+                                                                **{**txt, "max_position_embeddings": 66})), \
+            text, text_dyn
+    if fam == "opt":
+        return tf.OPTForCausalLM(tf.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                              num_attention_heads=4, max_position_embeddings=64,
+                                              word_embed_proj_dim=32, use_cache=False)), text, text_dyn
+    if fam == "bloom":
+        return tf.BloomForCausalLM(tf.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4,
+                                                  use_cache=False)), text, text_dyn
+    if fam == "phi":
+        return tf.PhiForCausalLM(tf.PhiConfig(num_key_value_heads=4, partial_rotary_factor=0.5, use_cache=False,
+                                              **txt)), text, text_dyn
+    if fam == "gemma":
+        return tf.GemmaForCausalLM(tf.GemmaConfig(num_key_value_heads=4, head_dim=8, use_cache=False, **txt)), \
+            text, text_dyn
+    if fam == "efficientnet":
+        return tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
+            image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64, num_labels=10)), img, img_dyn
+    if fam == "regnet":
+        return tf.RegNetForImageClassification(tf.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                               groups_width=4, layer_type="y", num_labels=10)), \
+            img, img_dyn
+    if fam == "mobilevit":
+        return tf.MobileViTForImageClassification(tf.MobileViTConfig(
+            image_size=32, patch_size=2, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
+            num_attention_heads=2, num_labels=10)), img, img_dyn
+    if fam == "segformer":
+        return tf.SegformerForSemanticSegmentation(tf.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+            strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32,
+            num_labels=5)), img, img_dyn
+    if fam == "dinov2":
+        return tf.Dinov2ForImageClassification(tf.Dinov2Config(hidden_size=32, num_hidden_layers=2,
+                                                               num_attention_heads=4, mlp_ratio=2, image_size=32,
+                                                               patch_size=8, num_labels=10)), img, img_dyn
+    if fam == "beit":
+        return tf.BeitForImageClassification(tf.BeitConfig(image_size=32, patch_size=8, use_relative_position_bias=True,
+                                                           layer_scale_init_value=0.1, num_labels=10, **vis)), \
+            img, img_dyn
+    if fam == "clip_vision":
+        return tf.CLIPVisionModelWithProjection(tf.CLIPVisionConfig(image_size=32, patch_size=8, projection_dim=16,
+                                                                    **vis)), img, img_dyn
     raise SystemExit(f"unknown family {fam!r}")
 
 

