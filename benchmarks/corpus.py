@@ -428,7 +428,7 @@ def _build(fam: str):
             text, text_dyn
     if fam == "efficientnet":
         return tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
-            image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64, num_labels=10)), img, img_dyn
+            image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320, num_labels=10)), img, img_dyn
     if fam == "regnet":
         return tf.RegNetForImageClassification(tf.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                                                                groups_width=4, layer_type="y", num_labels=10)), \
