@@ -93,8 +93,8 @@ def measure(path: Path, trials: int, do_align: bool, timeout: float) -> dict:
     """Everything for one model (run inside the worker subprocess)."""
     import nngraph
     from nngraph.errors import NNGraphError
-
     from nngraph.loader import registry
+
     registry()                      # plugins load once per process: not part of the convert time
     row: dict = {"model": path.name, "mib": round(path.stat().st_size / 2**20, 2)}
     t0 = time.perf_counter()
@@ -121,6 +121,7 @@ def measure(path: Path, trials: int, do_align: bool, timeout: float) -> dict:
     vargs = ["verify", str(path), "--json", "--trials", str(trials)] + (["--randomize"] if randomize else [])
     rc, doc, err = _run_cli(vargs, timeout)
     row["verify_ok"] = bool(doc and doc.get("ok")) and rc == 0
+    err = err.replace(f"{path.parent}/", "")
     if doc:
         row["verify_max_rel"] = doc.get("max_rel_diff")
         row["groups_moved"] = doc.get("groups_moved")
