@@ -189,6 +189,44 @@ def table(rows: list[dict], with_align: bool) -> str:
     return "\n".join(out)
 
 
+def _group(row: dict) -> str:
+    """Family or package a corpus file belongs to (all exporters of one family in one row)."""
+    import re
+    m, prov = row["model"], row.get("provenance", "")
+    if m.startswith("hf_"):
+        mode = m.removesuffix(".onnx").rsplit("_", 1)[1]
+        return "transformers " + m[3:].removesuffix(f"_{mode}.onnx")
+    if m.startswith("ort_"):
+        kind, name = m[4:].removesuffix(".onnx").split("_", 1)
+        return f"onnxruntime {kind}: {name}"
+    if m.startswith("onnx_light_"):
+        return "onnx test zoo (light_*)"
+    if m.startswith("onnx_"):
+        return "onnx pytorch-converted modules (opset 6)"
+    hit = re.search(r"PyPI (\S+)==(\S+)", prov)
+    return f"{hit.group(1)} {hit.group(2)}" if hit else m
+
+
+def group_table(rows: list[dict]) -> str:
+    """One line per family or package: counts, mean free_fraction, the first refusal or failure."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_group(r), []).append(r)
+    out = ["| models | files | convert | verify ok | free_fraction (mean) | align → 0 | first refusal or failure |",
+           "|---|---|---|---|---|---|---|"]
+    for name, rs in groups.items():
+        conv = [r for r in rs if r.get("converts")]
+        ff = [r["free_fraction"] for r in conv if r.get("free_fraction") is not None]
+        tried = [r for r in rs if r.get("align") not in (None, "no free groups")]
+        err = next((r["error"] for r in rs if not r.get("converts")), None) or \
+            next((r.get("verify_error", "") for r in conv if not r.get("verify_ok")), "")
+        err = (err[:107] + "…" if len(err) > 110 else err).replace("|", "\\|")
+        out.append(f"| {name} | {len(rs)} | {len(conv)} | {sum(1 for r in conv if r.get('verify_ok'))} | "
+                   f"{_fmt(sum(ff) / len(ff) if ff else None, '.2f')} | "
+                   f"{sum(1 for r in tried if r['align'] == 'ok')}/{len(tried)} | {f'`{err}`' if err else ''} |")
+    return "\n".join(out)
+
+
 def summary(rows: list[dict]) -> dict:
     conv = [r for r in rows if r.get("converts")]
     ff = [r["free_fraction"] for r in conv if r.get("free_fraction") is not None]
@@ -237,8 +275,12 @@ def regressions(rows: list[dict], baseline: list[dict]) -> list[str]:
 
 def _error_kind(msg: str) -> str:
     """The error without the model path and node names: what to group refusals by."""
+    import re
     text = msg.split(": ", 1)[1] if msg.startswith("/") and ": " in msg else msg
-    return text[:90]
+    text = re.sub(r"^node '[^']*' \(([\w:.]+)\): ", r"\1: ", text)          # node name out, op kept
+    text = re.sub(r"\([^()]*\)", "(…)", text)                               # shapes and node lists
+    text = re.sub(r"'[^']*'", "'…'", text)                                   # set and input names
+    return text[:100]
 
 
 def main() -> None:
@@ -250,12 +292,18 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per model")
     ap.add_argument("-k", "--pattern", default="*", help="only files matching this glob")
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-model progress on stderr")
+    ap.add_argument("--group", action="store_true", help="markdown table with one row per family or package")
+    ap.add_argument("--from-json", type=Path, help="print the tables of an earlier --json run; run nothing")
     ap.add_argument("--baseline", type=Path, help="an earlier --json output: list regressions against it, "
                     "exit 1 if any")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.verify_trials, args.align, args.timeout)))
+        return
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())["rows"]
+        report(rows, summary(rows), args)
         return
     files = sorted(p for p in args.dir.glob("*.onnx") if fnmatch.fnmatch(p.name, args.pattern)
                    and not p.name.endswith(".part.onnx"))
@@ -292,7 +340,17 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": rows, "summary": s}, indent=1))
         sys.exit(1 if regressed else 0)
-    print(table(rows, args.align))
+    report(rows, s, args)
+    if args.baseline:
+        print(f"\n{len(regressed)} regressions against {args.baseline}")
+        for line in regressed:
+            print(f"  REGRESSION {line}")
+        sys.exit(1 if regressed else 0)
+
+
+def report(rows: list[dict], s: dict, args) -> None:
+    with_align = any("align" in r for r in rows)
+    print(group_table(rows) if args.group else table(rows, with_align))
     print()
     print(f"{s['convert']}/{s['models']} convert, {s['coverage_1']} with coverage 1.0, "
           f"{s['verify_ok']}/{s['convert']} verify ok, mean free_fraction {s['mean_free_fraction']}, "
@@ -301,11 +359,6 @@ def main() -> None:
         print(f"  {src}: {c['convert']}/{c['models']} convert, {c['verify_ok']} verify ok")
     for kind, n in sorted(s["refused_by_error"].items(), key=lambda kv: -kv[1]):
         print(f"  refused ×{n}: {kind}")
-    if args.baseline:
-        print(f"\n{len(regressed)} regressions against {args.baseline}")
-        for line in regressed:
-            print(f"  REGRESSION {line}")
-        sys.exit(1 if regressed else 0)
 
 
 if __name__ == "__main__":
