@@ -153,6 +153,7 @@ def _align_with_permuted_copy(path: Path, graph, randomize: bool, timeout: float
         adapter.export(path, graph.permute(graph.random_symmetry(12345)).to_params(), permuted)
         rc, doc, err = _run_cli(["align", str(base), str(permuted), "-o", str(Path(tmp) / "aligned.onnx"),
                                  "--json"], timeout)
+        err = err.replace(f"{tmp}/", "").replace(f"{path.parent}/", "")
     if rc or not doc:
         return {"align": f"failed (exit {rc}): {err}"}
     before, after = doc.get("distance_before"), doc.get("distance_after")
