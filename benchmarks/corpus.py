@@ -122,13 +122,18 @@ def fetch_ort(out: Path, man: dict, force: bool) -> None:
             man["failures"][name] = f"needs {src} (not built)"
             continue
         if force or not dst.exists():
+            cwd = os.getcwd()
             try:
-                detail = _ort_tool(source, dst, tool, opts)
+                with tempfile.TemporaryDirectory(prefix="corpus-ort-") as scratch:
+                    os.chdir(scratch)            # the quantizer and shape inference write temporary files here
+                    detail = _ort_tool(source, dst, tool, opts)
             except Exception as e:  # noqa: BLE001 - record and go on
                 man["failures"][name] = f"{tool}: {_describe(e)}"
                 man["models"].pop(name, None)
                 print(f"  FAILED {name}: {man['failures'][name]}")
                 continue
+            finally:
+                os.chdir(cwd)
             man["models"][name] = {"source": "ort", "bytes": dst.stat().st_size,
                                    "provenance": f"onnxruntime {ort.__version__} {tool}({src}{detail})"}
             man["failures"].pop(name, None)

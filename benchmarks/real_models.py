@@ -306,7 +306,7 @@ def main() -> None:
         rows = json.loads(args.from_json.read_text())["rows"]
         report(rows, summary(rows), args)
         return
-    files = sorted(p for p in args.dir.glob("*.onnx") if fnmatch.fnmatch(p.name, args.pattern)
+    files = sorted(p.resolve() for p in args.dir.glob("*.onnx") if fnmatch.fnmatch(p.name, args.pattern)
                    and not p.name.endswith(".part.onnx"))
     if not files:
         sys.exit(f"real_models.py: no .onnx files in {args.dir} (run benchmarks/corpus.py first)")
@@ -314,11 +314,14 @@ def main() -> None:
     provenance = json.loads(manifest.read_text())["models"] if manifest.exists() else {}
     rows = []
     for i, path in enumerate(files):
-        cmd = [sys.executable, __file__, "--worker", str(path), "--verify-trials", str(args.verify_trials),
-               "--timeout", str(args.timeout)] + (["--align"] if args.align else [])
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path), "--verify-trials",
+               str(args.verify_trials), "--timeout", str(args.timeout)] + (["--align"] if args.align else [])
         t0 = time.perf_counter()
         try:
-            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=args.timeout * (3 if args.align else 2))
+            # in a scratch folder: onnxruntime's symbolic shape inference leaves temporary files in the cwd
+            with tempfile.TemporaryDirectory(prefix="real-models-cwd-") as cwd:
+                r = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=cwd,
+                                   timeout=args.timeout * (3 if args.align else 2))
             row = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
             if row is None:
                 row = {"model": path.name, "converts": False,
