@@ -114,8 +114,9 @@ def measure(path: Path, trials: int, do_align: bool, timeout: float) -> dict:
     row.update(converts=True, coverage=graph.coverage, free_fraction=free_fraction(graph),
                free_groups=_free_groups(graph), hidden_neurons=sum(s.size for s in graph.sets.values()
                                                                    if s.role not in NOT_HIDDEN),
-               pins=len(pins), pins_by_reason=dict(Counter(str(p.get("reason", "?")) for p in pins)),
-               pin_ops=dict(Counter(str(p.get("op", "?")) for p in pins)))
+               pins=len(pins), pins_by_reason=dict(Counter(f"{p.get('op', '?')}: {_error_kind(str(p.get('reason', '?')))}"
+                                                           for p in pins)),
+               pinned_parameters=int(sum(int(p.get("parameters", 0) or 0) for p in pins)))
     randomize = _constant_weights(graph)
     row["randomized"] = randomize
     vargs = ["verify", str(path), "--json", "--trials", str(trials)] + (["--randomize"] if randomize else [])
@@ -235,6 +236,7 @@ def summary(rows: list[dict]) -> dict:
          "verify_ok": sum(1 for r in conv if r.get("verify_ok")),
          "mean_free_fraction": round(sum(ff) / len(ff), 3) if ff else None,
          "pins": sum(r.get("pins", 0) for r in conv),
+         "pins_by_reason": dict(sum((Counter(r.get("pins_by_reason", {})) for r in conv), Counter()).most_common()),
          "refused_by_error": dict(Counter(_error_kind(r["error"]) for r in rows if not r.get("converts")))}
     by_source: dict[str, list[int]] = {}
     for r in rows:
@@ -363,6 +365,8 @@ def report(rows: list[dict], s: dict, args) -> None:
         print(f"  {src}: {c['convert']}/{c['models']} convert, {c['verify_ok']} verify ok")
     for kind, n in sorted(s["refused_by_error"].items(), key=lambda kv: -kv[1]):
         print(f"  refused ×{n}: {kind}")
+    for kind, n in s.get("pins_by_reason", {}).items():
+        print(f"  pinned ×{n}: {kind}")
 
 
 if __name__ == "__main__":
