@@ -14,8 +14,8 @@ earlier ``--json`` run and lists every model that got worse (refused, verify los
 fewer free neurons, align lost): issue 10's "no model loses free neurons" check.
 
 free_fraction = hidden neurons in tie groups that are not (effectively) fixed / all hidden neurons,
-hidden meaning every neuron set whose role is not input, output or token. ``graph.free_fraction``
-is used when the graph has it. Pins are ``graph.meta["pins"]`` (dicts with node, op, reason, sets).
+hidden meaning every neuron set not tied to an input or output set: ``graph.free_fraction`` when the
+graph has it, else the same definition computed here. Pins are ``graph.meta["pins"]`` (dicts with node, op, reason, sets).
 """
 from __future__ import annotations
 
@@ -45,15 +45,24 @@ def _one_line(text: str) -> str:
 
 
 def free_fraction(graph) -> float | None:
-    """Share of hidden neurons that some symmetry can move (None when there are none)."""
+    """Share of hidden neurons that some symmetry can move: ``graph.free_fraction`` where the graph
+    has it, else the same definition computed here (hidden = sets not tied to an input or output
+    set; free = in a group that is not effectively fixed, nor a rigid child of a fixed group)."""
     ff = getattr(graph, "free_fraction", None)
     if ff is not None:
         return float(ff() if callable(ff) else ff)
     from nngraph import symmetry
-    fixed = symmetry._effectively_fixed(graph)   # no public name for it yet (issue 10 adds free_fraction)
-    hidden = [s for s in graph.sets.values() if s.role not in NOT_HIDDEN]
-    total = sum(s.size for s in hidden)
-    return None if total == 0 else sum(s.size for s in hidden if s.group not in fixed) / total
+    fixed = symmetry._effectively_fixed(graph)   # no public name for it before issue 10
+    ends = {s.group for s in graph.sets.values() if s.role in ("input", "output") or s.attrs.get("network_output")}
+    total = free = 0
+    for s in graph.sets.values():
+        if s.group in ends:
+            continue
+        total += s.size
+        g = graph.groups[s.group]
+        if g.name not in fixed and not (g.rigid and g.parent in fixed):
+            free += s.size
+    return 1.0 if total == 0 else free / total
 
 
 def _free_groups(graph) -> int:
