@@ -427,3 +427,22 @@ def test_opset6_models_verify_through_an_upgraded_copy(name):
         pytest.skip("not shipped with this onnx")
     report = verify(path, trials=1, randomize=True)
     assert report.ok and report.roundtrip_exact, report.problems
+
+
+def test_written_ir3_model_converts_like_its_source(tmp_path):
+    """Old (IR 3) models whose weights come from ConstantOfShape: written back with weights as
+    initializers, each is declared as a graph input with its shape (not twice), so the written
+    model converts to the same graph — a permuted copy aligns back to distance 0."""
+    import os
+    from nngraph.adapters.onnx import export
+    from nngraph.randomize import randomize
+    path = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light" / "light_squeezenet.onnx"
+    g = randomize(nngraph.convert(path), 0)
+    export(path, g.to_params(), tmp_path / "base.onnx")
+    export(path, g.permute(g.random_symmetry(3)).to_params(), tmp_path / "perm.onnx")
+    written = onnx.load(tmp_path / "base.onnx")
+    names = [t.name for t in written.graph.initializer]
+    assert len(names) == len(set(names))
+    a, b = nngraph.convert(tmp_path / "base.onnx"), nngraph.convert(tmp_path / "perm.onnx")
+    assert list(a.sets) == list(g.sets) and a.free_fraction == g.free_fraction
+    assert nngraph.align(a, b, method="weight").distance_after == 0

@@ -44,7 +44,10 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
                 hit = [o for o in n.output if o in remaining]
                 if hit and len(n.output) == 1:
                     found.add(hit[0])
-                    sub.initializer.append(numpy_helper.from_array(np.ascontiguousarray(remaining[hit[0]]), hit[0]))
+                    t = numpy_helper.from_array(np.ascontiguousarray(remaining[hit[0]]), hit[0])
+                    sub.initializer.append(t)
+                    if proto.ir_version < 4 and sub is g:    # before IR 4 every initializer is also a graph input
+                        _declare_input(g, t)
                     continue
                 keep.append(n)
             del sub.node[:]
@@ -52,10 +55,21 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
         missing = [n for n in remaining if n not in found and n not in graph_inputs]
         if missing:
             raise GraphError(f"{source}: no tensor named {missing[0]!r} to replace")
-        for i in [i for i in g.input if i.name in remaining]:    # parameters fed as inputs
+        for i in [i for i in g.input if i.name in remaining and i.name not in found]:    # parameters fed as inputs
             g.input.remove(i)
             g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(remaining[i.name]), i.name))
     return save_atomic(proto, out)
+
+
+def _declare_input(g: onnx.GraphProto, t: onnx.TensorProto) -> None:
+    """The graph input of an initializer (IR < 4), with the initializer's type and shape: an
+    input declared without a shape would hide the weight's shape from shape inference."""
+    info = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+    for i in g.input:
+        if i.name == t.name:
+            i.CopyFrom(info)
+            return
+    g.input.append(info)
 
 
 def inline_copy(model) -> onnx.ModelProto:

@@ -254,7 +254,10 @@ def bind_symbols(src: tuple | None, dst: tuple | None) -> tuple | None:
 def _move_heads(groups, ha: int, H: int, dst: tuple, src: tuple | None = None) -> int | None:
     """Where a heads axis lands: merged as the innermost factor of an outer axis, or split out
     of one again as its innermost part (unit axes do not count)."""
-    sg, dg = next((sg, dg) for sg, dg in groups if ha in sg)
+    found = next(((sg, dg) for sg, dg in groups if ha in sg), None)
+    if found is None:
+        return None
+    sg, dg = found
     inner = [k for k in sg if src is None or src[k] != 1 or k == ha]
     if inner[-1] != ha:
         return None
@@ -338,11 +341,15 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
     groups = _groups(src, dst)
     if groups is None:
         raise ctx.fail(node, f"reshapes {src} to {dst} in a way that cannot be followed")
-    g_axis = next((sg, dg) for sg, dg in groups if x.axis in sg)
+    g_axis = next(((sg, dg) for sg, dg in groups if x.axis in sg), None)
+    if g_axis is None:
+        raise ctx.fail(node, f"reshapes {src} to {dst}: the neuron axis {x.axis} is not among the axes it maps")
     heads = None
     if x.heads:
         ha, H = x.heads
-        g_head = next((sg, dg) for sg, dg in groups if ha in sg)
+        g_head = next(((sg, dg) for sg, dg in groups if ha in sg), None)
+        if g_head is None:
+            raise ctx.fail(node, f"reshapes {src} to {dst}: the heads axis {ha} is not among the axes it maps")
         if g_head == g_axis:                       # heads and their dims regrouped together
             sg, dg = g_axis
             if len(dg) == 1 and list(sg) == [ha, x.axis]:
