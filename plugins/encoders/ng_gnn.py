@@ -15,11 +15,15 @@ from .common import LayeredEncoder, mlp
 
 
 def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    mean = scatter(msg, index, dim=0, dim_size=size, reduce="mean")
-    sq = scatter(msg * msg, index, dim=0, dim_size=size, reduce="mean")
-    std = torch.sqrt(torch.clamp(sq - mean * mean, min=0) + 1e-6)
-    return torch.cat([mean, scatter(msg, index, dim=0, dim_size=size, reduce="max"),
-                      scatter(msg, index, dim=0, dim_size=size, reduce="sum"), std], dim=-1)
+    """PNA aggregates [mean, max, sum, std] per target node. Sum and sum of squares come from one
+    scatter of ``[msg, msg²]`` (mean and std derived from them and the in-degree): two scatters
+    per direction instead of four."""
+    d = msg.shape[-1]
+    sums = scatter(torch.cat([msg, msg * msg], dim=-1), index, dim=0, dim_size=size, reduce="sum")
+    count = torch.bincount(index, minlength=size).clamp(min=1).unsqueeze(-1).to(msg.dtype)
+    total, mean = sums[:, :d], sums[:, :d] / count
+    std = torch.sqrt(torch.clamp(sums[:, d:] / count - mean * mean, min=0) + 1e-6)
+    return torch.cat([mean, scatter(msg, index, dim=0, dim_size=size, reduce="max"), total, std], dim=-1)
 
 
 class NGGNNLayer(nn.Module):
