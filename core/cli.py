@@ -211,10 +211,11 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        out.print(f"[bold green]✓[/] trained {encoder} on {len(data.split('train'))} networks → {output}")
+        held = f" ({meta['n_val']} held out for validation)" if meta["n_val"] else ""
+        out.print(f"[bold green]✓[/] trained {encoder} on {meta['n_train']} networks{held} → {output}", soft_wrap=True)
         which = "best" if meta["best_epoch"] != len(history) else "last"
         out.print(f"  {which} epoch {meta['best_epoch']}/{len(history)}: "
-                  f"{_format_record(history[meta['best_epoch'] - 1])}")
+                  f"{_format_record(history[meta['best_epoch'] - 1])}", soft_wrap=True, highlight=False)
 
 
 def _rounded(record: dict) -> dict:

@@ -271,7 +271,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     meta = {"encoder": cfg.encoder, "encoder_config": cfg.encoder_config(), "head": head, "head_config": head_config,
             "out_dim": out_dim, "task": cfg.task, "target": cfg.target, "classes": classes, "y_mean": mean,
             "y_std": std, "features": cfg.features.to_json(), "input_scaling": cfg.input_scaling,
-            "history": history, "best_epoch": best[1] if best_state is not None else len(history),
+            "n_train": len(tr), "n_val": len(va), "history": history, "best_epoch": best[1] if best_state is not None else len(history),
             "config": {k: v for k, v in asdict(cfg).items() if k != "features"}}
     return model, meta, history
 
