@@ -23,7 +23,7 @@ from .loader import registry
 @dataclass
 class TrainConfig:
     target: str
-    task: str = "regression"              # regression | classification
+    task: str = "regression"              # regression | classification | embedding
     encoder: str = "ng-gnn"
     head: str | None = None               # default: the task's head
     epochs: int = 40
@@ -32,14 +32,21 @@ class TrainConfig:
     batch_size: int = 32
     hidden: int = 32                      # small zoos overfit wider encoders (benchmarks/zoo_benchmark.py)
     layers: int = 2
+    heads: int = 4                        # attention heads (ng-transformer)
+    dropout: float = 0.0                  # in the head
     seed: int = 0
     device: str = "auto"
+    val_fraction: float = 0.0             # held out of the training split when there is no 'val' split
+    patience: int = 0                     # early stopping: epochs without a better validation loss (0: off)
+    input_scaling: bool = True            # divide inputs by the training set's feature RMS (featurize.feature_scales)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def encoder_config(self) -> dict:
         cfg = {"hidden": self.hidden}
         if self.encoder in ("ng-gnn", "ng-transformer"):
             cfg["layers"] = self.layers
+        if self.encoder == "ng-transformer":
+            cfg["heads"] = self.heads
         return cfg
 
 
@@ -56,13 +63,16 @@ class GraphModel:
     """Encoder + head as one torch module (built lazily so that importing this file is cheap)."""
 
     @staticmethod
-    def build(encoder: str, encoder_config: dict, head: str, out_dim: int, features: FeatureConfig):
+    def build(encoder: str, encoder_config: dict, head: str, out_dim: int, features: FeatureConfig,
+              input_scaling: bool = False, head_config: dict | None = None):
         import torch
         reg = registry()
         enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim,
                                            edge_dim=features.edge_dim, max_positions=features.max_positions)
+        if input_scaling:
+            _attach_input_scales(enc, features)
         width = getattr(enc, "out_dim", encoder_config.get("hidden", 64))
-        hd = reg.head(head).factory(width, out_dim)
+        hd = reg.head(head).factory(width, out_dim, **(head_config or {}))
 
         class Model(torch.nn.Module):
             def __init__(self):
@@ -73,6 +83,23 @@ class GraphModel:
                 return self.head(self.encoder(batch)[1])
 
         return Model()
+
+
+def _attach_input_scales(enc, features: FeatureConfig) -> None:
+    """Buffers ``input_node_scale``/``input_edge_scale`` on the encoder (saved in its state dict) and a
+    forward pre-hook that applies them, so every caller of the encoder (training, prediction, embedding
+    alignment) sees the same scaled inputs."""
+    import torch
+
+    from .featurize import apply_scales
+    from .vocab import KINDS
+    enc.register_buffer("input_node_scale", torch.ones(features.node_dim))
+    enc.register_buffer("input_edge_scale", torch.ones(len(KINDS)))
+
+    def scale(module, args):
+        return (apply_scales(args[0], module.input_node_scale, module.input_edge_scale, features), *args[1:])
+
+    enc.register_forward_pre_hook(scale)
 
 
 def _labels(entries, cfg: TrainConfig, classes=None):
@@ -137,8 +164,32 @@ def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {"kendall_tau": float(tau), "r2": 1 - mse / var if var > 0 else float("nan"), "mse": mse}
 
 
+def _loss(task: str, out, y):
+    import torch
+    if task == "embedding":
+        return _info_nce(out)
+    if task == "regression":
+        return torch.nn.functional.mse_loss(out.squeeze(-1), y.float())
+    return torch.nn.functional.cross_entropy(out, y.long())
+
+
+def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
+    """Split ``fraction`` of the training entries off as a validation set (deterministic in the seed)."""
+    if not 0 < fraction < 1:
+        raise InputError(f"--val-fraction must be in (0, 1), got {fraction}")
+    n_va = max(1, int(round(len(tr) * fraction)))
+    if n_va >= len(tr):
+        raise InputError(f"--val-fraction {fraction} leaves no training models out of {len(tr)}")
+    perm = rng.permutation(len(tr))
+    return [tr[i] for i in sorted(perm[n_va:])], [tr[i] for i in sorted(perm[:n_va])]
+
+
 def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
-    """Returns (model, meta, history)."""
+    """Returns (model, meta, history). ``history`` has one record per epoch: ``train_loss``, the
+    task's metric on the epoch's training batches (``train_accuracy`` / ``train_kendall_tau`` …, as
+    trained, i.e. with dropout) and, with a validation set, ``val_loss`` and ``val_*`` metrics. With
+    ``patience`` and a validation set, training stops after ``patience`` epochs without a lower
+    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch."""
     import torch
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -146,70 +197,104 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:
         raise InputError(f"{dataset.root}: no training models (split column 'train')")
+    if not va and cfg.val_fraction > 0 and cfg.task != "embedding":
+        tr, va = _hold_out(tr, cfg.val_fraction, rng)
     if cfg.task == "embedding":       # no labels: each network's random symmetries are its positives
         y_tr, classes, y_va, va = np.zeros(len(tr), np.float32), None, np.zeros(0), []
     else:
         y_tr, classes = _labels(tr, cfg)
         y_va, _ = _labels(va, cfg, classes) if va else (np.zeros(0), None)
     head = cfg.head or {"classification": "classification", "embedding": "embedding"}.get(cfg.task, "regression")
+    head_config = {"dropout": cfg.dropout} if cfg.dropout > 0 else {}
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
-    model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features,
+                             cfg.input_scaling, head_config).to(device)
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va]
-    cache_tr: dict = {}
+    cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr)}
     cache_va: dict = {}
-    history = []
+    if cfg.input_scaling:
+        from .featurize import feature_scales
+        node_scale, edge_scale = feature_scales(list(cache_tr.values()), cfg.features)
+        model.encoder.input_node_scale.copy_(node_scale)
+        model.encoder.input_edge_scale.copy_(edge_scale)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
+    history, best, best_state = [], (math.inf, 0), None
     from rich.progress import Progress
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"training {cfg.encoder}", total=cfg.epochs)
         for epoch in range(cfg.epochs):
             model.train()
-            total, count = 0.0, 0
-            target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
+            total, count, seen_y, seen_out = 0.0, 0, [], []
             for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
                                   views=cfg.task == "embedding", cache=cache_tr):
                 batch = batch.to(device)
                 out = model(batch)
-                if cfg.task == "embedding":
-                    loss = _info_nce(out)
-                elif cfg.task == "regression":
-                    loss = torch.nn.functional.mse_loss(out.squeeze(-1), batch.y.float())
-                else:
-                    loss = torch.nn.functional.cross_entropy(out, batch.y.long())
+                loss = _loss(cfg.task, out, batch.y)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 total += float(loss.detach()) * batch.num_graphs
                 count += batch.num_graphs
+                if cfg.task != "embedding":
+                    seen_y.append(batch.y.cpu().numpy())
+                    seen_out.append(out.detach().cpu())
             sched.step()
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+            if seen_out:
+                y_seen = np.concatenate(seen_y)
+                pred = _decode(cfg.task, torch.cat(seen_out), mean, std)
+                y_seen = y_seen * std + mean if cfg.task == "regression" else y_seen
+                record.update({f"train_{k}": v for k, v in metrics(cfg.task, y_seen, pred).items()})
             if va:
-                pred = _predict(model, graphs_va, cfg.features, device, cfg.task, mean, std, cache=cache_va)
-                record.update({f"val_{k}": v for k, v in metrics(cfg.task, y_va, pred).items()})
+                out_va = _outputs(model, graphs_va, cfg.features, device, cache=cache_va)
+                y_norm = (y_va - mean) / std if cfg.task == "regression" else y_va
+                record["val_loss"] = float(_loss(cfg.task, out_va, torch.as_tensor(y_norm)))
+                record.update({f"val_{k}": v for k, v in metrics(
+                    cfg.task, y_va, _decode(cfg.task, out_va, mean, std)).items()})
+                if record["val_loss"] < best[0]:
+                    best = (record["val_loss"], epoch + 1)
+                    if cfg.patience:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             history.append(record)
             bar.advance(task)
             if log:
                 log(record)
-    meta = {"encoder": cfg.encoder, "encoder_config": cfg.encoder_config(), "head": head, "out_dim": out_dim,
-            "task": cfg.task, "target": cfg.target, "classes": classes, "y_mean": mean, "y_std": std,
-            "features": cfg.features.to_json(), "history": history, "config": {
-                k: v for k, v in asdict(cfg).items() if k != "features"}}
+            if va and cfg.patience and epoch + 1 - best[1] >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    meta = {"encoder": cfg.encoder, "encoder_config": cfg.encoder_config(), "head": head, "head_config": head_config,
+            "out_dim": out_dim, "task": cfg.task, "target": cfg.target, "classes": classes, "y_mean": mean,
+            "y_std": std, "features": cfg.features.to_json(), "input_scaling": cfg.input_scaling,
+            "n_train": len(tr), "n_val": len(va), "history": history, "best_epoch": best[1] if best_state is not None else len(history),
+            "config": {k: v for k, v in asdict(cfg).items() if k != "features"}}
     return model, meta, history
 
 
-def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32, cache: dict | None = None):
+def _decode(task: str, out, mean: float, std: float) -> np.ndarray:
+    """Model outputs → predictions (class ids, or targets in their own units)."""
+    return out.argmax(-1).numpy() if task == "classification" else out.squeeze(-1).numpy() * std + mean
+
+
+def _outputs(model, graphs, features, device, batch_size: int = 32, cache: dict | None = None):
+    """Raw model outputs for ``graphs`` (on CPU), in order."""
     import torch
     model.eval()
     outs = []
     with torch.no_grad():
         for batch in _batches(graphs, np.zeros(len(graphs)), features, batch_size, False, None, cache=cache):
-            out = model(batch.to(device)).cpu()
-            outs.append(out.argmax(-1).numpy() if task == "classification" else out.squeeze(-1).numpy() * std + mean)
-    return np.concatenate(outs) if outs else np.zeros(0)
+            outs.append(model(batch.to(device)).cpu())
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32, cache: dict | None = None):
+    out = _outputs(model, graphs, features, device, batch_size, cache)
+    return _decode(task, out, mean, std) if len(out) else np.zeros(0)
 
 
 def save_checkpoint(path, model, meta: dict) -> Path:
@@ -241,8 +326,13 @@ def load_checkpoint(path, device: str = "auto"):
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{path}: not an nngraph checkpoint ({type(e).__name__}: {e})") from None
     features = FeatureConfig(**meta["features"])
-    model = GraphModel.build(meta["encoder"], meta["encoder_config"], meta["head"], meta["out_dim"], features)
-    model.load_state_dict(state)
+    try:
+        model = GraphModel.build(meta["encoder"], meta["encoder_config"], meta["head"], meta["out_dim"], features,
+                                 meta.get("input_scaling", False), meta.get("head_config"))
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise InputError(f"{path}: checkpoint does not match its encoder/head ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0]})") from None
     dev = resolve_device(device)
     return model.to(dev).eval(), meta, dev
 

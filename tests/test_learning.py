@@ -47,7 +47,9 @@ def test_train_evaluate_predict_regression(zoo, tmp_path):
     r = ngraph("train", zoo, "--target", "rms", "--encoder", "statnn", "--epochs", "60", "--hidden", "16",
                "--lr", "3e-3", "-o", ckpt, "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    lines = [json.loads(line) for line in r.stdout.splitlines()]     # JSON lines: one per epoch, then the summary
+    assert [d["epoch"] for d in lines[:-1]] == list(range(1, 61)) and "train_kendall_tau" in lines[0]
+    doc = lines[-1]
     assert doc["skipped"] == 1 and doc["models"] == 24 and ckpt.is_file() and (tmp_path / "reg.png").is_file()
     r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
     assert r.returncode == 0, r.stderr
@@ -127,3 +129,42 @@ def test_third_party_encoder_package_trains_by_name(zoo, tmp_path, install_plugi
         Kit().test_batched_equals_one_by_one()
     finally:
         sys.path.remove(str(pkg))
+
+
+def test_train_progress_validation_and_early_stopping(zoo, tmp_path):
+    """Not on a TTY: one progress line per epoch on stderr; --val-fraction gives val_* records;
+    --patience stops early and keeps the best epoch; the plot has a loss and a metrics panel."""
+    ckpt = tmp_path / "es.safetensors"
+    r = ngraph("train", zoo, "--target", "act", "--task", "classification", "--encoder", "statnn", "--epochs", "200",
+               "--hidden", "8", "--lr", "0.05", "--val-fraction", "0.25", "--patience", "3", "--threads", "1",
+               "-o", ckpt, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    progress = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
+    assert progress and progress[0].startswith("epoch 1/200") and "val_accuracy" in progress[0]
+    assert len(progress) < 200                                  # stopped early
+    assert "{" not in r.stdout and "epoch" in r.stdout          # a readable summary, not a raw dict
+    from nngraph.train import load_checkpoint
+    _, meta, _ = load_checkpoint(ckpt, "cpu")
+    history = meta["history"]
+    best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    assert meta["best_epoch"] == best + 1 and len(history) == best + 1 + 3
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(history[0])
+
+
+def test_train_usage_errors(zoo, tmp_path):
+    r = ngraph("train", zoo, "--target", "act", "--task", "classification", "--encoder", "ng-transformer",
+               "--hidden", "10", "--heads", "4", "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 4 and "--heads" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = ngraph("train", zoo, "--target", "act", "--val-fraction", "1.5", "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 2
+
+
+def test_predict_names_models(zoo, tmp_path):
+    ckpt = tmp_path / "p.safetensors"
+    r = ngraph("train", zoo, "--target", "rms", "--encoder", "statnn", "--epochs", "2", "-o", ckpt, "--json")
+    assert r.returncode == 0, r.stderr
+    r = ngraph("predict", ckpt, zoo / "m0.onnx", zoo / "m1.onnx")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].split()[0].endswith("m0.onnx") and lines[1].split()[0].endswith("m1.onnx")
+    float(lines[0].split()[1])

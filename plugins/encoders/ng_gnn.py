@@ -2,8 +2,13 @@
 
 Each layer updates every edge from its two endpoints, then every node from PNA-style
 aggregates (mean, max, sum, std) of messages along the network's direction (from the inputs
-of a neuron) and against it (from its outputs), with a residual connection and LayerNorm.
+of a neuron) and against it (from its outputs), with a residual connection.
 Sparse scatter operations only: no loop over graphs or edges.
+
+No normalization by default (``norm="layer"`` restores a LayerNorm after each update): LayerNorm
+rescales every node's state to unit variance, which erases weight magnitude — on the
+frequency-MLP task (benchmarks/learning) ng-gnn reached train/test accuracy 0.81/0.68 with it and
+0.99/0.98 without (40 epochs, same seed), and statistics of weight magnitude alone reach 0.95.
 """
 from __future__ import annotations
 
@@ -15,21 +20,28 @@ from .common import LayeredEncoder, mlp
 
 
 def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    mean = scatter(msg, index, dim=0, dim_size=size, reduce="mean")
-    sq = scatter(msg * msg, index, dim=0, dim_size=size, reduce="mean")
-    std = torch.sqrt(torch.clamp(sq - mean * mean, min=0) + 1e-6)
-    return torch.cat([mean, scatter(msg, index, dim=0, dim_size=size, reduce="max"),
-                      scatter(msg, index, dim=0, dim_size=size, reduce="sum"), std], dim=-1)
+    """PNA aggregates [mean, max, sum, std] per target node. Sum and sum of squares come from one
+    scatter of ``[msg, msg²]`` (mean and std derived from them and the in-degree): two scatters
+    per direction instead of four."""
+    d = msg.shape[-1]
+    sums = scatter(torch.cat([msg, msg * msg], dim=-1), index, dim=0, dim_size=size, reduce="sum")
+    count = torch.bincount(index, minlength=size).clamp(min=1).unsqueeze(-1).to(msg.dtype)
+    total, mean = sums[:, :d], sums[:, :d] / count
+    std = torch.sqrt(torch.clamp(sums[:, d:] / count - mean * mean, min=0) + 1e-6)
+    return torch.cat([mean, scatter(msg, index, dim=0, dim_size=size, reduce="max"), total, std], dim=-1)
 
 
 class NGGNNLayer(nn.Module):
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, norm: str = "none"):
         super().__init__()
+        if norm not in ("none", "layer"):
+            raise ValueError(f"ng-gnn norm must be 'none' or 'layer', got {norm!r}")
         self.edge = mlp(3 * hidden, hidden, hidden)
         self.msg_fwd = mlp(2 * hidden, hidden, hidden)
         self.msg_bwd = mlp(2 * hidden, hidden, hidden)
         self.node = mlp(9 * hidden, 2 * hidden, hidden)
-        self.norm_h, self.norm_e = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        make = (lambda: nn.LayerNorm(hidden)) if norm == "layer" else nn.Identity
+        self.norm_h, self.norm_e = make(), make()
 
     def forward(self, h, e, edge_index):
         src, dst = edge_index
@@ -41,5 +53,5 @@ class NGGNNLayer(nn.Module):
 
 
 class NGGNN(LayeredEncoder):
-    def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, **features):
-        super().__init__(lambda: NGGNNLayer(hidden), layers, hidden, out_dim, **features)
+    def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, norm: str = "none", **features):
+        super().__init__(lambda: NGGNNLayer(hidden, norm), layers, hidden, out_dim, **features)

@@ -46,17 +46,22 @@ class StatNN(nn.Module):
         self.out_dim = out_dim or hidden
 
     def forward(self, batch):
-        index, B = graph_index(batch)
-        D = self.max_depth + 1
-        src = batch.edge_index[0]
-        edge_graph = index[src]
-        edge_bucket = edge_graph * D + batch.edge_depth.clamp(max=self.max_depth)
-        w = batch.edge_attr[:, 0]
-        weights = _group_stats(w, edge_bucket, B * D).view(B, -1)
-        bias = batch.x[:, BIAS]
-        node_bucket = index * D + batch.node_depth.clamp(max=self.max_depth)
-        bmean = scatter(bias, node_bucket, dim=0, dim_size=B * D, reduce="mean")
-        bsq = scatter(bias * bias, node_bucket, dim=0, dim_size=B * D, reduce="mean")
-        bstd = torch.sqrt(torch.clamp(bsq - bmean * bmean, min=0) + 1e-12)
-        g = self.net(torch.cat([weights, torch.stack([bmean, bstd], -1).view(B, -1)], dim=-1))
+        index, _ = graph_index(batch)
+        g = self.net(weight_statistics(batch, self.max_depth))
         return g[index], g
+
+
+def weight_statistics(batch, max_depth: int = 8) -> torch.Tensor:
+    """[B, (max_depth + 1) · 9] per-depth statistics of a featurized batch: mean, std and quantiles of
+    the edge weights (first tap), mean and std of the biases. StatNN's input; also the features of
+    the gradient-boosting baseline in ``benchmarks/learning``."""
+    index, B = graph_index(batch)
+    D = max_depth + 1
+    edge_bucket = index[batch.edge_index[0]] * D + batch.edge_depth.clamp(max=max_depth)
+    weights = _group_stats(batch.edge_attr[:, 0], edge_bucket, B * D).view(B, -1)
+    bias = batch.x[:, BIAS]
+    node_bucket = index * D + batch.node_depth.clamp(max=max_depth)
+    bmean = scatter(bias, node_bucket, dim=0, dim_size=B * D, reduce="mean")
+    bsq = scatter(bias * bias, node_bucket, dim=0, dim_size=B * D, reduce="mean")
+    bstd = torch.sqrt(torch.clamp(bsq - bmean * bmean, min=0) + 1e-12)
+    return torch.cat([weights, torch.stack([bmean, bstd], -1).view(B, -1)], dim=-1)

@@ -1,0 +1,96 @@
+"""Frequency MLPs: the population of Kofinas et al.'s toy task, rebuilt from its description.
+
+    python benchmarks/learning/make_freq.py OUT_DIR [--n 200] [--seed 0] [--test-fraction 0.2]
+
+Each network is an MLP [2, 32, 32, 1] (ReLU) fitted to y = sin(f · (x₀ + x₁)/√2) on x ∈ [-π, π]²
+for one of four frequencies f ∈ {1, 2, 3, 4}; the label is the frequency class. Nothing but the
+weights tells the classes apart (same architecture, activation and init distribution), so an encoder
+that scores above chance reads the function from the weights. All networks are fitted at once as
+one batched model (seconds on a CPU), then exported to ONNX one by one. Deterministic in --seed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FREQS = (1.0, 2.0, 3.0, 4.0)
+LAYOUT = (2, 32, 32, 1)
+
+
+def fit(n: int, seed: int, steps: int = 600, points: int = 512):
+    """Fit ``n`` MLPs at once (batched matmuls); returns weights, biases, labels and final MSEs."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % len(FREQS)
+    labels = labels[torch.randperm(n, generator=g)]
+    freq = torch.tensor(FREQS)[labels]
+    Ws, bs = [], []
+    for a, b in zip(LAYOUT[:-1], LAYOUT[1:]):          # PyTorch's default nn.Linear init, per network
+        bound = 1 / math.sqrt(a)
+        Ws.append(((torch.rand(n, b, a, generator=g) * 2 - 1) * bound).requires_grad_())
+        bs.append(((torch.rand(n, b, generator=g) * 2 - 1) * bound).requires_grad_())
+    opt = torch.optim.Adam(Ws + bs, lr=3e-3)
+    for _ in range(steps):
+        x = (torch.rand(n, points, 2, generator=g) * 2 - 1) * math.pi
+        y = torch.sin(freq[:, None] * x.sum(-1) / math.sqrt(2))
+        h = x
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            h = torch.baddbmm(b[:, None, :], h, W.transpose(1, 2))
+            if i < len(Ws) - 1:
+                h = torch.relu(h)
+        loss = ((h.squeeze(-1) - y) ** 2).mean(1)
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+    return [W.detach() for W in Ws], [b.detach() for b in bs], labels, loss.detach()
+
+
+def to_module(Ws, bs, i: int) -> nn.Module:
+    layers = []
+    for k, (W, b) in enumerate(zip(Ws, bs)):
+        lin = nn.Linear(W.shape[2], W.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(W[i])
+            lin.bias.copy_(b[i])
+        layers += [lin, nn.ReLU()] if k < len(Ws) - 1 else [lin]
+    return nn.Sequential(*layers).eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test-fraction", type=float, default=0.2)
+    ap.add_argument("--steps", type=int, default=600)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    Ws, bs, labels, mse = fit(args.n, args.seed, args.steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    n_test = int(round(args.n * args.test_fraction))
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(args.n):
+            name = f"mlp_{i:04d}.onnx"
+            torch.onnx.export(to_module(Ws, bs, i), (torch.zeros(1, 2),), args.out / name, dynamo=False,
+                              input_names=["x"], output_names=["y"])
+            rows.append({"model": name, "split": "test" if i >= args.n - n_test else "train",
+                         "label": int(labels[i]), "frequency": FREQS[int(labels[i])], "fit_mse": float(mse[i])})
+    with open(args.out / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    per = {FREQS[c]: float(mse[labels == c].mean()) for c in range(len(FREQS))}
+    print(f"{args.n} MLPs → {args.out} (fit MSE per frequency: "
+          + ", ".join(f"f={k:g}: {v:.3f}" for k, v in per.items()) + ")")
+
+
+if __name__ == "__main__":
+    main()

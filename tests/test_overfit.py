@@ -1,0 +1,64 @@
+"""Every built-in encoder can fit a weight-dependent label: 32 small MLP graphs whose label is the
+sign of the network's output at a fixed input (nothing in the architecture or the one-hot features
+gives it away) reach 100 % training accuracy within 150 steps (message passing) or 300 (the cheap baselines), at the
+default learning rate. Before inputs were scaled to the
+population's RMS (``featurize.feature_scales``), ng-gnn stayed at chance on such labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_geometric")
+
+from nngraph.dataset import Entry, ModelDataset  # noqa: E402
+from nngraph.ir import NeuralGraph, Param  # noqa: E402
+from nngraph.train import TrainConfig, evaluate, save_checkpoint, train  # noqa: E402
+
+LAYOUT = (2, 16, 16, 1)
+PROBE = np.array([1.0, -0.5], np.float32)
+
+
+def mlp_graph(rng) -> tuple[NeuralGraph, int]:
+    """A ReLU MLP with small weights (RMS 0.1, as after training) and its label."""
+    g = NeuralGraph({"producer": "test_overfit"})
+    g.add_set("l0", LAYOUT[0], "input", fixed=True)
+    h = PROBE
+    for i, (a, b) in enumerate(zip(LAYOUT[:-1], LAYOUT[1:]), start=1):
+        last = i == len(LAYOUT) - 1
+        W = (0.1 * rng.standard_normal((b, a))).astype(np.float32)
+        bias = (0.05 * rng.standard_normal(b)).astype(np.float32)
+        s = g.add_set(f"l{i}", b, "output" if last else "hidden", depth=i, fixed=last,
+                      activation=None if last else "relu")
+        s.arrays["bias"] = Param(bias)
+        g.add_block(f"w{i}", f"l{i - 1}", f"l{i}", "dense", Param(W))
+        h = W @ h + bias
+        h = h if last else np.maximum(h, 0)
+    return g.validate(), int(h[0] > 0)
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("overfit")
+    graphs, labels = [], []
+    while len(graphs) < 32:                          # balanced: 16 of each label
+        g, y = mlp_graph(rng)
+        if labels.count(y) < 16:
+            graphs.append(g)
+            labels.append(y)
+    entries = [Entry(root / f"m{i}", {"model": f"m{i}", "split": "train", "label": str(y)}, g)
+               for i, (g, y) in enumerate(zip(graphs, labels))]
+    return ModelDataset(root, entries)
+
+
+@pytest.mark.parametrize("encoder,steps", [("ng-gnn", 150), ("ng-transformer", 150), ("statnn", 300),
+                                           ("deepsets", 300)])
+def test_overfits_weight_dependent_label(population, tmp_path, encoder, steps):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(target="label", task="classification", encoder=encoder, epochs=steps, batch_size=32,
+                      device="cpu")                  # one batch per epoch: epochs = steps
+    model, meta, history = train(population, cfg, progress=False)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, meta)
+    assert evaluate(ckpt, population, "train", device="cpu")["accuracy"] == 1.0
+    assert history[-1]["train_loss"] < 0.1
