@@ -25,7 +25,7 @@ import numpy as np
 
 from .ir import NeuralGraph
 from .materialize import block_edges
-from .vocab import ACTIVATIONS, KINDS, ROLES
+from .vocab import ACTIVATIONS, EDGE_KINDS, ROLES
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
 
@@ -45,7 +45,7 @@ class FeatureConfig:
 
     @property
     def edge_dim(self) -> int:
-        return self.taps + len(KINDS)
+        return self.taps + len(EDGE_KINDS)
 
 
 def _slot(key: str) -> str:
@@ -104,7 +104,7 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
             pos[rows] = (fixed_seen + np.arange(n)) % config.max_positions
             fixed_seen += n
     ei, ea, ek, ed = [], [], [], []
-    kind_ids = {k: i for i, k in enumerate(KINDS)}
+    kind_ids = {k: i for i, k in enumerate(EDGE_KINDS)}
     weights = [b.weight for b in graph.blocks if b.weight is not None]
     graph_rms = float(np.sqrt(np.mean([np.mean(np.square(np.asarray(w.data, np.float64))) for w in weights]))) \
         if weights and config.scale == "graph" else 1.0
@@ -142,12 +142,12 @@ def param_columns(config: FeatureConfig = FeatureConfig()) -> slice:
 
 
 def feature_scales(datas, config: FeatureConfig = FeatureConfig()):
-    """Per-dataset input scales: ``(node_scale [node_dim], edge_scale [len(KINDS)])``, multipliers
+    """Per-dataset input scales: ``(node_scale [node_dim], edge_scale [len(EDGE_KINDS)])``, multipliers
     that bring each parameter slot and each edge kind's non-zero taps to RMS 1 over ``datas``
     (featurized graphs). Columns and kinds that never occur keep scale 1."""
     import torch
     node = torch.ones(config.node_dim)
-    edge = torch.ones(len(KINDS))
+    edge = torch.ones(len(EDGE_KINDS))
     if not datas:
         return node, edge
     cols = param_columns(config)
@@ -157,8 +157,8 @@ def feature_scales(datas, config: FeatureConfig = FeatureConfig()):
     node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms))
     taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas])
     kind = torch.cat([d.edge_kind for d in datas])
-    sq = torch.zeros(len(KINDS)).index_add_(0, kind, (taps * taps).sum(1))
-    cnt = torch.zeros(len(KINDS)).index_add_(0, kind, (taps != 0).sum(1).float())
+    sq = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps * taps).sum(1))
+    cnt = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps != 0).sum(1).float())
     rms = torch.sqrt(sq / cnt.clamp(min=1))
     edge = torch.where((cnt > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), edge)
     return node, edge

@@ -92,9 +92,9 @@ def _attach_input_scales(enc, features: FeatureConfig) -> None:
     import torch
 
     from .featurize import apply_scales
-    from .vocab import KINDS
+    from .vocab import EDGE_KINDS
     enc.register_buffer("input_node_scale", torch.ones(features.node_dim))
-    enc.register_buffer("input_edge_scale", torch.ones(len(KINDS)))
+    enc.register_buffer("input_edge_scale", torch.ones(len(EDGE_KINDS)))
 
     def scale(module, args):
         return (apply_scales(args[0], module.input_node_scale, module.input_edge_scale, features), *args[1:])

@@ -55,6 +55,10 @@ ACTIVATIONS: tuple[str, ...] = (
 )
 
 
+#: The kinds that have edges (every kind but ``opaque``): what edge features one-hot.
+EDGE_KINDS: tuple[str, ...] = tuple(k for k, p in KINDS.items() if p != "opaque")
+
+
 def kind_pattern(kind: str) -> str:
     try:
         return KINDS[kind]
