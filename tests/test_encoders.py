@@ -48,15 +48,15 @@ def test_featurizer_is_symmetry_consistent():
 
 def test_featurizer_taps_and_scaling():
     g = example_graphs()[-1]                        # conv graph: 3×3 kernels and 4 flatten taps
-    from nngraph.vocab import KINDS
+    from nngraph.vocab import EDGE_KINDS
     d = nngraph.featurize(g, nngraph.FeatureConfig(taps=4, scale="block"))
-    assert d.edge_attr.shape[1] == 4 + len(KINDS) and torch.isfinite(d.edge_attr).all()
+    assert d.edge_attr.shape[1] == 4 + len(EDGE_KINDS) and torch.isfinite(d.edge_attr).all()
     conv = [b for b in g.blocks if b.kind == "conv" and b.groups == 2][0]
     w = np.asarray(conv.weight.data, np.float64)
     taps = w[0, 0].reshape(-1) / np.sqrt(np.mean(w ** 2))           # block-scaled kernel of edge 0
     bins = np.linspace(0, 9, 5).round().astype(int)                  # 9 taps → 4 averaged bins
     expected = [taps[a:b].mean() for a, b in zip(bins[:-1], bins[1:])]
-    first = d.edge_attr[d.edge_kind == list(KINDS).index("conv")][0, :4].numpy()
+    first = d.edge_attr[d.edge_kind == list(EDGE_KINDS).index("conv")][0, :4].numpy()
     np.testing.assert_allclose(first, expected, rtol=1e-5)
 
 
