@@ -44,30 +44,13 @@ def _one_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def free_fraction(graph) -> float | None:
-    """Share of hidden neurons that some symmetry can move: ``graph.free_fraction`` where the graph
-    has it, else the same definition computed here (hidden = sets not tied to an input or output
-    set; free = in a group that is not effectively fixed, nor a rigid child of a fixed group)."""
-    ff = getattr(graph, "free_fraction", None)
-    if ff is not None:
-        return float(ff() if callable(ff) else ff)
-    from nngraph import symmetry
-    fixed = symmetry._effectively_fixed(graph)   # no public name for it before issue 10
-    ends = {s.group for s in graph.sets.values() if s.role in ("input", "output") or s.attrs.get("network_output")}
-    total = free = 0
-    for s in graph.sets.values():
-        if s.group in ends:
-            continue
-        total += s.size
-        g = graph.groups[s.group]
-        if g.name not in fixed and not (g.rigid and g.parent in fixed):
-            free += s.size
-    return 1.0 if total == 0 else free / total
+def free_fraction(graph) -> float:
+    """Share of hidden neurons that some symmetry can move (``NeuralGraph.free_fraction``)."""
+    return float(graph.free_fraction)
 
 
 def _free_groups(graph) -> int:
-    from nngraph import symmetry
-    fixed = symmetry._effectively_fixed(graph)
+    fixed = graph.fixed_groups()
     return sum(1 for g in graph.groups.values() if g.name not in fixed and g.size > 1)
 
 

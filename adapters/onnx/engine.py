@@ -209,6 +209,7 @@ def node_label(node: onnx.NodeProto) -> str:
 
 
 def _subgraphs(node: onnx.NodeProto):
+    """Every graph nested in ``node``'s attributes (and in theirs)."""
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
             yield from all_graphs(a.g)
@@ -990,12 +991,7 @@ def all_graphs(g: onnx.GraphProto):
     """A graph and every subgraph nested in its nodes (If / Loop / Scan bodies)."""
     yield g
     for node in g.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from all_graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from all_graphs(sub)
+        yield from _subgraphs(node)
 
 
 BATCH = 3   # a concrete batch size for shape inference: keeps reshapes through the batch axis followable
