@@ -14,7 +14,7 @@ from ..engine import AUX, Act, Const, LoweringContext
 
 
 def lower_if(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    from .elementwise import _combine
+    from .elementwise import combine
 
     results = []
     for attr in ("then_branch", "else_branch"):
@@ -29,7 +29,7 @@ def lower_if(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             del tmp.attribute[:]
             del tmp.output[:]
             tmp.output.append(node.output[k])
-            _combine(ctx, tmp, [a, b])
+            combine(ctx, tmp, [a, b])
         elif isinstance(a, Act) or isinstance(b, Act):
             raise ctx.fail(node, f"output {k} is an activation in one branch only")
         else:

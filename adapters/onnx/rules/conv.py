@@ -26,7 +26,8 @@ def _attrs(ctx: LoweringContext, node: onnx.NodeProto) -> dict:
     return out
 
 
-def _conv(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, groups: int, bias: Const | None) -> None:
+def conv_layer(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, groups: int,
+               bias: Const | None) -> None:
     """``w`` canonical: [out, in / groups, *kernel]. With several input sets (after a Concat),
     each set must hold whole groups; it then gets its own output set and block."""
     if x.axis != 1 or x.inner != 1 or x.heads:
@@ -82,7 +83,7 @@ def _operands(ctx: LoweringContext, node: onnx.NodeProto):
 
 def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x, w, bias = _operands(ctx, node)
-    _conv(ctx, node, x, w, int(ctx.attr(node, "group", 1)), bias)
+    conv_layer(ctx, node, x, w, int(ctx.attr(node, "group", 1)), bias)
 
 
 def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -96,7 +97,7 @@ def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     canonical = (w.reshape((g, ipg, opg, *k))
                  .transpose((0, 2, 1, *range(3, 3 + nk)))
                  .reshape((g * opg, ipg, *k)))
-    _conv(ctx, node, x, canonical, g, bias)
+    conv_layer(ctx, node, x, canonical, g, bias)
 
 
 RULES = [OpRule("Conv", lower_conv), OpRule("ConvTranspose", lower_conv_transpose)]

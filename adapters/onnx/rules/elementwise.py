@@ -157,7 +157,7 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     a, b = (ctx.values.get(i) for i in node.input[:2])
     if isinstance(a, Act) and isinstance(b, Act):
-        return _combine(ctx, node, [a, b])
+        return combine(ctx, node, [a, b])
     if isinstance(a, Scores) or isinstance(b, Scores):
         return _with_scores(ctx, node, a if isinstance(a, Scores) else b, b if isinstance(a, Scores) else a)
     if isinstance(a, Stat) or isinstance(b, Stat):
@@ -301,7 +301,7 @@ def _rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> boo
     return True
 
 
-def _combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act]) -> None:
+def combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act]) -> None:
     """Activations combined elementwise (residual sum, gate, max): ties their neurons, set by set."""
     if any(a.part != acts[0].part for a in acts):
         raise ctx.fail(node, "combines different parts of attention heads")
@@ -351,7 +351,7 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return
     if len(acts) != len(vals):
         raise ctx.fail(node, "mixes activations and per-neuron constants")
-    _combine(ctx, node, acts)
+    combine(ctx, node, acts)
 
 
 def lower_qdq(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -386,7 +386,7 @@ def lower_where(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         if isinstance(v, Const):
             ctx.buffer(v, "Where operand")
     if len(acts) == 2 and all(isinstance(a, Act) for a in acts):
-        return _combine(ctx, node, acts)
+        return combine(ctx, node, acts)
     ctx.set_output(node, x)
 
 

@@ -53,7 +53,7 @@ def positional(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> 
 
 def lower_embed_layernorm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """com.microsoft EmbedLayerNormalization: word + position (+ segment) embeddings, then LayerNorm."""
-    from .elementwise import _combine
+    from .elementwise import combine
     from .norm import _normalize, _vectors
 
     ids_shape = ctx.shape(node.input[0])
@@ -69,7 +69,7 @@ def lower_embed_layernorm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     tmp.CopyFrom(node)
     del tmp.output[:]
     tmp.output.append(node.output[2] if len(node.output) > 2 and node.output[2] else node.output[0] + "/sum")
-    _combine(ctx, tmp, parts)
+    combine(ctx, tmp, parts)
     summed = ctx.values[tmp.output[0]]
     arrays = _vectors(ctx, node, summed, {5: "ln_scale", 6: "ln_shift"})
     ctx.set_output(node, _normalize(ctx, node, summed, arrays, epsilon=float(ctx.attr(node, "epsilon", 1e-12))))

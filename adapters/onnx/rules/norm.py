@@ -108,7 +108,7 @@ def lower_groupnorm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 def _skip_norm(ctx: LoweringContext, node: onnx.NodeProto, scale_key: str, shift: bool) -> None:
     """com.microsoft Skip(Simplified)LayerNormalization: norm(input + skip + bias)."""
-    from .elementwise import _combine
+    from .elementwise import combine
 
     a, b = ctx.act(node.input[0]), ctx.act(node.input[1])
     if a is None or b is None:
@@ -118,7 +118,7 @@ def _skip_norm(ctx: LoweringContext, node: onnx.NodeProto, scale_key: str, shift
     tmp.CopyFrom(node)
     del tmp.output[:]
     tmp.output.append(node.output[3] if len(node.output) > 3 and node.output[3] else node.output[0] + "/sum")
-    _combine(ctx, tmp, [a, b])
+    combine(ctx, tmp, [a, b])
     summed = ctx.values[tmp.output[0]]
     slots = {2: scale_key}
     if shift:

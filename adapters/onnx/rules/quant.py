@@ -17,9 +17,9 @@ from nngraph.hookspecs import OpRule
 
 from ..engine import AUX, Act, Const, LoweringContext
 from .common import per_channel
-from .conv import _conv
+from .conv import conv_layer
 from .dense import dense
-from .elementwise import _combine
+from .elementwise import combine
 
 
 def _const(ctx: LoweringContext, node: onnx.NodeProto, i: int) -> Const | None:
@@ -79,7 +79,7 @@ def lower_conv_integer(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x is None or w is None:
         raise ctx.fail(node, "needs a quantized activation and a constant integer weight")
     _per_tensor(ctx, node, 2)
-    _conv(ctx, node, x, w, int(ctx.attr(node, "group", 1)), None)
+    conv_layer(ctx, node, x, w, int(ctx.attr(node, "group", 1)), None)
     attach_per_channel(ctx, node, ctx.values[node.output[0]], "weight_zero_point", _const(ctx, node, 3))
 
 
@@ -90,7 +90,7 @@ def lower_qlinear_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "needs a quantized activation and a constant integer weight")
     _per_tensor(ctx, node, 1, 2, 6, 7)
     bias = _const(ctx, node, 8)
-    _conv(ctx, node, x, w, int(ctx.attr(node, "group", 1)), bias)
+    conv_layer(ctx, node, x, w, int(ctx.attr(node, "group", 1)), bias)
     out = ctx.values[node.output[0]]
     attach_per_channel(ctx, node, out, "weight_scale", _const(ctx, node, 4))
     attach_per_channel(ctx, node, out, "weight_zero_point", _const(ctx, node, 5))
@@ -122,7 +122,7 @@ def lower_qlinear_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     a, b = ctx.values.get(node.input[0]), ctx.values.get(node.input[3])
     _per_tensor(ctx, node, 1, 2, 4, 5, 6, 7)
     if isinstance(a, Act) and isinstance(b, Act):
-        return _combine(ctx, node, [a, b])
+        return combine(ctx, node, [a, b])
     x, c = (a, b) if isinstance(a, Act) else (b, a)
     if not isinstance(x, Act):
         ctx.set_output(node, AUX)

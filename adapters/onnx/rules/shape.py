@@ -533,9 +533,9 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return
     if len(first.sets) != 1 and consts:
         raise ctx.fail(node, "concatenates constants with multi-set activations along a non-neuron axis")
-    from .elementwise import _combine
+    from .elementwise import combine
     if len(acts) > 1:
-        _combine(ctx, node, acts)
+        combine(ctx, node, acts)
         out = ctx.values[node.output[0]]
         if not consts:
             return
