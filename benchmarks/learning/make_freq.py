@@ -62,6 +62,26 @@ def to_module(Ws, bs, i: int) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
+def write_population(out: Path, Ws, bs, test_fraction: float, columns) -> None:
+    """Export network i of the stacked weights as ``mlp_{i:04d}.onnx`` into ``out`` and write
+    ``labels.csv`` (model, split — the last ``test_fraction`` are test —, then ``columns(i)``)."""
+    n = len(Ws[0])
+    n_test = int(round(n * test_fraction))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(n):
+            name = f"mlp_{i:04d}.onnx"
+            torch.onnx.export(to_module(Ws, bs, i), (torch.zeros(1, Ws[0].shape[-1]),), out / name, dynamo=False,
+                              input_names=["x"], output_names=["y"])
+            rows.append({"model": name, "split": "test" if i >= n - n_test else "train", **columns(i)})
+    with open(out / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
@@ -72,21 +92,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     Ws, bs, labels, mse = fit(args.n, args.seed, args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    n_test = int(round(args.n * args.test_fraction))
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i in range(args.n):
-            name = f"mlp_{i:04d}.onnx"
-            torch.onnx.export(to_module(Ws, bs, i), (torch.zeros(1, 2),), args.out / name, dynamo=False,
-                              input_names=["x"], output_names=["y"])
-            rows.append({"model": name, "split": "test" if i >= args.n - n_test else "train",
-                         "label": int(labels[i]), "frequency": FREQS[int(labels[i])], "fit_mse": float(mse[i])})
-    with open(args.out / "labels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_population(args.out, Ws, bs, args.test_fraction, lambda i: {
+        "label": int(labels[i]), "frequency": FREQS[int(labels[i])], "fit_mse": float(mse[i])})
     per = {FREQS[c]: float(mse[labels == c].mean()) for c in range(len(FREQS))}
     print(f"{args.n} MLPs → {args.out} (fit MSE per frequency: "
           + ", ".join(f"f={k:g}: {v:.3f}" for k, v in per.items()) + ")")

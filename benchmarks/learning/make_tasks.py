@@ -11,14 +11,12 @@ recipe. All networks train at once as one batched model (seconds on a CPU). Dete
 from __future__ import annotations
 
 import argparse
-import csv
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from make_freq import to_module
+from make_freq import write_population
 
 TASKS = {"parity": lambda d: d % 2 == 0, "small": lambda d: d < 5, "div3": lambda d: d % 3 == 0,
          "prime": lambda d: np.isin(d, [2, 3, 5, 7])}
@@ -90,22 +88,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     Ws, bs, labels, acc = fit(args.n, args.seed, args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    n_test = int(round(args.n * args.test_fraction))
     names = list(TASKS)
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i in range(args.n):
-            name = f"mlp_{i:04d}.onnx"
-            torch.onnx.export(to_module(Ws, bs, i), (torch.zeros(1, LAYOUT[0]),), args.out / name, dynamo=False,
-                              input_names=["x"], output_names=["y"])
-            rows.append({"model": name, "split": "test" if i >= args.n - n_test else "train",
-                         "task": names[int(labels[i])], "accuracy": round(float(acc[i]), 4)})
-    with open(args.out / "labels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_population(args.out, Ws, bs, args.test_fraction, lambda i: {
+        "task": names[int(labels[i])], "accuracy": round(float(acc[i]), 4)})
     per = {t: float(acc[labels == k].mean()) for k, t in enumerate(names)}
     print(f"{args.n} MLPs → {args.out} (accuracy on their task: "
           + ", ".join(f"{k} {v:.3f}" for k, v in per.items()) + ")")
