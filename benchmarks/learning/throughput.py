@@ -186,7 +186,7 @@ def run_reference(entries, target: str, args) -> dict:
 
 
 def run_ours(data, target: str, args) -> dict:
-    from nngraph.train import TrainConfig, train
+    from nngraph.learn.train import TrainConfig, train
     cfg = TrainConfig(target=target, task="classification", encoder="ng-gnn", epochs=args.epochs,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size, seed=args.seed,
                       device="cpu" if args.device == "auto" else args.device)
@@ -219,7 +219,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     import torch_geometric.nn  # noqa: F401 - imported before either clock starts
-    from nngraph.dataset import load_dataset
+    from nngraph.learn.dataset import load_dataset
     from nngraph.plugins.encoders import ng_gnn  # noqa: F401
     data = load_dataset(args.dataset, progress=False)
     train_entries = data.split("train")
