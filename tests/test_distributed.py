@@ -1,0 +1,196 @@
+"""``ngraph train`` under torchrun: 2 CPU processes on gloo give the 1-process result, rank 0 alone writes,
+a zoo converted in shards on separate "machines" trains to the same weights, and a bad environment is a
+one-line error."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_geometric")
+pytest.importorskip("scipy")
+onnx = pytest.importorskip("onnx")
+
+from inproc import run_cli  # noqa: E402
+
+ARGS = ("--target", "rms", "--encoder", "ng-gnn", "--hidden", "8", "--layers", "1", "--epochs", "3",
+        "--batch-size", "4", "--device", "cpu", "--json")
+
+
+def mlp_onnx(path: Path, rng, width: int, act: str, scale: float) -> float:
+    """A 5 → width → 3 MLP written with onnx.helper (no exporter: milliseconds); returns its first layer's RMS."""
+    from onnx import TensorProto, helper, numpy_helper
+    w1 = (scale * rng.standard_normal((width, 5))).astype(np.float32)
+    w2 = rng.standard_normal((3, width)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (rng.standard_normal(width).astype(np.float32), "b1"),
+                                                         (w2, "w2"), (np.zeros(3, np.float32), "b2"))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+             helper.make_node("Relu" if act == "relu" else "Tanh", ["h"], ["a"]),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return float(np.sqrt((w1 ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """17 MLPs: 11 train (uneven shards of 6 and 5), 3 val, 3 test, and one broken file in the train split."""
+    root = tmp_path_factory.mktemp("dzoo") / "zoo"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(17):
+        split = "train" if i < 11 else "val" if i < 14 else "test"
+        rms = mlp_onnx(root / f"m{i}.onnx", rng, int(rng.integers(3, 7)), "relu" if i % 2 else "tanh",
+                       float(rng.uniform(0.5, 2.0)))
+        rows.append({"model": f"m{i}.onnx", "split": split, "rms": rms})
+    rows.insert(4, {"model": "broken.onnx", "split": "train", "rms": 0.0})
+    (root / "broken.onnx").write_bytes(b"not a model")
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(zoo, tmp_path_factory):
+    """The same training in one process: (JSON lines, checkpoint)."""
+    ckpt = tmp_path_factory.mktemp("single") / "c.safetensors"
+    r = run_cli("train", zoo, *ARGS, "-o", ckpt)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()], ckpt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nnodes: int = 1, node_rank: int = 0, nproc: int = 2, port: int, cwd=None, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+           f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1", f"--master-port={port}",
+           "-m", "nngraph.cli", *map(str, args)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def load_state(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def assert_same_training(lines_a, lines_b, ckpt_a, ckpt_b):
+    """Same epochs, same losses and metrics, same weights (to float rounding of the reductions)."""
+    assert [d["epoch"] for d in lines_a[:-1]] == [d["epoch"] for d in lines_b[:-1]] == [1, 2, 3]
+    for a, b in zip(lines_a[:-1], lines_b[:-1]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=2e-4, abs=1e-5), k
+    sa, sb = load_state(ckpt_a), load_state(ckpt_b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_processes_equal_one(zoo, single, tmp_path):
+    """Global batches are drawn as in one process and split by shard, each rank's loss weighted by its share
+    of the batch: the 2-rank run trains to the 1-rank weights and reports the same history. Any unsynchronised
+    gradient, per-rank input scaling or target normalisation, mis-weighted uneven shard, or per-rank metric
+    breaks the equality."""
+    two = tmp_path / "two" / "c.safetensors"
+    two.parent.mkdir()
+    r2 = torchrun("train", zoo, *ARGS, "-o", two, port=free_port())
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    lines = [json.loads(line) for line in r2.stdout.splitlines()]     # rank 0 alone prints: 3 epochs + summary
+    assert len(lines) == 4 and lines[-1]["processes"] == 2 and lines[-1]["skipped"] == 1
+    assert "broken.onnx" in r2.stderr and r2.stderr.count("skipped broken.onnx") == 1
+    assert sorted(p.name for p in two.parent.iterdir()) == ["c.png", "c.safetensors"]   # one writer, no leftovers
+    assert_same_training(single[0], lines, single[1], two)
+    r = run_cli("evaluate", two, zoo, "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 3
+
+
+def test_shards_on_separate_machines(zoo, single, tmp_path):
+    """Two "machines" (torchrun nodes with their own folders) each hold labels.csv and only their shard's
+    files, converted beforehand with ``ngraph prepare --shard``: the 2-node run trains as one process does."""
+    for node in (0, 1):
+        folder = tmp_path / f"node{node}" / "zoo"
+        folder.mkdir(parents=True)
+        r = run_cli("prepare", zoo, "--shard", f"{node}/2", "--list")
+        assert r.returncode == 0, r.stderr
+        names = r.stdout.split()
+        assert 7 <= len(names) <= 9 and "labels.csv" not in names
+        for name in ["labels.csv", *names]:
+            shutil.copy2(zoo / name, folder / name)
+        r = run_cli("prepare", folder, "--shard", f"{node}/2", "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["models"] == len(names) - (1 if "broken.onnx" in names else 0) and doc["shard"] == f"{node}/2"
+        assert len(list((folder / ".nngraph-cache").glob("*.ngraph"))) == doc["models"]
+    # the other shard's files are absent: preparing it here reports them, it does not convert anything
+    r = run_cli("prepare", tmp_path / "node0" / "zoo", "--shard", "1/2", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["models"] == 0
+    port = free_port()
+    procs = [torchrun("train", "zoo", *ARGS, "-o", tmp_path / f"out{node}.safetensors", nnodes=2, node_rank=node,
+                      nproc=1, port=port, cwd=tmp_path / f"node{node}", wait=False) for node in (0, 1)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert (tmp_path / "out0.safetensors").is_file() and not (tmp_path / "out1.safetensors").exists()
+    assert results[1][0] == ""                                          # rank 1 prints nothing
+    assert_same_training(single[0], [json.loads(line) for line in results[0][0].splitlines()], single[1],
+                         tmp_path / "out0.safetensors")
+
+
+def test_bad_environment(zoo, tmp_path, monkeypatch):
+    """torchrun variables partly set: usage error (2); backend missing from the torch build: exit 3. One line."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = run_cli("train", zoo, *ARGS, "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "LOCAL_RANK" in r.stderr and "MASTER_ADDR" in r.stderr
+    for k, v in {"LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    r = run_cli("train", zoo, *ARGS, "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and "gloo" in r.stderr, r.stderr
+    monkeypatch.setenv("RANK", "2")
+    r = run_cli("train", zoo, *ARGS, "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 2 and "RANK=2" in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_prepare_shards_partition_the_rows(zoo):
+    """Every row is in exactly one shard; within each split the shards differ by at most one row."""
+    import csv as _csv
+    rows = list(_csv.DictReader(open(zoo / "labels.csv")))
+    shards = []
+    for i in range(3):
+        r = run_cli("prepare", zoo, "--shard", f"{i}/3", "--list")
+        assert r.returncode == 0, r.stderr
+        shards.append(r.stdout.split())
+    assert sorted(n for s in shards for n in s) == sorted(row["model"] for row in rows)
+    for split in ("train", "val", "test"):
+        counts = [sum(1 for n in s if next(r for r in rows if r["model"] == n)["split"] == split) for s in shards]
+        assert max(counts) - min(counts) <= 1
+    for bad in ("3/3", "x/2", "1", "-1/2"):
+        r = run_cli("prepare", zoo, "--shard", bad, "--list")
+        assert r.returncode == 2, (bad, r.stderr)
