@@ -23,7 +23,8 @@ onnx = pytest.importorskip("onnx")
 from inproc import run_cli  # noqa: E402
 
 ARGS = ("--target", "rms", "--encoder", "ng-gnn", "--hidden", "8", "--layers", "1", "--epochs", "3",
-        "--batch-size", "4", "--device", "cpu", "--json")
+        "--batch-size", "4", "--device", "cpu", "--threads", "1", "--json")
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def mlp_onnx(path: Path, rng, width: int, act: str, scale: float) -> float:
@@ -78,18 +79,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args, nnodes: int = 1, node_rank: int = 0, nproc: int = 2, port: int, cwd=None, wait=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
-           f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1", f"--master-port={port}",
-           "-m", "nngraph.cli", *map(str, args)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
-    if not wait:
-        return p
-    out, err = p.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    return dict(env, OMP_NUM_THREADS="1", **extra)
+
+
+def torchrun(*args, port: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m nngraph.cli ARGS`` on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "nngraph.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), timeout=300)
 
 
 def load_state(path):
@@ -98,7 +97,9 @@ def load_state(path):
 
 
 def assert_same_training(lines_a, lines_b, ckpt_a, ckpt_b):
-    """Same epochs, same losses and metrics, same weights (to float rounding of the reductions)."""
+    """Same epochs, losses and metrics, and the same weights to float rounding of the reductions: measured
+    mean |Δ| 2e-8 (one element of 3,000 off by 6e-5, where Adam divides a near-zero gradient by its own
+    size); an unweighted uneven shard or per-rank input scales give 5e-5–8e-5 and max |Δ| 5e-3."""
     assert [d["epoch"] for d in lines_a[:-1]] == [d["epoch"] for d in lines_b[:-1]] == [1, 2, 3]
     for a, b in zip(lines_a[:-1], lines_b[:-1]):
         assert a.keys() == b.keys()
@@ -106,8 +107,8 @@ def assert_same_training(lines_a, lines_b, ckpt_a, ckpt_b):
             assert a[k] == pytest.approx(b[k], rel=2e-4, abs=1e-5), k
     sa, sb = load_state(ckpt_a), load_state(ckpt_b)
     assert sa.keys() == sb.keys()
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+    diff = torch.cat([(sa[k] - sb[k]).abs().flatten() for k in sa])
+    assert diff.mean() < 1e-6 and diff.max() < 1e-3, (float(diff.mean()), float(diff.max()))
 
 
 def test_two_processes_equal_one(zoo, single, tmp_path):
@@ -130,15 +131,15 @@ def test_two_processes_equal_one(zoo, single, tmp_path):
 
 
 def test_shards_on_separate_machines(zoo, single, tmp_path):
-    """Two "machines" (torchrun nodes with their own folders) each hold labels.csv and only their shard's
-    files, converted beforehand with ``ngraph prepare --shard``: the 2-node run trains as one process does."""
+    """Two "machines" (processes with torchrun's variables and their own folders) each hold labels.csv and
+    only their shard's files, converted beforehand with ``ngraph prepare --shard``: they train as one process."""
     for node in (0, 1):
         folder = tmp_path / f"node{node}" / "zoo"
         folder.mkdir(parents=True)
         r = run_cli("prepare", zoo, "--shard", f"{node}/2", "--list")
         assert r.returncode == 0, r.stderr
         names = r.stdout.split()
-        assert 7 <= len(names) <= 9 and "labels.csv" not in names
+        assert 8 <= len(names) <= 10 and "labels.csv" not in names         # 18 rows: 12 train, 3 val, 3 test
         for name in ["labels.csv", *names]:
             shutil.copy2(zoo / name, folder / name)
         r = run_cli("prepare", folder, "--shard", f"{node}/2", "--json")
@@ -149,9 +150,13 @@ def test_shards_on_separate_machines(zoo, single, tmp_path):
     # the other shard's files are absent: preparing it here reports them, it does not convert anything
     r = run_cli("prepare", tmp_path / "node0" / "zoo", "--shard", "1/2", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["models"] == 0
-    port = free_port()
-    procs = [torchrun("train", "zoo", *ARGS, "-o", tmp_path / f"out{node}.safetensors", nnodes=2, node_rank=node,
-                      nproc=1, port=port, cwd=tmp_path / f"node{node}", wait=False) for node in (0, 1)]
+    # what torchrun --nnodes 2 --nproc-per-node 1 gives each machine's process (without its agents: half the start-up)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", "nngraph.cli", "train", "zoo", *ARGS,
+                               "-o", str(tmp_path / f"out{node}.safetensors")], cwd=tmp_path / f"node{node}",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=clean_env(RANK=str(node), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for node in (0, 1)]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     assert (tmp_path / "out0.safetensors").is_file() and not (tmp_path / "out1.safetensors").exists()
