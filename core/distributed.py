@@ -61,12 +61,18 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
-    def wrap(self, model):
-        """``model`` in DistributedDataParallel; its buffers (the input scales) are equal on every rank by
-        construction, so they are not re-broadcast on each forward (which would also make forwards collective)."""
+    def wrap(self, model, seed: int):
+        """``model`` (built from the same seed on every rank) in DistributedDataParallel, and torch's
+        generator re-seeded per rank for what draws from it during training (dropout). The buffers (input
+        scales) are equal on every rank by construction, so they are not re-broadcast on each forward
+        (which would make every forward, evaluation included, a collective); plugin encoders may leave
+        parameters unused in a step (``find_unused_parameters``)."""
+        import torch
         from torch.nn.parallel import DistributedDataParallel
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+        torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
+        return net
 
     def merge_epoch(self, total: float, count: int, seen_y: list, seen_out: list):
         """The epoch's training loss sum, count and (labels, outputs) of every rank, on every rank."""
@@ -93,6 +99,15 @@ class Group:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def held_part(chosen: np.ndarray, seeds, held: np.ndarray):
+    """The part of a global batch (indices ``chosen``) this rank holds, its views' seeds and its share of
+    the batch; when it holds none, a stand-in (its first graph, share 0): every rank takes every step."""
+    mine = held[chosen]
+    if not mine.any():
+        return np.flatnonzero(held)[:1], None if seeds is None else seeds[:, :1], 0.0
+    return chosen[mine], None if seeds is None else seeds[:, mine], float(mine.mean())
 
 
 def requested(environ=None) -> bool:
