@@ -117,17 +117,23 @@ def _labels(entries, cfg: TrainConfig, classes=None):
 
 
 def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
-             views: bool = False, cache: dict | None = None):
+             views: bool = False, cache: dict | None = None, held: np.ndarray | None = None):
     """Featurized batches (each graph featurized once when a ``cache`` dict is given); with
     ``views``, each batch is two random symmetries of the same networks (first half, second
-    half) for contrastive training."""
+    half) for contrastive training. With ``held`` (distributed training: a mask of the graphs this
+    rank holds), batches are drawn over all graphs as in one process and keep their held part;
+    ``batch.share`` is its fraction of the global batch (0 with a stand-in graph when the rank holds
+    none of it: every rank takes every step)."""
     import torch
     from torch_geometric.data import Batch
     order = rng.permutation(len(graphs)) if shuffle else np.arange(len(graphs))
     for i in range(0, len(order), batch_size):
         chosen = order[i:i + batch_size]
+        seeds = rng.integers(0, 2**31, size=(2, len(chosen))) if views else None
+        if held is not None:
+            from .distributed import held_part
+            chosen, seeds, share = held_part(chosen, seeds, held)
         if views:
-            seeds = rng.integers(0, 2**31, size=(2, len(chosen)))
             items = [featurize(graphs[j].permute(graphs[j].random_symmetry(int(s))), features)
                      for v in range(2) for j, s in zip(chosen, seeds[v])]
         else:
@@ -141,7 +147,10 @@ def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: 
                 items.append(d.clone())
         for d, j in zip(items, list(chosen) * (2 if views else 1)):
             d.y = torch.tensor([y[j]])
-        yield Batch.from_data_list(items)
+        batch = Batch.from_data_list(items)
+        if held is not None:
+            batch.share = share
+        yield batch
 
 
 def _info_nce(z, temperature: float = 0.1):
@@ -184,16 +193,19 @@ def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
     return [tr[i] for i in sorted(perm[n_va:])], [tr[i] for i in sorted(perm[:n_va])]
 
 
-def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
+def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None):
     """Returns (model, meta, history). ``history`` has one record per epoch: ``train_loss``, the
     task's metric on the epoch's training batches (``train_accuracy`` / ``train_kendall_tau`` …, as
     trained, i.e. with dropout) and, with a validation set, ``val_loss`` and ``val_*`` metrics. With
     ``patience`` and a validation set, training stops after ``patience`` epochs without a lower
-    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch."""
+    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch.
+    ``group`` (``distributed.init_from_env``): this process is one rank of a distributed run; the
+    dataset holds only its shard's graphs (the others are None), the global batches are those of one
+    process split by shard, and every rank computes the same history and weights."""
     import torch
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = group.device if group else resolve_device(cfg.device)
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:
         raise InputError(f"{dataset.root}: no training models (split column 'train')")
@@ -211,14 +223,18 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features,
                              cfg.input_scaling, head_config).to(device)
     graphs_tr = [e.graph for e in tr]
-    graphs_va = [e.graph for e in va]
-    cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr)}
+    graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
+    cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr) if g is not None}
     cache_va: dict = {}
     if cfg.input_scaling:
         from .featurize import feature_scales
-        node_scale, edge_scale = feature_scales(list(cache_tr.values()), cfg.features)
+        node_scale, edge_scale = feature_scales(list(cache_tr.values()), cfg.features,
+                                                reduce=group.all_sum if group else None)
         model.encoder.input_node_scale.copy_(node_scale)
         model.encoder.input_edge_scale.copy_(edge_scale)
+    net, held_tr = model, None
+    if group:
+        net, held_tr = group.wrap(model, cfg.seed, next(iter(cache_tr.values()))), np.array([g is not None for g in graphs_tr])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
@@ -230,20 +246,25 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             model.train()
             total, count, seen_y, seen_out = 0.0, 0, [], []
             for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
-                                  views=cfg.task == "embedding", cache=cache_tr):
+                                  views=cfg.task == "embedding", cache=cache_tr, held=held_tr):
                 batch = batch.to(device)
-                out = model(batch)
+                out = net(batch)
                 loss = _loss(cfg.task, out, batch.y)
                 opt.zero_grad()
-                loss.backward()
+                # DDP averages gradients over ranks: weighting each by its share of the batch gives the batch mean
+                (loss * (batch.share * group.world) if group else loss).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
+                if group and not batch.share:
+                    continue                                  # a stand-in: weight 0, not counted
                 total += float(loss.detach()) * batch.num_graphs
                 count += batch.num_graphs
                 if cfg.task != "embedding":
                     seen_y.append(batch.y.cpu().numpy())
                     seen_out.append(out.detach().cpu())
             sched.step()
+            if group:
+                total, count, seen_y, seen_out = group.merge_epoch(total, count, seen_y, seen_out)
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
             if seen_out:
                 y_seen = np.concatenate(seen_y)
@@ -252,6 +273,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
                 record.update({f"train_{k}": v for k, v in metrics(cfg.task, y_seen, pred).items()})
             if va:
                 out_va = _outputs(model, graphs_va, cfg.features, device, cache=cache_va)
+                if group:
+                    out_va = group.gather_rows(np.flatnonzero([e.graph is not None for e in va]), out_va, len(va))
                 y_norm = (y_va - mean) / std if cfg.task == "regression" else y_va
                 record["val_loss"] = float(_loss(cfg.task, out_va, torch.as_tensor(y_norm)))
                 record.update({f"val_{k}": v for k, v in metrics(
@@ -273,6 +296,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             "y_std": std, "features": cfg.features.to_json(), "input_scaling": cfg.input_scaling,
             "n_train": len(tr), "n_val": len(va), "history": history, "best_epoch": best[1] if best_state is not None else len(history),
             "config": {k: v for k, v in asdict(cfg).items() if k != "features"}}
+    if group:
+        meta["processes"] = group.world
     return model, meta, history
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NNGraphError, PluginError, UsageError
+from ..errors import NNGraphError, PluginError, UsageError
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 #: Collectives wait this long for the slowest rank (a rank converting a large shard before the first one).
@@ -61,16 +61,22 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
-    def wrap(self, model, seed: int):
+    def wrap(self, model, seed: int, sample):
         """``model`` (built from the same seed on every rank) in DistributedDataParallel, and torch's
-        generator re-seeded per rank for what draws from it during training (dropout). The buffers (input
-        scales) are equal on every rank by construction, so they are not re-broadcast on each forward
-        (which would make every forward, evaluation included, a collective); plugin encoders may leave
-        parameters unused in a step (``find_unused_parameters``)."""
+        generator re-seeded per rank for what draws from it during training (dropout). One forward and
+        backward of ``sample`` (a featurized graph) finds out whether the model leaves parameters without
+        gradient, which DDP must then look for on every step (an extra pass over the autograd graph). The
+        buffers (input scales) are equal on every rank by construction, so they are not re-broadcast on each
+        forward (which would make every forward, evaluation included, a collective)."""
         import torch
         from torch.nn.parallel import DistributedDataParallel
+        from torch_geometric.data import Batch
+        model(Batch.from_data_list([sample.clone()]).to(self.device)).float().sum().backward()
+        unused = sum(1 for p in model.parameters() if p.requires_grad and p.grad is None)
+        model.zero_grad(set_to_none=True)
+        unused = self.all_sum(torch.tensor([float(unused)]))[0] > 0
         ids = [self.device.index] if self.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+        net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=bool(unused))
         torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
         return net
 
@@ -172,7 +178,7 @@ def sync_dataset(data, group: Group) -> None:
     """Make every rank's view of ``data`` (loaded with ``shard=group.shard``) the same: models that failed to
     convert on any rank are dropped everywhere and listed in ``data.failed``; ranks left without training
     networks are an error on every rank (a rank with nothing to train would leave the others waiting)."""
-    from .errors import InputError
+    from ..errors import InputError
     failed = [f for part in group.gather(list(data.failed)) for f in part]
     gone = {name for name, _ in failed}
     data.entries = [e for e in data.entries if e.row["model"] not in gone]
