@@ -199,3 +199,22 @@ def test_prepare_shards_partition_the_rows(zoo):
     for bad in ("3/3", "x/2", "1", "-1/2"):
         r = run_cli("prepare", zoo, "--shard", bad, "--list")
         assert r.returncode == 2, (bad, r.stderr)
+
+
+@pytest.mark.parametrize("encoder", ["ng-transformer", "statnn"])
+def test_one_rank_group_in_process(zoo, tmp_path, monkeypatch, encoder):
+    """The distributed path with one rank (torchrun --nproc-per-node 1) in this process equals plain training
+    for encoders that leave parameters unused in a step (ng-transformer's last edge update: DDP must be told)
+    and for those that do not."""
+    args = [a if a != "ng-gnn" else encoder for a in ARGS]
+    r = run_cli("train", zoo, *args, "-o", tmp_path / "plain.safetensors")
+    assert r.returncode == 0, r.stderr
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    r1 = run_cli("train", zoo, *args, "-o", tmp_path / "ddp.safetensors")
+    assert r1.returncode == 0, r1.stderr
+    assert json.loads(r1.stdout.splitlines()[-1])["processes"] == 1
+    assert_same_training([json.loads(line) for line in r.stdout.splitlines()],
+                         [json.loads(line) for line in r1.stdout.splitlines()],
+                         tmp_path / "plain.safetensors", tmp_path / "ddp.safetensors")
