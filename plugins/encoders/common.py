@@ -19,7 +19,7 @@ class InputEmbedding(nn.Module):
     embedding of their position, since no symmetry moves them."""
 
     def __init__(self, hidden: int, node_dim: int = DEFAULT.node_dim, edge_dim: int = DEFAULT.edge_dim,
-                 max_positions: int = DEFAULT.max_positions):
+                 max_positions: int = DEFAULT.max_positions, **unused):   # other encoder options (EncoderSpec)
         super().__init__()
         self.node = mlp(node_dim, hidden, hidden)
         self.edge = mlp(edge_dim, hidden, hidden)

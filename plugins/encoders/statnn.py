@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from nngraph.graph.vocab import ACTIVATIONS, ROLES
+from nngraph.learn.featurize import SLOTS, param_columns
 
 from .common import graph_index, mlp
 
-BIAS = len(ROLES) + len(ACTIVATIONS) + 1      # the featurizer's "bias" slot
+BIAS = param_columns().start + SLOTS.index("bias")      # the featurizer's "bias" column
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
