@@ -45,10 +45,10 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
     Under torchrun: one rank per process, each reading its shard of DATASET; rank 0 alone writes."""
-    from ..graph.fileformat import check_output
+    from ..files import check_output
+    from ..learn.checkpoint import save_checkpoint
     from ..learn.dataset import load_dataset
     from ..learn.distributed import init_from_env, sync_dataset
-    from ..learn.train import save_checkpoint
     from ..learn.train import train as _train
 
     check_output(output)            # before hours of training, not after
@@ -235,7 +235,7 @@ def embed(checkpoint, dataset, output, device, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
     import numpy as np
 
-    from ..graph.fileformat import check_output
+    from ..files import check_output
     from ..learn.dataset import load_dataset
     from ..learn.train import embed as _embed
 
