@@ -32,8 +32,9 @@ def mlp_onnx(path: Path, rng, width: int, act: str, scale: float) -> float:
     from onnx import TensorProto, helper, numpy_helper
     w1 = (scale * rng.standard_normal((width, 5))).astype(np.float32)
     w2 = rng.standard_normal((3, width)).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (rng.standard_normal(width).astype(np.float32), "b1"),
-                                                         (w2, "w2"), (np.zeros(3, np.float32), "b2"))]
+    b1 = rng.standard_normal(width).astype(np.float32)
+    b2 = np.zeros(3, np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
     nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
              helper.make_node("Relu" if act == "relu" else "Tanh", ["h"], ["a"]),
              helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], transB=1)]

@@ -61,7 +61,8 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if group:
         click.get_current_context().call_on_close(group.close)
     main = group is None or group.main
-    data = load_dataset(dataset, progress=not as_json and err.is_terminal and main, shard=group.shard if group else None,
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal and main,
+                        shard=group.shard if group else None,       # each rank converts and reads its shard
                         workers=max(1, (os.cpu_count() or 1) // group.local_world) if group else None)
     if group:
         sync_dataset(data, group)               # drops what failed on any rank, everywhere

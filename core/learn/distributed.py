@@ -71,12 +71,16 @@ class Group:
         import torch
         from torch.nn.parallel import DistributedDataParallel
         from torch_geometric.data import Batch
+        buffers = {k: b.clone() for k, b in model.named_buffers()}       # a plugin's BatchNorm statistics
         model(Batch.from_data_list([sample.clone()]).to(self.device)).float().sum().backward()
         unused = sum(1 for p in model.parameters() if p.requires_grad and p.grad is None)
         model.zero_grad(set_to_none=True)
-        unused = self.all_sum(torch.tensor([float(unused)]))[0] > 0
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        unused = bool(self.all_sum(torch.tensor([float(unused)]))[0] > 0)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=bool(unused))
+        net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
         torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
         return net
 
