@@ -186,8 +186,8 @@ def test_bad_environment(zoo, tmp_path, monkeypatch):
 
 def test_prepare_shards_partition_the_rows(zoo):
     """Every row is in exactly one shard; within each split the shards differ by at most one row."""
-    import csv as _csv
-    rows = list(_csv.DictReader(open(zoo / "labels.csv")))
+    with open(zoo / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     shards = []
     for i in range(3):
         r = run_cli("prepare", zoo, "--shard", f"{i}/3", "--list")
