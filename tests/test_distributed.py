@@ -105,7 +105,7 @@ def assert_same_training(lines_a, lines_b, ckpt_a, ckpt_b):
     for a, b in zip(lines_a[:-1], lines_b[:-1]):
         assert a.keys() == b.keys()
         for k in a:
-            assert a[k] == pytest.approx(b[k], rel=2e-4, abs=1e-5), k
+            assert a[k] == pytest.approx(b[k], rel=2e-4, abs=1e-5), (k, a, b)
     sa, sb = load_state(ckpt_a), load_state(ckpt_b)
     assert sa.keys() == sb.keys()
     diff = torch.cat([(sa[k] - sb[k]).abs().flatten() for k in sa])
@@ -140,17 +140,17 @@ def test_shards_on_separate_machines(zoo, single, tmp_path):
         r = run_cli("prepare", zoo, "--shard", f"{node}/2", "--list")
         assert r.returncode == 0, r.stderr
         names = r.stdout.split()
-        assert 8 <= len(names) <= 10 and "labels.csv" not in names         # 18 rows: 12 train, 3 val, 3 test
+        assert 8 <= len(names) <= 10 and "labels.csv" not in names, names  # 18 rows: 12 train, 3 val, 3 test
         for name in ["labels.csv", *names]:
             shutil.copy2(zoo / name, folder / name)
         r = run_cli("prepare", folder, "--shard", f"{node}/2", "--json")
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
-        assert doc["models"] == len(names) - (1 if "broken.onnx" in names else 0) and doc["shard"] == f"{node}/2"
+        assert doc["models"] == len(names) - (1 if "broken.onnx" in names else 0) and doc["shard"] == f"{node}/2", doc
         assert len(list((folder / ".nngraph-cache").glob("*.ngraph"))) == doc["models"]
     # the other shard's files are absent: preparing it here reports them, it does not convert anything
     r = run_cli("prepare", tmp_path / "node0" / "zoo", "--shard", "1/2", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["models"] == 0
+    assert r.returncode == 0 and json.loads(r.stdout)["models"] == 0, r.stdout + r.stderr
     # what torchrun --nnodes 2 --nproc-per-node 1 gives each machine's process (without its agents: half the start-up)
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-m", "nngraph.cli", "train", "zoo", *ARGS,
@@ -161,7 +161,7 @@ def test_shards_on_separate_machines(zoo, single, tmp_path):
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     assert (tmp_path / "out0.safetensors").is_file() and not (tmp_path / "out1.safetensors").exists()
-    assert results[1][0] == ""                                          # rank 1 prints nothing
+    assert results[1][0] == "", results[1][0]                           # rank 1 prints nothing
     assert_same_training(single[0], [json.loads(line) for line in results[0][0].splitlines()], single[1],
                          tmp_path / "out0.safetensors")
 
