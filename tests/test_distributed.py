@@ -98,18 +98,20 @@ def load_state(path):
 
 
 def assert_same_training(lines_a, lines_b, ckpt_a, ckpt_b):
-    """Same epochs, losses and metrics, and the same weights to float rounding of the reductions: measured
-    mean |Δ| 2e-8 (one element of 3,000 off by 6e-5, where Adam divides a near-zero gradient by its own
-    size); an unweighted uneven shard or per-rank input scales give 5e-5–8e-5 and max |Δ| 5e-3."""
+    """Same epochs, losses and metrics, and the same weights to float rounding of the reductions. Measured
+    over the 36,399 weights: no |Δ| above 1e-4 (the largest 6e-5, where Adam divides a near-zero gradient by
+    its own size), mean 2e-8; an unweighted uneven shard or per-rank input scales put 8 % / 5 % of them
+    above 1e-4 (mean 8e-5 / 5e-5). Kendall's τ is compared loosely: a 1e-7 change can reorder a near tie."""
     assert [d["epoch"] for d in lines_a[:-1]] == [d["epoch"] for d in lines_b[:-1]] == [1, 2, 3]
     for a, b in zip(lines_a[:-1], lines_b[:-1]):
         assert a.keys() == b.keys()
         for k in a:
-            assert a[k] == pytest.approx(b[k], rel=2e-4, abs=1e-5), (k, a, b)
+            assert a[k] == pytest.approx(b[k], rel=2e-4, abs=0.1 if "kendall" in k else 1e-5), (k, a, b)
     sa, sb = load_state(ckpt_a), load_state(ckpt_b)
     assert sa.keys() == sb.keys()
     diff = torch.cat([(sa[k] - sb[k]).abs().flatten() for k in sa])
-    assert diff.mean() < 1e-6 and diff.max() < 1e-3, (float(diff.mean()), float(diff.max()))
+    far = float((diff > 1e-4).float().mean())
+    assert far < 0.005 and diff.mean() < 5e-6, (far, float(diff.mean()), float(diff.max()))
 
 
 def test_two_processes_equal_one(zoo, single, tmp_path):
