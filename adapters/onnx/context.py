@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 
 from nngraph.errors import NNGraphError, UnsupportedModelError
-from nngraph.ir import EdgeBlock, NeuralGraph, NeuronSet, Param
-from nngraph.origin import Origin
+from nngraph.graph.ir import EdgeBlock, NeuralGraph, NeuronSet, Param
+from nngraph.graph.origin import Origin
 
 from .graphs import all_graphs, node_label, outer_names, subgraphs
 from .reader import OnnxModel
@@ -81,7 +81,7 @@ class LoweringContext:
     here or in ``graph``.
 
     Fields a rule reads: ``model`` (the :class:`~nngraph.adapters.onnx.reader.OnnxModel`),
-    ``graph`` (the :class:`~nngraph.ir.NeuralGraph` under construction: ``graph.sets``,
+    ``graph`` (the :class:`~nngraph.graph.ir.NeuralGraph` under construction: ``graph.sets``,
     ``graph.groups``, ``graph.add_block``, ``graph.tie``, ``graph.fix``), ``values`` (ONNX value
     name → :data:`~nngraph.adapters.onnx.values.Value`), ``consumers`` (value name → the nodes
     that read it), ``shapes`` / ``types`` (inferred static shapes, dims an int, a symbol or

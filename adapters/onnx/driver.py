@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.ir import NeuralGraph
-from nngraph.origin import Origin
+from nngraph.graph.ir import NeuralGraph
+from nngraph.graph.origin import Origin
 
 from .context import LoweringContext, Unfollowed
 from .graphs import all_graphs, node_label

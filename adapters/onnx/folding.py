@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.origin import Origin
-from onnx import numpy_helper
+from nngraph.graph.origin import Origin
 
 from .context import LoweringContext
 from .values import AUX, Const

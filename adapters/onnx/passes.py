@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from nngraph.errors import GraphError, UnsupportedModelError
-from nngraph.ir import Unmapped
-from nngraph.origin import Origin
+from nngraph.graph.ir import Unmapped
+from nngraph.graph.origin import Origin
 
 from .context import LoweringContext
 from .graphs import node_label

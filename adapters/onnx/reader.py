@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from nngraph.errors import InputError
-from onnx import TensorProto, helper, numpy_helper
 
 from .graphs import all_graphs
 from .wire import strip_weights

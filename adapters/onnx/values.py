@@ -3,7 +3,7 @@
 Every value becomes one of
 
 * :class:`Const` — a constant tensor (initializer, ``Constant`` node, or a folded constant
-  subgraph) together with the :class:`~nngraph.origin.Origin` that maps it back to its leaf;
+  subgraph) together with the :class:`~nngraph.graph.origin.Origin` that maps it back to its leaf;
 * :class:`Act` — an activation whose ``axis`` carries the neurons of one or more sets;
 * :class:`Stat` — a statistic over the neuron axis (a mean, a variance) that broadcasts back;
 * :class:`Scores` — attention scores of one attention layer;
@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nngraph.origin import Origin
+from nngraph.graph.origin import Origin
 
 
 @dataclass
