@@ -4,6 +4,8 @@ graph is faithful: exact round trip, and random symmetries compute the same func
 onnxruntime (``verify``). Whole-model behaviour is in test_onnx_*.py, pins in test_pins.py."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -454,3 +456,22 @@ def test_builtin_rules_are_registered_by_decorator():
     have = {(r.domain, r.op_type) for r in BUILTIN_RULES}
     assert {("", "Gemm"), ("", "Conv"), ("", "LSTM"), ("", "If"), ("", "Unsqueeze"), (MS, "Gelu"),
             (MS, "EmbedLayerNormalization"), ("", "Attention")} <= have
+
+
+def test_readme_rule_example_as_a_plugin(tmp_path, rng, install_plugin):
+    """The README's *Writing a rule* example, installed as a plugin: Hardmax (pinned without it,
+    see test_pins.py) becomes an activation on a tied copy, nothing is pinned and permuted models
+    still agree."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Writing a rule"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+    (tmp_path / "site").mkdir(exist_ok=True)
+    (tmp_path / "site" / "hardmax_rule_nngraph.py").write_text(code)
+    install_plugin("hardmax-rule", {"hardmax_rule": "hardmax_rule_nngraph"})
+    inits = {"W1": _w(rng, 4, 6), "W2": _w(rng, 6, 3)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("Hardmax", ["h"], ["m"], name="hard", axis=-1),
+             helper.make_node("MatMul", ["m", "W2"], ["y"], name="fc2")]
+    g = _lower(_model(tmp_path, nodes, [_f("x", [2, 4])], [_f("y", [2, 3])], inits))
+    assert not g.meta["pins"] and g.sets["hard"].activation == "other" and g.sets["hard"].attrs["op"] == "Hardmax"
+    assert _group(g, "hard") == _group(g, "fc1") and _free(g, "fc1") and g.free_fraction == 1.0
