@@ -43,9 +43,9 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json."""
-    from ..graph.fileformat import check_output
+    from ..files import check_output
     from ..learn.dataset import load_dataset
-    from ..learn.train import save_checkpoint
+    from ..learn.checkpoint import save_checkpoint
     from ..learn.train import train as _train
 
     check_output(output)            # before hours of training, not after
@@ -174,7 +174,7 @@ def embed(checkpoint, dataset, output, device, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
     import numpy as np
 
-    from ..graph.fileformat import check_output
+    from ..files import check_output
     from ..learn.dataset import load_dataset
     from ..learn.train import embed as _embed
 

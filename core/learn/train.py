@@ -1,15 +1,12 @@
 """Train, evaluate and apply an encoder + head on a dataset of networks.
 
-Checkpoints are safetensors (the model's tensors) with a JSON document in the header naming the
-encoder and head plugins and their configuration, the feature configuration and the target's
-normalisation — no pickle anywhere.
+The model and its checkpoint file live in :mod:`nngraph.learn.checkpoint`; this module is the
+training loop, the metrics and the batch pipeline shared by training and inference.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from .featurize import FeatureConfig, featurize
 from ..graph.ir import NeuralGraph
-from ..loader import registry
+from .checkpoint import GraphModel, load_checkpoint, resolve_device
 
 
 @dataclass
@@ -42,64 +39,8 @@ class TrainConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def encoder_config(self) -> dict:
-        cfg = {"hidden": self.hidden}
-        if self.encoder in ("ng-gnn", "ng-transformer"):
-            cfg["layers"] = self.layers
-        if self.encoder == "ng-transformer":
-            cfg["heads"] = self.heads
-        return cfg
-
-
-def resolve_device(name: str):
-    import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-class GraphModel:
-    """Encoder + head as one torch module (built lazily so that importing this file is cheap)."""
-
-    @staticmethod
-    def build(encoder: str, encoder_config: dict, head: str, out_dim: int, features: FeatureConfig,
-              input_scaling: bool = False, head_config: dict | None = None):
-        import torch
-        reg = registry()
-        enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim,
-                                           edge_dim=features.edge_dim, max_positions=features.max_positions)
-        if input_scaling:
-            _attach_input_scales(enc, features)
-        width = getattr(enc, "out_dim", encoder_config.get("hidden", 64))
-        hd = reg.head(head).factory(width, out_dim, **(head_config or {}))
-
-        class Model(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.encoder, self.head = enc, hd
-
-            def forward(self, batch):
-                return self.head(self.encoder(batch)[1])
-
-        return Model()
-
-
-def _attach_input_scales(enc, features: FeatureConfig) -> None:
-    """Buffers ``input_node_scale``/``input_edge_scale`` on the encoder (saved in its state dict) and a
-    forward pre-hook that applies them, so every caller of the encoder (training, prediction, embedding
-    alignment) sees the same scaled inputs."""
-    import torch
-
-    from .featurize import apply_scales
-    from ..graph.vocab import EDGE_KINDS
-    enc.register_buffer("input_node_scale", torch.ones(features.node_dim))
-    enc.register_buffer("input_edge_scale", torch.ones(len(EDGE_KINDS)))
-
-    def scale(module, args):
-        return (apply_scales(args[0], module.input_node_scale, module.input_edge_scale, features), *args[1:])
-
-    enc.register_forward_pre_hook(scale)
+        """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
+        return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads}
 
 
 def _labels(entries, cfg: TrainConfig, classes=None):
@@ -295,46 +236,6 @@ def _outputs(model, graphs, features, device, batch_size: int = 32, cache: dict 
 def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32, cache: dict | None = None):
     out = _outputs(model, graphs, features, device, batch_size, cache)
     return _decode(task, out, mean, std) if len(out) else np.zeros(0)
-
-
-def save_checkpoint(path, model, meta: dict) -> Path:
-    from safetensors.torch import save_file
-    import os
-    import tempfile
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata={"format": "nngraph-checkpoint", "nngraph": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path, device: str = "auto"):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["nngraph"])
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not an nngraph checkpoint ({type(e).__name__}: {e})") from None
-    features = FeatureConfig(**meta["features"])
-    try:
-        model = GraphModel.build(meta["encoder"], meta["encoder_config"], meta["head"], meta["out_dim"], features,
-                                 meta.get("input_scaling", False), meta.get("head_config"))
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise InputError(f"{path}: checkpoint does not match its encoder/head ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0]})") from None
-    dev = resolve_device(device)
-    return model.to(dev).eval(), meta, dev
 
 
 def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") -> dict[str, Any]:
