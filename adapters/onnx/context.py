@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from nngraph.errors import NNGraphError, UnsupportedModelError
+from nngraph.errors import GraphError, NNGraphError, UnsupportedModelError
 from nngraph.graph.ir import EdgeBlock, NeuralGraph, NeuronSet, Param
 from nngraph.graph.origin import Origin
 
@@ -452,31 +452,10 @@ class LoweringContext:
         """The tie group of ``k`` blocks that ``set_name``'s group is partitioned into (created or
         spliced into its chain of parents as needed): the set's neurons then permute within
         ``k`` blocks and the blocks as wholes. Grouped convs and attention heads use it."""
-        g = self.graph
-        group = g.groups[g.sets[set_name].group]
-        if group.size % k:
-            raise UnsupportedModelError(f"{self.model.path}: {group.size} neurons of {set_name!r} "
-                                        f"cannot form {k} blocks")
-        child = group
-        while True:
-            parent = g.groups.get(child.parent) if child.parent else None
-            if parent is None:
-                name = self.unique(f"{set_name}/{k}blocks")
-                g.add_group(name, k)
-                child.parent = name
-                return name
-            if parent.size == k:
-                return parent.name
-            if parent.size % k == 0 and parent.size > k:
-                child = parent                     # coarser blocks further up the chain
-                continue
-            if k % parent.size == 0:               # finer than the parent: splice in between
-                name = self.unique(f"{set_name}/{k}blocks")
-                g.add_group(name, k, parent=parent.name)
-                child.parent = name
-                return name
-            raise UnsupportedModelError(f"{self.model.path}: {set_name!r} would need both {parent.size} and "
-                                        f"{k} channel blocks; their symmetries do not nest")
+        try:
+            return self.graph.partition(set_name, k, new_name=self.unique)
+        except GraphError as e:
+            raise UnsupportedModelError(f"{self.model.path}: {e}") from None
 
     def split_set(self, set_name: str, sizes: list[int]) -> list[str]:
         """Split ``set_name`` into consecutive parts of ``sizes`` (a fused QKV projection, a

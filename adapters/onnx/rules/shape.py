@@ -142,13 +142,13 @@ def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple |
                 dims.append(v if isinstance(v, str) else known)
         if partial.count(-1) == 1 and src is not None and not isinstance(dims[partial.index(-1)], int):
             dims[partial.index(-1)] = None
-            dims[partial.index(-1)] = _infer_minus_one(src, dims)
+            dims[partial.index(-1)] = infer_minus_one(src, dims)
         return tuple(dims)
     raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
     dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
             for k, v in enumerate(raw)]
     if -1 in raw and src is not None:
-        dims[raw.index(-1)] = _infer_minus_one(src, dims)
+        dims[raw.index(-1)] = infer_minus_one(src, dims)
     return tuple(dims)
 
 
@@ -212,7 +212,7 @@ def _length(ctx: LoweringContext, name: str) -> int:
     return int(shape[0]) if shape and len(shape) == 1 and isinstance(shape[0], int) else 1
 
 
-def _infer_minus_one(src: tuple, dims: list) -> int | str | None:
+def infer_minus_one(src: tuple, dims: list) -> int | str | None:
     """The size of a reshape's -1 dim: static arithmetic, or with symbolic dims (batch,
     sequence) that appear on both sides cancelled, as exporters' own arithmetic implies."""
     rest = [d for d in dims if d is not None]
