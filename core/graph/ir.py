@@ -213,10 +213,11 @@ class NeuralGraph:
             parent = self.groups[parent].parent
         return None
 
-    def partition(self, set_name: str, k: int) -> str:
+    def partition(self, set_name: str, k: int, new_name=None) -> str:
         """The tie group of ``k`` blocks that ``set_name``'s group is partitioned into, created or
         spliced into its chain of parents as needed: grouped convolutions and attention heads move
-        their channels block-wise. Raises :class:`GraphError` when the sizes do not divide or the
+        their channels block-wise. ``new_name(base)`` names a group that has to be created (default:
+        ``base``, made unique). Raises :class:`GraphError` when the sizes do not divide or the
         blocks would not nest with an existing partition."""
         group = self.groups[self.sets[set_name].group]
         if k < 1 or group.size % k:
@@ -230,9 +231,14 @@ class NeuralGraph:
                 child = parent                     # coarser blocks further up the chain
                 continue
             if parent is None or k % parent.size == 0:      # new root, or finer than the parent: splice in
-                name, i = f"{set_name}/{k}blocks", 1
-                while name in self.groups:
-                    name, i = f"{set_name}/{k}blocks#{i}", i + 1
+                base = f"{set_name}/{k}blocks"
+                if new_name is not None:
+                    name = new_name(base)
+                else:
+                    name, i = base, 1
+                    while name in self.groups:
+                        i += 1
+                        name = f"{base}#{i}"
                 self.add_group(name, k, parent=parent.name if parent is not None else None)
                 child.parent = name
                 return name
