@@ -37,8 +37,8 @@ def test_featurizer_is_symmetry_consistent():
     for g in example_graphs():
         sym = g.random_symmetry(5)
         a, b = nngraph.featurize(g), nngraph.featurize(g.permute(sym))
-        from nngraph.testing import _node_perm
-        perm = _node_perm(g, sym)
+        from nngraph.testing import node_permutation
+        perm = node_permutation(g, sym)
         assert torch.equal(b.x, a.x[perm]) and torch.equal(b.node_pos, a.node_pos[perm])
         # the same (source, target) → features map, after renaming nodes
         ea = {(int(s), int(t)): tuple(np.round(f.numpy(), 5)) for (s, t), f in zip(a.edge_index.T, a.edge_attr)}

@@ -138,24 +138,30 @@ def param_columns(config: FeatureConfig = FeatureConfig()) -> slice:
     return slice(base, base + len(SLOTS))
 
 
-def feature_scales(datas, config: FeatureConfig = FeatureConfig()):
+def feature_scales(datas, config: FeatureConfig = FeatureConfig(), reduce=None):
     """Per-dataset input scales: ``(node_scale [node_dim], edge_scale [len(EDGE_KINDS)])``, multipliers
     that bring each parameter slot and each edge kind's non-zero taps to RMS 1 over ``datas``
-    (featurized graphs). Columns and kinds that never occur keep scale 1."""
+    (featurized graphs). Columns and kinds that never occur keep scale 1. ``reduce`` sums a tensor of
+    partial sums over processes (distributed training: each rank passes its own graphs, all get the
+    scales of the union)."""
     import torch
     node = torch.ones(config.node_dim)
     edge = torch.ones(len(EDGE_KINDS))
-    if not datas:
+    if not datas and reduce is None:
         return node, edge
     cols = param_columns(config)
-    x = torch.cat([d.x[:, cols] for d in datas])
-    nz = (x != 0).sum(0)
-    rms = torch.sqrt((x * x).sum(0) / nz.clamp(min=1))
-    node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms))
-    taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas])
-    kind = torch.cat([d.edge_kind for d in datas])
+    x = torch.cat([d.x[:, cols] for d in datas]) if datas else torch.zeros(0, cols.stop - cols.start)
+    nz, xx = (x != 0).sum(0), (x * x).sum(0)
+    taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas]) if datas else torch.zeros(0, config.taps)
+    kind = torch.cat([d.edge_kind for d in datas]) if datas else torch.zeros(0, dtype=torch.long)
     sq = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps * taps).sum(1))
     cnt = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps != 0).sum(1).float())
+    if reduce is not None:
+        sums = reduce(torch.cat([xx.double(), nz.double(), sq.double(), cnt.double()]))
+        xx, nz, sq, cnt = (t.to(ref.dtype) for t, ref in zip(sums.split([len(xx), len(nz), len(sq), len(cnt)]),
+                                                             (xx, nz, sq, cnt)))
+    rms = torch.sqrt(xx / nz.clamp(min=1))
+    node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms))
     rms = torch.sqrt(sq / cnt.clamp(min=1))
     edge = torch.where((cnt > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), edge)
     return node, edge

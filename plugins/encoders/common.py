@@ -19,7 +19,7 @@ class InputEmbedding(nn.Module):
     embedding of their position, since no symmetry moves them."""
 
     def __init__(self, hidden: int, node_dim: int = DEFAULT.node_dim, edge_dim: int = DEFAULT.edge_dim,
-                 max_positions: int = DEFAULT.max_positions):
+                 max_positions: int = DEFAULT.max_positions, **unused):   # other encoder options (EncoderSpec)
         super().__init__()
         self.node = mlp(node_dim, hidden, hidden)
         self.edge = mlp(edge_dim, hidden, hidden)
@@ -48,8 +48,14 @@ def graph_index(batch) -> tuple[torch.Tensor, int]:
 
 
 class LayeredEncoder(nn.Module):
-    """Embed nodes and edges, run ``layers`` (each ``(h, e, edge_index) → (h, e)``), then pool
-    mean and max per graph and read out. The message-passing encoders differ only in their layer."""
+    r"""Embed nodes and edges, run ``layers`` (each ``(h, e, edge_index) → (h, e)``), then pool
+    mean and max per graph and read out. The message-passing encoders differ only in their layer.
+
+    .. math::
+        \mathbf{g} = \rho\Big(\operatorname{mean}_{i} \mathbf{h}^{(L)}_i \,\|\,
+            \max_{i} \mathbf{h}^{(L)}_i\Big)
+
+    Returns ``(node embeddings (N, d), graph embeddings (B, out_dim))``."""
 
     def __init__(self, make_layer, layers: int, hidden: int, out_dim: int | None = None, **features):
         super().__init__()

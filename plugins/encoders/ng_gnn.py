@@ -55,6 +55,38 @@ def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tenso
 
 
 class NGGNNLayer(nn.Module):
+    r"""One NG-GNN layer (Kofinas et al., ICLR 2024, §3.2): edge update, then node update from PNA
+    aggregates along and against the network's direction.
+
+    .. math::
+        \mathbf{e}'_{ij} = \mathbf{e}_{ij} + \phi_e\big(\mathbf{h}_i \,\|\, \mathbf{h}_j \,\|\,
+            \mathbf{e}_{ij}\big)
+
+        \mathbf{m}^{\rightarrow}_j = \bigoplus_{i \in \mathcal{N}^{\mathrm{in}}(j)}
+            \phi_{\rightarrow}\big(\mathbf{h}_i \,\|\, \mathbf{e}'_{ij}\big), \qquad
+        \mathbf{m}^{\leftarrow}_i = \bigoplus_{j \in \mathcal{N}^{\mathrm{out}}(i)}
+            \phi_{\leftarrow}\big(\mathbf{h}_j \,\|\, \mathbf{e}'_{ij}\big)
+
+        \mathbf{h}'_j = \mathbf{h}_j + \phi_h\big(\mathbf{h}_j \,\|\, \mathbf{m}^{\rightarrow}_j
+            \,\|\, \mathbf{m}^{\leftarrow}_j\big)
+
+    where edge :math:`(i, j)` runs from neuron :math:`i` to neuron :math:`j` in the network,
+    :math:`\bigoplus` concatenates mean, max, sum and standard deviation (PNA without degree
+    scalers), each :math:`\phi` is a two-layer SiLU MLP, and ``norm="layer"`` applies a LayerNorm
+    after both residual updates. Every operation is per node or per edge followed by a
+    permutation-invariant aggregation, so the layer is equivariant to any node permutation — in
+    particular to the network's neuron symmetries.
+
+    Args:
+        hidden: width :math:`d` of node and edge states.
+        norm: ``"none"`` (default) or ``"layer"``.
+
+    Shapes:
+        input: node states :math:`(N, d)`, edge states :math:`(E, d)`, ``edge_index`` :math:`(2, E)`
+        (row 0 the source neuron, row 1 the target).
+        output: :math:`(N, d)`, :math:`(E, d)`.
+    """
+
     def __init__(self, hidden: int, norm: str = "none"):
         super().__init__()
         if norm not in ("none", "layer"):
