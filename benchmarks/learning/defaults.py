@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from nngraph.learn import checkpoint as checkpoint_mod
 from nngraph.learn import train as train_mod
 from nngraph.learn.dataset import load_dataset
 from nngraph.learn.featurize import FeatureConfig
@@ -97,6 +98,7 @@ def install_probes(data, k: int) -> ProbeFeatures:
     featurize.__wrapped__ = original
     train_mod.featurize = featurize
     train_mod.FeatureConfig = ProbeFeatures    # checkpoints with probe columns load back
+    checkpoint_mod.FeatureConfig = ProbeFeatures
     return ProbeFeatures(probes=k)
 
 
@@ -107,7 +109,7 @@ def run(data, target: str, task: str, setting: str, seed: int, epochs: int, feat
     start = time.perf_counter()
     model, meta, history = train_mod.train(data, cfg, progress=False)
     seconds = time.perf_counter() - start
-    path = train_mod.save_checkpoint(f"{tmp}/{setting}.safetensors", model, meta)
+    path = checkpoint_mod.save_checkpoint(f"{tmp}/{setting}.safetensors", model, meta)
     key = PRIMARY[task]
     return {"train": train_mod.evaluate(path, data, "train")[key], "test": train_mod.evaluate(path, data, "test")[key],
             "epochs": len(history), "seconds": seconds}
