@@ -10,7 +10,7 @@ number of torch threads and epochs; graphs/s = epochs × training networks / sec
 clock and by the process's CPU time (the steadier of the two on a machine shared with other jobs:
 with ``--threads 1`` it is the compute each model needed).
 
-* ours: ``nngraph.train.train`` with the ``TrainConfig`` defaults (ng-gnn) — everything a user's
+* ours: ``nngraph.learn.train.train`` with the ``TrainConfig`` defaults (ng-gnn) — everything a user's
   ``ngraph train`` does, featurization and per-epoch metrics included.
 * reference: ``nn.gnn.GNNForClassification`` with the ``PNA`` backbone and the graph constructor
   configured as its INR-classification ``model/pna.yaml`` (sin embedding, edge updates, modulated
