@@ -134,7 +134,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:
-            runs = [run(data, args.target, args.task, setting, s, args.epochs, features, tmp) for s in range(args.seeds)]
+            runs = [run(data, args.target, args.task, setting, s, args.epochs, features, tmp)
+                    for s in range(args.seeds)]
             row = {"setting": setting, "seeds": len(runs)}
             for key in ("train", "test", "epochs", "seconds"):
                 v = np.array([r[key] for r in runs], float)

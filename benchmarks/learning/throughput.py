@@ -101,7 +101,8 @@ def write_stubs(folder: Path) -> list[str]:
     try:                          # PyG ≥ 2.4 renamed the module the reference imports TrimToLayer from
         importlib.import_module("torch_geometric.utils.trim_to_layer")
     except ModuleNotFoundError:
-        sys.modules["torch_geometric.utils.trim_to_layer"] = importlib.import_module("torch_geometric.utils._trim_to_layer")
+        renamed = importlib.import_module("torch_geometric.utils._trim_to_layer")
+        sys.modules["torch_geometric.utils.trim_to_layer"] = renamed
         written.add("torch_geometric.utils.trim_to_layer")
     return sorted(written)
 
@@ -242,7 +243,8 @@ def main() -> None:
         for name in ("ours", "reference"):
             r = runs[name]
             print(f"{name:10s} {r['graphs_per_s']:8.1f} graphs/s wall, {r['graphs_per_cpu_s']:8.1f} per CPU-second  "
-                  f"({r['seconds']:.1f} s, {r['parameters']} parameters, last epoch train loss {r['last_train_loss']:.3f})")
+                  f"({r['seconds']:.1f} s, {r['parameters']} parameters, "
+                  f"last epoch train loss {r['last_train_loss']:.3f})")
         print(f"ratio ours / reference: {doc['ratio']:.2f}× wall-clock, {doc['ratio_cpu']:.2f}× CPU time")
 
 
