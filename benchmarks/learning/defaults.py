@@ -9,11 +9,10 @@ Settings:
   dropout     ``dropout=0.1`` (in the head)
   early-stop  ``val_fraction=0.2, patience=8``: a fifth of the training networks held out, the best
               validation epoch kept
-  probes      probe features (Kofinas et al.): every neuron's output for ``--probes`` fixed random
-              inputs (standard normal, the same for every network) appended to its node features,
-              computed with the model file's adapter (``activations`` runtime hook; input neurons get
-              the input values), divided by their RMS over the training networks. A prototype: it
-              lives in this script (``ProbeFeatures`` extends ``FeatureConfig``), not in the library.
+  probes      probe features (``FeatureConfig(probes=K)``, ``ngraph train --probes K``; Kofinas et al.):
+              every neuron's output for ``--probes`` fixed inputs (the adapter's example inputs for
+              seeds 0..K-1, the same for every network) as node features, scaled to RMS 1 over the
+              training networks by input scaling (``nngraph.learn.probes``).
 
 Random-symmetry augmentation and edge-direction features are not settings here: every encoder is
 exactly invariant to neuron permutations (``EncoderConformance``), so permuting a training network
@@ -26,7 +25,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -44,68 +43,10 @@ SETTINGS = {
 }
 
 
-@dataclass(frozen=True)
-class ProbeFeatures(FeatureConfig):
-    """``FeatureConfig`` plus ``probes`` node-feature columns after the library's own."""
-    probes: int = 0
-
-    @property
-    def node_dim(self) -> int:
-        return super().node_dim + self.probes
-
-    def base(self) -> FeatureConfig:
-        return FeatureConfig(taps=self.taps, scale=self.scale, max_positions=self.max_positions)
-
-
-def probe_values(entry, k: int, seed: int = 1234) -> np.ndarray:
-    """[num_nodes, k]: each neuron's output for k fixed random inputs (node order of featurize)."""
-    from nngraph.api import find_adapter
-    adapter = find_adapter(entry.path)
-    if adapter.activations is None or adapter.example_inputs is None:
-        raise SystemExit(f"{entry.path}: its adapter ({adapter.name}) cannot run the model for probe features")
-    g = entry.graph
-    shapes = {name: (v.shape, v.dtype) for name, v in adapter.example_inputs(entry.path, 0).items()}
-    rng = np.random.default_rng(seed)
-    probes = [{n: rng.standard_normal(s).astype(dt) for n, (s, dt) in shapes.items()} for _ in range(k)]
-    offsets = g.set_offsets()
-    out = np.zeros((g.num_nodes, k), np.float32)
-    for j, feeds in enumerate(probes):
-        acts = adapter.activations(entry.path, g, feeds)
-        for name, s in g.sets.items():
-            if name in acts:
-                out[offsets[name]:offsets[name] + s.size, j] = acts[name].mean(axis=0)
-            elif s.role == "input" and name in feeds:
-                out[offsets[name]:offsets[name] + s.size, j] = feeds[name].reshape(-1, s.size).mean(axis=0)
-    return out
-
-
-def install_probes(data, k: int) -> ProbeFeatures:
-    """Compute probe values for every network and make training featurize them into ``x``."""
-    import torch
-    table = {id(e.graph): probe_values(e, k) for e in data.entries}
-    train_ids = [id(e.graph) for e in data.split("train")]
-    rms = np.sqrt(np.mean(np.concatenate([table[i] for i in train_ids]) ** 2, axis=0)).clip(min=1e-12)
-    table = {i: torch.from_numpy(v / rms) for i, v in table.items()}
-    original = train_mod.featurize.__wrapped__ if hasattr(train_mod.featurize, "__wrapped__") else train_mod.featurize
-
-    def featurize(graph, config=FeatureConfig()):
-        if not isinstance(config, ProbeFeatures) or not config.probes:
-            return original(graph, config)
-        d = original(graph, config.base())
-        d.x = torch.cat([d.x, table[id(graph)]], dim=1)
-        return d
-
-    featurize.__wrapped__ = original
-    train_mod.featurize = featurize
-    train_mod.FeatureConfig = ProbeFeatures    # checkpoints with probe columns load back
-    checkpoint_mod.FeatureConfig = ProbeFeatures
-    return ProbeFeatures(probes=k)
-
-
 def run(data, target: str, task: str, setting: str, seed: int, epochs: int, features, tmp: str) -> dict:
     cfg = train_mod.TrainConfig(target=target, task=task, epochs=epochs, seed=seed, **SETTINGS[setting])
     if setting == "probes":
-        cfg = replace(cfg, features=features)
+        cfg = replace(cfg, features=FeatureConfig(probes=features))
     start = time.perf_counter()
     model, meta, history = train_mod.train(data, cfg, progress=False)
     seconds = time.perf_counter() - start
@@ -130,7 +71,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, progress=False)
-    features = install_probes(data, args.probes) if "probes" in args.settings else None
+    features = args.probes
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..learn.featurize import FeatureConfig
 from ..learn.train import TrainConfig
 from .app import cli, emit_json, err, out
 
@@ -34,13 +35,15 @@ from .app import cli, emit_json, err, out
 @click.option("--patience", default=TrainConfig.patience, show_default=True, type=click.IntRange(0),
               help="Early stopping: stop after this many epochs without a lower validation loss, keep the best (0: off).")
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
+@click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
+              help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, threads, device, seed, output, as_json):
+          patience, no_input_scaling, probes, threads, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
@@ -71,7 +74,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      device=device, seed=seed)
+                      device=device, seed=seed, features=FeatureConfig(probes=probes))
     interactive = not as_json and err.is_terminal and main
 
     def log(record):
@@ -216,7 +219,7 @@ def predict(checkpoint, models, device, as_json):
     from ..learn.train import predict as _predict
 
     graphs = [load(m) if m.suffix == ".ngraph" else _convert(m) for m in models]
-    values = _predict(checkpoint, graphs, device)
+    values = _predict(checkpoint, graphs, device, paths=list(models))
     if as_json:
         emit_json([{"model": str(m), "prediction": v} for m, v in zip(models, values)])
     else:
@@ -242,7 +245,7 @@ def embed(checkpoint, dataset, output, device, as_json):
 
     check_output(output)
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
-    vectors = _embed(checkpoint, [e.graph for e in data.entries], device)
+    vectors = _embed(checkpoint, [e.graph for e in data.entries], device, paths=[e.path for e in data.entries])
     names = np.array([e.row["model"] for e in data.entries])
     with open(output, "wb") as f:
         np.savez(f, names=names, embeddings=vectors, checkpoint=np.array(str(Path(checkpoint).resolve())))
@@ -269,7 +272,7 @@ def search(embeddings, model, k, device, as_json):
     if not {"names", "embeddings", "checkpoint"} <= set(table):
         raise InputError(f"{embeddings}: not an `ngraph embed` file")
     graph = load(model) if model.suffix == ".ngraph" else _convert(model)
-    query = _embed(str(table["checkpoint"]), [graph], device)[0]
+    query = _embed(str(table["checkpoint"]), [graph], device, paths=[model])[0]
     sims = table["embeddings"] @ query
     top = np.argsort(-sims)[:k]
     hits = [{"model": str(table["names"][i]), "similarity": float(sims[i])} for i in top]

@@ -26,6 +26,7 @@ import numpy as np
 from ..graph.ir import NeuralGraph
 from ..graph.materialize import block_edges
 from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
+from .probes import PROBE
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
 
@@ -35,12 +36,18 @@ class FeatureConfig:
     taps: int = 9                 # edge-vector length (kernels and flatten taps resampled to it)
     scale: str = "none"           # none | block | graph
     max_positions: int = 4096     # fixed-neuron positions beyond this wrap around
+    probes: int = 0               # probe-feature columns: neuron outputs on fixed inputs (learn.probes)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @property
     def node_dim(self) -> int:
+        return self.base_node_dim + self.probes
+
+    @property
+    def base_node_dim(self) -> int:
+        """Columns before the probe features: roles, activation, parameter slots, depth, fixed."""
         return len(ROLES) + len(ACTIVATIONS) + 1 + 2 * len(SLOTS) + 2
 
     @property
@@ -91,14 +98,18 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
         x[rows, ROLE_IDS[s.role]] = 1
         x[rows, len(ROLES) + ACTIVATION_IDS.get(s.activation, 0)] = 1
         for key, p in s.arrays.items():
+            if key == PROBE:
+                if config.probes:
+                    x[rows, config.base_node_dim:] = np.asarray(p.data, np.float32)[:, :config.probes]
+                continue
             k = SLOTS.index(_slot(key))
             v = np.asarray(p.data, np.float32).reshape(n, -1).mean(axis=1)
             x[rows, base + k] += v
             x[rows, base + len(SLOTS) + k] = 1
-        x[rows, -2] = s.depth / max_depth
+        x[rows, config.base_node_dim - 2] = s.depth / max_depth
         depth[rows] = s.depth
         if s.group in fixed:
-            x[rows, -1] = 1
+            x[rows, config.base_node_dim - 1] = 1
             pos[rows] = (fixed_seen + np.arange(n)) % config.max_positions
             fixed_seen += n
     ei, ea, ek, ed = [], [], [], []
@@ -138,9 +149,15 @@ def param_columns(config: FeatureConfig = FeatureConfig()) -> slice:
     return slice(base, base + len(SLOTS))
 
 
+def scaled_columns(config: FeatureConfig = FeatureConfig()) -> list[int]:
+    """Node columns that input scaling brings to RMS 1: parameter slots and probe features."""
+    return [*range(param_columns(config).start, param_columns(config).stop),
+            *range(config.base_node_dim, config.node_dim)]
+
+
 def feature_scales(datas, config: FeatureConfig = FeatureConfig(), reduce=None):
     """Per-dataset input scales: ``(node_scale [node_dim], edge_scale [len(EDGE_KINDS)])``, multipliers
-    that bring each parameter slot and each edge kind's non-zero taps to RMS 1 over ``datas``
+    that bring each parameter slot, each probe column and each edge kind's non-zero taps to RMS 1 over ``datas``
     (featurized graphs). Columns and kinds that never occur keep scale 1. ``reduce`` sums a tensor of
     partial sums over processes (distributed training: each rank passes its own graphs, all get the
     scales of the union)."""
@@ -149,8 +166,8 @@ def feature_scales(datas, config: FeatureConfig = FeatureConfig(), reduce=None):
     edge = torch.ones(len(EDGE_KINDS))
     if not datas and reduce is None:
         return node, edge
-    cols = param_columns(config)
-    x = torch.cat([d.x[:, cols] for d in datas]) if datas else torch.zeros(0, cols.stop - cols.start)
+    cols = scaled_columns(config)
+    x = torch.cat([d.x[:, cols] for d in datas]) if datas else torch.zeros(0, len(cols))
     nz, xx = (x != 0).sum(0), (x * x).sum(0)
     taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas]) if datas else torch.zeros(0, config.taps)
     kind = torch.cat([d.edge_kind for d in datas]) if datas else torch.zeros(0, dtype=torch.long)

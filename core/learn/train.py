@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from .featurize import FeatureConfig, featurize
+from .probes import attach_all
 from ..graph.ir import NeuralGraph
 from .checkpoint import GraphModel, load_checkpoint, resolve_device
 
@@ -165,6 +166,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                              cfg.input_scaling, head_config).to(device)
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
+    if cfg.features.probes:
+        attach_all(graphs_tr + [e.graph for e in va], [e.path for e in tr + va], cfg.features.probes)
     cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr) if g is not None}
     cache_va: dict = {}
     if cfg.input_scaling:
@@ -271,26 +274,33 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
         raise InputError(f"{dataset.root}: no models in split {split!r}")
     cfg = TrainConfig(target=meta["target"], task=meta["task"])
     y, _ = _labels(entries, cfg, meta["classes"])
-    pred = _predict(model, [e.graph for e in entries], FeatureConfig(**meta["features"]), dev, meta["task"],
-                    meta["y_mean"], meta["y_std"])
+    features = FeatureConfig(**meta["features"])
+    attach_all([e.graph for e in entries], [e.path for e in entries], features.probes)
+    pred = _predict(model, [e.graph for e in entries], features, dev, meta["task"], meta["y_mean"], meta["y_std"])
     out = metrics(meta["task"], y, pred)
     out["n"] = len(entries)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> list:
+def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None) -> list:
+    """Each graph's prediction (class name or value). ``paths``: the graphs' model files, needed when
+    the checkpoint was trained with probe features."""
     model, meta, dev = load_checkpoint(ckpt, device)
-    pred = _predict(model, graphs, FeatureConfig(**meta["features"]), dev, meta["task"], meta["y_mean"], meta["y_std"])
+    features = FeatureConfig(**meta["features"])
+    attach_all(graphs, paths, features.probes)
+    pred = _predict(model, graphs, features, dev, meta["task"], meta["y_mean"], meta["y_std"])
     if meta["task"] == "classification":
         return [meta["classes"][int(i)] for i in pred]
     return [float(v) for v in pred]
 
 
-def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> np.ndarray:
-    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's."""
+def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None) -> np.ndarray:
+    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's.
+    ``paths`` as in :func:`predict`."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
     features = FeatureConfig(**meta["features"])
+    attach_all(graphs, paths, features.probes)
     out = []
     with torch.no_grad():
         for batch in _batches(graphs, np.zeros(len(graphs)), features, 32, False, None):
