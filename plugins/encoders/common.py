@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from nngraph.featurize import FeatureConfig
+from nngraph.learn.featurize import FeatureConfig
 
 DEFAULT = FeatureConfig()
 

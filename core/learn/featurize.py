@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .ir import NeuralGraph
-from .materialize import block_edges
-from .vocab import ACTIVATIONS, EDGE_KINDS, ROLES
+from ..graph.ir import NeuralGraph
+from ..graph.materialize import block_edges
+from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
 
@@ -83,15 +83,13 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
     x = np.zeros((N, config.node_dim), np.float32)
     pos = np.full(N, -1, np.int64)
     depth = np.zeros(N, np.int64)
-    role_ids = {r: i for i, r in enumerate(ROLES)}
-    act_ids = {a: i + 1 for i, a in enumerate(ACTIVATIONS)}
     base = len(ROLES) + len(ACTIVATIONS) + 1
     fixed_seen = 0
     for s in sets:
         o, n = offsets[s.name], s.size
         rows = slice(o, o + n)
-        x[rows, role_ids[s.role]] = 1
-        x[rows, len(ROLES) + act_ids.get(s.activation, 0)] = 1
+        x[rows, ROLE_IDS[s.role]] = 1
+        x[rows, len(ROLES) + ACTIVATION_IDS.get(s.activation, 0)] = 1
         for key, p in s.arrays.items():
             k = SLOTS.index(_slot(key))
             v = np.asarray(p.data, np.float32).reshape(n, -1).mean(axis=1)
@@ -104,7 +102,6 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
             pos[rows] = (fixed_seen + np.arange(n)) % config.max_positions
             fixed_seen += n
     ei, ea, ek, ed = [], [], [], []
-    kind_ids = {k: i for i, k in enumerate(EDGE_KINDS)}
     weights = [b.weight for b in graph.blocks if b.weight is not None]
     graph_rms = float(np.sqrt(np.mean([np.mean(np.square(np.asarray(w.data, np.float64))) for w in weights]))) \
         if weights and config.scale == "graph" else 1.0
@@ -124,9 +121,9 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
                 taps = taps / max(graph_rms, 1e-12)
         attr = np.zeros((E, config.edge_dim), np.float32)
         attr[:, :config.taps] = _resample(taps, config.taps)
-        attr[:, config.taps + kind_ids[b.kind]] = 1
+        attr[:, config.taps + EDGE_KIND_IDS[b.kind]] = 1
         ea.append(attr)
-        ek.append(np.full(E, kind_ids[b.kind], np.int64))
+        ek.append(np.full(E, EDGE_KIND_IDS[b.kind], np.int64))
         ed.append(np.full(E, graph.sets[b.target].depth, np.int64))
     cat = lambda parts, shape, dtype: np.concatenate(parts) if parts else np.zeros(shape, dtype)  # noqa: E731
     t = torch.from_numpy
