@@ -64,7 +64,8 @@ def forward(Ws, bs, x):
 
 def fit(n: int, seed: int, size: int = 16, steps: int = 500, lr: float = 1e-3):
     """Fit ``n`` SIRENs at once; returns weights, biases, labels, digit indices, final MSEs and the
-    mean relative weight change from init (how far the fit moved the weights)."""
+    mean relative weight change from init (how far the fit moved the weights) and the images the
+    INRs render."""
     g = torch.Generator().manual_seed(seed)
     target, labels, pick = images(size, n, seed)
     lin = torch.linspace(-1, 1, size)
@@ -78,9 +79,10 @@ def fit(n: int, seed: int, size: int = 16, steps: int = 500, lr: float = 1e-3):
         loss.sum().backward()
         opt.step()
     with torch.no_grad():
-        mse = ((forward(Ws, bs, grid) - target) ** 2).mean(1)
+        rendered = forward(Ws, bs, grid)
+        mse = ((rendered - target) ** 2).mean(1)
         moved = float(np.mean([((W - W0).norm() / W0.norm()).item() for W, W0 in zip(Ws, init)]))
-    return [W.detach() for W in Ws], [b.detach() for b in bs], labels, pick, mse, moved
+    return [W.detach() for W in Ws], [b.detach() for b in bs], labels, pick, mse, moved, rendered
 
 
 def main() -> None:
@@ -93,11 +95,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    Ws, bs, labels, pick, mse, moved = fit(args.n, args.seed, args.size, args.steps)
+    Ws, bs, labels, pick, mse, moved, rendered = fit(args.n, args.seed, args.size, args.steps)
     write_population(args.out, Ws, bs, args.test_fraction, lambda i: {
         "label": int(labels[i]), "digit_index": int(pick[i]), "fit_mse": round(float(mse[i]), 6)}, act=Sine)
     print(f"{args.n} SIRENs → {args.out} (fit MSE mean {float(mse.mean()):.5f}, max {float(mse.max()):.5f}; "
-          f"weights moved {moved:.2f}× their init norm)")
+          f"weights moved {moved:.2f}× their init norm; the rendered images, classified by logistic "
+          f"regression on the same split: test accuracy {render_check(rendered, labels, args.test_fraction):.3f})")
+
+
+def render_check(rendered, labels, test_fraction: float) -> float:
+    """Test accuracy of logistic regression on the images the INRs render (same train/test split):
+    an upper reference for what the weights can tell, and a check the fits kept the digit."""
+    from sklearn.linear_model import LogisticRegression
+    n_test = int(round(len(labels) * test_fraction))
+    x, y = rendered.numpy(), np.asarray(labels)
+    model = LogisticRegression(max_iter=2000).fit(x[:-n_test], y[:-n_test])
+    return float(model.score(x[-n_test:], y[-n_test:]))
 
 
 if __name__ == "__main__":
