@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nngraph.learn.dataset import load_dataset
 from nngraph import featurize
+from nngraph.learn.dataset import load_dataset
 from nngraph.learn.train import TrainConfig, evaluate, metrics, save_checkpoint, train
 
 PRIMARY = {"classification": "accuracy", "regression": "kendall_tau"}
