@@ -72,7 +72,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", type=Path)
     args = ap.parse_args()
-    docs = {d["name"]: d for d in (json.loads(p.read_text()) for p in args.results)}
+    docs: dict[str, dict] = {}
+    for path in args.results:              # files of one population (methods run apart) are joined
+        doc = json.loads(path.read_text())
+        if doc["name"] in docs:
+            docs[doc["name"]]["rows"] += doc["rows"]
+        else:
+            docs[doc["name"]] = doc
     for doc in docs.values():
         print(table(doc) + "\n")
     print("\n".join(f"- {g}" for g in goals(docs)))
