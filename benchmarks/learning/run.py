@@ -5,9 +5,9 @@ outside baselines on one population of networks.
         [--epochs 40] [--encoders ng-gnn ng-transformer statnn deepsets] [--no-baselines] [--threads N]
         [--json] [--out RESULT.json] [--name NAME]
 
-DATASET is a folder made by one of the generators here (make_freq.py, make_tasks.py) or by
-examples/make_zoo.py: labels.csv with a train/test split. Encoders train with the ``TrainConfig``
-defaults (plus ``--epochs``); the metric is accuracy (classification) or Kendall τ (regression).
+DATASET is a folder made by one of the generators here (make_freq.py, make_tasks.py, make_inr.py,
+make_hetero.py) or by examples/make_zoo.py: labels.csv with a train/test split. Encoders train with
+the ``TrainConfig`` defaults (plus ``--epochs``); the metric is accuracy (classification) or Kendall τ (regression).
 Baselines: ``stats+gbt`` — per-depth weight statistics (``statnn.weight_statistics``) into
 scikit-learn gradient boosting; ``flat+linear`` — every weight and bias in graph order (zero-padded
 to the longest network) into logistic regression (classification) or ridge regression.
