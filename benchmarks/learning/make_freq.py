@@ -50,18 +50,19 @@ def fit(n: int, seed: int, steps: int = 600, points: int = 512):
     return [W.detach() for W in Ws], [b.detach() for b in bs], labels, loss.detach()
 
 
-def to_module(Ws, bs, i: int) -> nn.Module:
+def to_module(Ws, bs, i: int, act=nn.ReLU) -> nn.Module:
+    """Network ``i`` of the stacked weights as an ``nn.Sequential`` with ``act()`` between layers."""
     layers = []
     for k, (W, b) in enumerate(zip(Ws, bs)):
         lin = nn.Linear(W.shape[2], W.shape[1])
         with torch.no_grad():
             lin.weight.copy_(W[i])
             lin.bias.copy_(b[i])
-        layers += [lin, nn.ReLU()] if k < len(Ws) - 1 else [lin]
+        layers += [lin, act()] if k < len(Ws) - 1 else [lin]
     return nn.Sequential(*layers).eval()
 
 
-def write_population(out: Path, Ws, bs, test_fraction: float, columns) -> None:
+def write_population(out: Path, Ws, bs, test_fraction: float, columns, act=nn.ReLU) -> None:
     """Export network i of the stacked weights as ``mlp_{i:04d}.onnx`` into ``out`` and write
     ``labels.csv`` (model, split — the last ``test_fraction`` are test —, then ``columns(i)``)."""
     n = len(Ws[0])
@@ -72,7 +73,7 @@ def write_population(out: Path, Ws, bs, test_fraction: float, columns) -> None:
         warnings.simplefilter("ignore")
         for i in range(n):
             name = f"mlp_{i:04d}.onnx"
-            torch.onnx.export(to_module(Ws, bs, i), (torch.zeros(1, Ws[0].shape[-1]),), out / name, dynamo=False,
+            torch.onnx.export(to_module(Ws, bs, i, act), (torch.zeros(1, Ws[0].shape[-1]),), out / name, dynamo=False,
                               input_names=["x"], output_names=["y"])
             rows.append({"model": name, "split": "test" if i >= n - n_test else "train", **columns(i)})
     with open(out / "labels.csv", "w", newline="") as f:

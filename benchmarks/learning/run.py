@@ -2,30 +2,34 @@
 outside baselines on one population of networks.
 
     python benchmarks/learning/run.py DATASET --target label --task classification [--seeds 3]
-        [--epochs 40] [--encoders ng-gnn ng-transformer statnn deepsets] [--no-baselines] [--json]
+        [--epochs 40] [--encoders ng-gnn ng-transformer statnn deepsets] [--no-baselines] [--threads N]
+        [--json] [--out RESULT.json] [--name NAME]
 
-DATASET is a folder made by one of the generators here (make_freq.py, make_tasks.py) or by
-examples/make_zoo.py: labels.csv with a train/test split. Encoders train with the ``TrainConfig``
-defaults (plus ``--epochs``); the metric is accuracy (classification) or Kendall τ (regression).
+DATASET is a folder made by one of the generators here (make_freq.py, make_tasks.py, make_inr.py,
+make_hetero.py) or by examples/make_zoo.py: labels.csv with a train/test split. Encoders train with
+the ``TrainConfig`` defaults (plus ``--epochs``); the metric is accuracy (classification) or Kendall τ (regression).
 Baselines: ``stats+gbt`` — per-depth weight statistics (``statnn.weight_statistics``) into
 scikit-learn gradient boosting; ``flat+linear`` — every weight and bias in graph order (zero-padded
 to the longest network) into logistic regression (classification) or ridge regression.
 Throughput is training graphs/s (epochs × training networks / seconds, featurization included);
 peak memory is the process's resident-set high-water mark after each encoder (it only grows, so it
-bounds that encoder's peak from above).
+bounds that encoder's peak from above). ``--out`` writes the summary (and every seed's numbers)
+as JSON, rewritten after each method so a long run leaves its finished rows behind.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+from nngraph import featurize
 from nngraph.learn.dataset import load_dataset
-from nngraph.learn.featurize import featurize
 from nngraph.learn.checkpoint import save_checkpoint
 from nngraph.learn.train import TrainConfig, evaluate, metrics, train
 
@@ -92,10 +96,12 @@ def run_baselines(data, target: str, task: str, seed: int) -> dict[str, dict]:
 
 
 def summarize(name: str, runs: list[dict]) -> dict:
+    """Mean and (population) std over seeds of every number, plus the per-seed values."""
     row = {"method": name, "seeds": len(runs)}
     for key in runs[0]:
         values = np.array([r[key] for r in runs], float)
         row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+    row["per_seed"] = runs
     return row
 
 
@@ -109,28 +115,35 @@ def main() -> None:
     ap.add_argument("--encoders", nargs="*", default=["ng-gnn", "ng-transformer", "statnn", "deepsets"])
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON instead of lines")
+    ap.add_argument("--out", help="also write the summary as JSON to this file (after every method)")
+    ap.add_argument("--name", help="population name recorded in the JSON (default: the folder's name)")
     args = ap.parse_args()
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, progress=False)
     rows = []
+    doc = {"name": args.name or Path(args.dataset).name, "target": args.target, "task": args.task,
+           "metric": PRIMARY[args.task], "n_train": len(data.split("train")), "n_test": len(data.split("test")),
+           "epochs": args.epochs, "threads": args.threads or torch.get_num_threads(),
+           "command": " ".join(sys.argv), "rows": rows}
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if not args.json:
+            print(_line(row), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         for enc in args.encoders:
-            runs = [run_encoder(data, args.target, args.task, enc, args.epochs, s, tmp) for s in range(args.seeds)]
-            rows.append(summarize(enc, runs))
-            if not args.json:
-                print(_line(rows[-1]), flush=True)
+            emit(summarize(enc, [run_encoder(data, args.target, args.task, enc, args.epochs, s, tmp)
+                                 for s in range(args.seeds)]))
     if not args.no_baselines:
         runs = [run_baselines(data, args.target, args.task, s) for s in range(args.seeds)]
         for name in runs[0]:
-            rows.append(summarize(name, [r[name] for r in runs]))
-            if not args.json:
-                print(_line(rows[-1]), flush=True)
-    doc = {"dataset": args.dataset, "target": args.target, "task": args.task, "metric": PRIMARY[args.task],
-           "n_train": len(data.split("train")), "n_test": len(data.split("test")), "epochs": args.epochs,
-           "rows": rows}
+            emit(summarize(name, [r[name] for r in runs]))
     if args.json:
         print(json.dumps(doc, indent=2))
 

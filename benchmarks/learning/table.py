@@ -1,0 +1,91 @@
+"""Markdown tables and the issue-11 goal checks from the JSON files run.py --out wrote.
+
+    python benchmarks/learning/table.py benchmarks/learning/results/*.json
+
+One table per population (method, train and test metric mean ± std over seeds, training graphs/s,
+peak RSS), then one line per goal: what it asks, the measured numbers, met or not and by how much.
+Nothing here is typed in by hand: a missing population or method is reported as missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT = "ng-gnn"
+ENCODERS = ("ng-gnn", "ng-transformer", "statnn", "deepsets")
+
+
+def table(doc: dict) -> str:
+    metric = doc["metric"].replace("kendall_tau", "Kendall τ")
+    lines = [f"**{doc['name']}** — target `{doc['target']}` ({doc['task']}), {doc['n_train']} train / "
+             f"{doc['n_test']} test networks, {doc['epochs']} epochs, {doc['rows'][0]['seeds']} seeds",
+             "", f"| method | train {metric} | test {metric} | train graphs/s | peak RSS MiB |", "|---|---|---|---|---|"]
+    order = {m: i for i, m in enumerate(ENCODERS + ("stats+gbt", "flat+linear"))}
+    for r in sorted(doc["rows"], key=lambda r: order.get(r["method"], len(order))):
+        name = f"{r['method']} (default)" if r["method"] == DEFAULT else r["method"]
+        lines.append(f"| {name} | {r['train']:.3f} ± {r['train_std']:.3f} | {r['test']:.3f} ± {r['test_std']:.3f} | "
+                     f"{r['graphs_per_s']:.0f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def goals(docs: dict[str, dict]) -> list[str]:
+    def test(pop: str, method: str):
+        row = next((r for r in docs.get(pop, {}).get("rows", []) if r["method"] == method), None)
+        return None if row is None else row["test"]
+
+    def best_encoder(pop: str):
+        found = [(test(pop, e), e) for e in ENCODERS if test(pop, e) is not None]
+        return max(found) if found else (None, None)
+
+    def verdict(value, bar) -> str:
+        if value is None or bar is None:
+            return "not measured"
+        return f"{'MET' if value >= bar else 'NOT met'} ({value - bar:+.3f})"
+
+    out = []
+    missing = [p for p in ("freq", "zoo", "zoo_wide", "tasks", "inr") if p not in docs]
+    v = test("freq", DEFAULT)
+    out.append(f"(a) freq: {DEFAULT} test accuracy ≥ 0.95 — {DEFAULT} {_f(v)}: {verdict(v, 0.95)}")
+    for pop in ("zoo", "zoo_wide"):
+        base = test(pop, "stats+gbt")
+        bar = None if base is None else base + 0.15
+        v, (bv, be) = test(pop, DEFAULT), best_encoder(pop)
+        out.append(f"(b) {pop}: τ ≥ stats+gbt + 0.15 = {_f(bar)} — {DEFAULT} {_f(v)}: {verdict(v, bar)}; "
+                   f"best encoder {be} {_f(bv)}: {verdict(bv, bar)}")
+    bases = [b for b in (test("tasks", "stats+gbt"), test("tasks", "flat+linear")) if b is not None]
+    bar = max(bases) + 0.2 if bases else None
+    v, (bv, be) = test("tasks", DEFAULT), best_encoder("tasks")
+    out.append(f"(c) tasks: accuracy ≥ best baseline + 0.2 = {_f(bar)} — {DEFAULT} {_f(v)}: {verdict(v, bar)}; "
+               f"best encoder {be} {_f(bv)}: {verdict(bv, bar)}")
+    base = test("inr", "flat+linear")
+    bar = None if base is None else base + 0.3
+    v, (bv, be) = test("inr", DEFAULT), best_encoder("inr")
+    out.append(f"(d) inr: accuracy ≥ flat+linear + 0.3 = {_f(bar)} — {DEFAULT} {_f(v)}: {verdict(v, bar)}; "
+               f"best encoder {be} {_f(bv)}: {verdict(bv, bar)}")
+    return [g for g, pop in zip(out, ("freq", "zoo", "zoo_wide", "tasks", "inr")) if pop not in missing] + \
+        [f"{pop}: not measured (no results file)" for pop in missing]
+
+
+def _f(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", type=Path)
+    args = ap.parse_args()
+    docs: dict[str, dict] = {}
+    for path in args.results:              # files of one population (methods run apart) are joined
+        doc = json.loads(path.read_text())
+        if doc["name"] in docs:
+            docs[doc["name"]]["rows"] += doc["rows"]
+        else:
+            docs[doc["name"]] = doc
+    for doc in docs.values():
+        print(table(doc) + "\n")
+    print("\n".join(f"- {g}" for g in goals(docs)))
+
+
+if __name__ == "__main__":
+    main()
