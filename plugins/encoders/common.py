@@ -24,11 +24,6 @@ def split_first(net: nn.Sequential, *widths: int) -> list[torch.Tensor]:
     return list(torch.split(net[0].weight, list(widths), dim=1))
 
 
-def mlp_tail(net: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
-    """``net`` after its first linear layer, given that layer's output ``z`` (bias included)."""
-    return net[2](net[1](z))
-
-
 class InputEmbedding(nn.Module):
     """Node and edge features to ``hidden``; fixed neurons (inputs/outputs) add a learned
     embedding of their position, since no symmetry moves them."""
@@ -54,9 +49,10 @@ class InputEmbedding(nn.Module):
         """The edge embedding of edges of one ``kind`` from their unpadded taps ``[..., k]`` (a
         streamed chunk): equal to embedding the padded ``[taps, one-hot]`` row, without the zeros."""
         w, b = self.edge[0].weight, self.edge[0].bias
-        k = taps.shape[-1]
-        z = taps * w[:, 0] if k == 1 else taps @ w[:, :k].T
-        return mlp_tail(self.edge, z + (w[:, self.taps + kind] + b))
+        k, const = taps.shape[-1], w[:, self.taps + kind] + b
+        z = torch.addcmul(const, taps, w[:, 0]) if k == 1 else torch.matmul(taps, w[:, :k].T) + const
+        z = F.silu(z, inplace=not torch.is_grad_enabled())
+        return F.linear(z, self.edge[2].weight, self.edge[2].bias)
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.nodes(batch.x, batch.node_pos), self.edge(batch.edge_attr)
@@ -105,14 +101,18 @@ class StreamedPNA:
         self.toward, self.d = toward, d
 
     def add(self, chunk, msg: torch.Tensor) -> None:
-        both = torch.cat([msg, msg * msg], dim=-1)
+        """Accumulate one chunk's messages (squares ``msg`` in place: it is not needed after)."""
+        d = self.d
+        total, squares = self.sums[:, :d], self.sums[:, d:]
         if self.toward == "dst":
-            chunk.sum_to_dst(self.sums, both)
+            chunk.sum_to_dst(total, msg)
             chunk.max_to_dst(self.max, msg)
+            chunk.sum_to_dst(squares, msg.square_())
             chunk.count_to_dst(self.count)
         else:
-            chunk.sum_to_src(self.sums, both)
+            chunk.sum_to_src(total, msg)
             chunk.max_to_src(self.max, msg)
+            chunk.sum_to_src(squares, msg.square_())
             chunk.count_to_src(self.count)
 
     def result(self) -> torch.Tensor:
