@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nngraph.alignment import align, interpolate
+from nngraph.alignment.matching import align, interpolate
 from nngraph.api import convert, find_adapter
 from nngraph.verify import load_inputs
 
@@ -46,7 +46,7 @@ def interpolation_curves(path_a: Path, path_b: Path, method: str | None, train: 
         result = align(a, b, method, **extra)
         b, distance = b.permute(result.symmetry), (result.distance_before, result.distance_after)
     else:
-        from nngraph.alignment import weight_distance
+        from nngraph.alignment.matching import weight_distance
         distance = (weight_distance(a, b),) * 2
     lambdas = np.linspace(0, 1, points)
     mid = int(np.argmin(np.abs(lambdas - 0.5)))

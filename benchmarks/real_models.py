@@ -138,7 +138,7 @@ def _align_with_permuted_copy(path: Path, graph, randomize: bool, timeout: float
         adapter = nngraph.find_adapter(path)
         base = path
         if randomize:
-            from nngraph.randomize import randomize as redraw
+            from nngraph.graph.randomize import randomize as redraw
             redraw(graph, 0)
             base = Path(tmp) / "base.onnx"
             adapter.export(path, graph.to_params(), base)

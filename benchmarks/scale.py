@@ -115,7 +115,7 @@ def step_convert(path: str, out: str) -> dict:
     import nngraph
     t, c = time.perf_counter(), time.process_time()
     g = nngraph.convert(path)
-    g.save(out)
+    nngraph.save(g, out)
     return {"convert_s": time.perf_counter() - t, "convert_cpu_s": time.process_time() - c,
             "convert_peak_mib": _peak_mib(), "params": g.num_parameters,
             "nodes": g.num_nodes, "edges": g.num_edges, "file_mib": Path(out).stat().st_size / 2 ** 20}
@@ -125,7 +125,7 @@ def step_coo(path: str) -> dict:
     import tracemalloc
 
     import nngraph
-    from nngraph.materialize import to_coo
+    from nngraph.graph.materialize import to_coo
     g = nngraph.load(path)
     out = {}
     for taps in ("pad",):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .hookspecs import AdapterSpec
-from .ir import NeuralGraph
+from .graph.ir import NeuralGraph
 from .loader import registry
 
 

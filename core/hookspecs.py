@@ -29,7 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     import numpy as np
 
-    from .ir import NeuralGraph
+    from .graph.ir import NeuralGraph
 
 PROJECT = "nngraph"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .api import find_adapter
-from .fileformat import load, save
-from .symmetry import permute
+from .graph.fileformat import load, save
+from .graph.symmetry import permute
 from .verify import verify
 
 
@@ -93,7 +93,7 @@ class AdapterConformance:
 def example_graphs(seed: int = 0) -> list:
     """Small graphs with every kind of symmetry: a dense chain with a residual tie, a grouped
     conv, and an attention layer with heads. Random weights; for encoder tests."""
-    from .ir import NeuralGraph, Param
+    from .graph.ir import NeuralGraph, Param
 
     rng = np.random.default_rng(seed)
     out = []
@@ -143,7 +143,7 @@ def _node_perm(graph, symmetry) -> np.ndarray:
 
 
 class EncoderConformance:
-    """An encoder maps a PyG batch of featurized neural graphs (``nngraph.featurize``) to
+    """An encoder maps a PyG batch of featurized neural graphs (``nngraph.learn.featurize``) to
     (node embeddings [N, d], graph embeddings [B, d]). It must be invariant (graph level) and equivariant (node level) under every
     symmetry of its input graphs, give the same answer batched and one by one, and run on CPU
     (and CUDA when present). Subclass and set ``encoder`` (the registered name) and ``config``."""
@@ -163,7 +163,7 @@ class EncoderConformance:
         return registry().encoder(self.encoder).factory(**self.config).to(device).eval()
 
     def _data(self, graph):
-        from .featurize import featurize
+        from .learn.featurize import featurize
         return featurize(graph)
 
     def _run(self, model, graphs, device="cpu"):

@@ -16,7 +16,7 @@ import numpy as np
 
 from .api import find_adapter
 from .errors import InputError, PluginError
-from .materialize import is_float
+from .graph.dtypes import is_float
 
 RTOL = 1e-4
 
@@ -133,7 +133,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
 
     ``rtol``: the allowed relative output difference; by default :func:`output_tolerance` of the
     model's output dtype and depth (1e-4 for float32 models).
-    ``randomize`` redraws every parameter first (see :mod:`nngraph.randomize`), for models whose
+    ``randomize`` redraws every parameter first (see :mod:`nngraph.graph.randomize`), for models whose
     weights are constants or zeros and would hide a wrong symmetry."""
     path = Path(path)
     adapter = find_adapter(path, format)
@@ -178,7 +178,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
                 roundtrip = False
                 problems.append(f"output {name!r} changes after writing the unpermuted parameters back")
         if randomize:
-            from .randomize import randomize as _randomize
+            from .graph.randomize import randomize as _randomize
             _randomize(graph, seed)
             base = Path(tmp) / f"randomized{path.suffix}"
             adapter.export(path, graph.to_params(), base)

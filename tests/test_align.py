@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ngraph
-from nngraph.alignment import align, interpolate, node_embeddings, weight_distance
+from nngraph.alignment.matching import align, interpolate, node_embeddings, weight_distance
 from nngraph.api import convert, find_adapter
 from nngraph.errors import InputError
 
@@ -108,8 +108,8 @@ def test_grouped_and_depthwise_convs_are_aligned_inside_their_groups(tmp_path):
 
 
 def test_embedding_matching_with_an_encoder_checkpoint(mlp_onnx, tmp_path):
-    from nngraph.featurize import FeatureConfig
-    from nngraph.train import GraphModel, save_checkpoint
+    from nngraph.learn.featurize import FeatureConfig
+    from nngraph.learn.train import GraphModel, save_checkpoint
     model = GraphModel.build("ng-gnn", {"hidden": 16, "layers": 2}, "regression", 1, FeatureConfig())
     ckpt = save_checkpoint(tmp_path / "enc.safetensors", model, {
         "encoder": "ng-gnn", "encoder_config": {"hidden": 16, "layers": 2}, "head": "regression", "out_dim": 1,
@@ -226,7 +226,7 @@ ST = ROOT / "tests" / "fixtures" / "safetensors"
 def pruned(monkeypatch):
     """Make the tinyllama fixture's groups (64 residual, 128 FFN neurons) take the large-group
     paths: candidate-pruned sparse assignments and binned signatures."""
-    import nngraph.alignment as al
+    import nngraph.alignment.matching as al
     monkeypatch.setattr(al, "PRUNE_N", 64)
     monkeypatch.setattr(al, "CANDIDATES", 4)
     monkeypatch.setattr(al, "SIG_EXACT", 16)

@@ -48,7 +48,7 @@ def test_featurizer_is_symmetry_consistent():
 
 def test_featurizer_taps_and_scaling():
     g = example_graphs()[-1]                        # conv graph: 3×3 kernels and 4 flatten taps
-    from nngraph.vocab import EDGE_KINDS
+    from nngraph.graph.vocab import EDGE_KINDS
     d = nngraph.featurize(g, nngraph.FeatureConfig(taps=4, scale="block"))
     assert d.edge_attr.shape[1] == 4 + len(EDGE_KINDS) and torch.isfinite(d.edge_attr).all()
     conv = [b for b in g.blocks if b.kind == "conv" and b.groups == 2][0]

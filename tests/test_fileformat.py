@@ -6,8 +6,8 @@ import pytest
 
 import netlib
 from nngraph import InputError, load, read_header, save
-from nngraph.ir import NeuralGraph, Param
-from nngraph.origin import Origin
+from nngraph.graph.ir import NeuralGraph, Param
+from nngraph.graph.origin import Origin
 
 
 @pytest.fixture(params=["conv", "attention"])
@@ -108,7 +108,7 @@ def _header_file(path, header: bytes, body: bytes = b""):
 
 def test_schema_errors_name_the_field(tmp_path):
     import json
-    from nngraph.headers import HeaderError
+    from nngraph.graph.headers import HeaderError
     doc = {"schema": 1, "groups": [], "sets": [{"name": "a", "size": "3", "role": "input", "depth": 0, "group": "a",
                                                 "activation": None, "attrs": {}, "arrays": {}}],
            "blocks": [], "sources": {}, "unmapped": {}}
@@ -124,7 +124,7 @@ def test_schema_errors_name_the_field(tmp_path):
 def test_constant_tensors_are_stored_once(tmp_path):
     """Constant source tensors (also NaN and -0.0, bit for bit) are one stored value + shape, and a
     loaded graph saved again stays compact (its leaves are broadcast views)."""
-    from nngraph.fileformat import constant_value
+    from nngraph.graph.fileformat import constant_value
     for value in (0.0, -0.0, np.nan, 3.5):
         a = np.full((64, 64), value, np.float32)
         assert constant_value(a) is not None and constant_value(a).tobytes() == a.reshape(-1)[:1].tobytes()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import netlib
+from nngraph import to_coo, to_networkx, to_pyg
 
 
 @pytest.fixture
@@ -15,7 +16,7 @@ def conv(rng):
 
 def test_coo_edges_carry_the_right_weights(conv):
     p, g = conv
-    c = g.to_coo()
+    c = to_coo(g)
     assert c.edge_index.shape == (2, g.num_edges) and c.num_nodes == g.num_nodes
     off = g.set_offsets()
     # grouped conv c1: out channel o (group o // 4) reads input channels 2*(o//4) + j, taps = kernel
@@ -47,7 +48,7 @@ def test_pyg_batching(rng):
 
     graphs = [netlib.conv_graph(netlib.conv_params(rng)), netlib.attention_graph(netlib.attention_params(rng)),
               netlib.conv_graph(netlib.conv_params(rng))]
-    datas = [g.to_pyg(max_taps=netlib.L) for g in graphs]
+    datas = [to_pyg(g, max_taps=netlib.L) for g in graphs]
     batch = Batch.from_data_list(datas)
     offsets = np.cumsum([0] + [d.num_nodes for d in datas])
     assert batch.num_nodes == offsets[-1] and batch.num_graphs == 3
@@ -61,7 +62,7 @@ def test_pyg_batching(rng):
 
 def test_networkx(conv):
     _, g = conv
-    nxg = g.to_networkx()
+    nxg = to_networkx(g)
     assert nxg.number_of_nodes() == g.num_nodes and nxg.number_of_edges() == g.num_edges
     off = g.set_offsets()
     assert nxg.nodes[off["c1"]]["set"] == "c1" and nxg.nodes[off["c1"]]["activation"] == "relu"
@@ -72,7 +73,7 @@ def test_networkx(conv):
 def test_lean_dtypes_and_split_taps(conv):
     """int32 indices, int8 kinds; split taps hold exactly the padded layout's information."""
     _, g = conv
-    from nngraph.materialize import block_edges, to_coo
+    from nngraph.graph.materialize import block_edges, to_coo
     pad, split = to_coo(g), to_coo(g, taps="split")   # (NeuralGraph.to_coo takes no taps= yet)
     assert pad.edge_index.dtype == np.int32 and pad.edge_kind.dtype == np.int8 and pad.edge_block.dtype == np.int32
     assert np.array_equal(pad.edge_index, split.edge_index) and split.edge_attr.shape == (g.num_edges, 1)
@@ -101,7 +102,7 @@ def test_bytes_per_edge_of_a_transformer():
     from pathlib import Path
     import nngraph
     g = nngraph.convert(Path(__file__).parent / "fixtures" / "safetensors" / "tinyllama" / "model.safetensors.index.json")
-    c = g.to_coo()
+    c = to_coo(g)
     edge_bytes = sum(a.nbytes for a in (c.edge_index, c.edge_attr, c.edge_kind, c.edge_block))
     assert edge_bytes == 17 * g.num_edges
     lm = [i for i, b in enumerate(g.blocks) if b.name == "lm_head"][0]
@@ -114,7 +115,7 @@ def test_split_taps_batch(rng):
     import torch
     from torch_geometric.data import Batch
     graphs = [netlib.conv_graph(netlib.conv_params(rng)) for _ in range(2)]
-    from nngraph.materialize import to_pyg
+    from nngraph.graph.materialize import to_pyg
     datas = [to_pyg(g, taps="split") for g in graphs]
     batch = Batch.from_data_list(datas)
     assert torch.equal(batch.edge_taps, torch.cat([d.edge_taps for d in datas]))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nngraph.errors import InputError, UnsupportedModelError
 from nngraph.hookspecs import AdapterSpec, hookimpl
-from nngraph.ir import NeuralGraph
+from nngraph.graph.ir import NeuralGraph
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from nngraph.errors import InputError
 from nngraph.hookspecs import AdapterSpec, OpRule, hookimpl
-from nngraph.ir import NeuralGraph
+from nngraph.graph.ir import NeuralGraph
 
 __version__ = "0.1.0"
 

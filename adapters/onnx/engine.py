@@ -3,7 +3,7 @@
 Every value in the ONNX graph becomes one of
 
 * :class:`Const` — a constant tensor (initializer, ``Constant`` node, or a folded constant
-  subgraph) together with the :class:`~nngraph.origin.Origin` that maps it back to its leaf;
+  subgraph) together with the :class:`~nngraph.graph.origin.Origin` that maps it back to its leaf;
 * :class:`Act` — an activation whose ``axis`` carries the neurons of one set;
 * :data:`AUX` — anything else that carries no neurons and no parameters (shapes, masks).
 
@@ -31,8 +31,8 @@ import onnx
 
 from nngraph.errors import GraphError, NNGraphError, UnsupportedModelError
 from nngraph.hookspecs import OpRule
-from nngraph.ir import EdgeBlock, NeuralGraph, Param, Unmapped
-from nngraph.origin import Origin
+from nngraph.graph.ir import EdgeBlock, NeuralGraph, Param, Unmapped
+from nngraph.graph.origin import Origin
 
 from .reader import OnnxModel
 

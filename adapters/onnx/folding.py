@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.origin import Origin
+from nngraph.graph.origin import Origin
 
 from .engine import AUX, Const, LoweringContext
 

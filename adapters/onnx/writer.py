@@ -85,7 +85,7 @@ def inline_copy(model) -> onnx.ModelProto:
 def save_atomic(proto: onnx.ModelProto, out: str | os.PathLike) -> Path:
     """Write ``proto`` to ``out`` via a temporary file and a rename: never half a model.
     Above ~1.8 GB of weights they go to ``OUT.data`` beside it (protobuf's 2 GB limit)."""
-    from nngraph.fileformat import atomic_output
+    from nngraph.graph.fileformat import atomic_output
 
     g = proto.graph
     out = Path(out)

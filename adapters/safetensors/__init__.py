@@ -19,8 +19,8 @@ import numpy as np
 
 from nngraph.errors import InputError, UnsupportedModelError
 from nngraph.hookspecs import AdapterSpec, hookimpl
-from nngraph.ir import NeuralGraph, Param
-from nngraph.origin import Origin
+from nngraph.graph.ir import NeuralGraph, Param
+from nngraph.graph.origin import Origin
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file (or of the shards an index names), memory-mapped."""
     path = Path(path)
     if path.name.endswith(".index.json"):
-        from nngraph.headers import DictOf, Fields, check, loads
+        from nngraph.graph.headers import DictOf, Fields, check, loads
         try:
             index = loads(path.read_bytes(), f"{path}: not a safetensors index")
         except OSError as e:
@@ -53,7 +53,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
                 raise InputError(f"{path}: shard {shard!r} is outside the index's folder")
             out.update(read_tensors(target))
         return out
-    from nngraph.headers import read_safetensors_header
+    from nngraph.graph.headers import read_safetensors_header
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:     # schema-checked: types, keys, byte ranges inside the file
@@ -178,7 +178,7 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
     tensors = read_tensors(path)
     config = path.parent / "config.json"
     if config.is_file():
-        from nngraph.headers import POS, Fields, check, read_config
+        from nngraph.graph.headers import POS, Fields, check, read_config
 
         from .families import FAMILIES, convert_family
         try:

@@ -25,8 +25,8 @@ from typing import Mapping
 import numpy as np
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.ir import NeuralGraph, Param
-from nngraph.origin import Origin
+from nngraph.graph.ir import NeuralGraph, Param
+from nngraph.graph.origin import Origin
 
 
 @dataclass(frozen=True)

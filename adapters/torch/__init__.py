@@ -21,7 +21,7 @@ import numpy as np
 
 from nngraph.errors import InputError, MissingExtraError, UnsupportedModelError
 from nngraph.hookspecs import AdapterSpec, hookimpl
-from nngraph.ir import NeuralGraph
+from nngraph.graph.ir import NeuralGraph
 
 __version__ = "0.1.0"
 SUFFIXES = (".pt2", ".pt", ".pth", ".bin", ".ckpt")

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from nngraph.dataset import load_dataset
-from nngraph.featurize import featurize
-from nngraph.train import TrainConfig, evaluate, metrics, save_checkpoint, train
+from nngraph.learn.dataset import load_dataset
+from nngraph.learn.featurize import featurize
+from nngraph.learn.train import TrainConfig, evaluate, metrics, save_checkpoint, train
 
 PRIMARY = {"classification": "accuracy", "regression": "kendall_tau"}
 

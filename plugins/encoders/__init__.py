@@ -1,6 +1,6 @@
 """Built-in encoders, registered through the ``nngraph`` entry-point group like a third party's.
 
-Each takes a PyG batch of featurized neural graphs (``nngraph.featurize``) and returns
+Each takes a PyG batch of featurized neural graphs (``nngraph.learn.featurize``) and returns
 ``(node_embeddings [N, d], graph_embeddings [B, d])``; each is invariant/equivariant under the
 graphs' symmetries (tested with ``nngraph.testing.EncoderConformance``). torch is imported only
 when an encoder is built.

@@ -7,8 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import scatter
 
-from nngraph.featurize import FeatureConfig
-from nngraph.vocab import EDGE_KINDS
+from nngraph.graph.vocab import EDGE_KINDS
+from nngraph.learn.featurize import FeatureConfig
 
 DEFAULT = FeatureConfig()
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from nngraph.vocab import ACTIVATIONS, ROLES
+from nngraph.graph.vocab import ACTIVATIONS, ROLES
 
 from .common import graph_index, mlp
 

@@ -14,7 +14,7 @@ def make_encoder(hidden: int = 32, layers: int = 2, node_dim: int | None = None,
     from torch import nn
     from torch_geometric.utils import scatter
 
-    from nngraph.featurize import FeatureConfig
+    from nngraph.learn.featurize import FeatureConfig
 
     node_dim = node_dim or FeatureConfig().node_dim
     edge_dim = edge_dim or FeatureConfig().edge_dim

@@ -8,12 +8,15 @@ permuted network, which computes the same function — ``ngraph verify`` checks 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import GraphError
-from .ir import EdgeBlock, NeuralGraph, Param
+from ..errors import GraphError
+
+if TYPE_CHECKING:      # the IR calls into this module (NeuralGraph.permute); nothing here needs its classes at run time
+    from .ir import EdgeBlock, NeuralGraph
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Symmetry:
 
     def check(self, graph: NeuralGraph) -> None:
         """Raise :class:`GraphError` unless this is a symmetry the graph admits."""
-        fixed = _effectively_fixed(graph)
+        fixed = graph.fixed_groups()
         for name, p in self.perms.items():
             g = graph.groups.get(name)
             if g is None:
@@ -71,11 +74,6 @@ class Symmetry:
         return cls({g: np.asarray(p, dtype=np.int64) for g, p in doc.items()})
 
 
-def _effectively_fixed(graph: NeuralGraph) -> set[str]:
-    """Kept for callers of the old name: :meth:`NeuralGraph.fixed_groups`."""
-    return graph.fixed_groups()
-
-
 def _parents_first(graph: NeuralGraph) -> list[str]:
     order, seen = [], set()
 
@@ -94,7 +92,7 @@ def _parents_first(graph: NeuralGraph) -> list[str]:
 
 
 def symmetry_groups(graph: NeuralGraph) -> list[SymmetryGroup]:
-    fixed = _effectively_fixed(graph)
+    fixed = graph.fixed_groups()
     members: dict[str, list[str]] = {g: [] for g in graph.groups}
     for s in graph.sets.values():
         members[s.group].append(s.name)
@@ -105,7 +103,7 @@ def symmetry_groups(graph: NeuralGraph) -> list[SymmetryGroup]:
 def random_symmetry(graph: NeuralGraph, seed: int | None = None) -> Symmetry:
     """A uniformly random element of the graph's permutation group."""
     rng = np.random.default_rng(seed)
-    fixed = _effectively_fixed(graph)
+    fixed = graph.fixed_groups()
     perms: dict[str, np.ndarray] = {}
     for name in _parents_first(graph):
         g = graph.groups[name]
@@ -126,7 +124,7 @@ def random_symmetry(graph: NeuralGraph, seed: int | None = None) -> Symmetry:
 def permute(graph: NeuralGraph, symmetry: Symmetry) -> NeuralGraph:
     """A new graph with every array permuted by ``symmetry``; structure and origins unchanged."""
     symmetry.check(graph)
-    out = NeuralGraph(copy.deepcopy(graph.meta))
+    out = type(graph)(copy.deepcopy(graph.meta))
     out.groups = copy.deepcopy(graph.groups)
     out.sources = dict(graph.sources)
     out.unmapped = dict(graph.unmapped)
@@ -139,14 +137,13 @@ def permute(graph: NeuralGraph, symmetry: Symmetry) -> NeuralGraph:
         p = perm_of(s.name)
         t = copy.copy(s)
         t.attrs = dict(s.attrs)
-        t.arrays = {k: Param(np.take(a.data, p, axis=0), a.origin, a.shared) for k, a in s.arrays.items()}
+        t.arrays = {k: replace(a, data=np.take(a.data, p, axis=0)) for k, a in s.arrays.items()}
         out.sets[s.name] = t
     for b in graph.blocks:
         w = None
         if b.weight is not None:
-            w = Param(_permute_weight(b, b.weight.data, perm_of(b.source), perm_of(b.target)), b.weight.origin,
-                      b.weight.shared)
-        out.blocks.append(EdgeBlock(b.name, b.source, b.target, b.kind, w, dict(b.attrs)))
+            w = replace(b.weight, data=_permute_weight(b, b.weight.data, perm_of(b.source), perm_of(b.target)))
+        out.blocks.append(replace(b, weight=w, attrs=dict(b.attrs)))
     return out
 
 

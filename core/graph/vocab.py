@@ -58,6 +58,12 @@ ACTIVATIONS: tuple[str, ...] = (
 #: The kinds that have edges (every kind but ``opaque``): what edge features one-hot.
 EDGE_KINDS: tuple[str, ...] = tuple(k for k, p in KINDS.items() if p != "opaque")
 
+#: Stable integer ids for one-hot features and compact arrays (``to_coo``, ``featurize``).
+ROLE_IDS: dict[str, int] = {r: i for i, r in enumerate(ROLES)}
+KIND_IDS: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
+EDGE_KIND_IDS: dict[str, int] = {k: i for i, k in enumerate(EDGE_KINDS)}
+ACTIVATION_IDS: dict[str, int] = {a: i + 1 for i, a in enumerate(ACTIVATIONS)}   # 0 = none
+
 
 def kind_pattern(kind: str) -> str:
     try:

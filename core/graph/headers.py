@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Mapping
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_HEADER = 256 * 1024 * 1024
 MAX_DEPTH = 32          # free-form JSON (meta, attrs) deeper than this is refused

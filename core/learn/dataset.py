@@ -14,8 +14,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, NNGraphError
-from .ir import NeuralGraph
+from ..errors import InputError, NNGraphError
+from ..graph.ir import NeuralGraph
 
 
 @dataclass
@@ -49,8 +49,8 @@ def _cache_path(root: Path, model: Path) -> Path:
 
 
 def _convert_one(root: str, rel: str) -> tuple[str, str | None]:
-    from .api import convert
-    from .fileformat import save
+    from ..api import convert
+    from ..graph.fileformat import save
     model = Path(root) / rel
     cache = _cache_path(Path(root), model)
     if cache.exists():
@@ -105,7 +105,7 @@ def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progr
                     if err:
                         errors[rel] = err
                     bar.advance(task)
-    from .fileformat import load
+    from ..graph.fileformat import load
     kept = []
     for e in entries:
         rel = str(e.path.relative_to(root_resolved))

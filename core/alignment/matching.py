@@ -27,10 +27,11 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import InputError
-from .ir import NeuralGraph
-from .materialize import block_edges, is_float
-from .symmetry import Symmetry, _effectively_fixed
+from ..errors import InputError
+from ..graph.ir import NeuralGraph
+from ..graph.dtypes import is_float
+from ..graph.materialize import block_edges
+from ..graph.symmetry import Symmetry
 
 METHODS = ("weight", "activation", "embedding")
 
@@ -297,7 +298,7 @@ class _Hierarchy:
     in place, but its free descendants still permute inside each of its blocks."""
 
     def __init__(self, graph: NeuralGraph):
-        self.fixed = _effectively_fixed(graph)
+        self.fixed = graph.fixed_groups()
         self.groups = graph.groups
         self.children: dict[str, list[str]] = {g: [] for g in graph.groups}
         for g in graph.groups.values():
@@ -632,8 +633,8 @@ def node_embeddings(checkpoint, graphs: list[NeuralGraph], device: str = "auto")
     (equivariant: permuting a network permutes its rows)."""
     import torch
 
-    from .featurize import FeatureConfig, featurize
-    from .train import load_checkpoint
+    from ..learn.featurize import FeatureConfig, featurize
+    from ..learn.train import load_checkpoint
     model, meta, dev = load_checkpoint(checkpoint, device)
     features = FeatureConfig(**meta["features"])
     out = []

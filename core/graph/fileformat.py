@@ -22,9 +22,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import GraphError, InputError
+from ..errors import GraphError, InputError
 from .headers import FREE, NAT, DictOf, Fields, HeaderError, ListOf, Opt, check, loads, read_safetensors_header
-from .ir import EdgeBlock, NeuralGraph, NeuronSet, Param, SourceTensor, TieGroup, Unmapped, _np_dtype
+from .dtypes import numpy_dtype
+from .ir import EdgeBlock, NeuralGraph, NeuronSet, Param, SourceTensor, TieGroup, Unmapped
 from .origin import Origin
 
 SCHEMA_VERSION = 1
@@ -37,7 +38,7 @@ _ST_DTYPES = {
     "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
 }
 _NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
-_ITEMSIZES = {code: np.dtype(_np_dtype(name)).itemsize for code, name in _NP_DTYPES.items()}
+_ITEMSIZES = {code: np.dtype(numpy_dtype(name)).itemsize for code, name in _NP_DTYPES.items()}
 
 # The structure document in the header. Free-form fields (meta, attrs) are depth-limited JSON.
 _ORIGIN = Fields({"tensor": str}, {"steps": ListOf(list)})
@@ -207,7 +208,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     """(nngraph document, safetensors tensor table, data start offset) — reads only the header.
 
     Both the safetensors table and the structure document are checked against their schemas
-    (:mod:`nngraph.headers`): whatever is returned has every key, of the right type."""
+    (:mod:`nngraph.graph.headers`): whatever is returned has every key, of the right type."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -249,14 +250,14 @@ def load(path: str | os.PathLike) -> NeuralGraph:
         if t is None:
             raise bad(f"no tensor {key!r} in the file")
         begin, end = t["data_offsets"]
-        return buf[begin:end].view(_np_dtype(_NP_DTYPES[t["dtype"]])).reshape(t["shape"])
+        return buf[begin:end].view(numpy_dtype(_NP_DTYPES[t["dtype"]])).reshape(t["shape"])
 
     leaves = {}
     for n, t in doc["sources"].items():
         if not t["tensor"]:
             continue
         try:
-            dtype = np.dtype(_np_dtype(t["dtype"]))
+            dtype = np.dtype(numpy_dtype(t["dtype"]))
         except (TypeError, AttributeError):
             raise bad(f"source {n!r} has unknown dtype {t['dtype']!r}") from None
         data = array(t["tensor"])

@@ -11,19 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import EdgeBlock, NeuralGraph
-from .vocab import ACTIVATIONS, KINDS, ROLES
+from .vocab import ACTIVATION_IDS, KIND_IDS, KINDS, ROLE_IDS
 
-KIND_IDS = {k: i for i, k in enumerate(KINDS)}
-ROLE_IDS = {r: i for i, r in enumerate(ROLES)}
-ACTIVATION_IDS = {a: i + 1 for i, a in enumerate(ACTIVATIONS)}  # 0 = none
-
-
-def is_float(dtype) -> bool:
-    """Floating point, including ml_dtypes' bfloat16 / float8 (numpy calls those void)."""
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.floating):
-        return True
-    return dtype.name.startswith(("bfloat16", "float8", "float4", "float6"))
 
 
 @dataclass

@@ -24,9 +24,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .featurize import FeatureConfig, graph_weight_rms, node_features, resample_taps
-from .ir import EdgeBlock, NeuralGraph
-from .materialize import block_edge_count
-from .vocab import EDGE_KINDS
+from ..graph.ir import EdgeBlock, NeuralGraph
+from ..graph.materialize import block_edge_count
+from ..graph.vocab import EDGE_KINDS
 
 DEFAULT_CHUNK = 1 << 18        # edges per chunk: big enough for efficient matmuls, ≈ 32 MiB per hidden-32 tensor
 

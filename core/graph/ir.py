@@ -16,8 +16,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import GraphError
+from ..errors import GraphError
+from .dtypes import numpy_dtype
 from .origin import Origin
+from .symmetry import Symmetry, SymmetryGroup, permute, random_symmetry, symmetry_groups
 from .vocab import ACTIVATIONS, KINDS, ROLES, kind_pattern
 
 
@@ -303,7 +305,7 @@ class NeuralGraph:
             out = {n: self.leaves[n] for n in self.sources if n not in self.unmapped}
             out.update({n: u.data for n, u in self.unmapped.items() if u.data is not None})
             return out
-        out = {name: np.empty(t.shape, dtype=_np_dtype(t.dtype)) for name, t in self.sources.items()}
+        out = {name: np.empty(t.shape, dtype=numpy_dtype(t.dtype)) for name, t in self.sources.items()}
         for _, p in self.params():
             if p.origin is not None and not p.shared:
                 p.origin.scatter(p.data, out[p.origin.tensor])
@@ -451,43 +453,20 @@ class NeuralGraph:
             if counts.size and counts.min() < 1:
                 yield f"source tensor {name!r}: {(counts < 1).sum()} elements are mapped nowhere"
 
-    # ---------------------------------------------------------------- delegations
-    def symmetry_groups(self):
-        from .symmetry import symmetry_groups
+    # ---------------------------------------------------------------- symmetry (graph.symmetry)
+    def symmetry_groups(self) -> list[SymmetryGroup]:
+        """Every tie group with its size, parent and whether a symmetry can move it."""
         return symmetry_groups(self)
 
-    def random_symmetry(self, seed: int | None = None):
-        from .symmetry import random_symmetry
+    def random_symmetry(self, seed: int | None = None) -> Symmetry:
+        """A uniformly random element of this graph's permutation group."""
         return random_symmetry(self, seed)
 
-    def permute(self, symmetry) -> "NeuralGraph":
-        from .symmetry import permute
+    def permute(self, symmetry: Symmetry) -> "NeuralGraph":
+        """A copy with every array permuted: the same function, another neuron order."""
         return permute(self, symmetry)
-
-    def to_coo(self, max_taps: int | None = None):
-        from .materialize import to_coo
-        return to_coo(self, max_taps)
-
-    def to_pyg(self, max_taps: int | None = None):
-        from .materialize import to_pyg
-        return to_pyg(self, max_taps)
-
-    def to_networkx(self):
-        from .materialize import to_networkx
-        return to_networkx(self)
-
-    def save(self, path) -> None:
-        from .fileformat import save
-        save(self, path)
 
     def __repr__(self) -> str:
         return (f"NeuralGraph(sets={len(self.sets)}, blocks={len(self.blocks)}, nodes={self.num_nodes}, "
                 f"edges={self.num_edges}, coverage={self.coverage:.3f})")
 
-
-def _np_dtype(name: str) -> np.dtype:
-    try:
-        return np.dtype(name)
-    except TypeError:
-        import ml_dtypes  # bfloat16 / float8 types, installed with onnx
-        return np.dtype(getattr(ml_dtypes, name))

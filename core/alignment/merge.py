@@ -1,6 +1,6 @@
 """Align and merge model files: what ``ngraph align`` and ``ngraph merge`` run.
 
-Alignment happens on neural graphs (:mod:`nngraph.alignment`); this module converts the files,
+Alignment happens on neural graphs (:mod:`nngraph.alignment.matching`); this module converts the files,
 gathers what each method needs (activations on ``--data`` through the adapter, node embeddings
 from a checkpoint), writes the results through the source format's adapter, and checks them in
 the adapter's runtime before anything reaches the output path.
@@ -15,11 +15,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .alignment import Alignment, align, check_compatible, interpolate, node_embeddings
-from .api import find_adapter
-from .errors import GraphError, InputError, PluginError
-from .ir import NeuralGraph
-from .verify import compare_outputs, graph_depth, output_tolerance
+from .matching import Alignment, align, check_compatible, interpolate, node_embeddings
+from ..api import find_adapter
+from ..errors import GraphError, InputError, PluginError
+from ..graph.ir import NeuralGraph
+from ..verify import compare_outputs, graph_depth, output_tolerance
 
 Inputs = Mapping[str, np.ndarray]
 

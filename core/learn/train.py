@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .featurize import FeatureConfig, featurize
-from .ir import NeuralGraph
-from .loader import registry
+from ..graph.ir import NeuralGraph
+from ..loader import registry
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _attach_input_scales(enc, features: FeatureConfig) -> None:
     import torch
 
     from .featurize import apply_scales
-    from .vocab import EDGE_KINDS
+    from ..graph.vocab import EDGE_KINDS
     enc.register_buffer("input_node_scale", torch.ones(features.node_dim))
     enc.register_buffer("input_edge_scale", torch.ones(len(EDGE_KINDS)))
 

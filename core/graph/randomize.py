@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dtypes import numpy_dtype
 from .ir import NeuralGraph, Param
 
 POSITIVE = ("var",)            # running variances
@@ -49,7 +50,7 @@ def randomize(graph: NeuralGraph, seed: int = 0) -> NeuralGraph:
                 "opaque" if b.pattern == "opaque" else "scale"
             wanted.append((b.weight, key, fan.get(b.target, 1)))
 
-    leaves = {n: np.empty(t.shape, dtype=_dtype(t.dtype)) for n, t in graph.sources.items() if n not in graph.unmapped}
+    leaves = {n: np.empty(t.shape, dtype=numpy_dtype(t.dtype)) for n, t in graph.sources.items() if n not in graph.unmapped}
     for p, key, fan_in in wanted:
         value = draw(p.shape, p.data.dtype, key, fan_in, p.data if key == "opaque" else None)
         if p.origin is not None and p.origin.tensor in leaves and not p.shared:
@@ -68,7 +69,3 @@ def randomize(graph: NeuralGraph, seed: int = 0) -> NeuralGraph:
     graph.leaves = leaves
     return graph
 
-
-def _dtype(name: str) -> np.dtype:
-    from .ir import _np_dtype
-    return _np_dtype(name)

@@ -1,0 +1,4 @@
+"""``python -m nngraph.cli``: the ``ngraph`` command."""
+from . import entry
+
+entry()

@@ -1,0 +1,218 @@
+"""Commands that learn over populations: train, evaluate, predict, embed, search."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..learn.train import TrainConfig
+from .app import cli, emit_json, err, out
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--target", default="", help="Column of labels.csv to predict (not needed for --task embedding).")
+@click.option("--task", type=click.Choice(["regression", "classification", "embedding"]), default="regression",
+              show_default=True, help="embedding: contrastive, random symmetries of a network are its positives")
+@click.option("--encoder", default="ng-gnn", show_default=True, help="Encoder plugin (see `ngraph plugins`).")
+@click.option("--head", default=None, help="Head plugin [default: the task's].")
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--hidden", default=TrainConfig.hidden, show_default=True, type=click.IntRange(1))
+@click.option("--layers", default=TrainConfig.layers, show_default=True, type=click.IntRange(1))
+@click.option("--heads", default=TrainConfig.heads, show_default=True, type=click.IntRange(1),
+              help="Attention heads (ng-transformer); must divide --hidden.")
+@click.option("--dropout", default=TrainConfig.dropout, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Dropout in the head.")
+@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="Hold this fraction of the training networks out for validation (when labels.csv has no 'val').")
+@click.option("--patience", default=TrainConfig.patience, show_default=True, type=click.IntRange(0),
+              help="Early stopping: stop after this many epochs without a lower validation loss, keep the best (0: off).")
+@click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
+@click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
+def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
+          patience, no_input_scaling, threads, device, seed, output, as_json):
+    """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
+
+    Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json."""
+    from ..graph.fileformat import check_output
+    from ..learn.dataset import load_dataset
+    from ..learn.train import save_checkpoint
+    from ..learn.train import train as _train
+
+    check_output(output)            # before hours of training, not after
+    if encoder == "ng-transformer" and hidden % heads:
+        raise InputError(f"--heads {heads} must divide --hidden {hidden}")
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    for name, why in data.failed:
+        err.print(f"[yellow]skipped[/] {name}: {why}")
+    cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
+                      batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
+                      val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
+                      device=device, seed=seed)
+    interactive = not as_json and err.is_terminal
+
+    def log(record):
+        if as_json:
+            click.echo(json.dumps(_rounded(record)))
+        elif not interactive:
+            click.echo(f"epoch {record['epoch']}/{epochs}  {_format_record(record)}", err=True)
+
+    model, meta, history = _train(data, cfg, progress=interactive, log=log)
+    save_checkpoint(output, model, meta)
+    plot = _plot_history(history, output.with_suffix(".png"))
+    summary = {"checkpoint": str(output), "models": len(data.entries), "skipped": len(data.failed),
+               "epochs_run": len(history), "best_epoch": meta["best_epoch"],
+               "final": _rounded(history[meta["best_epoch"] - 1]), "plot": plot}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        held = f" ({meta['n_val']} held out for validation)" if meta["n_val"] else ""
+        out.print(f"[bold green]✓[/] trained {encoder} on {meta['n_train']} networks{held} → {output}", soft_wrap=True)
+        which = "best" if meta["best_epoch"] != len(history) else "last"
+        out.print(f"  {which} epoch {meta['best_epoch']}/{len(history)}: "
+                  f"{_format_record(history[meta['best_epoch'] - 1])}", soft_wrap=True, highlight=False)
+
+
+def _rounded(record: dict) -> dict:
+    """Metrics at 5 significant digits (JSON output), NaN as null."""
+    return {k: (None if isinstance(v, float) and v != v else float(f"{v:.5g}") if isinstance(v, float) else v)
+            for k, v in record.items()}
+
+
+def _format_record(record: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in record.items() if k != "epoch")
+
+
+def _plot_history(history, path: Path) -> str | None:
+    """Loss curves on the left, metrics on the right (their scales differ), integer epochs."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return None
+    epochs = [h["epoch"] for h in history]
+    keys = list(history[-1])
+    losses = [k for k in keys if k.endswith("_loss")]
+    scores = [k for k in keys if k != "epoch" and k not in losses and not k.endswith("_mse")]
+    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 6, 4), squeeze=False)
+    for ax, group, title in zip(axes[0], (losses, scores), ("loss", "metrics")):
+        for key in group:
+            ax.plot(epochs, [h.get(key) for h in history], label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="train | val | test | all")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(checkpoint, dataset, split, device, as_json):
+    """Evaluate CHECKPOINT on DATASET's split (regression: kendall_tau, r2, mse; classification: accuracy)."""
+    from ..learn.dataset import load_dataset
+    from ..learn.train import evaluate as _evaluate
+
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    result = _evaluate(checkpoint, data, None if split == "all" else split, device)
+    if as_json:
+        emit_json(result)
+    else:
+        out.print("  ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}" for k, v in result.items()))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def predict(checkpoint, models, device, as_json):
+    """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
+    from ..api import convert as _convert
+    from ..graph.fileformat import load
+    from ..learn.train import predict as _predict
+
+    graphs = [load(m) if m.suffix == ".ngraph" else _convert(m) for m in models]
+    values = _predict(checkpoint, graphs, device)
+    if as_json:
+        emit_json([{"model": str(m), "prediction": v} for m, v in zip(models, values)])
+    else:
+        width = max(len(str(m)) for m in models)
+        for m, v in zip(models, values):
+            out.print(f"{str(m):{width}}  {v:.4g}" if isinstance(v, float) else f"{str(m):{width}}  {v}",
+                      highlight=False, markup=False)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Embeddings (.npz).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def embed(checkpoint, dataset, output, device, as_json):
+    """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
+    import numpy as np
+
+    from ..graph.fileformat import check_output
+    from ..learn.dataset import load_dataset
+    from ..learn.train import embed as _embed
+
+    check_output(output)
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    vectors = _embed(checkpoint, [e.graph for e in data.entries], device)
+    names = np.array([e.row["model"] for e in data.entries])
+    with open(output, "wb") as f:
+        np.savez(f, names=names, embeddings=vectors, checkpoint=np.array(str(Path(checkpoint).resolve())))
+    summary = {"output": str(output), "networks": len(names), "dim": int(vectors.shape[1])}
+    emit_json(summary) if as_json else out.print(f"[bold green]✓[/] {len(names)} embeddings → {output}")
+
+
+@cli.command()
+@click.argument("embeddings", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-k", "--top", "k", default=5, show_default=True, type=click.IntRange(1), help="How many networks to list.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def search(embeddings, model, k, device, as_json):
+    """The K networks of an `ngraph embed` file most similar to MODEL (cosine similarity)."""
+    import numpy as np
+
+    from ..api import convert as _convert
+    from ..graph.fileformat import load
+    from ..learn.train import embed as _embed
+    from ..verify import load_inputs
+
+    table = load_inputs(embeddings)
+    if not {"names", "embeddings", "checkpoint"} <= set(table):
+        raise InputError(f"{embeddings}: not an `ngraph embed` file")
+    graph = load(model) if model.suffix == ".ngraph" else _convert(model)
+    query = _embed(str(table["checkpoint"]), [graph], device)[0]
+    sims = table["embeddings"] @ query
+    top = np.argsort(-sims)[:k]
+    hits = [{"model": str(table["names"][i]), "similarity": float(sims[i])} for i in top]
+    if as_json:
+        emit_json(hits)
+    else:
+        for h in hits:
+            out.print(f"{h['similarity']:.4f}  {h['model']}")
