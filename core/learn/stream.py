@@ -170,13 +170,17 @@ class GraphStream:
                 out[i] = max(float(np.sqrt(ms)), 1e-12)
         return out
 
-    def _taps(self, i: int, b: EdgeBlock, rows: np.ndarray) -> np.ndarray:
+    def _taps(self, i: int, b: EdgeBlock, rows: np.ndarray | tuple) -> np.ndarray:
         """``rows`` of a block's weight (a view, taps last: [n, t] or [rows, cols, t]) → float32
-        [..., k], resampled and scaled."""
-        taps = np.asarray(rows, np.float32)
-        shape = taps.shape
-        taps = resample_taps(taps.reshape(-1, shape[-1]), self.config.taps, pad=False)
-        taps = taps.reshape(shape[:-1] + (taps.shape[-1],))
+        [..., k], resampled and scaled; a block without weight passes the shape of its edges
+        (``rows`` is then a shape) and gets ones, as ``featurize`` gives it."""
+        if b.weight is None:
+            taps = np.ones(tuple(rows) + (1,), np.float32)
+        else:
+            taps = np.asarray(rows, np.float32)
+            shape = taps.shape
+            taps = resample_taps(taps.reshape(-1, shape[-1]), self.config.taps, pad=False)
+            taps = taps.reshape(shape[:-1] + (taps.shape[-1],))
         scale = 1.0 / self._block_scale.get(i, 1.0)
         if self.edge_scale is not None:
             scale *= float(self.edge_scale[self._kind[b.kind]])
@@ -203,14 +207,14 @@ class GraphStream:
                 for r0 in range(g0, g0 + tpg, step):
                     r1 = min(r0 + step, g0 + tpg)
                     c0 = (g0 // tpg) * spg
-                    taps = self._taps(i, b, w[r0:r1]) if w is not None else np.ones((r1 - r0, spg, 1), np.float32)
+                    taps = self._taps(i, b, w[r0:r1] if w is not None else (r1 - r0, spg))
                     yield EdgeChunk(kind, depth, t(taps), rows=(to + r0, to + r1), cols=(so + c0, so + c0 + spg))
             return
         w = None if b.weight is None else b.weight.data.reshape((E, -1))
         for e0 in range(0, E, self.chunk_edges):
             e1 = min(e0 + self.chunk_edges, E)
             src, dst = block_edge_range(g, b, e0, e1)
-            taps = self._taps(i, b, w[e0:e1]) if w is not None else np.ones((e1 - e0, 1), np.float32)
+            taps = self._taps(i, b, w[e0:e1] if w is not None else (e1 - e0,))
             yield EdgeChunk(kind, depth, t(taps), src=t(src + so), dst=t(dst + to))
 
     def chunks(self) -> Iterator[EdgeChunk]:
@@ -226,18 +230,33 @@ class GraphStream:
 
 
 def stderr_progress(label: str = "encoding", every_s: float = 5.0, passes: int | None = None, stream=None):
-    """A ``GraphStream`` progress callback printing one line to stderr at most every ``every_s``
-    seconds: pass, share of edges, elapsed time."""
+    """A ``GraphStream`` progress callback printing one line to stderr every ``every_s`` seconds
+    (none for runs shorter than that): pass, share of edges, elapsed time."""
     import sys
     out = stream or sys.stderr
-    start, last = time.monotonic(), [0.0]
+    start = time.monotonic()
+    last = [start]
 
     def report(done: int, total: int, pass_no: int) -> None:
         now = time.monotonic()
-        if now - last[0] < every_s and done < total:
+        if now - last[0] < every_s:           # short runs print nothing
             return
         last[0] = now
         of = f"/{passes}" if passes else ""
         print(f"{label}: pass {pass_no}{of}, {done / max(total, 1):6.1%} of {total:,} edges, "
               f"{now - start:.0f} s", file=out, flush=True)
     return report
+
+
+def encode_streamed(encoder, graph: NeuralGraph, config: FeatureConfig = FeatureConfig(), device="cpu",
+                    chunk_edges: int = DEFAULT_CHUNK, progress: bool = False, label: str = "encoding"):
+    """``encoder.forward_stream`` on one graph, with the encoder's input scales (the buffers a
+    trained checkpoint carries) applied to the streamed features as its pre-hook does in memory;
+    ``progress`` prints a line to stderr every few seconds."""
+    import torch
+    node_scale = getattr(encoder, "input_node_scale", None)
+    edge_scale = getattr(encoder, "input_edge_scale", None)
+    report = stderr_progress(label, passes=getattr(encoder, "stream_passes", None)) if progress else None
+    stream = GraphStream(graph, config, device, chunk_edges, node_scale, edge_scale, report)
+    with torch.no_grad():
+        return encoder.forward_stream(stream)

@@ -351,25 +351,67 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> list:
+#: Above this many edges, ``predict``/``embed`` encode a graph with its encoder's streamed forward
+#: (``learn.stream``) when it has one. Measured (benchmarks/scale.py --threshold, README "Scale"):
+#: the in-memory path peaks at ≈ 700 bytes per edge for ng-gnn hidden 32 (featurize ≈ 100 plus the
+#: encoder's ``edges × hidden`` activations), the streamed one at O(nodes) — 4 M edges is where the
+#: in-memory peak passes ≈ 2.5 GiB while streaming is still no slower.
+STREAM_EDGES = 4_000_000
+
+
+def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, stream: bool | None = None,
+                     progress: bool = False, chunk_edges: int | None = None):
+    """The encoder's graph embeddings ``[len(graphs), d]`` (on CPU), in order. ``stream``: None
+    streams graphs with at least ``STREAM_EDGES`` edges when the encoder can, True streams every
+    graph (an encoder without ``forward_stream`` is an error), False none. Small graphs are batched."""
+    import torch
+
+    from .stream import DEFAULT_CHUNK, encode_streamed
+    enc = model.encoder
+    can = hasattr(enc, "forward_stream")
+    if stream and not can:
+        raise InputError(f"encoder {meta['encoder']!r} has no streamed forward (--no-stream encodes in memory)")
+    streamed = [bool(stream) if stream is not None else (can and g.num_edges >= STREAM_EDGES) for g in graphs]
+    features = FeatureConfig(**meta["features"])
+    out: list = [None] * len(graphs)
+    small = [i for i, s in enumerate(streamed) if not s]
+    model.eval()
+    with torch.no_grad():
+        for k in range(0, len(small), 32):
+            idx = small[k:k + 32]
+            batch = next(_batches([graphs[i] for i in idx], np.zeros(len(idx)), features, 32, False, None))
+            for i, row in zip(idx, enc(batch.to(device))[1].cpu()):
+                out[i] = row
+        for i in (i for i, s in enumerate(streamed) if s):
+            _, g = encode_streamed(enc, graphs[i], features, device, chunk_edges or DEFAULT_CHUNK,
+                                   progress=progress, label=f"encoding graph {i + 1}/{len(graphs)}")
+            out[i] = g[0].cpu()
+    return torch.stack(out) if out else torch.zeros(0, getattr(enc, "out_dim", 1))
+
+
+def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", stream: bool | None = None,
+            progress: bool = False) -> list:
+    """Predictions for ``graphs``; large ones encoded streamed (see :func:`graph_embeddings`)."""
+    import torch
     model, meta, dev = load_checkpoint(ckpt, device)
-    pred = _predict(model, graphs, FeatureConfig(**meta["features"]), dev, meta["task"], meta["y_mean"], meta["y_std"])
+    with torch.no_grad():
+        out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)).cpu()
+    pred = _decode(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
     if meta["task"] == "classification":
         return [meta["classes"][int(i)] for i in pred]
     return [float(v) for v in pred]
 
 
-def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto") -> np.ndarray:
-    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's."""
+def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", stream: bool | None = None,
+          progress: bool = False) -> np.ndarray:
+    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's;
+    large graphs encoded streamed (see :func:`graph_embeddings`)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
-    features = FeatureConfig(**meta["features"])
-    out = []
+    if not graphs:
+        return np.zeros((0, 1), np.float32)
     with torch.no_grad():
-        for batch in _batches(graphs, np.zeros(len(graphs)), features, 32, False, None):
-            batch = batch.to(dev)
-            g = model.encoder(batch)[1]
-            if meta["task"] == "embedding":
-                g = model.head(g)
-            out.append(torch.nn.functional.normalize(g, dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        g = graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)
+        if meta["task"] == "embedding":
+            g = model.head(g)
+        return torch.nn.functional.normalize(g, dim=-1).cpu().numpy()

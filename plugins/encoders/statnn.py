@@ -112,7 +112,7 @@ def streamed_group_stats(stream, max_depth: int) -> torch.Tensor:
         v, b = c.taps[..., 0].reshape(-1), min(c.depth, max_depth)
         s1[b] += v.sum(dtype=torch.float64)
         s2[b] += v.double().square().sum()
-        high += torch.bincount(b * 65536 + (_order_key(v) >> 16), minlength=D * 65536)
+        high.index_add_(0, b * 65536 + (_order_key(v) >> 16), torch.ones_like(v, dtype=torch.long))
     high = high.view(D, 65536)
     counts = high.sum(1)
     mean = s1 / counts.clamp(min=1)
@@ -133,7 +133,7 @@ def streamed_group_stats(stream, max_depth: int) -> torch.Tensor:
         key = _order_key(v)
         slot = wanted[b][key >> 16]
         hit = slot >= 0
-        low += torch.bincount(slot[hit] * 65536 + (key[hit] & 0xFFFF), minlength=low.numel())
+        low.index_add_(0, slot[hit] * 65536 + (key[hit] & 0xFFFF), torch.ones_like(key[hit]))
     lcum = low.view(-1, 65536).cumsum(1)[slot_of.view(-1)]                            # [D · Q, 65536]
     lbin = torch.searchsorted(lcum, rank.view(-1, 1), right=True).view(D, -1)
     qs = _from_key(hbin * 65536 + lbin.clamp(max=65535))
