@@ -53,7 +53,7 @@ def _close(actual, desired):
 
 def _chunks(graph) -> tuple[int, int]:
     """A chunk size that splits blocks mid-way (a few dozen chunks at most) and one that does not."""
-    return max(7, graph.num_edges // 40), 1 << 16
+    return max(7, graph.num_edges // 12), 1 << 16
 
 
 def _in_memory(model, graph, config=FeatureConfig()):

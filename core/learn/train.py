@@ -352,11 +352,11 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
 
 
 #: Above this many edges, ``predict``/``embed`` encode a graph with its encoder's streamed forward
-#: (``learn.stream``) when it has one. Measured (benchmarks/scale.py --threshold, README "Scale"):
-#: the in-memory path peaks at ≈ 700 bytes per edge for ng-gnn hidden 32 (featurize ≈ 100 plus the
-#: encoder's ``edges × hidden`` activations), the streamed one at O(nodes) — 4 M edges is where the
-#: in-memory peak passes ≈ 2.5 GiB while streaming is still no slower.
-STREAM_EDGES = 4_000_000
+#: (``learn.stream``) when it has one. Measured (`benchmarks/scale.py --sizes nano,micro --in-memory`, README "Scale"):
+#: the in-memory path peaks at ≈ 1.1 kB per edge for ng-gnn hidden 32 × 2 layers (featurize 100 plus the
+#: encoder's ``edges × hidden`` activations), the streamed one at O(nodes) but ≈ 1.6× its CPU time (edge
+#: updates recomputed): 2 M edges is where the in-memory peak passes ≈ 2 GiB.
+STREAM_EDGES = 2_000_000
 
 
 def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, stream: bool | None = None,
