@@ -165,3 +165,17 @@ def test_cli_stream_flag(graphs, tmp_path):
     import json
     v = [json.loads(r.stdout)[0]["prediction"] for r in runs]
     assert v[0] == pytest.approx(v[1], rel=1e-5, abs=1e-6)
+
+
+def test_statnn_quantiles_exact_in_one_or_two_passes(graphs):
+    """Streamed per-depth quantiles are the sorted values' (radix selection); bfloat16 weights (the
+    LLaMA graph) need one pass, float32 ones two."""
+    from torch_geometric.data import Batch
+
+    from nngraph.plugins.encoders.statnn import streamed_group_stats, weight_statistics
+    for g, passes in ((graphs[0], 2), (graphs[-1], 1)):
+        stream = GraphStream(g, chunk_edges=_chunks(g)[0])
+        got = streamed_group_stats(stream, 8)
+        want = weight_statistics(Batch.from_data_list([featurize(g)]), 8)[0, :9 * 7].view(9, 7)
+        assert torch.equal(got[:, 2:], want[:, 2:]) and stream.passes == passes
+        _close(got[:, :2], want[:, :2])

@@ -8,7 +8,8 @@ broadcast to its nodes.
 Streamed (:meth:`StatNN.forward_stream`, two passes over the edges, memory independent of them):
 sums give mean and std; quantiles are exact order statistics found by radix selection — pass 1
 counts each depth bucket's values by the high 16 bits of their order-preserving float32 key, which
-fixes the 16-bit bin holding each wanted rank, pass 2 counts the low 16 bits inside those bins.
+fixes the 16-bit bin holding each wanted rank, pass 2 counts the low 16 bits inside those bins
+(skipped when no value has low bits: bfloat16 weights read without rescaling).
 Same result as the in-memory forward (float summation order aside).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ class StatNN(nn.Module):
         g = self.net(weight_statistics(batch, self.max_depth))
         return g[index], g
 
-    stream_passes = 2
+    stream_passes = 2                 # at most
 
     @torch.no_grad()
     def forward_stream(self, stream):
@@ -90,52 +91,57 @@ def _bias_stats(x, node_depth, index, B: int, D: int) -> torch.Tensor:
 
 
 def _order_key(v: torch.Tensor) -> torch.Tensor:
-    """float32 → int64 in [0, 2³²) with the same order (negative floats have their bits flipped)."""
-    bits = v.contiguous().view(torch.int32).long()
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2 ** 31
+    """float32 → int32 with the same order as signed integers (negative floats: all bits but the
+    sign flipped)."""
+    bits = v.contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 def _from_key(key: torch.Tensor) -> torch.Tensor:
-    bits = key - 2 ** 31
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return bits.to(torch.int32).view(torch.float32)
+    key = key.to(torch.int32)
+    return (key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32)
 
 
 def streamed_group_stats(stream, max_depth: int) -> torch.Tensor:
     """[(max_depth + 1), 2 + len(QUANTILES)] for one graph: ``_group_stats`` of the first edge tap
-    per target-depth bucket, from two passes over ``stream`` (module docstring)."""
+    per target-depth bucket, from passes over ``stream`` (module docstring). The second pass is
+    skipped when no value has low 16 bits (weights that were bfloat16 and are not rescaled): the
+    high half then is the value."""
     D, dev = max_depth + 1, stream.x.device
     s1 = torch.zeros(D, dtype=torch.float64, device=dev)
     s2 = torch.zeros(D, dtype=torch.float64, device=dev)
-    high = torch.zeros(D * 65536, dtype=torch.long, device=dev)
+    high = torch.zeros(D, 65536, dtype=torch.long, device=dev)
+    low_bits = False
     for c in stream.chunks():                                       # pass 1: sums, high-half histogram
         v, b = c.taps[..., 0].reshape(-1), min(c.depth, max_depth)
-        s1[b] += v.sum(dtype=torch.float64)
-        s2[b] += v.double().square().sum()
-        high.index_add_(0, b * 65536 + (_order_key(v) >> 16), torch.ones_like(v, dtype=torch.long))
-    high = high.view(D, 65536)
+        s1[b] += float(v.sum())
+        s2[b] += float(torch.dot(v, v))
+        key = _order_key(v)
+        high[b] += torch.bincount((key >> 16) + 32768, minlength=65536)
+        low_bits = low_bits or bool((v.view(torch.int32) & 0xFFFF).any())
     counts = high.sum(1)
     mean = s1 / counts.clamp(min=1)
     std = torch.sqrt(torch.clamp(s2 / counts.clamp(min=1) - mean * mean, min=0) + 1e-12)
     q = torch.tensor(QUANTILES, dtype=torch.float32, device=dev)
     rank = (q[None, :] * (counts[:, None] - 1).clamp(min=0).float()).round().long()   # [D, Q], as _group_stats
     cum = high.cumsum(1)
-    hbin = torch.searchsorted(cum, rank, right=True)                                  # bin holding each rank
+    hbin = torch.searchsorted(cum, rank, right=True).clamp(max=65535)                 # bin holding each rank
     rank = rank - torch.where(hbin > 0, cum.gather(1, (hbin - 1).clamp(min=0)), torch.zeros_like(rank))
-    hbin = hbin.clamp(max=65535)
-    pairs, slot_of = torch.unique(torch.arange(D, device=dev)[:, None] * 65536 + hbin, return_inverse=True)
-    wanted = torch.full((D * 65536,), -1, dtype=torch.long, device=dev)               # (bucket, high bin) → slot
-    wanted[pairs] = torch.arange(len(pairs), device=dev)
-    wanted = wanted.view(D, 65536)
-    low = torch.zeros(len(pairs) * 65536, dtype=torch.long, device=dev)
-    for c in stream.chunks():                                       # pass 2: low halves inside wanted bins
-        v, b = c.taps[..., 0].reshape(-1), min(c.depth, max_depth)
-        key = _order_key(v)
-        slot = wanted[b][key >> 16]
-        hit = slot >= 0
-        low.index_add_(0, slot[hit] * 65536 + (key[hit] & 0xFFFF), torch.ones_like(key[hit]))
-    lcum = low.view(-1, 65536).cumsum(1)[slot_of.view(-1)]                            # [D · Q, 65536]
-    lbin = torch.searchsorted(lcum, rank.view(-1, 1), right=True).view(D, -1)
-    qs = _from_key(hbin * 65536 + lbin.clamp(max=65535))
+    lbin = torch.where(hbin >= 32768, 0, 0xFFFF)      # no low bits: the low half of a negative key is all ones
+    if low_bits:
+        pairs, slot_of = torch.unique(torch.arange(D, device=dev)[:, None] * 65536 + hbin, return_inverse=True)
+        wanted = torch.full((D * 65536,), -1, dtype=torch.long, device=dev)           # (bucket, high bin) → slot
+        wanted[pairs] = torch.arange(len(pairs), device=dev)
+        wanted = wanted.view(D, 65536)
+        low = torch.zeros(len(pairs) * 65536, dtype=torch.long, device=dev)
+        for c in stream.chunks():                                   # pass 2: low halves inside wanted bins
+            v, b = c.taps[..., 0].reshape(-1), min(c.depth, max_depth)
+            key = _order_key(v)
+            slot = wanted[b][(key >> 16).long() + 32768]
+            hit = slot >= 0
+            low.index_add_(0, slot[hit] * 65536 + (key[hit] & 0xFFFF).long(), torch.ones_like(slot[hit]))
+        lcum = low.view(-1, 65536).cumsum(1)[slot_of.view(-1)]                        # [D · Q, 65536]
+        lbin = torch.searchsorted(lcum, rank.view(-1, 1), right=True).view(D, -1).clamp(max=65535)
+    qs = _from_key((hbin - 32768) * 65536 + lbin)
     qs = torch.where(counts[:, None] > 0, qs, torch.zeros_like(qs))
     return torch.cat([mean.float()[:, None], std.float()[:, None], qs], dim=-1)
