@@ -290,7 +290,9 @@ def main(argv=None) -> None:
     ap.add_argument("--encoder", default="ng-gnn", help="encoder for the encode step (freshly initialised)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for the encode step")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the encode step (1: on a shared machine two OpenMP threads waiting "
+                         "for each other made the same run 10–40× slower)")
     ap.add_argument("--chunk", type=int, default=1 << 18, help="edges per streamed chunk")
     ap.add_argument("--featurize-max-edges", type=float, default=20e6,
                     help="measure featurize only up to this many edges (it needs ≈ 100 bytes per edge)")

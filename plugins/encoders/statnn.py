@@ -38,7 +38,7 @@ def _group_stats(values: torch.Tensor, group: torch.Tensor, groups: int) -> torc
     starts = torch.cumsum(counts, 0) - counts
     qs = []
     for q in QUANTILES:
-        pos = starts + torch.clamp((q * (counts - 1).clamp(min=0)).round().long(), min=0)
+        pos = starts + torch.clamp((q * (counts - 1).clamp(min=0).double()).round().long(), min=0)  # float64: exact ranks
         pick = values[order][pos.clamp(max=max(len(values) - 1, 0))] if len(values) else torch.zeros_like(mean)
         qs.append(torch.where(counts > 0, pick, torch.zeros_like(pick)))
     return torch.stack([mean, std, *qs], dim=-1)
@@ -122,8 +122,8 @@ def streamed_group_stats(stream, max_depth: int) -> torch.Tensor:
     counts = high.sum(1)
     mean = s1 / counts.clamp(min=1)
     std = torch.sqrt(torch.clamp(s2 / counts.clamp(min=1) - mean * mean, min=0) + 1e-12)
-    q = torch.tensor(QUANTILES, dtype=torch.float32, device=dev)
-    rank = (q[None, :] * (counts[:, None] - 1).clamp(min=0).float()).round().long()   # [D, Q], as _group_stats
+    q = torch.tensor(QUANTILES, dtype=torch.float64, device=dev)
+    rank = (q[None, :] * (counts[:, None] - 1).clamp(min=0).double()).round().long()  # [D, Q], as _group_stats
     cum = high.cumsum(1)
     hbin = torch.searchsorted(cum, rank, right=True).clamp(max=65535)                 # bin holding each rank
     rank = rank - torch.where(hbin > 0, cum.gather(1, (hbin - 1).clamp(min=0)), torch.zeros_like(rank))
