@@ -148,7 +148,7 @@ def evaluate(checkpoint, dataset, split, device, as_json):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--stream/--no-stream", "stream", default=None,
               help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
-                   "streamed for graphs of 2 M edges or more when the encoder has one.")
+                   "streamed for graphs of 200 k edges or more when the encoder has one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 def predict(checkpoint, models, device, stream, as_json):
     """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
@@ -174,7 +174,7 @@ def predict(checkpoint, models, device, stream, as_json):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--stream/--no-stream", "stream", default=None,
               help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
-                   "streamed for graphs of 2 M edges or more when the encoder has one.")
+                   "streamed for graphs of 200 k edges or more when the encoder has one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def embed(checkpoint, dataset, output, device, stream, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""

@@ -351,12 +351,14 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-#: Above this many edges, ``predict``/``embed`` encode a graph with its encoder's streamed forward
-#: (``learn.stream``) when it has one. Measured (`benchmarks/scale.py --sizes nano,micro --in-memory`, README "Scale"):
-#: the in-memory path peaks at ≈ 1.1 kB per edge for ng-gnn hidden 32 × 2 layers (featurize 100 plus the
-#: encoder's ``edges × hidden`` activations), the streamed one at O(nodes) but ≈ 1.6× its CPU time (edge
-#: updates recomputed): 2 M edges is where the in-memory peak passes ≈ 2 GiB.
-STREAM_EDGES = 2_000_000
+#: From this many edges, ``predict``/``embed`` encode a graph with its encoder's streamed forward
+#: (``learn.stream``) when it has one. Measured (``benchmarks/scale.py --sizes nano,micro --in-memory``,
+#: README "Scale"; ng-gnn hidden 32 × 2 layers, one thread): at 0.23 M edges streaming took 0.37 s and
+#: 99 MiB over the loaded process, in memory (featurize + forward) 0.62 s and 432 MiB; at 1.4 M edges
+#: 2.3 s / 296 MiB against 9.1 s / 1596 MiB (≈ 1.1 kB per edge). Dense block chunks (broadcast, no
+#: index gathers or scatters) outweigh the recomputed edge updates; below ≈ 0.2 M edges batching many
+#: small graphs in memory is what a zoo wants.
+STREAM_EDGES = 200_000
 
 
 def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, stream: bool | None = None,
