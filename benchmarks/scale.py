@@ -318,9 +318,9 @@ def main(argv=None) -> None:
         ap.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
     result = run(sizes, args.keep, not args.no_align, args.pairs, args.seed,
                  progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)), coo=not args.no_coo,
-                 encode=None if args.no_encode else {"encoder": args.encoder, "hidden": args.hidden, "layers": args.layers,
-                                                     "threads": args.threads, "chunk": args.chunk,
-                                                     "in_memory": args.in_memory},
+                 encode=None if args.no_encode else {
+                     "encoder": args.encoder, "hidden": args.hidden, "layers": args.layers, "threads": args.threads,
+                     "chunk": args.chunk, "in_memory": args.in_memory},
                  featurize_max_edges=args.featurize_max_edges)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -336,8 +336,8 @@ def main(argv=None) -> None:
               f"| {r.get('align_peak_mib', nan):.0f} | {r.get('recovered', '-')} |")
     if any("encode_s" in r or "featurize_bytes_per_edge" in r for r in result["rows"]):
         print()
-        print("| size | edges | featurize B/edge (peak) | streamed encode s (CPU s) | encode peak MiB (loaded graph MiB) "
-              "| M edges/s | in-memory encode s | in-memory peak MiB |")
+        print("| size | edges | featurize B/edge (peak) | streamed encode s (CPU s) "
+              "| encode peak MiB (loaded graph MiB) | M edges/s | in-memory encode s | in-memory peak MiB |")
         print("|---|---|---|---|---|---|---|---|")
         for r in result["rows"]:
             print(f"| {r['size']} | {r['edges'] / 1e6:.1f} M | {r.get('featurize_bytes_per_edge', nan):.0f} "

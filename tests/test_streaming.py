@@ -62,7 +62,8 @@ def _in_memory(model, graph, config=FeatureConfig()):
         return model(Batch.from_data_list([featurize(graph, config)]))
 
 
-@pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(taps=4, scale="block"), FeatureConfig(scale="graph")])
+@pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(taps=4, scale="block"),
+                                    FeatureConfig(scale="graph")])
 def test_chunks_are_featurize_rows(graphs, config):
     """Concatenated chunks, padded and one-hot, are featurize's edge rows in featurize's order."""
     from nngraph.graph.vocab import EDGE_KINDS
@@ -160,7 +161,8 @@ def test_cli_stream_flag(graphs, tmp_path):
     ckpt = save_checkpoint(tmp_path / "s.safetensors", model, meta)
     path = tmp_path / "conv.ngraph"
     nngraph.save(graphs[2], path)
-    runs = [CliRunner().invoke(cli, ["predict", str(ckpt), str(path), "--json", flag]) for flag in ("--stream", "--no-stream")]
+    runs = [CliRunner().invoke(cli, ["predict", str(ckpt), str(path), "--json", flag])
+            for flag in ("--stream", "--no-stream")]
     assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
     import json
     v = [json.loads(r.stdout)[0]["prediction"] for r in runs]

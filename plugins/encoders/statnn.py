@@ -38,7 +38,8 @@ def _group_stats(values: torch.Tensor, group: torch.Tensor, groups: int) -> torc
     starts = torch.cumsum(counts, 0) - counts
     qs = []
     for q in QUANTILES:
-        pos = starts + torch.clamp((q * (counts - 1).clamp(min=0).double()).round().long(), min=0)  # float64: exact ranks
+        rank = (q * (counts - 1).clamp(min=0).double()).round().long()     # float64: exact ranks past 2^24
+        pos = starts + torch.clamp(rank, min=0)
         pick = values[order][pos.clamp(max=max(len(values) - 1, 0))] if len(values) else torch.zeros_like(mean)
         qs.append(torch.where(counts > 0, pick, torch.zeros_like(pick)))
     return torch.stack([mean, std, *qs], dim=-1)
