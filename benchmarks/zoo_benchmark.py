@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from nngraph.learn.dataset import load_dataset
-from nngraph.learn.train import TrainConfig, evaluate, save_checkpoint, train
+from nngraph.learn.checkpoint import save_checkpoint
+from nngraph.learn.train import TrainConfig, evaluate, train
 
 
 def run(data, target: str, task: str, encoder: str, epochs: int, seed: int, tmp: str) -> tuple[dict, float]:

@@ -72,7 +72,8 @@ class OpRule:
 
     ``lower(ctx, node)`` reads its inputs from the lowering context and records its outputs;
     the engine picks, for each node, the rule of the highest ``since_version`` not above the
-    model's opset for ``domain``. See ``nngraph.adapters.onnx.engine`` for the context API.
+    model's opset for ``domain``. The context API is ``nngraph.adapters.onnx.context.LoweringContext``;
+    built-in rules register with ``nngraph.adapters.onnx.registry.rule``.
     """
 
     op_type: str

@@ -133,7 +133,7 @@ def example_graphs(seed: int = 0) -> list:
     return out
 
 
-def _node_perm(graph, symmetry) -> np.ndarray:
+def node_permutation(graph, symmetry) -> np.ndarray:
     """For the permuted graph's node i, the original node it came from."""
     offsets = graph.set_offsets()
     idx = []
@@ -187,7 +187,7 @@ class EncoderConformance:
                 n1, p1 = self._run(model, [g])
                 n2, p2 = self._run(model, [g.permute(sym)])
                 np.testing.assert_allclose(p2.cpu().numpy(), p1.cpu().numpy(), atol=self.atol, rtol=1e-4)
-                np.testing.assert_allclose(n2.cpu().numpy(), n1.cpu().numpy()[_node_perm(g, sym)],
+                np.testing.assert_allclose(n2.cpu().numpy(), n1.cpu().numpy()[node_permutation(g, sym)],
                                            atol=self.atol, rtol=1e-4)
 
     def test_batched_equals_one_by_one(self):

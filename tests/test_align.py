@@ -109,7 +109,7 @@ def test_grouped_and_depthwise_convs_are_aligned_inside_their_groups(tmp_path):
 
 def test_embedding_matching_with_an_encoder_checkpoint(mlp_onnx, tmp_path):
     from nngraph.learn.featurize import FeatureConfig
-    from nngraph.learn.train import GraphModel, save_checkpoint
+    from nngraph.learn.checkpoint import GraphModel, save_checkpoint
     model = GraphModel.build("ng-gnn", {"hidden": 16, "layers": 2}, "regression", 1, FeatureConfig())
     ckpt = save_checkpoint(tmp_path / "enc.safetensors", model, {
         "encoder": "ng-gnn", "encoder_config": {"hidden": 16, "layers": 2}, "head": "regression", "out_dim": 1,

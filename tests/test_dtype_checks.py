@@ -4,7 +4,6 @@ never make an exact round trip fail; bf16 tensors are floats to alignment."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import nngraph
 from conftest import ngraph

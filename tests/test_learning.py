@@ -143,7 +143,7 @@ def test_train_progress_validation_and_early_stopping(zoo, tmp_path):
     assert progress and progress[0].startswith("epoch 1/200") and "val_accuracy" in progress[0]
     assert len(progress) < 200                                  # stopped early
     assert "{" not in r.stdout and "epoch" in r.stdout          # a readable summary, not a raw dict
-    from nngraph.learn.train import load_checkpoint
+    from nngraph.learn.checkpoint import load_checkpoint
     _, meta, _ = load_checkpoint(ckpt, "cpu")
     history = meta["history"]
     best = min(range(len(history)), key=lambda i: history[i]["val_loss"])

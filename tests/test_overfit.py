@@ -13,7 +13,8 @@ pytest.importorskip("torch_geometric")
 
 from nngraph.learn.dataset import Entry, ModelDataset  # noqa: E402
 from nngraph.graph.ir import NeuralGraph, Param  # noqa: E402
-from nngraph.learn.train import TrainConfig, evaluate, save_checkpoint, train  # noqa: E402
+from nngraph.learn.checkpoint import save_checkpoint  # noqa: E402
+from nngraph.learn.train import TrainConfig, evaluate, train  # noqa: E402
 
 LAYOUT = (2, 16, 16, 1)
 PROBE = np.array([1.0, -0.5], np.float32)

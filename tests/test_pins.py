@@ -271,11 +271,11 @@ def test_reshape_with_symbolic_batch_spelled_out_by_the_target(tmp_path, rng):
 
 
 def test_symbolic_minus_one_cancels_the_batch():
-    from nngraph.adapters.onnx.rules.shape import _infer_minus_one
-    assert _infer_minus_one(("B", 8, 4, 4), ["B", None]) == 128
-    assert _infer_minus_one(("B", "T", 32), ["B", "T", 4, None]) == 8
-    assert _infer_minus_one(("B", "T", 32), ["B", None, 32]) == "T"
-    assert _infer_minus_one(("B", "T", 32), [None, 4]) is None
+    from nngraph.adapters.onnx.rules.shape import infer_minus_one
+    assert infer_minus_one(("B", 8, 4, 4), ["B", None]) == 128
+    assert infer_minus_one(("B", "T", 32), ["B", "T", 4, None]) == 8
+    assert infer_minus_one(("B", "T", 32), ["B", None, 32]) == "T"
+    assert infer_minus_one(("B", "T", 32), [None, 4]) is None
 
 
 def _attention_with_bias(tmp_path, rng, mask_shape):

@@ -29,9 +29,10 @@ def convert(path: Path, bind: Mapping[str, np.ndarray] | None = None, strict: bo
     ``strict`` refuses a model with any structure that would be pinned."""
     from nngraph.loader import registry
 
-    from .engine import RuleTable, lower_model
+    from .driver import lower_model
     from .folding import fold
     from .reader import read_model
+    from .registry import RuleTable
 
     rules = RuleTable(registry().onnx_rules)
     return lower_model(read_model(path), rules, _checked(fold, path), dict(bind) if bind else None,
@@ -92,9 +93,8 @@ def read_params(path: Path) -> dict[str, np.ndarray]:
     """Initializers and ``Constant`` node values, read straight from the file."""
     from onnx import numpy_helper
 
+    from .graphs import all_graphs
     from .reader import read_model
-
-    from .engine import all_graphs
 
     model = read_model(path)
     params = {}

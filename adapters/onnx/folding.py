@@ -16,17 +16,11 @@ from onnx import numpy_helper
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.origin import Origin
 
-from .engine import AUX, Const, LoweringContext
+from .context import LoweringContext
+from .values import AUX, Const
 
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                     "Bernoulli"}
-
-
-def _axes(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list[int] | None:
-    if len(ins) > 1 and ins[1] is not None:
-        return [int(a) for a in np.asarray(ins[1].data).reshape(-1)]
-    axes = ctx.attr(node, "axes")
-    return None if axes is None else [int(a) for a in axes]
 
 
 def _index_fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> Const | None:

@@ -17,6 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nngraph.errors import InputError
 
+from .graphs import all_graphs
+from .wire import strip_weights
+
 
 @dataclass
 class OnnxModel:
@@ -55,8 +58,6 @@ def read_model(path: str | os.PathLike) -> OnnxModel:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    from .wire import strip_weights
-
     raw: dict = {}
     try:
         data, raw = strip_weights(path)
@@ -167,8 +168,6 @@ def check_model(model: OnnxModel) -> None:
     number of inputs and outputs it takes, its required attributes, each of the declared type,
     weight initializers of the rank the spec fixes, and no ``ConstantOfShape`` beyond memory."""
     from onnx import AttributeProto
-
-    from .engine import all_graphs
 
     where = str(model.path)
     opsets = model.opsets

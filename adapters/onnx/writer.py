@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from nngraph.errors import GraphError
 
-from .engine import all_graphs
+from .graphs import all_graphs
 from .reader import read_model
 
 EXTERNAL_ABOVE = 1_800_000_000   # bytes of weights above which the model is written with external data

@@ -9,15 +9,14 @@ Tensors are memory-mapped, never read into memory whole.
 """
 from __future__ import annotations
 
-import json
 import re
-import struct
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from nngraph.errors import InputError, UnsupportedModelError
+from nngraph.files import atomic_output
 from nngraph.hookspecs import AdapterSpec, hookimpl
 from nngraph.graph.ir import NeuralGraph, Param
 from nngraph.graph.origin import Origin
@@ -110,7 +109,7 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], path: Path | str = "<s
             taps = 1
             groups = 1
             if prev is None:
-                inp = g.add_set("input", per_group if w.ndim == 2 else per_group, "input", fixed=True)
+                inp = g.add_set("input", per_group, "input", fixed=True)
                 prev = inp.name
             n_prev = g.sets[prev].size
             kind = "dense" if w.ndim == 2 else "conv"
@@ -129,12 +128,7 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], path: Path | str = "<s
             if groups > 1 and groups == n_prev == out_ch:
                 s = g.add_set(mod or "layer", out_ch, depth=depth, tie=prev)
             elif groups > 1:
-                parent = g.groups[g.sets[prev].group].parent
-                if parent is None or g.groups[parent].size != groups:
-                    parent = f"{mod}/{groups}blocks"
-                    g.add_group(parent, groups)
-                    g.groups[g.sets[prev].group].parent = parent
-                s = g.add_set(mod or "layer", out_ch, depth=depth, parent=parent)
+                s = g.add_set(mod or "layer", out_ch, depth=depth, parent=g.partition(prev, groups))
             else:
                 s = g.add_set(mod or "layer", out_ch, depth=depth)
             weight = add(full["weight"], w)
@@ -199,20 +193,12 @@ def convert(path: Path, bind=None, **options) -> NeuralGraph:
 def export(source: Path, params, out: Path) -> None:
     """Write the parameters as a safetensors file, with the source's config.json beside it."""
     import shutil
-    import tempfile
 
     from safetensors.numpy import save_file
 
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    import os
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(out) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp))
     config = Path(source).parent / "config.json"
     if config.is_file() and config.resolve() != (out.parent / "config.json").resolve():
         shutil.copy(config, out.parent / "config.json")

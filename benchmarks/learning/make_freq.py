@@ -16,7 +16,6 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 

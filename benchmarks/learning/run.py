@@ -26,7 +26,8 @@ import numpy as np
 
 from nngraph.learn.dataset import load_dataset
 from nngraph.learn.featurize import featurize
-from nngraph.learn.train import TrainConfig, evaluate, metrics, save_checkpoint, train
+from nngraph.learn.checkpoint import save_checkpoint
+from nngraph.learn.train import TrainConfig, evaluate, metrics, train
 
 PRIMARY = {"classification": "accuracy", "regression": "kendall_tau"}
 

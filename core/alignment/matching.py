@@ -634,7 +634,7 @@ def node_embeddings(checkpoint, graphs: list[NeuralGraph], device: str = "auto")
     import torch
 
     from ..learn.featurize import FeatureConfig, featurize
-    from ..learn.train import load_checkpoint
+    from ..learn.checkpoint import load_checkpoint
     model, meta, dev = load_checkpoint(checkpoint, device)
     features = FeatureConfig(**meta["features"])
     out = []

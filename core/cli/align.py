@@ -23,7 +23,7 @@ from .app import cli, emit_json, out, spinner
 def align(model_a, model_b, output, method, data, checkpoint, fmt, seed, as_json) -> None:
     """Permute MODEL_B's neurons to match MODEL_A's; write it (checked to compute B's function)."""
     from ..alignment.merge import align_files
-    from ..graph.fileformat import check_output
+    from ..files import check_output
     from ..verify import load_inputs
 
     _check_method(method, data, checkpoint)
@@ -80,7 +80,7 @@ def _weights(text: str | None, n: int) -> list[float] | None:
 def merge(models, output, weights, method, data, checkpoint, fmt, seed, as_json) -> None:
     """Align MODELS to the first and average their parameters into one model."""
     from ..alignment.merge import merge_files
-    from ..graph.fileformat import check_output
+    from ..files import check_output
     from ..verify import load_inputs
 
     if len(models) < 2:

@@ -29,7 +29,8 @@ def convert(model: Path, output: Path | None, fmt: str | None, inputs: Path | No
     Structures the converter cannot follow are pinned (their neurons kept fixed, their
     parameters kept as opaque blocks) and reported; --strict refuses them instead."""
     from ..api import convert as _convert
-    from ..graph.fileformat import check_output, save
+    from ..files import check_output
+    from ..graph.fileformat import save
     from ..verify import load_inputs
 
     output = check_output(output or model.with_suffix(".ngraph"))

@@ -1,12 +1,14 @@
-"""Commands that learn over populations: train, evaluate, predict, embed, search."""
+"""Commands that learn over populations: prepare, train, evaluate, predict, embed, search."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
 from ..errors import InputError
+from ..learn.featurize import FeatureConfig
 from ..learn.train import TrainConfig
 from .app import cli, emit_json, err, out
 
@@ -33,19 +35,23 @@ from .app import cli, emit_json, err, out
 @click.option("--patience", default=TrainConfig.patience, show_default=True, type=click.IntRange(0),
               help="Early stopping: stop after this many epochs without a lower validation loss, keep the best (0: off).")
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
+@click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
+              help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, threads, device, seed, output, as_json):
+          patience, no_input_scaling, probes, threads, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
-    Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json."""
-    from ..graph.fileformat import check_output
+    Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
+    Under torchrun: one rank per process, each reading its shard of DATASET; rank 0 alone writes."""
+    from ..files import check_output
+    from ..learn.checkpoint import save_checkpoint
     from ..learn.dataset import load_dataset
-    from ..learn.train import save_checkpoint
+    from ..learn.distributed import init_from_env, sync_dataset
     from ..learn.train import train as _train
 
     check_output(output)            # before hours of training, not after
@@ -54,14 +60,22 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if threads:
         import torch
         torch.set_num_threads(threads)
-    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
-    for name, why in data.failed:
+    group = init_from_env(device)   # None without torchrun's variables: one process
+    if group:
+        click.get_current_context().call_on_close(group.close)
+    main = group is None or group.main
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal and main,
+                        shard=group.shard if group else None,       # each rank converts and reads its shard
+                        workers=max(1, (os.cpu_count() or 1) // group.local_world) if group else None)
+    if group:
+        sync_dataset(data, group)               # drops what failed on any rank, everywhere
+    for name, why in data.failed if main else ():
         err.print(f"[yellow]skipped[/] {name}: {why}")
     cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      device=device, seed=seed)
-    interactive = not as_json and err.is_terminal
+                      device=device, seed=seed, features=FeatureConfig(probes=probes))
+    interactive = not as_json and err.is_terminal and main
 
     def log(record):
         if as_json:
@@ -69,20 +83,71 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
         elif not interactive:
             click.echo(f"epoch {record['epoch']}/{epochs}  {_format_record(record)}", err=True)
 
-    model, meta, history = _train(data, cfg, progress=interactive, log=log)
+    model, meta, history = _train(data, cfg, progress=interactive, log=log if main else None, group=group)
+    if not main:
+        return
     save_checkpoint(output, model, meta)
     plot = _plot_history(history, output.with_suffix(".png"))
     summary = {"checkpoint": str(output), "models": len(data.entries), "skipped": len(data.failed),
                "epochs_run": len(history), "best_epoch": meta["best_epoch"],
                "final": _rounded(history[meta["best_epoch"] - 1]), "plot": plot}
+    if group:
+        summary["processes"] = group.world
     if as_json:
         click.echo(json.dumps(summary))
     else:
         held = f" ({meta['n_val']} held out for validation)" if meta["n_val"] else ""
-        out.print(f"[bold green]✓[/] trained {encoder} on {meta['n_train']} networks{held} → {output}", soft_wrap=True)
+        procs = f" in {group.world} processes" if group else ""
+        out.print(f"[bold green]✓[/] trained {encoder} on {meta['n_train']} networks{held}{procs} → {output}",
+                  soft_wrap=True)
         which = "best" if meta["best_epoch"] != len(history) else "last"
         out.print(f"  {which} epoch {meta['best_epoch']}/{len(history)}: "
                   f"{_format_record(history[meta['best_epoch'] - 1])}", soft_wrap=True, highlight=False)
+
+
+def _shard(ctx, param, value):
+    """``I/N`` → (I, N) with 0 <= I < N."""
+    if value is None:
+        return None
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit()) or not 0 <= int(i) < int(n):
+        raise click.BadParameter(f"{value!r} is not I/N with 0 <= I < N (e.g. 0/4)")
+    return int(i), int(n)
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--shard", callback=_shard, metavar="I/N",
+              help="Only shard I of N: the rows rank I of an N-process `ngraph train` under torchrun reads.")
+@click.option("--list", "as_list", is_flag=True,
+              help="Print the shard's model files (relative to DATASET), one per line; convert nothing.")
+@click.option("--workers", default=0, type=click.IntRange(0), help="Conversion processes [default: one per CPU].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prepare(dataset, shard, as_list, workers, as_json):
+    """Convert DATASET's models (or one shard of them) into DATASET/.nngraph-cache ahead of training.
+
+    Training converts what is missing itself; preparing first lets each machine of a distributed run
+    convert only its shard, before the processes wait on each other."""
+    from ..learn.dataset import load_dataset, read_labels, shard_rows
+
+    if as_list:
+        rows = read_labels(dataset)
+        for row, held in zip(rows, shard_rows(rows, shard)):
+            if held:
+                click.echo(row["model"])
+        return
+    data = load_dataset(dataset, workers=workers or None, progress=not as_json and err.is_terminal, shard=shard)
+    ready = sum(1 for e in data.entries if e.graph is not None)
+    which = f"shard {shard[0]}/{shard[1]}" if shard else "all"
+    if as_json:
+        emit_json({"dataset": str(dataset), "shard": f"{shard[0]}/{shard[1]}" if shard else None, "models": ready,
+                   "skipped": [{"model": m, "error": why} for m, why in data.failed],
+                   "cache": str(Path(dataset) / ".nngraph-cache")})
+        return
+    for name, why in data.failed:
+        err.print(f"[yellow]skipped[/] {name}: {why}")
+    out.print(f"[bold green]✓[/] {ready} models ({which}) ready in {Path(dataset) / '.nngraph-cache'}"
+              + (f", {len(data.failed)} skipped" if data.failed else ""), soft_wrap=True, highlight=False)
 
 
 def _rounded(record: dict) -> dict:
@@ -157,7 +222,7 @@ def predict(checkpoint, models, device, stream, as_json):
     from ..learn.train import predict as _predict
 
     graphs = [load(m) if m.suffix == ".ngraph" else _convert(m) for m in models]
-    values = _predict(checkpoint, graphs, device, stream, progress=True)
+    values = _predict(checkpoint, graphs, device, paths=list(models), stream=stream, progress=True)
     if as_json:
         emit_json([{"model": str(m), "prediction": v} for m, v in zip(models, values)])
     else:
@@ -180,13 +245,14 @@ def embed(checkpoint, dataset, output, device, stream, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
     import numpy as np
 
-    from ..graph.fileformat import check_output
+    from ..files import check_output
     from ..learn.dataset import load_dataset
     from ..learn.train import embed as _embed
 
     check_output(output)
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
-    vectors = _embed(checkpoint, [e.graph for e in data.entries], device, stream, progress=True)
+    vectors = _embed(checkpoint, [e.graph for e in data.entries], device, paths=[e.path for e in data.entries],
+                     stream=stream, progress=True)
     names = np.array([e.row["model"] for e in data.entries])
     with open(output, "wb") as f:
         np.savez(f, names=names, embeddings=vectors, checkpoint=np.array(str(Path(checkpoint).resolve())))
@@ -213,7 +279,7 @@ def search(embeddings, model, k, device, as_json):
     if not {"names", "embeddings", "checkpoint"} <= set(table):
         raise InputError(f"{embeddings}: not an `ngraph embed` file")
     graph = load(model) if model.suffix == ".ngraph" else _convert(model)
-    query = _embed(str(table["checkpoint"]), [graph], device)[0]
+    query = _embed(str(table["checkpoint"]), [graph], device, paths=[model])[0]
     sims = table["embeddings"] @ query
     top = np.argsort(-sims)[:k]
     hits = [{"model": str(table["names"][i]), "similarity": float(sims[i])} for i in top]

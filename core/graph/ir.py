@@ -213,6 +213,38 @@ class NeuralGraph:
             parent = self.groups[parent].parent
         return None
 
+    def partition(self, set_name: str, k: int, new_name=None) -> str:
+        """The tie group of ``k`` blocks that ``set_name``'s group is partitioned into, created or
+        spliced into its chain of parents as needed: grouped convolutions and attention heads move
+        their channels block-wise. ``new_name(base)`` names a group that has to be created (default:
+        ``base``, made unique). Raises :class:`GraphError` when the sizes do not divide or the
+        blocks would not nest with an existing partition."""
+        group = self.groups[self.sets[set_name].group]
+        if k < 1 or group.size % k:
+            raise GraphError(f"{group.size} neurons of {set_name!r} cannot form {k} blocks")
+        child = group
+        while True:
+            parent = self.groups.get(child.parent) if child.parent else None
+            if parent is not None and parent.size == k:
+                return parent.name
+            if parent is not None and parent.size % k == 0 and parent.size > k:
+                child = parent                     # coarser blocks further up the chain
+                continue
+            if parent is None or k % parent.size == 0:      # new root, or finer than the parent: splice in
+                base = f"{set_name}/{k}blocks"
+                if new_name is not None:
+                    name = new_name(base)
+                else:
+                    name, i = base, 1
+                    while name in self.groups:
+                        i += 1
+                        name = f"{base}#{i}"
+                self.add_group(name, k, parent=parent.name if parent is not None else None)
+                child.parent = name
+                return name
+            raise GraphError(f"{set_name!r} would need both {parent.size} and {k} channel blocks; "
+                             "their symmetries do not nest")
+
     def fix(self, name: str) -> None:
         self.groups[self.sets[name].group if name in self.sets else name].fixed = True
 

@@ -23,7 +23,8 @@ ROLES: tuple[str, ...] = (
     "scale",      # output of an elementwise per-channel affine map
 )
 
-#: Connection patterns. ``full``: every source to every target (within groups);
+#: Edge-block kinds and the connection pattern each follows.
+#: Patterns: ``full``: every source to every target (within groups);
 #: ``diagonal``: source i to target i (the two sets are tied); ``membership``: neuron i of
 #: the source to node i // block_size of the target (a child set to its parent group);
 #: ``index``: source neuron i to target neuron ``attrs["index"][i]`` (a fixed reordering such as
@@ -31,9 +32,6 @@ ROLES: tuple[str, ...] = (
 #: since no tie group can express the conjugated symmetry); ``opaque``: the parameters of an op
 #: the converter could not follow, kept exactly, any shape, between two fixed sets and with no
 #: edges (how they connect the neurons is unknown).
-PATTERNS: tuple[str, ...] = ("full", "diagonal", "membership", "index", "opaque")
-
-#: Edge-block kinds and the pattern each follows.
 KINDS: dict[str, str] = {
     "dense": "full",          # Gemm / MatMul / Linear; also flatten→dense with spatial taps
     "conv": "full",           # Conv/ConvTranspose, kernel taps as the edge vector; grouped via attrs

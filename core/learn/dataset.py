@@ -4,6 +4,11 @@
 column (train/val/test) and any target columns. Models are converted in parallel with a progress
 bar and cached as ``.ngraph`` files under ``<folder>/.nngraph-cache/`` (keyed by path, size and
 modification time); a model that fails to convert is reported and skipped, not fatal.
+
+A dataset can be read in shards (``shard=(i, n)``, ``shard_rows``): then only the shard's model files are
+needed, checked and converted — one ``.nngraph-cache`` per shard when each machine holds its own — and the
+other rows are entries without a graph (their labels are still known). Distributed training reads shard
+``(rank, world)`` on every rank.
 """
 from __future__ import annotations
 
@@ -42,6 +47,35 @@ class ModelDataset:
         return [e.row.get(column, "") for e in self.entries]
 
 
+def shard_rows(rows: list[dict], shard: tuple[int, int] | None) -> list[bool]:
+    """Which rows of ``labels.csv`` shard ``(i, n)`` holds: the k-th row of each split goes to shard k mod n,
+    so every split is spread evenly over the shards (and the shards of a distributed run take equal steps)."""
+    if shard is None:
+        return [True] * len(rows)
+    i, n = shard
+    if not 0 <= i < n:
+        raise InputError(f"shard {i}/{n}: needs 0 <= i < n")
+    seen: dict[str, int] = {}
+    held = []
+    for row in rows:
+        split = row.get("split", "train")
+        held.append(seen.get(split, 0) % n == i)
+        seen[split] = seen.get(split, 0) + 1
+    return held
+
+
+def read_labels(folder: str | os.PathLike) -> list[dict]:
+    """The rows of ``folder/labels.csv`` (checked: a ``model`` column)."""
+    labels = Path(folder) / "labels.csv"
+    if not labels.is_file():
+        raise InputError(f"{folder}: no labels.csv (a 'model' column with relative paths, optional 'split', targets)")
+    with open(labels, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "model" not in rows[0]:
+        raise InputError(f"{labels}: needs a 'model' column")
+    return rows
+
+
 def _cache_path(root: Path, model: Path) -> Path:
     st = model.stat()
     key = hashlib.sha1(f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
@@ -64,27 +98,26 @@ def _convert_one(root: str, rel: str) -> tuple[str, str | None]:
         return rel, f"{type(e).__name__}: {e}"
 
 
-def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progress: bool = True) -> ModelDataset:
+def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progress: bool = True,
+                 shard: tuple[int, int] | None = None) -> ModelDataset:
+    """With ``shard=(i, n)`` only that shard's models are read; the other rows are entries with ``graph=None``."""
     root = Path(folder)
-    labels = root / "labels.csv"
-    if not labels.is_file():
-        raise InputError(f"{root}: no labels.csv (a 'model' column with relative paths, optional 'split', targets)")
-    with open(labels, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "model" not in rows[0]:
-        raise InputError(f"{labels}: needs a 'model' column")
+    rows = read_labels(root)
     root_resolved = root.resolve()
-    entries, failed = [], []
-    for row in rows:
+    entries, failed, local = [], [], []
+    for row, held in zip(rows, shard_rows(rows, shard)):
         path = (root / row["model"]).resolve()
-        if root_resolved not in path.parents:
+        if not held:
+            entries.append(Entry(path, row))            # another shard's: neither read nor checked here
+        elif root_resolved not in path.parents:
             failed.append((row["model"], "path outside the dataset folder"))
         elif not path.is_file():
             failed.append((row["model"], "no such file"))
         else:
             entries.append(Entry(path, row))
+            local.append(entries[-1])
     (root / ".nngraph-cache").mkdir(exist_ok=True)
-    todo = [e for e in entries if not _cache_path(root, e.path).exists()]
+    todo = [e for e in local if not _cache_path(root, e.path).exists()]
     errors: dict[str, str] = {}
     if todo:
         from rich.progress import Progress
@@ -106,12 +139,13 @@ def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progr
                         errors[rel] = err
                     bar.advance(task)
     from ..graph.fileformat import load
-    kept = []
+    local_ids, kept = {id(e) for e in local}, []
     for e in entries:
-        rel = str(e.path.relative_to(root_resolved))
-        if rel in errors:
-            failed.append((e.row["model"], errors[rel]))
-            continue
-        e.graph = load(_cache_path(root, e.path))
+        if id(e) in local_ids:
+            rel = str(e.path.relative_to(root_resolved))
+            if rel in errors:
+                failed.append((e.row["model"], errors[rel]))
+                continue
+            e.graph = load(_cache_path(root, e.path))
         kept.append(e)
     return ModelDataset(root, kept, failed)

@@ -26,6 +26,7 @@ import numpy as np
 from ..graph.ir import NeuralGraph
 from ..graph.materialize import block_edge_count, write_block_edges
 from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
+from .probes import PROBE
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
 
@@ -35,12 +36,18 @@ class FeatureConfig:
     taps: int = 9                 # edge-vector length (kernels and flatten taps resampled to it)
     scale: str = "none"           # none | block | graph
     max_positions: int = 4096     # fixed-neuron positions beyond this wrap around
+    probes: int = 0               # probe-feature columns: neuron outputs on fixed inputs (learn.probes)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @property
     def node_dim(self) -> int:
+        return self.base_node_dim + self.probes
+
+    @property
+    def base_node_dim(self) -> int:
+        """Columns before the probe features: roles, activation, parameter slots, depth, fixed."""
         return len(ROLES) + len(ACTIVATIONS) + 1 + 2 * len(SLOTS) + 2
 
     @property
@@ -89,14 +96,18 @@ def node_features(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
         x[rows, ROLE_IDS[s.role]] = 1
         x[rows, len(ROLES) + ACTIVATION_IDS.get(s.activation, 0)] = 1
         for key, p in s.arrays.items():
+            if key == PROBE:
+                if config.probes:
+                    x[rows, config.base_node_dim:] = np.asarray(p.data, np.float32)[:, :config.probes]
+                continue
             k = SLOTS.index(_slot(key))
             v = np.asarray(p.data, np.float32).reshape(n, -1).mean(axis=1)
             x[rows, base + k] += v
             x[rows, base + len(SLOTS) + k] = 1
-        x[rows, -2] = s.depth / max_depth
+        x[rows, config.base_node_dim - 2] = s.depth / max_depth
         depth[rows] = s.depth
         if s.group in fixed:
-            x[rows, -1] = 1
+            x[rows, config.base_node_dim - 1] = 1
             pos[rows] = (fixed_seen + np.arange(n)) % config.max_positions
             fixed_seen += n
     return x, pos, depth
@@ -172,24 +183,36 @@ def param_columns(config: FeatureConfig = FeatureConfig()) -> slice:
     return slice(base, base + len(SLOTS))
 
 
-def feature_scales(datas, config: FeatureConfig = FeatureConfig()):
+def scaled_columns(config: FeatureConfig = FeatureConfig()) -> list[int]:
+    """Node columns that input scaling brings to RMS 1: parameter slots and probe features."""
+    return [*range(param_columns(config).start, param_columns(config).stop),
+            *range(config.base_node_dim, config.node_dim)]
+
+
+def feature_scales(datas, config: FeatureConfig = FeatureConfig(), reduce=None):
     """Per-dataset input scales: ``(node_scale [node_dim], edge_scale [len(EDGE_KINDS)])``, multipliers
-    that bring each parameter slot and each edge kind's non-zero taps to RMS 1 over ``datas``
-    (featurized graphs). Columns and kinds that never occur keep scale 1."""
+    that bring each parameter slot, each probe column and each edge kind's non-zero taps to RMS 1 over ``datas``
+    (featurized graphs). Columns and kinds that never occur keep scale 1. ``reduce`` sums a tensor of
+    partial sums over processes (distributed training: each rank passes its own graphs, all get the
+    scales of the union)."""
     import torch
     node = torch.ones(config.node_dim)
     edge = torch.ones(len(EDGE_KINDS))
-    if not datas:
+    if not datas and reduce is None:
         return node, edge
-    cols = param_columns(config)
-    x = torch.cat([d.x[:, cols] for d in datas])
-    nz = (x != 0).sum(0)
-    rms = torch.sqrt((x * x).sum(0) / nz.clamp(min=1))
-    node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms))
-    taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas])
-    kind = torch.cat([d.edge_kind for d in datas])
+    cols = scaled_columns(config)
+    x = torch.cat([d.x[:, cols] for d in datas]) if datas else torch.zeros(0, len(cols))
+    nz, xx = (x != 0).sum(0), (x * x).sum(0)
+    taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas]) if datas else torch.zeros(0, config.taps)
+    kind = torch.cat([d.edge_kind for d in datas]) if datas else torch.zeros(0, dtype=torch.long)
     sq = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps * taps).sum(1))
     cnt = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps != 0).sum(1).float())
+    if reduce is not None:
+        sums = reduce(torch.cat([xx.double(), nz.double(), sq.double(), cnt.double()]))
+        xx, nz, sq, cnt = (t.to(ref.dtype) for t, ref in zip(sums.split([len(xx), len(nz), len(sq), len(cnt)]),
+                                                             (xx, nz, sq, cnt)))
+    rms = torch.sqrt(xx / nz.clamp(min=1))
+    node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms))
     rms = torch.sqrt(sq / cnt.clamp(min=1))
     edge = torch.where((cnt > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), edge)
     return node, edge

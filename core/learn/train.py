@@ -1,23 +1,21 @@
 """Train, evaluate and apply an encoder + head on a dataset of networks.
 
-Checkpoints are safetensors (the model's tensors) with a JSON document in the header naming the
-encoder and head plugins and their configuration, the feature configuration and the target's
-normalisation — no pickle anywhere.
+The model and its checkpoint file live in :mod:`nngraph.learn.checkpoint`; this module is the
+training loop, the metrics and the batch pipeline shared by training and inference.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 from .featurize import FeatureConfig, featurize
+from .probes import attach_all
 from ..graph.ir import NeuralGraph
-from ..loader import registry
+from .checkpoint import GraphModel, load_checkpoint, resolve_device
 
 
 @dataclass
@@ -42,64 +40,8 @@ class TrainConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def encoder_config(self) -> dict:
-        cfg = {"hidden": self.hidden}
-        if self.encoder in ("ng-gnn", "ng-transformer"):
-            cfg["layers"] = self.layers
-        if self.encoder == "ng-transformer":
-            cfg["heads"] = self.heads
-        return cfg
-
-
-def resolve_device(name: str):
-    import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-class GraphModel:
-    """Encoder + head as one torch module (built lazily so that importing this file is cheap)."""
-
-    @staticmethod
-    def build(encoder: str, encoder_config: dict, head: str, out_dim: int, features: FeatureConfig,
-              input_scaling: bool = False, head_config: dict | None = None):
-        import torch
-        reg = registry()
-        enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim,
-                                           edge_dim=features.edge_dim, max_positions=features.max_positions)
-        if input_scaling:
-            _attach_input_scales(enc, features)
-        width = getattr(enc, "out_dim", encoder_config.get("hidden", 64))
-        hd = reg.head(head).factory(width, out_dim, **(head_config or {}))
-
-        class Model(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.encoder, self.head = enc, hd
-
-            def forward(self, batch):
-                return self.head(self.encoder(batch)[1])
-
-        return Model()
-
-
-def _attach_input_scales(enc, features: FeatureConfig) -> None:
-    """Buffers ``input_node_scale``/``input_edge_scale`` on the encoder (saved in its state dict) and a
-    forward pre-hook that applies them, so every caller of the encoder (training, prediction, embedding
-    alignment) sees the same scaled inputs."""
-    import torch
-
-    from .featurize import apply_scales
-    from ..graph.vocab import EDGE_KINDS
-    enc.register_buffer("input_node_scale", torch.ones(features.node_dim))
-    enc.register_buffer("input_edge_scale", torch.ones(len(EDGE_KINDS)))
-
-    def scale(module, args):
-        return (apply_scales(args[0], module.input_node_scale, module.input_edge_scale, features), *args[1:])
-
-    enc.register_forward_pre_hook(scale)
+        """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
+        return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads}
 
 
 def _labels(entries, cfg: TrainConfig, classes=None):
@@ -117,17 +59,23 @@ def _labels(entries, cfg: TrainConfig, classes=None):
 
 
 def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
-             views: bool = False, cache: dict | None = None):
+             views: bool = False, cache: dict | None = None, held: np.ndarray | None = None):
     """Featurized batches (each graph featurized once when a ``cache`` dict is given); with
     ``views``, each batch is two random symmetries of the same networks (first half, second
-    half) for contrastive training."""
+    half) for contrastive training. With ``held`` (distributed training: a mask of the graphs this
+    rank holds), batches are drawn over all graphs as in one process and keep their held part;
+    ``batch.share`` is its fraction of the global batch (0 with a stand-in graph when the rank holds
+    none of it: every rank takes every step)."""
     import torch
     from torch_geometric.data import Batch
     order = rng.permutation(len(graphs)) if shuffle else np.arange(len(graphs))
     for i in range(0, len(order), batch_size):
         chosen = order[i:i + batch_size]
+        seeds = rng.integers(0, 2**31, size=(2, len(chosen))) if views else None
+        if held is not None:
+            from .distributed import held_part
+            chosen, seeds, share = held_part(chosen, seeds, held)
         if views:
-            seeds = rng.integers(0, 2**31, size=(2, len(chosen)))
             items = [featurize(graphs[j].permute(graphs[j].random_symmetry(int(s))), features)
                      for v in range(2) for j, s in zip(chosen, seeds[v])]
         else:
@@ -141,7 +89,10 @@ def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: 
                 items.append(d.clone())
         for d, j in zip(items, list(chosen) * (2 if views else 1)):
             d.y = torch.tensor([y[j]])
-        yield Batch.from_data_list(items)
+        batch = Batch.from_data_list(items)
+        if held is not None:
+            batch.share = share
+        yield batch
 
 
 def _info_nce(z, temperature: float = 0.1):
@@ -184,16 +135,19 @@ def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
     return [tr[i] for i in sorted(perm[n_va:])], [tr[i] for i in sorted(perm[:n_va])]
 
 
-def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
+def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None):
     """Returns (model, meta, history). ``history`` has one record per epoch: ``train_loss``, the
     task's metric on the epoch's training batches (``train_accuracy`` / ``train_kendall_tau`` …, as
     trained, i.e. with dropout) and, with a validation set, ``val_loss`` and ``val_*`` metrics. With
     ``patience`` and a validation set, training stops after ``patience`` epochs without a lower
-    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch."""
+    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch.
+    ``group`` (``distributed.init_from_env``): this process is one rank of a distributed run; the
+    dataset holds only its shard's graphs (the others are None), the global batches are those of one
+    process split by shard, and every rank computes the same history and weights."""
     import torch
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = group.device if group else resolve_device(cfg.device)
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:
         raise InputError(f"{dataset.root}: no training models (split column 'train')")
@@ -211,14 +165,21 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
     model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features,
                              cfg.input_scaling, head_config).to(device)
     graphs_tr = [e.graph for e in tr]
-    graphs_va = [e.graph for e in va]
-    cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr)}
+    graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
+    if cfg.features.probes:
+        attach_all(graphs_tr + [e.graph for e in va], [e.path for e in tr + va], cfg.features.probes)
+    cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr) if g is not None}
     cache_va: dict = {}
     if cfg.input_scaling:
         from .featurize import feature_scales
-        node_scale, edge_scale = feature_scales(list(cache_tr.values()), cfg.features)
+        node_scale, edge_scale = feature_scales(list(cache_tr.values()), cfg.features,
+                                                reduce=group.all_sum if group else None)
         model.encoder.input_node_scale.copy_(node_scale)
         model.encoder.input_edge_scale.copy_(edge_scale)
+    net, held_tr = model, None
+    if group:                                             # DDP from here on; the graphs this rank holds
+        net = group.wrap(model, cfg.seed, next(iter(cache_tr.values())))
+        held_tr = np.array([g is not None for g in graphs_tr])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
@@ -230,20 +191,25 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             model.train()
             total, count, seen_y, seen_out = 0.0, 0, [], []
             for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
-                                  views=cfg.task == "embedding", cache=cache_tr):
+                                  views=cfg.task == "embedding", cache=cache_tr, held=held_tr):
                 batch = batch.to(device)
-                out = model(batch)
+                out = net(batch)
                 loss = _loss(cfg.task, out, batch.y)
                 opt.zero_grad()
-                loss.backward()
+                # DDP averages gradients over ranks: weighting each by its share of the batch gives the batch mean
+                (loss * (batch.share * group.world) if group else loss).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
+                if group and not batch.share:
+                    continue                                  # a stand-in: weight 0, not counted
                 total += float(loss.detach()) * batch.num_graphs
                 count += batch.num_graphs
                 if cfg.task != "embedding":
                     seen_y.append(batch.y.cpu().numpy())
                     seen_out.append(out.detach().cpu())
             sched.step()
+            if group:
+                total, count, seen_y, seen_out = group.merge_epoch(total, count, seen_y, seen_out)
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
             if seen_out:
                 y_seen = np.concatenate(seen_y)
@@ -252,6 +218,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
                 record.update({f"train_{k}": v for k, v in metrics(cfg.task, y_seen, pred).items()})
             if va:
                 out_va = _outputs(model, graphs_va, cfg.features, device, cache=cache_va)
+                if group:
+                    out_va = group.gather_rows(np.flatnonzero([e.graph is not None for e in va]), out_va, len(va))
                 y_norm = (y_va - mean) / std if cfg.task == "regression" else y_va
                 record["val_loss"] = float(_loss(cfg.task, out_va, torch.as_tensor(y_norm)))
                 record.update({f"val_{k}": v for k, v in metrics(
@@ -273,6 +241,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None):
             "y_std": std, "features": cfg.features.to_json(), "input_scaling": cfg.input_scaling,
             "n_train": len(tr), "n_val": len(va), "history": history, "best_epoch": best[1] if best_state is not None else len(history),
             "config": {k: v for k, v in asdict(cfg).items() if k != "features"}}
+    if group:
+        meta["processes"] = group.world
     return model, meta, history
 
 
@@ -297,46 +267,6 @@ def _predict(model, graphs, features, device, task, mean, std, batch_size: int =
     return _decode(task, out, mean, std) if len(out) else np.zeros(0)
 
 
-def save_checkpoint(path, model, meta: dict) -> Path:
-    from safetensors.torch import save_file
-    import os
-    import tempfile
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata={"format": "nngraph-checkpoint", "nngraph": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path, device: str = "auto"):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["nngraph"])
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not an nngraph checkpoint ({type(e).__name__}: {e})") from None
-    features = FeatureConfig(**meta["features"])
-    try:
-        model = GraphModel.build(meta["encoder"], meta["encoder_config"], meta["head"], meta["out_dim"], features,
-                                 meta.get("input_scaling", False), meta.get("head_config"))
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise InputError(f"{path}: checkpoint does not match its encoder/head ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0]})") from None
-    dev = resolve_device(device)
-    return model.to(dev).eval(), meta, dev
-
-
 def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") -> dict[str, Any]:
     model, meta, dev = load_checkpoint(ckpt, device)
     entries = dataset.split(split)
@@ -344,8 +274,9 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
         raise InputError(f"{dataset.root}: no models in split {split!r}")
     cfg = TrainConfig(target=meta["target"], task=meta["task"])
     y, _ = _labels(entries, cfg, meta["classes"])
-    pred = _predict(model, [e.graph for e in entries], FeatureConfig(**meta["features"]), dev, meta["task"],
-                    meta["y_mean"], meta["y_std"])
+    features = FeatureConfig(**meta["features"])
+    attach_all([e.graph for e in entries], [e.path for e in entries], features.probes)
+    pred = _predict(model, [e.graph for e in entries], features, dev, meta["task"], meta["y_mean"], meta["y_std"])
     out = metrics(meta["task"], y, pred)
     out["n"] = len(entries)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
@@ -391,11 +322,14 @@ def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, strea
     return torch.stack(out) if out else torch.zeros(0, getattr(enc, "out_dim", 1))
 
 
-def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", stream: bool | None = None,
-            progress: bool = False) -> list:
-    """Predictions for ``graphs``; large ones encoded streamed (see :func:`graph_embeddings`)."""
+def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None,
+            stream: bool | None = None, progress: bool = False) -> list:
+    """Each graph's prediction (class name or value). ``paths``: the graphs' model files, needed when
+    the checkpoint was trained with probe features. Large graphs are encoded streamed (see
+    :func:`graph_embeddings`)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
+    attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
     with torch.no_grad():
         out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)).cpu()
     pred = _decode(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
@@ -404,12 +338,13 @@ def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", stream: bool 
     return [float(v) for v in pred]
 
 
-def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", stream: bool | None = None,
-          progress: bool = False) -> np.ndarray:
-    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's;
-    large graphs encoded streamed (see :func:`graph_embeddings`)."""
+def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None,
+          stream: bool | None = None, progress: bool = False) -> np.ndarray:
+    """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's.
+    ``paths`` as in :func:`predict`; large graphs encoded streamed (see :func:`graph_embeddings`)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
+    attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
     if not graphs:
         return np.zeros((0, 1), np.float32)
     with torch.no_grad():

@@ -29,7 +29,7 @@ class InputEmbedding(nn.Module):
     embedding of their position, since no symmetry moves them."""
 
     def __init__(self, hidden: int, node_dim: int = DEFAULT.node_dim, edge_dim: int = DEFAULT.edge_dim,
-                 max_positions: int = DEFAULT.max_positions):
+                 max_positions: int = DEFAULT.max_positions, **unused):   # other encoder options (EncoderSpec)
         super().__init__()
         self.node = mlp(node_dim, hidden, hidden)
         self.edge = mlp(edge_dim, hidden, hidden)
@@ -80,19 +80,10 @@ def pna_combine(total: torch.Tensor, squares: torch.Tensor, maximum: torch.Tenso
     return torch.cat([mean, maximum, total, std], dim=-1)
 
 
-def pna_aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """PNA aggregates of ``msg`` per target node (in memory). Sum and sum of squares come from one
-    scatter of ``[msg, msg²]``: two scatters per direction instead of four."""
-    d = msg.shape[-1]
-    sums = scatter(torch.cat([msg, msg * msg], dim=-1), index, dim=0, dim_size=size, reduce="sum")
-    count = torch.bincount(index, minlength=size)
-    return pna_combine(sums[:, :d], sums[:, d:], scatter(msg, index, dim=0, dim_size=size, reduce="max"), count)
-
-
 class StreamedPNA:
     """PNA aggregation accumulated over streamed chunks (``stream.EdgeChunk``): per node the sum,
     sum of squares, running max and count of the messages it received (``toward`` "dst": along
-    edges, "src": against them). ``result()`` equals :func:`pna_aggregate` on all edges at once."""
+    edges, "src": against them). ``result()`` equals the in-memory aggregation of all edges at once (``pna_combine`` of the same sums)."""
 
     def __init__(self, size: int, d: int, toward: str, like: torch.Tensor):
         self.sums = like.new_zeros(size, 2 * d)
@@ -120,8 +111,14 @@ class StreamedPNA:
 
 
 class LayeredEncoder(nn.Module):
-    """Embed nodes and edges, run ``layers`` (each ``(h, e, edge_index) → (h, e)``), then pool
-    mean and max per graph and read out. The message-passing encoders differ only in their layer."""
+    r"""Embed nodes and edges, run ``layers`` (each ``(h, e, edge_index) → (h, e)``), then pool
+    mean and max per graph and read out. The message-passing encoders differ only in their layer.
+
+    .. math::
+        \mathbf{g} = \rho\Big(\operatorname{mean}_{i} \mathbf{h}^{(L)}_i \,\|\,
+            \max_{i} \mathbf{h}^{(L)}_i\Big)
+
+    Returns ``(node embeddings (N, d), graph embeddings (B, out_dim))``."""
 
     def __init__(self, make_layer, layers: int, hidden: int, out_dim: int | None = None, **features):
         super().__init__()

@@ -11,6 +11,17 @@ from .common import InputEmbedding, graph_index, mlp, split_first
 
 
 class DeepSets(nn.Module):
+    r"""Edges as a set (Zaheer et al. 2017), structure ignored beyond each edge's endpoints:
+
+    .. math::
+        \mathbf{z}_{ij} = \phi\big(\mathbf{h}_i \,\|\, \mathbf{h}_j \,\|\, \mathbf{e}_{ij}\big),
+        \qquad \mathbf{g} = \rho\Big(\sum_{(i,j)} \mathbf{z}_{ij}\Big)
+
+    with :math:`\mathbf{h}, \mathbf{e}` the input embeddings. Node embeddings are the sums of
+    :math:`\mathbf{z}` over each node's edges, both directions. Invariant to every permutation of
+    nodes — a baseline that shows what message passing adds.
+    """
+
     def __init__(self, hidden: int = 64, out_dim: int | None = None, **features):
         super().__init__()
         self.embed = InputEmbedding(hidden, **features)

@@ -16,6 +16,20 @@ from .common import LayeredEncoder, mlp
 
 
 class EdgeAttention(nn.Module):
+    r"""Multi-head attention of each node over its incoming edges only.
+
+    .. math::
+        \alpha_{ij} = \operatorname{softmax}_{i \in \mathcal{N}(j)}
+            \frac{(W_q \mathbf{h}_j)^\top W_k (\mathbf{h}_i \,\|\, \mathbf{e}_{ij})}{\sqrt{d_h}},
+        \qquad
+        \mathbf{a}_j = \sum_{i \in \mathcal{N}(j)} \alpha_{ij}\, W_v (\mathbf{h}_i \,\|\, \mathbf{e}_{ij})
+
+    per head (:math:`d_h` = hidden / heads). The softmax is over each target's edges
+    (``torch_geometric.utils.softmax``), so memory is :math:`O(E \cdot d)`, never :math:`N^2`.
+
+    Shapes: ``h`` :math:`(N, d)`, ``e`` :math:`(E, d)`, ``src``/``dst`` :math:`(E,)` → :math:`(N, d)`.
+    """
+
     def __init__(self, hidden: int, heads: int):
         super().__init__()
         self.heads, self.dh = heads, hidden // heads
@@ -34,6 +48,22 @@ class EdgeAttention(nn.Module):
 
 
 class NGTransformerLayer(nn.Module):
+    r"""One NG-Transformer layer: attention along and against the network's direction, a
+    feed-forward block, then an edge update (post-norm residuals).
+
+    .. math::
+        \mathbf{h} \leftarrow \operatorname{LN}\big(\mathbf{h} + W_o[\mathbf{a}^{\rightarrow}
+            \,\|\, \mathbf{a}^{\leftarrow}]\big), \qquad
+        \mathbf{h} \leftarrow \operatorname{LN}\big(\mathbf{h} + \phi_f(\mathbf{h})\big), \qquad
+        \mathbf{e}_{ij} \leftarrow \operatorname{LN}\big(\mathbf{e}_{ij} + \phi_e(\mathbf{h}_i \,\|\,
+            \mathbf{h}_j \,\|\, \mathbf{e}_{ij})\big)
+
+    :math:`\mathbf{a}^{\rightarrow}` is :class:`EdgeAttention` over incoming edges,
+    :math:`\mathbf{a}^{\leftarrow}` over outgoing ones (edges reversed).
+
+    Shapes: as :class:`~nngraph.plugins.encoders.ng_gnn.NGGNNLayer`.
+    """
+
     def __init__(self, hidden: int, heads: int):
         super().__init__()
         self.fwd, self.bwd = EdgeAttention(hidden, heads), EdgeAttention(hidden, heads)

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from nngraph.graph.vocab import ACTIVATIONS, ROLES
+from nngraph.learn.featurize import SLOTS, param_columns
 
 from .common import graph_index, mlp
 
-BIAS = len(ROLES) + len(ACTIVATIONS) + 1      # the featurizer's "bias" slot
+BIAS = param_columns().start + SLOTS.index("bias")      # the featurizer's "bias" column
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -46,6 +46,16 @@ def _group_stats(values: torch.Tensor, group: torch.Tensor, groups: int) -> torc
 
 
 class StatNN(nn.Module):
+    r"""Per-depth weight statistics into an MLP (Unterthiner et al. 2020):
+
+    .. math::
+        \mathbf{g} = \phi\big(\,\|_{d=0}^{D}\; [\mu, \sigma, q_0, q_{25}, q_{50}, q_{75}, q_{100}]
+            (\{w_{ij} : \operatorname{depth}(j) = d\}) \,\|\, [\mu, \sigma](\{b_j : \operatorname{depth}(j) = d\})\big)
+
+    (depths clipped to ``max_depth`` :math:`= D`). Statistics of multisets are invariant to any
+    neuron permutation by construction; the encoder sees no connectivity.
+    """
+
     def __init__(self, hidden: int = 64, max_depth: int = 8, out_dim: int | None = None, **features):
         super().__init__()
         self.max_depth = max_depth

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import onnx
 
-from nngraph.hookspecs import OpRule
-
-from ..engine import Act, Const, LoweringContext, Scores
-from .common import tied_copy
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import Act, Const, Scores
+from .common import dense, tied_copy
 
 
 def _heads_parent(ctx: LoweringContext, set_name: str, heads: int) -> str | None:
@@ -100,22 +100,19 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     raise ctx.fail(node, "product of two non-constant values that is not an attention pattern")
 
 
-def lower_einsum_acts(ctx: LoweringContext, node: onnx.NodeProto, eq: str) -> None:
-    raise ctx.fail(node, f"einsum {eq!r} between activations")
-
-
-def _as_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act, heads: int) -> None:
+def _one_set(ctx: LoweringContext, node: onnx.NodeProto, x: Act) -> None:
     if len(x.sets) != 1 or x.inner != 1:
         raise ctx.fail(node, "attention input spans several sets")
 
 
+@rule("Attention", since=23)
 def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """ONNX Attention (opset 23): Q, K, V already projected; 3-D [B, T, H·d] or 4-D [B, H, T, d]."""
     q, k, v = (ctx.act(node.input[i]) for i in range(3))
     if q is None or k is None or v is None:
         raise ctx.fail(node, "query, key and value must be activations")
     for x in (q, k, v):
-        _as_heads(ctx, node, x, 1)
+        _one_set(ctx, node, x)
     if q.rank == 4:
         if not (q.heads and k.heads and v.heads):
             raise ctx.fail(node, "4-D inputs whose heads were not tracked")
@@ -135,23 +132,17 @@ def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 
 def _ms_qkv(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, bias: Const | None, sizes: list[int]):
-    from .dense import dense
-
     sets, offset = [], 0
     for i, n in enumerate(sizes):
         part = w.slice(1, offset, offset + n).transpose((1, 0))
         b = bias.slice(0, offset, offset + n) if bias is not None else None
-        sub = onnx.NodeProto()
-        sub.CopyFrom(node)
-        del sub.output[:]
-        sub.output.append(f"{node.output[0]}/{'qkv'[i]}")
-        sub.name = f"{node.name or node.output[0]}/{'qkv'[i]}"
-        act = dense(ctx, sub, x, part, bias=b)
+        act = dense(ctx, node, x, part, bias=b, suffix=f"/{'qkv'[i]}")
         sets.append(act.set)
         offset += n
     return sets
 
 
+@rule("Attention", domain="com.microsoft")
 def lower_ms_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """com.microsoft Attention: fused QKV projection [hidden, 3·hidden] and attention."""
     x, w = ctx.act(node.input[0]), ctx.const(node.input[1])
@@ -169,6 +160,7 @@ def lower_ms_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, Act((v,), x.axis, x.rank))
 
 
+@rule("MultiHeadAttention", domain="com.microsoft")
 def lower_ms_mha(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """com.microsoft MultiHeadAttention: projected Q, K, V (+ optional packed bias)."""
     q, k, v = (ctx.act(node.input[i]) if len(node.input) > i else None for i in range(3))
@@ -189,9 +181,3 @@ def lower_ms_mha(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     attach_value(ctx, sets[2], H, parent, hs)
     ctx.set_output(node, Act((sets[2],), q.axis, q.rank))
 
-
-RULES = [
-    OpRule("Attention", lower_attention, since_version=23),
-    OpRule("Attention", lower_ms_attention, domain="com.microsoft"),
-    OpRule("MultiHeadAttention", lower_ms_mha, domain="com.microsoft"),
-]

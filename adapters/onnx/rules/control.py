@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import onnx
 
-from nngraph.hookspecs import OpRule
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import AUX, Act, Const
+from .common import combine
 
-from ..engine import AUX, Act, Const, LoweringContext
 
-
+@rule("If")
 def lower_if(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    from .elementwise import combine
-
     results = []
     for attr in ("then_branch", "else_branch"):
         branch = ctx.attr(node, attr)
@@ -24,12 +24,7 @@ def lower_if(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         results.append([ctx.values.get(o.name) for o in branch.output])
     for k, (a, b) in enumerate(zip(*results)):
         if isinstance(a, Act) and isinstance(b, Act):
-            tmp = onnx.NodeProto()
-            tmp.CopyFrom(node)
-            del tmp.attribute[:]
-            del tmp.output[:]
-            tmp.output.append(node.output[k])
-            combine(ctx, tmp, [a, b])
+            combine(ctx, node, [a, b], output=node.output[k])
         elif isinstance(a, Act) or isinstance(b, Act):
             raise ctx.fail(node, f"output {k} is an activation in one branch only")
         else:
@@ -38,5 +33,3 @@ def lower_if(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                     raise ctx.fail(node, f"output {k} selects between constants (a weight chosen at run time)")
             ctx.set_output(node, AUX, k)
 
-
-RULES = [OpRule("If", lower_if)]

@@ -4,40 +4,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from nngraph.hookspecs import OpRule
-
-from ..engine import AUX, Act, Const, LoweringContext
-
-
-def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias: Const | None = None,
-          axis: int | None = None, **attrs) -> Act:
-    """``w`` in canonical layout [out, in·inner]: one block per input set, output a new set."""
-    out_size, in_size = w.data.shape
-    taps = ctx.taps(x)
-    if in_size != sum(n * t for (_, _, n), t in zip(ctx.segments(x), taps)):
-        raise ctx.fail(node, f"weight has {in_size} inputs but the tracked axis carries "
-                             f"{ctx.size(x)} neurons × {taps}")
-    s = ctx.new_set(node, out_size, inputs=[x])
-    start = 0
-    for (src, o, n), t in zip(ctx.segments(x), taps):
-        part = w.slice(1, start, start + n * t)
-        start += n * t
-        if t > 1 and x.inner_minor:        # [out, positions·channels] → [out, channels, positions]
-            part = part.reshape((out_size, t, n)).transpose((0, 2, 1))
-        elif t > 1:
-            part = part.reshape((out_size, n, t))
-        name = s.name if len(x.sets) == 1 else f"{s.name}<{src}"
-        ctx.graph.add_block(name, src, s.name, "dense", ctx.param(part), op=node.op_type, **attrs)
-    out = Act((s.name,), x.axis if axis is None else axis, x.rank, stage="linear")
-    if bias is not None:
-        b = bias.reshape((out_size,)) if bias.data.size == out_size else None
-        if b is None:
-            raise ctx.fail(node, f"bias of shape {bias.data.shape} is not one value per output neuron")
-        s.arrays["bias"] = ctx.param(b)
-        out = out.but(stage="out")
-    return out
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import AUX, Act, Const
+from .attention import lower_matmul_acts
+from .common import dense
 
 
+@rule("Gemm")
 def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x, w = ctx.act(node.input[0]), ctx.const(node.input[1])
     if x is None or w is None:
@@ -58,6 +32,7 @@ def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, dense(ctx, node, x, canonical, bias=bias, **attrs))
 
 
+@rule("MatMul")
 def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     a, b = ctx.values.get(node.input[0]), ctx.values.get(node.input[1])
     if isinstance(a, Act) and isinstance(b, Const):
@@ -80,10 +55,10 @@ def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         s = ctx.new_set(node, b.data.shape[0], "input", layer=False, fixed=True, suffix="/rows")
         ctx.set_output(node, dense(ctx, node, Act((s.name,), len(shape) - 1, len(shape)), b.transpose((1, 0))))
         return
-    from .attention import lower_matmul_acts
     lower_matmul_acts(ctx, node)
 
 
+@rule("Einsum")
 def lower_einsum(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Einsum of one activation and one constant that contracts the neuron axis (Keras Dense
     and MultiHeadAttention kernels): rewritten as a dense layer over the flattened kernel."""
@@ -91,8 +66,7 @@ def lower_einsum(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     eq = eq.decode() if isinstance(eq, bytes) else eq
     values = [ctx.values.get(i) for i in node.input]
     if len(values) != 2 or sum(isinstance(v, Act) for v in values) != 1 or sum(isinstance(v, Const) for v in values) != 1:
-        from .attention import lower_einsum_acts
-        return lower_einsum_acts(ctx, node, eq)
+        raise ctx.fail(node, f"einsum {eq!r} between activations")
     ai = 0 if isinstance(values[0], Act) else 1
     x, w = values[ai], values[1 - ai]
     if "->" not in eq or x.rank is None:
@@ -135,5 +109,3 @@ def lower_einsum(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, f"einsum {eq!r} produces more than two neuron axes")
     ctx.set_output(node, out)
 
-
-RULES = [OpRule("Gemm", lower_gemm), OpRule("MatMul", lower_matmul), OpRule("Einsum", lower_einsum)]

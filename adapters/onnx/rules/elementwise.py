@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from nngraph.hookspecs import OpRule
-
-from ..engine import AUX, Act, Const, LoweringContext, Scores, Stat
-from .common import as_one_set, map_segments, per_channel, single_consumer, tied_copy, vector_slices
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import AUX, Act, Const, Scores, Stat
+from .common import combine, map_segments, per_channel, positional, single_consumer, tied_copy, vector_slices
 
 #: ONNX op → activation name recorded on the neuron set.
 ACTIVATIONS = {
@@ -69,16 +69,23 @@ def _activate(ctx: LoweringContext, node: onnx.NodeProto, name: str) -> None:
     ctx.set_output(node, map_segments(ctx, x, make))
 
 
-def _activation_rule(op: str, name: str, domain: str = "") -> OpRule:
-    return OpRule(op, lambda ctx, node: _activate(ctx, node, name), domain=domain)
+@rule(*ACTIVATIONS)
+@rule(*MS_ACTIVATIONS, domain="com.microsoft")
+def lower_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """An activation function: recorded on the set (in place when nothing else reads it), or on
+    a tied copy."""
+    table = MS_ACTIVATIONS if node.domain == "com.microsoft" else ACTIVATIONS
+    _activate(ctx, node, table[node.op_type])
 
 
+@rule(*PASSTHROUGH)
 def lower_passthrough(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, ctx.values[node.input[0]])
     for i in range(1, len(node.output)):
         ctx.set_output(node, AUX, i)
 
 
+@rule("PRelu")
 def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x, slope = ctx.act(node.input[0]), ctx.const(node.input[1])
     if x is None or slope is None:
@@ -152,7 +159,8 @@ def _varies_along_neurons(ctx: LoweringContext, name: str, x: Act) -> bool:
     return any(full[k] != 1 and full[k] is not None for k in axes)
 
 
-
+@rule("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "And", "Or", "Mod", "LessOrEqual",
+      "GreaterOrEqual")
 def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     a, b = (ctx.values.get(i) for i in node.input[:2])
@@ -199,7 +207,6 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if vec is None and _rotary(ctx, node, x, c):
         return
     if vec is None:
-        from .embedding import positional
         if op == "Add" and positional(ctx, node, x, c):
             return
         if not c.is_float or (c.data.size > 1 and c.data.reshape(-1).min() == c.data.reshape(-1).max()):
@@ -301,42 +308,7 @@ def _rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> boo
     return True
 
 
-def combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act]) -> None:
-    """Activations combined elementwise (residual sum, gate, max): ties their neurons, set by set."""
-    if any(a.part != acts[0].part for a in acts):
-        raise ctx.fail(node, "combines different parts of attention heads")
-    segs = [[n for _, _, n in ctx.segments(a)] for a in acts]
-    if any(sg != segs[0] for sg in segs) and all(ctx.size(a) == ctx.size(acts[0]) for a in acts):
-        acts = [as_one_set(ctx, node, a) for a in acts]   # misaligned concatenations: one fixed set each
-        segs = [[ctx.size(a)] for a in acts]
-    first = acts[0]
-    for a, sg in zip(acts[1:], segs[1:]):
-        if sg != segs[0] or (a.rank or 0) - a.axis != (first.rank or 0) - first.axis or a.inner != first.inner \
-                or (a.heads is None) != (first.heads is None):
-            if ctx.size(a) == 1 or ctx.size(first) == 1:
-                raise ctx.fail(node, "broadcasts a single neuron over a neuron axis")
-            raise ctx.fail(node, f"combines neuron axes that do not line up ({segs[0]} on axis {first.axis} "
-                                 f"vs {sg} on axis {a.axis})")
-    out_sets = []
-    for i, _ in enumerate(first.sets):
-        members = [a.sets[i] for a in acts]
-        t = ctx.new_set(node, ctx.graph.sets[members[0]].size, "residual", inputs=acts, layer=False,
-                        tie=members[0], suffix=f"[{i}]" if len(first.sets) > 1 else "", op=node.op_type)
-        for j, m in enumerate(members):
-            ctx.graph.tie(t.name, m)
-            ctx.graph.add_block(f"{t.name}/{j}", m, t.name, "identity")
-        out_sets.append(t.name)
-    rank = max(a.rank or 0 for a in acts) or None
-    axis = first.axis + ((rank or 0) - (first.rank or 0))
-    heads = first.heads
-    if heads:
-        heads = (heads[0] + ((rank or 0) - (first.rank or 0)), heads[1])
-        for a in acts[1:]:
-            ctx.graph.tie(ctx.graph.groups[ctx.graph.sets[first.sets[0]].group].parent or first.sets[0],
-                          ctx.graph.groups[ctx.graph.sets[a.sets[0]].group].parent or a.sets[0])
-    ctx.set_output(node, first.but(sets=tuple(out_sets), axis=axis, rank=rank, stage="out", heads=heads))
-
-
+@rule("Sum", "Max", "Min", "Mean")
 def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Sum / Max / Min / Mean of activations."""
     vals = [ctx.values.get(i) for i in node.input]
@@ -354,6 +326,7 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     combine(ctx, node, acts)
 
 
+@rule("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 def lower_qdq(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """QuantizeLinear / DequantizeLinear on an activation with one scale for the tensor: the
     values change representation, not place. Per-channel activation scales are not supported."""
@@ -368,6 +341,7 @@ def lower_qdq(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, AUX, k)
 
 
+@rule("Where")
 def lower_where(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     vals = [ctx.values.get(i) for i in node.input[1:3]]
     acts = [v for v in vals if isinstance(v, (Act, Scores))]
@@ -397,14 +371,3 @@ def _const_varies_along_neurons(c: Const, x: Act) -> bool:
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
     return any(full[k] != 1 for k in [x.axis] + ([x.heads[0]] if x.heads else []))
 
-
-RULES = [
-    *(_activation_rule(op, name) for op, name in ACTIVATIONS.items()),
-    *(_activation_rule(op, name, "com.microsoft") for op, name in MS_ACTIVATIONS.items()),
-    *(OpRule(op, lower_passthrough) for op in PASSTHROUGH),
-    *(OpRule(op, lower_binary) for op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater",
-                                          "And", "Or", "Mod", "LessOrEqual", "GreaterOrEqual")),
-    *(OpRule(op, lower_nary) for op in ("Sum", "Max", "Min", "Mean")),
-    OpRule("PRelu", lower_prelu), OpRule("Where", lower_where),
-    *(OpRule(op, lower_qdq) for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")),
-]

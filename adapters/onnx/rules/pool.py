@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from nngraph.hookspecs import OpRule
-
-from ..engine import AUX, Act, LoweringContext, Scores, Stat
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import AUX, Act, Scores, Stat
 
 SPATIAL = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "LRN",
            "Pad", "Resize", "Upsample", "MaxRoiPool", "RoiAlign", "ReverseSequence", "CumSum", "GridSample",
            "LpNormalization", "MeanVarianceNormalization")
 
 
+@rule(*SPATIAL)
 def lower_spatial(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
     for name in node.input[1:]:      # scales, sizes, roi, pads, axes: settings of the op, not parameters
@@ -57,10 +58,10 @@ def _pad_neurons(ctx: LoweringContext, node: onnx.NodeProto, x: Act, before: int
                             op="Pad")
             sets.insert(0 if where == "before" else len(sets), s.name)
     return x.but(sets=tuple(sets), stage="out")
-    for i in range(1, len(node.output)):
-        ctx.set_output(node, AUX, i)
 
 
+@rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+      "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 def lower_reduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
     if not isinstance(v, Act):
@@ -91,14 +92,7 @@ def lower_reduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x.but(axis=move(x.axis), rank=rank - len(axes), heads=heads))
 
 
+@rule("ArgMax", "ArgMin", "TopK")
 def lower_argreduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, AUX)
 
-
-RULES = [
-    *(OpRule(op, lower_spatial) for op in SPATIAL),
-    *(OpRule(op, lower_reduce) for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
-                                          "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-                                          "ReduceSumSquare")),
-    *(OpRule(op, lower_argreduce) for op in ("ArgMax", "ArgMin", "TopK")),
-]

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import onnx
 
-from nngraph.hookspecs import OpRule
-
-from ..engine import AUX, Act, Const, LoweringContext
-from .common import per_channel
-from .conv import conv_layer
-from .dense import dense
-from .elementwise import combine
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import AUX, Act, Const
+from .common import combine, conv_layer, dense, per_channel
+from .recurrent import lower_recurrent
 
 
 def _const(ctx: LoweringContext, node: onnx.NodeProto, i: int) -> Const | None:
@@ -64,6 +62,7 @@ def _matmul_like(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, s
     return out
 
 
+@rule("MatMulInteger")
 def lower_matmul_integer(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """MatMulInteger(A, B, a_zero_point, b_zero_point): A quantized at run time."""
     x, w = ctx.act(node.input[0]), _const(ctx, node, 1)
@@ -73,6 +72,7 @@ def lower_matmul_integer(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, _matmul_like(ctx, node, x, w, None, _const(ctx, node, 3)))
 
 
+@rule("ConvInteger")
 def lower_conv_integer(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """ConvInteger(x, w, x_zero_point, w_zero_point)."""
     x, w = ctx.act(node.input[0]), _const(ctx, node, 1)
@@ -83,6 +83,7 @@ def lower_conv_integer(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     attach_per_channel(ctx, node, ctx.values[node.output[0]], "weight_zero_point", _const(ctx, node, 3))
 
 
+@rule("QLinearConv")
 def lower_qlinear_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """QLinearConv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B)."""
     x, w = ctx.act(node.input[0]), _const(ctx, node, 3)
@@ -96,6 +97,7 @@ def lower_qlinear_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     attach_per_channel(ctx, node, out, "weight_zero_point", _const(ctx, node, 5))
 
 
+@rule("QLinearMatMul")
 def lower_qlinear_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """QLinearMatMul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp)."""
     x, w = ctx.act(node.input[0]), _const(ctx, node, 3)
@@ -105,6 +107,7 @@ def lower_qlinear_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, _matmul_like(ctx, node, x, w, _const(ctx, node, 4), _const(ctx, node, 5)))
 
 
+@rule("QGemm", domain="com.microsoft")
 def lower_qgemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """com.microsoft QGemm(A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp)."""
     x, w = ctx.act(node.input[0]), _const(ctx, node, 3)
@@ -116,6 +119,7 @@ def lower_qgemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, out)
 
 
+@rule("QLinearAdd", "QLinearMul", domain="com.microsoft")
 def lower_qlinear_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """com.microsoft QLinearAdd / QLinearMul(A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp):
     the elementwise op on quantized values (per-tensor scales)."""
@@ -135,17 +139,18 @@ def lower_qlinear_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x)
 
 
+@rule("QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid",
+      "QLinearSoftmax", domain="com.microsoft")
 def lower_qlinear_unary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Quantized ops that keep every neuron in place (pooling, activations): scales are data."""
     _per_tensor(ctx, node, *range(1, len(node.input)))
     ctx.set_output(node, ctx.values.get(node.input[0], AUX))
 
 
+@rule("DynamicQuantizeLSTM", domain="com.microsoft")
 def lower_dynamic_quantize_lstm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """com.microsoft DynamicQuantizeLSTM: an LSTM whose W [D, I, 4H] and R [D, H, 4H] are
     integer and stored transposed; scales / zero points per direction or per gate unit."""
-    from .recurrent import lower_recurrent
-
     W, R = _const(ctx, node, 1), _const(ctx, node, 2)
     if W is None or R is None or W.data.ndim != 3 or R.data.ndim != 3:
         raise ctx.fail(node, "needs constant integer W and R")
@@ -154,13 +159,3 @@ def lower_dynamic_quantize_lstm(ctx: LoweringContext, node: onnx.NodeProto) -> N
                                                       (11, "R_zero_point"))}
     lower_recurrent(ctx, node, op="LSTM", weights=weights, quant=quant)
 
-
-RULES = [
-    OpRule("MatMulInteger", lower_matmul_integer), OpRule("ConvInteger", lower_conv_integer),
-    OpRule("QLinearConv", lower_qlinear_conv), OpRule("QLinearMatMul", lower_qlinear_matmul),
-    OpRule("QGemm", lower_qgemm, domain="com.microsoft"),
-    *(OpRule(op, lower_qlinear_binary, domain="com.microsoft") for op in ("QLinearAdd", "QLinearMul")),
-    *(OpRule(op, lower_qlinear_unary, domain="com.microsoft") for op in (
-        "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax")),
-    OpRule("DynamicQuantizeLSTM", lower_dynamic_quantize_lstm, domain="com.microsoft"),
-]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import onnx
 
-from nngraph.hookspecs import OpRule
-
-from ..engine import AUX, Act, Const, LoweringContext
+from ..context import LoweringContext
+from ..registry import rule
+from ..values import Act, Const
 
 GATES = {"LSTM": ("i", "o", "f", "c"), "GRU": ("z", "r", "h"), "RNN": ("h",)}
 
@@ -56,6 +56,7 @@ def _filled(c: Const) -> bool:
     return flat.size == 0 or flat.min() == flat.max()
 
 
+@rule(*GATES)
 def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto, op: str | None = None,
                     weights: dict[str, Const] | None = None, quant: dict[str, Const | None] | None = None) -> None:
     """``op``/``weights`` let a variant reuse it (DynamicQuantizeLSTM: integer W and R in
@@ -87,7 +88,6 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto, op: str | None =
     runtime = [(i, label) for i, label in ((5, "initial_h"), (6, "initial_c"))
                if len(node.input) > i and node.input[i] and ctx.const(node.input[i]) is None
                and (op == "LSTM" or i == 5) and not _filled_at_run_time(ctx, node.input[i])]
-    base = node.name or node.output[0]
     states = []
     for d in range(D):
         Wd = W.slice(0, d, d + 1).reshape((GH, I))
@@ -128,7 +128,6 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto, op: str | None =
         fed = list(v.sets) if isinstance(v, Act) else []
         ctx.pin(node, [h for h, _ in states] + fed, f"{label} is a run-time input (the state is pinned; "
                 f"weights are still recorded)")
-    del base
     for key, c in (quant or {}).items():
         if c is not None and c.data.size != D * GH:
             if c.data.size != D:
@@ -150,6 +149,3 @@ def lower_recurrent(ctx: LoweringContext, node: onnx.NodeProto, op: str | None =
             if isinstance(v, Const):
                 ctx.buffer(v, "sequence lengths")
 
-
-RULES = [OpRule(op, lower_recurrent) for op in GATES]
-del AUX

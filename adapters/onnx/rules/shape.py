@@ -7,10 +7,13 @@ import numpy as np
 import onnx
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.hookspecs import OpRule
 
-from ..engine import AUX, BATCH, Act, Const, LoweringContext, Scores, Stat
-from .common import as_one_set, tied_copy
+from ..context import LoweringContext
+from ..registry import rule
+from ..shapes import BATCH
+from ..values import AUX, Act, Const, Scores, Stat
+from .common import as_one_set, combine, tied_copy
+from .embedding import lower_embedding
 
 
 def _prod(dims) -> int | None:
@@ -139,13 +142,13 @@ def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple |
                 dims.append(v if isinstance(v, str) else known)
         if partial.count(-1) == 1 and src is not None and not isinstance(dims[partial.index(-1)], int):
             dims[partial.index(-1)] = None
-            dims[partial.index(-1)] = _infer_minus_one(src, dims)
+            dims[partial.index(-1)] = infer_minus_one(src, dims)
         return tuple(dims)
     raw = [int(v) for v in np.asarray(c.data).reshape(-1)]
     dims = [src[k] if v == 0 and src is not None and k < len(src) else (None if v in (0, -1) else v)
             for k, v in enumerate(raw)]
     if -1 in raw and src is not None:
-        dims[raw.index(-1)] = _infer_minus_one(src, dims)
+        dims[raw.index(-1)] = infer_minus_one(src, dims)
     return tuple(dims)
 
 
@@ -209,7 +212,7 @@ def _length(ctx: LoweringContext, name: str) -> int:
     return int(shape[0]) if shape and len(shape) == 1 and isinstance(shape[0], int) else 1
 
 
-def _infer_minus_one(src: tuple, dims: list) -> int | str | None:
+def infer_minus_one(src: tuple, dims: list) -> int | str | None:
     """The size of a reshape's -1 dim: static arithmetic, or with symbolic dims (batch,
     sequence) that appear on both sides cancelled, as exporters' own arithmetic implies."""
     rest = [d for d in dims if d is not None]
@@ -282,6 +285,7 @@ def _reshape_scores(ctx: LoweringContext, node: onnx.NodeProto, v: Scores) -> No
     ctx.set_output(node, replace(v, head_axis=ha, rank=len(dst), shape=dst if _prod(dst) is not None else None))
 
 
+@rule("Reshape", "Flatten")
 def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Reshape / Flatten: follow the neuron axis (and the heads axis) through the regrouping:
     kept whole, flattened with trailing axes into taps, split into [heads, head_dim], heads
@@ -413,7 +417,10 @@ def _shuffle(ctx: LoweringContext, node: onnx.NodeProto, x: Act, dst, n: int, po
     ctx.set_output(node, Act((s.name,), j, len(dst), stage="out"))
 
 
-def _squeeze(ctx: LoweringContext, node: onnx.NodeProto, unsqueeze: bool) -> None:
+@rule("Squeeze", "Unsqueeze")
+def lower_squeeze(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Squeeze / Unsqueeze: the neuron (and heads) axis renumbered; a raw signal gains its one channel."""
+    unsqueeze = node.op_type == "Unsqueeze"
     v = ctx.values.get(node.input[0])
     if isinstance(v, Scores):
         axes = _ints(ctx, node, 1, "axes")
@@ -469,6 +476,7 @@ def _squeeze(ctx: LoweringContext, node: onnx.NodeProto, unsqueeze: bool) -> Non
     ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads, seg_axis=seg))
 
 
+@rule("Transpose")
 def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
     perm = ctx.attr(node, "perm")
@@ -496,6 +504,7 @@ def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads, seg_axis=seg))
 
 
+@rule("Concat")
 def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     vals = [ctx.values.get(i) for i in node.input]
     acts = [v for v in vals if isinstance(v, Act)]
@@ -533,10 +542,8 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return
     if len(first.sets) != 1 and consts:
         raise ctx.fail(node, "concatenates constants with multi-set activations along a non-neuron axis")
-    from .elementwise import combine
     if len(acts) > 1:
-        combine(ctx, node, acts)
-        out = ctx.values[node.output[0]]
+        out = combine(ctx, node, acts)
         if not consts:
             return
     else:
@@ -566,6 +573,7 @@ def _select(ctx: LoweringContext, node: onnx.NodeProto, x: Act, start: int, stop
     raise ctx.fail(node, f"cannot select neurons {start}:{stop}")
 
 
+@rule("Split")
 def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if _passthrough_other(ctx, node):
         for i in range(1, len(node.output)):
@@ -599,6 +607,7 @@ def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         offset += size
 
 
+@rule("Slice")
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     c = ctx.const(node.input[0])
     if c is not None:     # bounds known only at run time: a table cut to the sequence length
@@ -656,10 +665,10 @@ def _select_directions(ctx: LoweringContext, node: onnx.NodeProto, x: Act, picke
     return x.but(sets=sets, seg_axis=x.seg_axis if len(sets) > 1 else None)
 
 
+@rule("Gather")
 def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     table = ctx.const(node.input[0])
     if table is not None:
-        from .embedding import lower_embedding
         return lower_embedding(ctx, node)
     if _passthrough_other(ctx, node):
         return
@@ -703,6 +712,7 @@ def _select_block(ctx: LoweringContext, node: onnx.NodeProto, x: Act, index: int
     ctx.set_output(node, Act((parts[index % H],), axis, x.rank - 1, stage="out"))
 
 
+@rule("Expand")
 def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     v = ctx.values.get(node.input[0])
     if isinstance(v, Const):          # a parameter broadcast to a data-dependent shape (class tokens)
@@ -729,6 +739,7 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x.but(axis=x.axis + shift, rank=x.rank + shift, heads=heads))
 
 
+@rule("OneHot")
 def lower_one_hot(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """OneHot of run-time indices: data with no neurons (its [off, on] values are settings);
     a weight multiplying it is a lookup table (see dense.lower_matmul)."""
@@ -739,6 +750,7 @@ def lower_one_hot(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, AUX)
 
 
+@rule("Tile")
 def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if _passthrough_other(ctx, node):
         return
@@ -749,6 +761,7 @@ def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, x)
 
 
+@rule("Shape")
 def lower_shape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Shape of an activation: a constant when shape inference knows every dimension."""
     shape = ctx.shape(node.input[0])
@@ -762,20 +775,9 @@ def lower_shape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, Const(np.asarray(shape[start:end], dtype=np.int64)))
 
 
+@rule("Size", "ConstantOfShape", "NonZero", "EyeLike", "Range", "RandomNormalLike", "RandomUniformLike")
 def lower_aux(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Shape, Size and friends: read only the layout of an activation."""
     for i in range(len(node.output)):
         ctx.set_output(node, AUX, i)
 
-
-RULES = [
-    OpRule("Reshape", lower_reshape), OpRule("Flatten", lower_reshape),
-    OpRule("OneHot", lower_one_hot),
-    OpRule("Squeeze", lambda c, n: _squeeze(c, n, False)), OpRule("Unsqueeze", lambda c, n: _squeeze(c, n, True)),
-    OpRule("Transpose", lower_transpose), OpRule("Concat", lower_concat), OpRule("Split", lower_split),
-    OpRule("Slice", lower_slice), OpRule("Gather", lower_gather), OpRule("Expand", lower_expand),
-    OpRule("Tile", lower_tile),
-    OpRule("Shape", lower_shape),
-    *(OpRule(op, lower_aux) for op in ("Size", "ConstantOfShape", "NonZero", "EyeLike", "Range",
-                                       "RandomNormalLike", "RandomUniformLike")),
-]

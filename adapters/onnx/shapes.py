@@ -1,0 +1,144 @@
+"""Static shapes for the engine: ONNX (or onnxruntime's symbolic) shape inference, run with a
+concrete batch size, plus the small integer values computable from static shapes that ONNX's
+data propagation leaves unknown (reshape targets an exporter computes with Shape → Gather →
+ReduceProd → Concat).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .folding import run_node
+from .graphs import all_graphs
+from .reader import OnnxModel
+
+BATCH = 3   # a concrete batch size for shape inference: keeps reshapes through the batch axis followable
+
+
+def _with_static_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose data inputs have a concrete leading (batch) dimension. Symbolic batch dims
+    defeat the regrouping of reshapes that fold heads into the batch; the structure does not
+    depend on the batch size."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    inits = {t.name for t in out.graph.initializer}
+    for inp in out.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name not in inits and len(dims) >= 2 and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = BATCH
+    return out
+
+
+def _shape_constants(proto: onnx.ModelProto, shapes: dict) -> dict[str, np.ndarray]:
+    """Small integer values computable from static shapes (Shape → Gather → ReduceProd →
+    Concat …, as exporters build reshape targets): ONNX's data propagation stops at ops like
+    ReduceProd, this does not."""
+    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
+                                    if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+                                    and t.HasField("raw_data") or t.int64_data}
+    out: dict[str, np.ndarray] = {}
+    for node in proto.graph.node:
+        if node.op_type == "Shape":
+            shp = shapes.get(node.input[0])
+            if shp is not None and all(isinstance(d, int) for d in shp):
+                start, end = 0, None
+                for a in node.attribute:
+                    start = a.i if a.name == "start" else start
+                    end = a.i if a.name == "end" else end
+                known[node.output[0]] = out[node.output[0]] = np.asarray(shp[start:end], np.int64)
+            continue
+        if node.op_type == "Constant":
+            try:
+                v = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
+            except Exception:  # noqa: BLE001
+                v = None
+            if v is not None and v.dtype.kind in "iu" and v.size <= 64:
+                known[node.output[0]] = v
+            continue
+        if node.domain or not node.input or not all(i in known or not i for i in node.input):
+            continue
+        if node.op_type not in ("Gather", "Concat", "ReduceProd", "Mul", "Add", "Sub", "Div", "Unsqueeze", "Squeeze",
+                                "Slice", "Cast", "Reshape", "Max", "Min", "Equal", "Where", "Range", "Neg", "Abs"):
+            continue
+        try:
+            res = run_node(node, [known[i] if i else None for i in node.input], proto.opset_import)
+        except Exception:  # noqa: BLE001 - best effort: a value it cannot compute stays unknown
+            continue
+        for name, value in zip(node.output, res):
+            value = np.asarray(value)
+            if value.dtype.kind in "iub" and value.size <= 64:
+                known[name] = out[name] = value
+    return out
+
+
+def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Static shapes (and element kinds: "f", "i" …) of every value inference can tell."""
+    shapes, types = _infer_shapes_once(model.proto)
+    consts = _shape_constants(model.proto, shapes)
+    targets = {n.input[1] for n in model.graph.node if n.op_type in ("Reshape", "Expand", "Tile") and len(n.input) > 1}
+    fill = {k: v for k, v in consts.items() if k in targets}
+    if fill:      # tell ONNX inference the reshape targets it could not compute, and infer again
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        for name, value in fill.items():
+            proto.graph.initializer.append(numpy_helper.from_array(value.astype(np.int64), name))
+        keep = [n for n in proto.graph.node if not (set(n.output) & set(fill))]
+        del proto.graph.node[:]
+        proto.graph.node.extend(keep)
+        again, again_types = _infer_shapes_once(proto)
+        types = {**again_types, **types}
+        for k, v in again.items():
+            if k not in shapes or (not all(isinstance(d, int) for d in shapes[k]) and all(isinstance(d, int) for d in v)):
+                shapes[k] = v
+    return shapes, types
+
+
+def _infer_shapes_once(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Static shapes of every value ONNX shape inference can tell (weights are not needed)."""
+    model = OnnxModel(Path("."), proto)
+    inferred = None
+    if any(n.domain == "com.microsoft" for n in model.graph.node):
+        # onnxruntime's symbolic inference knows its contrib ops (fused attention, norms); when it
+        # cannot finish it saves sym_shape_infer_temp.onnx into the cwd: run it in a temporary one
+        # (the cwd is process-wide; parallel conversions run in processes, not threads)
+        with tempfile.TemporaryDirectory(prefix="nngraph-shapes-") as tmp:
+            cwd = os.getcwd()
+            try:
+                os.chdir(tmp)
+                from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+                inferred = SymbolicShapeInference.infer_shapes(_with_static_batch(model.proto), auto_merge=True)
+            except Exception:  # noqa: BLE001
+                inferred = None
+            finally:
+                os.chdir(cwd)
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(_with_static_batch(model.proto), data_prop=True)
+        except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
+            inferred = model.proto
+    shapes: dict[str, tuple] = {}
+    types: dict[str, str] = {}
+    for g in all_graphs(inferred.graph):
+        for vi in [*g.input, *g.value_info, *g.output]:
+            t = vi.type.tensor_type
+            if t.elem_type:
+                types[vi.name] = _elem_kind(t.elem_type)
+            if t.HasField("shape"):   # ints, symbolic names (str: equal names are equal sizes), None
+                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value")
+                                        else (d.dim_param or None) for d in t.shape.dim)
+        for t in g.initializer:
+            shapes[t.name] = tuple(t.dims)
+    return shapes, types
+
+
+def _elem_kind(elem_type: int) -> str:
+    """numpy's kind letter of an ONNX element type ("f" for every float format, bf16 and fp8 too)."""
+    name = onnx.TensorProto.DataType.Name(elem_type)
+    if name.startswith(("FLOAT", "BFLOAT", "DOUBLE")):
+        return "f"
+    return {"BOOL": "b", "STRING": "U"}.get(name, "u" if name.startswith("UINT") else "i")

@@ -1,0 +1,67 @@
+"""Probe features: what each neuron outputs on a few fixed inputs (Kofinas et al. 2024, §3.3).
+
+Weights alone describe a network only up to what an encoder can infer from them; the values its
+neurons take on a handful of fixed inputs describe *what it computes* directly. Every network of a
+population gets the same ``k`` inputs (``example_inputs(path, seed=j)`` of its adapter, so networks
+with the same input signature see identical probes), and each neuron's output, averaged over the
+samples of one input (batch, tokens, spatial positions), becomes one node feature.
+
+The values are stored on the graph as a per-neuron array ``PROBE`` of shape ``[neurons, k]`` with no
+origin (they are measurements, not parameters): :func:`nngraph.graph.symmetry.permute` moves them
+with their neurons, so a permuted network has permuted probe features, and ``featurize`` reads them
+into the last ``FeatureConfig.probes`` node columns. Probing needs an adapter that can run the
+model file (ONNX, torch, Keras exports); a checkpoint trained with probes needs the model files at
+prediction time too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..graph.ir import NeuralGraph, Param
+
+#: Name of the per-neuron array that holds probe values (never a parameter slot).
+PROBE = "probe"
+
+
+def has_probes(graph: NeuralGraph, k: int) -> bool:
+    return all(PROBE in s.arrays and s.arrays[PROBE].data.shape[1:] == (k,) for s in graph.sets.values())
+
+
+def attach_probes(graph: NeuralGraph, path: str | Path, k: int, seed: int = 0) -> NeuralGraph:
+    """Run the model at ``path`` on ``k`` fixed inputs and store each neuron's mean output on
+    ``graph`` (``set.arrays[PROBE]``, ``[size, k]``); returns ``graph``. Sets the runtime does not
+    expose (heads, fixed tables) get zeros; input neurons get the input values."""
+    from ..api import find_adapter
+    if has_probes(graph, k):
+        return graph
+    adapter = find_adapter(path)
+    if adapter.activations is None or adapter.example_inputs is None:
+        raise InputError(f"{path}: probe features need a model the {adapter.name!r} adapter can run")
+    values = {name: np.zeros((s.size, k), np.float32) for name, s in graph.sets.items()}
+    for j in range(k):
+        feeds = adapter.example_inputs(path, seed + j)
+        acts = adapter.activations(path, graph, feeds)
+        for name, s in graph.sets.items():
+            a = acts.get(name)
+            if a is None and s.role == "input" and name in feeds:
+                a = np.asarray(feeds[name], np.float32).reshape(-1, s.size)
+            if a is not None and a.shape[-1] == s.size and len(a):
+                col = np.asarray(a, np.float64).mean(axis=0)
+                values[name][:, j] = np.nan_to_num(col, nan=0.0, posinf=0.0, neginf=0.0)
+    for name, s in graph.sets.items():
+        s.arrays[PROBE] = Param(values[name])
+    return graph
+
+
+def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0) -> None:
+    """:func:`attach_probes` for each graph (``None`` entries skipped); ``paths`` are required."""
+    if k <= 0:
+        return
+    if paths is None or len(paths) != len(graphs):
+        raise InputError("this checkpoint uses probe features: it needs the model files, not only their graphs")
+    for g, p in zip(graphs, paths):
+        if g is not None:
+            attach_probes(g, p, k, seed)

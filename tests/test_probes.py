@@ -1,0 +1,88 @@
+"""Probe features: neuron outputs on fixed inputs as node features (nngraph.learn.probes)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_geometric")
+
+import nngraph  # noqa: E402
+from conftest import ngraph  # noqa: E402
+from nngraph.errors import InputError  # noqa: E402
+from nngraph.learn.probes import PROBE, attach_probes  # noqa: E402
+from nngraph.testing import node_permutation  # noqa: E402
+
+
+def mlp(path, seed: int, hidden: int = 6):
+    """x[1, 4] → Gemm → Relu → Gemm → y[1, 2]; returns the weights."""
+    rng = np.random.default_rng(seed)
+    w1, b1 = rng.standard_normal((hidden, 4)).astype(np.float32), rng.standard_normal(hidden).astype(np.float32)
+    w2, b2 = rng.standard_normal((2, hidden)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return w1, b1, w2, b2
+
+
+def test_probe_values_are_the_neurons_outputs(tmp_path):
+    path = tmp_path / "m.onnx"
+    w1, b1, w2, b2 = mlp(path, 0)
+    g = attach_probes(nngraph.convert(path), path, 3)
+    adapter = nngraph.find_adapter(path)
+    for j in range(3):
+        x = adapter.example_inputs(path, j)["x"]                # the j-th probe input
+        hidden = np.maximum(x @ w1.T + b1, 0)[0]
+        y = (np.maximum(x @ w1.T + b1, 0) @ w2.T + b2)[0]
+        inputs = next(s for s in g.sets.values() if s.role == "input")
+        outputs = next(s for s in g.sets.values() if s.role == "output")
+        hidden_set = next(s for s in g.sets.values() if s.role == "hidden" and s.size == 6)
+        np.testing.assert_allclose(inputs.arrays[PROBE].data[:, j], x[0], rtol=1e-5)
+        np.testing.assert_allclose(outputs.arrays[PROBE].data[:, j], y, rtol=1e-4, atol=1e-5)
+        assert np.allclose(hidden_set.arrays[PROBE].data[:, j], hidden, atol=1e-5) or \
+            np.allclose(hidden_set.arrays[PROBE].data[:, j], (x @ w1.T + b1)[0], atol=1e-5)
+
+
+def test_probe_features_move_with_their_neurons(tmp_path):
+    path = tmp_path / "m.onnx"
+    mlp(path, 1)
+    g = attach_probes(nngraph.convert(path), path, 4)
+    cfg = nngraph.FeatureConfig(probes=4)
+    sym = next(s for s in (g.random_symmetry(i) for i in range(50)) if not s.is_identity())
+    a, b = nngraph.featurize(g, cfg), nngraph.featurize(g.permute(sym), cfg)
+    assert a.x.shape[1] == cfg.node_dim == nngraph.FeatureConfig().node_dim + 4
+    assert a.x[:, -4:].abs().sum() > 0
+    torch.testing.assert_close(b.x, a.x[node_permutation(g, sym)])
+
+
+def test_train_with_probes_needs_model_files_to_predict(tmp_path):
+    rows = []
+    for i in range(12):
+        mlp(tmp_path / f"m{i}.onnx", i, hidden=4 + i % 3)
+        rows.append({"model": f"m{i}.onnx", "split": "test" if i >= 9 else "train", "y": i % 2})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ckpt = tmp_path / "c.safetensors"
+    r = ngraph("train", tmp_path, "--target", "y", "--task", "classification", "--probes", "2", "--epochs", "2",
+               "--hidden", "8", "-o", ckpt, "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from nngraph.learn.checkpoint import load_checkpoint
+    model, meta, _ = load_checkpoint(ckpt, "cpu")
+    assert meta["features"]["probes"] == 2
+    probe_scale = model.encoder.input_node_scale[-2:]
+    assert torch.all(probe_scale != 1)                     # input scaling covers the probe columns
+    r = ngraph("predict", ckpt, tmp_path / "m0.onnx", "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 1, r.stderr
+    from nngraph.learn.train import predict
+    with pytest.raises(InputError, match="probe features"):
+        predict(ckpt, [nngraph.convert(tmp_path / "m0.onnx")], "cpu")
