@@ -16,9 +16,10 @@ import nngraph  # noqa: E402
 from nngraph.errors import InputError  # noqa: E402
 from nngraph.learn.featurize import FeatureConfig, featurize  # noqa: E402
 from nngraph.learn.stream import GraphStream, encode_streamed  # noqa: E402
-from nngraph.learn.train import GraphModel, embed, predict, save_checkpoint  # noqa: E402
+from nngraph.learn.checkpoint import GraphModel, save_checkpoint  # noqa: E402
+from nngraph.learn.train import embed, predict  # noqa: E402
 from nngraph.loader import registry  # noqa: E402
-from nngraph.testing import _node_perm, example_graphs  # noqa: E402
+from nngraph.testing import example_graphs, node_permutation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ENCODERS = [("ng-gnn", {"hidden": 16, "layers": 1}), ("ng-gnn", {"hidden": 16, "layers": 3}),
@@ -104,7 +105,7 @@ def test_streamed_is_invariant(graphs, name, cfg):
         n1, p1 = model.forward_stream(GraphStream(g, chunk_edges=chunk))
         n2, p2 = model.forward_stream(GraphStream(g.permute(sym), chunk_edges=chunk))
         _close(p2, p1)
-        _close(n2, n1[_node_perm(g, sym)])
+        _close(n2, n1[node_permutation(g, sym)])
 
 
 def test_input_scales_match_the_pre_hook(graphs):

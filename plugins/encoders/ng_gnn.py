@@ -115,22 +115,19 @@ class NGGNNLayer(nn.Module):
         self.norm_h, self.norm_e = make(), make()
 
     def node_terms(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-node projections entering the per-edge MLPs (first-layer biases folded in): the edge
-        update's source and target parts, the forward message's source part and the backward
-        message's target part."""
+        """Per-node projections entering the per-edge MLPs: the edge update's source and target
+        parts, the forward message's source part and the backward message's target part (the
+        first linear layers' node blocks, applied to the N node states instead of E gathered copies)."""
         d = self.hidden
         es, ed, _ = split_first(self.edge, d, d, d)
         fs, _ = split_first(self.msg_fwd, d, d)
         bd, _ = split_first(self.msg_bwd, d, d)
-        return {"edge_src": torch.addmm(self.edge[0].bias, h, es.T), "edge_dst": h @ ed.T,
-                "fwd_src": torch.addmm(self.msg_fwd[0].bias, h, fs.T),
-                "bwd_dst": torch.addmm(self.msg_bwd[0].bias, h, bd.T)}
+        return {"edge_src": h @ es.T, "edge_dst": h @ ed.T, "fwd_src": h @ fs.T, "bwd_dst": h @ bd.T}
 
     def edge_update(self, e: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor) -> torch.Tensor:
         """New edge state from the old one and the gathered node terms (broadcastable to ``e``)."""
-        z = e @ split_first(self.edge, *(3 * [self.hidden]))[2].T
-        z += edge_src
-        z += edge_dst
+        z = F.linear(e, split_first(self.edge, *(3 * [self.hidden]))[2], self.edge[0].bias)
+        z = z + edge_src + edge_dst
         out = _tail(self.edge, z)
         out += e
         return self.norm_e(out)
@@ -138,10 +135,8 @@ class NGGNNLayer(nn.Module):
     def messages(self, e: torch.Tensor, fwd_src: torch.Tensor, bwd_dst: torch.Tensor):
         """Messages along the edge (to its target) and against it (to its source)."""
         d = self.hidden
-        zf = e @ split_first(self.msg_fwd, d, d)[1].T
-        zf += fwd_src
-        zb = e @ split_first(self.msg_bwd, d, d)[1].T
-        zb += bwd_dst
+        zf = F.linear(e, split_first(self.msg_fwd, d, d)[1], self.msg_fwd[0].bias) + fwd_src
+        zb = F.linear(e, split_first(self.msg_bwd, d, d)[1], self.msg_bwd[0].bias) + bwd_dst
         return _tail(self.msg_fwd, zf), _tail(self.msg_bwd, zb)
 
     def node_update(self, h: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
