@@ -6,6 +6,12 @@ each step in a fresh process so peaks do not mix:
 
 * convert: ``nngraph.convert`` + ``save`` of the ``.ngraph`` (time, peak RSS);
 * materialize: ``to_coo`` bytes per edge (its arrays, and the tracemalloc peak while building them);
+* featurize: ``featurize`` bytes per edge (its edge tensors, and the tracemalloc peak while building
+  them; only up to ``--featurize-max-edges``);
+* encode: a freshly initialised encoder (``--encoder``, ``--hidden``, ``--layers``; random weights: time
+  and memory do not depend on their values) embeds the graph with its streamed forward
+  (``nngraph.learn.stream``) — time, CPU time, peak RSS of the process (graph loaded memory-mapped) —
+  and, with ``--in-memory``, with the in-memory forward (featurize + forward) for comparison;
 * align: weight matching of the model against a randomly permuted copy of itself (time, peak RSS,
   whether the permutation is recovered exactly), and optionally against an independent second
   checkpoint (``--pairs``);
@@ -14,6 +20,7 @@ each step in a fresh process so peaks do not mix:
     python benchmarks/scale.py                      # sizes tiny,small,medium (a few minutes on 2 cores)
     python benchmarks/scale.py --sizes tinyllama --no-coo --no-align   # TinyLlama-1.1B's configuration (≈2.2 GB written)
     python benchmarks/scale.py --sizes small --json --keep /tmp/ckpts
+    python benchmarks/scale.py --sizes nano,micro --no-align --in-memory   # where streaming starts to pay
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ import numpy as np
 #: TinyLlama-1.1B's configuration and smaller ones of the same shape (head dim 64, 4 kv heads,
 #: intermediate ≈ 2.75 × hidden, vocabulary 32000).
 SIZES = {
+    "nano": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000),
+    "micro": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4, vocab_size=4000),
     "tiny": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=2, num_attention_heads=4),
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8),
     "medium": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16),
@@ -138,6 +147,51 @@ def step_coo(path: str) -> dict:
     return out
 
 
+def step_featurize(path: str) -> dict:
+    import tracemalloc
+
+    import torch_geometric.data  # noqa: F401  (imported before tracing: module code is not featurize's memory)
+
+    import nngraph
+    from nngraph.learn.featurize import featurize
+    g = nngraph.load(path)
+    tracemalloc.start()
+    d = featurize(g)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    edges = sum(t.numel() * t.element_size() for t in (d.edge_index, d.edge_attr, d.edge_kind, d.edge_depth))
+    return {"featurize_bytes_per_edge": edges / g.num_edges, "featurize_peak_bytes_per_edge": peak / g.num_edges}
+
+
+def step_encode(path: str, encoder: str, hidden: str, layers: str, mode: str, threads: str, chunk: str) -> dict:
+    """Encode with a freshly initialised encoder, streamed or in memory; peak RSS is the process's."""
+    import torch
+
+    import nngraph
+    from nngraph.learn.stream import encode_streamed
+    from nngraph.loader import registry
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    cfg = {"hidden": int(hidden)} | ({"layers": int(layers)} if encoder == "ng-gnn" else {})
+    enc = registry().encoder(encoder).factory(**cfg).eval()
+    g = nngraph.load(path)
+    base = _peak_mib()
+    t, c = time.perf_counter(), time.process_time()
+    if mode == "stream":
+        _, emb = encode_streamed(enc, g, chunk_edges=int(chunk), progress=True)
+    else:
+        from torch_geometric.data import Batch
+
+        from nngraph.learn.featurize import featurize
+        with torch.no_grad():
+            _, emb = enc(Batch.from_data_list([featurize(g)]))
+    elapsed = time.perf_counter() - t
+    key = "encode" if mode == "stream" else "memory_encode"
+    return {f"{key}_s": elapsed, f"{key}_cpu_s": time.process_time() - c, f"{key}_peak_mib": _peak_mib(),
+            f"{key}_loaded_mib": base, f"{key}_medges_per_s": g.num_edges / elapsed / 1e6,
+            f"{key}_finite": bool(torch.isfinite(emb).all())}
+
+
 def step_align(path: str, other: str | None, seed: int) -> dict:
     import nngraph
     a = nngraph.load(path)
@@ -159,10 +213,10 @@ def step_align(path: str, other: str | None, seed: int) -> dict:
 
 def _child(step: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--step", step, *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if step == "encode" else subprocess.PIPE, text=True)
     if r.returncode:
         why = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
-        raise RuntimeError(f"{step} failed ({why}): {r.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{step} failed ({why}): {(r.stderr or '').strip()[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -175,7 +229,8 @@ def growth_exponent(x, y) -> float | None:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
-def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=print, coo: bool = True) -> dict:
+def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=print, coo: bool = True,
+        encode: dict | None = None, featurize_max_edges: float = 20e6) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="nngraph-scale-") as tmp:
         root = keep or Path(tmp)
@@ -189,6 +244,13 @@ def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=
             row.update(_child("convert", index, folder / "a.ngraph"))
             if coo:
                 row.update(_child("coo", folder / "a.ngraph"))
+            if row["edges"] <= featurize_max_edges:
+                row.update(_child("featurize", folder / "a.ngraph"))
+            if encode:
+                args = (encode["encoder"], encode["hidden"], encode["layers"])
+                row.update(_child("encode", folder / "a.ngraph", *args, "stream", encode["threads"], encode["chunk"]))
+                if encode["in_memory"]:
+                    row.update(_child("encode", folder / "a.ngraph", *args, "memory", encode["threads"], 0))
             if align:
                 row.update(_child("align", folder / "a.ngraph", "-", seed + 1))
             if pairs:
@@ -203,11 +265,15 @@ def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=
             progress(json.dumps(row))
     fits = {}
     p = [r["params"] for r in rows]
-    for key in ("convert_s", "convert_peak_mib", "coo_peak_bytes_per_edge", "align_s", "align_cpu_s", "align_peak_mib",
-                "pair_align_s"):
+    for key in ("convert_s", "convert_peak_mib", "coo_peak_bytes_per_edge", "featurize_peak_bytes_per_edge",
+                "encode_s", "encode_cpu_s", "encode_peak_mib", "memory_encode_s", "memory_encode_peak_mib",
+                "align_s", "align_cpu_s", "align_peak_mib", "pair_align_s"):
         if all(key in r for r in rows):
             fits[key] = growth_exponent(p, [r[key] for r in rows])
-    return {"rows": rows, "growth_exponent": fits}
+    last = rows[-1] if rows else {}
+    proj = {k: last[k] * (7e9 / last["params"]) ** fits[k] for k in ("encode_s", "encode_peak_mib")
+            if fits.get(k) is not None and k in last}
+    return {"rows": rows, "growth_exponent": fits, "projection_7b": proj}
 
 
 def main(argv=None) -> None:
@@ -218,6 +284,17 @@ def main(argv=None) -> None:
     ap.add_argument("--pairs", action="store_true", help="also align two independent checkpoints per size")
     ap.add_argument("--keep", type=Path, help="write checkpoints here and keep them")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-encode", action="store_true", help="skip streamed encoding")
+    ap.add_argument("--in-memory", action="store_true", help="also encode in memory (featurize + forward)")
+    ap.add_argument("--encoder", default="ng-gnn", help="encoder for the encode step (freshly initialised)")
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the encode step (1: on a shared machine two OpenMP threads waiting "
+                         "for each other made the same run 10–40× slower)")
+    ap.add_argument("--chunk", type=int, default=1 << 18, help="edges per streamed chunk")
+    ap.add_argument("--featurize-max-edges", type=float, default=20e6,
+                    help="measure featurize only up to this many edges (it needs ≈ 100 bytes per edge)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -227,6 +304,10 @@ def main(argv=None) -> None:
             print(json.dumps(step_convert(*rest)))
         elif step == "coo":
             print(json.dumps(step_coo(*rest)))
+        elif step == "featurize":
+            print(json.dumps(step_featurize(*rest)))
+        elif step == "encode":
+            print(json.dumps(step_encode(*rest)))
         elif step == "align":
             print(json.dumps(step_align(rest[0], None if rest[1] == "-" else rest[1], int(rest[2]))))
         return
@@ -235,7 +316,11 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
     result = run(sizes, args.keep, not args.no_align, args.pairs, args.seed,
-                 progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)), coo=not args.no_coo)
+                 progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)), coo=not args.no_coo,
+                 encode=None if args.no_encode else {
+                     "encoder": args.encoder, "hidden": args.hidden, "layers": args.layers, "threads": args.threads,
+                     "chunk": args.chunk, "in_memory": args.in_memory},
+                 featurize_max_edges=args.featurize_max_edges)
     if args.json:
         print(json.dumps(result, indent=1))
         return
@@ -248,8 +333,21 @@ def main(argv=None) -> None:
               f"| {r['convert_s']:.2f} | {r['convert_peak_mib']:.0f} | {r.get('coo_bytes_per_edge', nan):.1f} "
               f"| {r.get('coo_peak_bytes_per_edge', nan):.1f} | {r.get('align_s', nan):.0f} ({r.get('align_cpu_s', nan):.0f}) "
               f"| {r.get('align_peak_mib', nan):.0f} | {r.get('recovered', '-')} |")
+    if any("encode_s" in r or "featurize_bytes_per_edge" in r for r in result["rows"]):
+        print()
+        print("| size | edges | featurize B/edge (peak) | streamed encode s (CPU s) "
+              "| encode peak MiB (loaded graph MiB) | M edges/s | in-memory encode s | in-memory peak MiB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in result["rows"]:
+            print(f"| {r['size']} | {r['edges'] / 1e6:.1f} M | {r.get('featurize_bytes_per_edge', nan):.0f} "
+                  f"({r.get('featurize_peak_bytes_per_edge', nan):.0f}) | {r.get('encode_s', nan):.1f} "
+                  f"({r.get('encode_cpu_s', nan):.1f}) | {r.get('encode_peak_mib', nan):.0f} "
+                  f"({r.get('encode_loaded_mib', nan):.0f}) | {r.get('encode_medges_per_s', nan):.2f} "
+                  f"| {r.get('memory_encode_s', nan):.1f} | {r.get('memory_encode_peak_mib', nan):.0f} |")
     print("growth exponents in parameters:", {k: (round(v, 2) if v is not None else None)
                                               for k, v in result["growth_exponent"].items()})
+    for key, v in result.get("projection_7b", {}).items():
+        print(f"projected at 7 B parameters from the last size and its exponent: {key} ≈ {v:.0f}")
 
 
 if __name__ == "__main__":

@@ -107,5 +107,7 @@ def test_ng_gnn_layer_equals_plain_formulation(norm):
         (ho.square().sum() + eo.sin().sum()).backward()
         outs.append((ho.detach(), eo.detach()))
         grads.append([h.grad, e.grad] + [p.grad.clone() for p in layer.parameters()])
-    for a, b in zip(outs[0] + tuple(grads[0]), outs[1] + tuple(grads[1])):
+    for a, b in zip(outs[0], outs[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads[0], grads[1]):      # float32 sums over 120 edges in another order: 1.6e-4 seen
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -211,15 +211,18 @@ def evaluate(checkpoint, dataset, split, device, as_json):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--stream/--no-stream", "stream", default=None,
+              help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
+                   "streamed for graphs of 200 k edges or more when the encoder has one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
-def predict(checkpoint, models, device, as_json):
+def predict(checkpoint, models, device, stream, as_json):
     """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
     from ..api import convert as _convert
     from ..graph.fileformat import load
     from ..learn.train import predict as _predict
 
     graphs = [load(m) if m.suffix == ".ngraph" else _convert(m) for m in models]
-    values = _predict(checkpoint, graphs, device, paths=list(models))
+    values = _predict(checkpoint, graphs, device, paths=list(models), stream=stream, progress=True)
     if as_json:
         emit_json([{"model": str(m), "prediction": v} for m, v in zip(models, values)])
     else:
@@ -234,8 +237,11 @@ def predict(checkpoint, models, device, as_json):
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Embeddings (.npz).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--stream/--no-stream", "stream", default=None,
+              help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
+                   "streamed for graphs of 200 k edges or more when the encoder has one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def embed(checkpoint, dataset, output, device, as_json):
+def embed(checkpoint, dataset, output, device, stream, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
     import numpy as np
 
@@ -245,7 +251,8 @@ def embed(checkpoint, dataset, output, device, as_json):
 
     check_output(output)
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
-    vectors = _embed(checkpoint, [e.graph for e in data.entries], device, paths=[e.path for e in data.entries])
+    vectors = _embed(checkpoint, [e.graph for e in data.entries], device, paths=[e.path for e in data.entries],
+                     stream=stream, progress=True)
     names = np.array([e.row["model"] for e in data.entries])
     with open(output, "wb") as f:
         np.savez(f, names=names, embeddings=vectors, checkpoint=np.array(str(Path(checkpoint).resolve())))

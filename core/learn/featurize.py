@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..graph.ir import NeuralGraph
-from ..graph.materialize import block_edges
+from ..graph.materialize import block_edge_count, write_block_edges
 from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
 from .probes import PROBE
 
@@ -62,10 +62,11 @@ def _slot(key: str) -> str:
     return "other"
 
 
-def _resample(taps: np.ndarray, k: int) -> np.ndarray:
-    """[E, t] → [E, k]: zero-pad short vectors, average long ones into k bins."""
+def resample_taps(taps: np.ndarray, k: int, pad: bool = True) -> np.ndarray:
+    """[E, t] → [E, k]: average long vectors into k bins; zero-pad short ones to k (``pad``) or
+    leave them at t columns (streamed chunks: an encoder's linear map ignores zero columns)."""
     E, t = taps.shape
-    if t == k:
+    if t == k or (t < k and not pad):
         return taps
     if t < k:
         out = np.zeros((E, k), np.float32)
@@ -76,12 +77,9 @@ def _resample(taps: np.ndarray, k: int) -> np.ndarray:
     return (sums / np.maximum(np.diff(edges), 1)).astype(np.float32)
 
 
-def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
-    """A ``torch_geometric.data.Data`` with ``x``, ``edge_index``, ``edge_attr`` and the
-    integer attributes ``node_pos``, ``node_depth``, ``edge_kind``, ``edge_depth``."""
-    import torch
-    from torch_geometric.data import Data
-
+def node_features(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
+    """``(x [N, node_dim] float32, node_pos [N] int64, node_depth [N] int64)`` (see the module
+    docstring); shared by ``featurize`` and the streamed path (``nngraph.learn.stream``)."""
     sets = list(graph.sets.values())
     offsets = graph.set_offsets()
     N = graph.num_nodes
@@ -112,35 +110,71 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
             x[rows, config.base_node_dim - 1] = 1
             pos[rows] = (fixed_seen + np.arange(n)) % config.max_positions
             fixed_seen += n
-    ei, ea, ek, ed = [], [], [], []
-    weights = [b.weight for b in graph.blocks if b.weight is not None]
-    graph_rms = float(np.sqrt(np.mean([np.mean(np.square(np.asarray(w.data, np.float64))) for w in weights]))) \
-        if weights and config.scale == "graph" else 1.0
+    return x, pos, depth
+
+
+def graph_weight_rms(graph: NeuralGraph) -> float:
+    """The divisor of ``scale="graph"``: root of the mean over weight blocks of each block's mean
+    square, accumulated in float64 slices (no float64 copy of a whole block)."""
+    ms = []
     for b in graph.blocks:
-        src, tgt = block_edges(graph, b)
-        E = len(src)
-        if E == 0:          # opaque blocks: parameters without known connectivity
-            continue
-        ei.append(np.stack([src + offsets[b.source], tgt + offsets[b.target]]))
         if b.weight is None:
-            taps = np.ones((E, 1), np.float32)
+            continue
+        flat = b.weight.data.reshape(-1)
+        step = 1 << 22
+        ms.append(sum(float(np.square(np.asarray(flat[j:j + step], np.float64)).sum())
+                      for j in range(0, flat.size, step)) / max(flat.size, 1))
+    return float(np.sqrt(np.mean(ms))) if ms else 1.0
+
+
+def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
+    """A ``torch_geometric.data.Data`` with ``x``, ``edge_index``, ``edge_attr`` and the
+    integer attributes ``node_pos``, ``node_depth``, ``edge_kind``, ``edge_depth``.
+
+    Lean: every edge array is allocated once at its final size and each block written into its
+    slice (no per-block lists, no concatenation); ``edge_kind`` and ``edge_depth`` are int32 and
+    edge endpoints are written straight into ``edge_index`` (int64: what PyG's scatters index with).
+    Peak ≈ the result plus one block's float32 taps."""
+    import torch
+    from torch_geometric.data import Data
+
+    x, pos, depth = node_features(graph, config)
+    offsets = graph.set_offsets()
+    E = sum(block_edge_count(graph, b) for b in graph.blocks)
+    edge_index = np.empty((2, E), np.int64)
+    attr = np.zeros((E, config.edge_dim), np.float32)
+    kinds = np.empty(E, np.int32)
+    edge_depth = np.empty(E, np.int32)
+    graph_rms = graph_weight_rms(graph) if config.scale == "graph" else 1.0
+    e = 0
+    for b in graph.blocks:
+        n = block_edge_count(graph, b)
+        if n == 0:          # opaque blocks: parameters without known connectivity
+            continue
+        sl = slice(e, e + n)
+        write_block_edges(graph, b, edge_index[0, sl], edge_index[1, sl], offsets[b.source], offsets[b.target])
+        if b.weight is None:
+            attr[sl, 0] = 1
         else:
-            taps = np.asarray(b.weight.data, np.float32).reshape(E, -1)
-            if config.scale == "block":
-                taps = taps / max(float(np.sqrt(np.mean(np.square(taps)))), 1e-12)
-            elif config.scale == "graph":
-                taps = taps / max(graph_rms, 1e-12)
-        attr = np.zeros((E, config.edge_dim), np.float32)
-        attr[:, :config.taps] = _resample(taps, config.taps)
-        attr[:, config.taps + EDGE_KIND_IDS[b.kind]] = 1
-        ea.append(attr)
-        ek.append(np.full(E, EDGE_KIND_IDS[b.kind], np.int64))
-        ed.append(np.full(E, graph.sets[b.target].depth, np.int64))
-    cat = lambda parts, shape, dtype: np.concatenate(parts) if parts else np.zeros(shape, dtype)  # noqa: E731
+            taps = b.weight.data.reshape(n, -1)
+            if taps.shape[1] == 1 and config.scale != "block":     # scalar weights: cast in place, no temporary
+                attr[sl, 0] = taps[:, 0]
+                if config.scale == "graph":
+                    attr[sl, 0] /= max(graph_rms, 1e-12)
+            else:
+                taps = np.asarray(taps, np.float32)
+                if config.scale == "block":
+                    taps = taps / max(float(np.sqrt(np.mean(np.square(taps)))), 1e-12)
+                elif config.scale == "graph":
+                    taps = taps / max(graph_rms, 1e-12)
+                attr[sl, :config.taps] = resample_taps(taps, config.taps)
+        attr[sl, config.taps + EDGE_KIND_IDS[b.kind]] = 1
+        kinds[sl] = EDGE_KIND_IDS[b.kind]
+        edge_depth[sl] = graph.sets[b.target].depth
+        e += n
     t = torch.from_numpy
-    return Data(x=t(x), edge_index=t(np.concatenate(ei, axis=1) if ei else np.zeros((2, 0), np.int64)),
-                edge_attr=t(cat(ea, (0, config.edge_dim), np.float32)), edge_kind=t(cat(ek, (0,), np.int64)),
-                edge_depth=t(cat(ed, (0,), np.int64)), node_pos=t(pos), node_depth=t(depth), num_nodes=N)
+    return Data(x=t(x), edge_index=t(edge_index), edge_attr=t(attr), edge_kind=t(kinds),
+                edge_depth=t(edge_depth), node_pos=t(pos), node_depth=t(depth), num_nodes=graph.num_nodes)
 
 
 def param_columns(config: FeatureConfig = FeatureConfig()) -> slice:

@@ -282,31 +282,73 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None) -> list:
-    """Each graph's prediction (class name or value). ``paths``: the graphs' model files, needed when
-    the checkpoint was trained with probe features."""
-    model, meta, dev = load_checkpoint(ckpt, device)
+#: From this many edges, ``predict``/``embed`` encode a graph with its encoder's streamed forward
+#: (``learn.stream``) when it has one. Measured (``benchmarks/scale.py --sizes nano,micro --in-memory``,
+#: README "Scale"; ng-gnn hidden 32 × 2 layers, one thread): at 0.23 M edges streaming took 0.37 s and
+#: 99 MiB over the loaded process, in memory (featurize + forward) 0.62 s and 432 MiB; at 1.4 M edges
+#: 2.3 s / 296 MiB against 9.1 s / 1596 MiB (≈ 1.1 kB per edge). Dense block chunks (broadcast, no
+#: index gathers or scatters) outweigh the recomputed edge updates; below ≈ 0.2 M edges batching many
+#: small graphs in memory is what a zoo wants.
+STREAM_EDGES = 200_000
+
+
+def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, stream: bool | None = None,
+                     progress: bool = False, chunk_edges: int | None = None):
+    """The encoder's graph embeddings ``[len(graphs), d]`` (on CPU), in order. ``stream``: None
+    streams graphs with at least ``STREAM_EDGES`` edges when the encoder can, True streams every
+    graph (an encoder without ``forward_stream`` is an error), False none. Small graphs are batched."""
+    import torch
+
+    from .stream import DEFAULT_CHUNK, encode_streamed
+    enc = model.encoder
+    can = hasattr(enc, "forward_stream")
+    if stream and not can:
+        raise InputError(f"encoder {meta['encoder']!r} has no streamed forward (--no-stream encodes in memory)")
+    streamed = [bool(stream) if stream is not None else (can and g.num_edges >= STREAM_EDGES) for g in graphs]
     features = FeatureConfig(**meta["features"])
-    attach_all(graphs, paths, features.probes)
-    pred = _predict(model, graphs, features, dev, meta["task"], meta["y_mean"], meta["y_std"])
+    out: list = [None] * len(graphs)
+    small = [i for i, s in enumerate(streamed) if not s]
+    model.eval()
+    with torch.no_grad():
+        for k in range(0, len(small), 32):
+            idx = small[k:k + 32]
+            batch = next(_batches([graphs[i] for i in idx], np.zeros(len(idx)), features, 32, False, None))
+            for i, row in zip(idx, enc(batch.to(device))[1].cpu()):
+                out[i] = row
+        for i in (i for i, s in enumerate(streamed) if s):
+            _, g = encode_streamed(enc, graphs[i], features, device, chunk_edges or DEFAULT_CHUNK,
+                                   progress=progress, label=f"encoding graph {i + 1}/{len(graphs)}")
+            out[i] = g[0].cpu()
+    return torch.stack(out) if out else torch.zeros(0, getattr(enc, "out_dim", 1))
+
+
+def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None,
+            stream: bool | None = None, progress: bool = False) -> list:
+    """Each graph's prediction (class name or value). ``paths``: the graphs' model files, needed when
+    the checkpoint was trained with probe features. Large graphs are encoded streamed (see
+    :func:`graph_embeddings`)."""
+    import torch
+    model, meta, dev = load_checkpoint(ckpt, device)
+    attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
+    with torch.no_grad():
+        out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)).cpu()
+    pred = _decode(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
     if meta["task"] == "classification":
         return [meta["classes"][int(i)] for i in pred]
     return [float(v) for v in pred]
 
 
-def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None) -> np.ndarray:
+def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None,
+          stream: bool | None = None, progress: bool = False) -> np.ndarray:
     """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's.
-    ``paths`` as in :func:`predict`."""
+    ``paths`` as in :func:`predict`; large graphs encoded streamed (see :func:`graph_embeddings`)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
-    features = FeatureConfig(**meta["features"])
-    attach_all(graphs, paths, features.probes)
-    out = []
+    attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
+    if not graphs:
+        return np.zeros((0, 1), np.float32)
     with torch.no_grad():
-        for batch in _batches(graphs, np.zeros(len(graphs)), features, 32, False, None):
-            batch = batch.to(dev)
-            g = model.encoder(batch)[1]
-            if meta["task"] == "embedding":
-                g = model.head(g)
-            out.append(torch.nn.functional.normalize(g, dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        g = graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)
+        if meta["task"] == "embedding":
+            g = model.head(g)
+        return torch.nn.functional.normalize(g, dim=-1).cpu().numpy()

@@ -1,10 +1,13 @@
-"""Pieces shared by the encoders: input embeddings, MLPs, pooling."""
+"""Pieces shared by the encoders: input embeddings, MLPs, pooling, PNA aggregation, and the
+per-node / per-edge halves of linear layers that let in-memory and streamed forwards share math."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch_geometric.utils import scatter
 
+from nngraph.graph.vocab import EDGE_KINDS
 from nngraph.learn.featurize import FeatureConfig
 
 DEFAULT = FeatureConfig()
@@ -12,6 +15,13 @@ DEFAULT = FeatureConfig()
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
+
+
+def split_first(net: nn.Sequential, *widths: int) -> list[torch.Tensor]:
+    """The first linear layer of ``net`` cut along its input into column blocks of ``widths``: a
+    linear map of a concatenation is the sum of each part's map, so parts that are per-node
+    (``h[src]``) can be projected once per node and gathered, never concatenated per edge."""
+    return list(torch.split(net[0].weight, list(widths), dim=1))
 
 
 class InputEmbedding(nn.Module):
@@ -24,15 +34,28 @@ class InputEmbedding(nn.Module):
         self.node = mlp(node_dim, hidden, hidden)
         self.edge = mlp(edge_dim, hidden, hidden)
         self.position = nn.Embedding(max_positions, hidden)
+        self.taps = edge_dim - len(EDGE_KINDS)
         nn.init.normal_(self.position.weight, std=0.02)
 
-    def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.node(batch.x)
-        fixed = batch.node_pos >= 0
+    def nodes(self, x: torch.Tensor, node_pos: torch.Tensor) -> torch.Tensor:
+        h = self.node(x)
+        fixed = node_pos >= 0
         if bool(fixed.any()):
             h = h.clone()
-            h[fixed] = h[fixed] + self.position(batch.node_pos[fixed])
-        return h, self.edge(batch.edge_attr)
+            h[fixed] = h[fixed] + self.position(node_pos[fixed])
+        return h
+
+    def edges_from_taps(self, taps: torch.Tensor, kind: int) -> torch.Tensor:
+        """The edge embedding of edges of one ``kind`` from their unpadded taps ``[..., k]`` (a
+        streamed chunk): equal to embedding the padded ``[taps, one-hot]`` row, without the zeros."""
+        w, b = self.edge[0].weight, self.edge[0].bias
+        k, const = taps.shape[-1], w[:, self.taps + kind] + b
+        z = torch.addcmul(const, taps, w[:, 0]) if k == 1 else torch.matmul(taps, w[:, :k].T) + const
+        z = F.silu(z, inplace=not torch.is_grad_enabled())
+        return F.linear(z, self.edge[2].weight, self.edge[2].bias)
+
+    def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.nodes(batch.x, batch.node_pos), self.edge(batch.edge_attr)
 
 
 def pool(h: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -45,6 +68,46 @@ def graph_index(batch) -> tuple[torch.Tensor, int]:
     idx = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros(
         batch.num_nodes, dtype=torch.long, device=batch.x.device)
     return idx, int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+
+
+def pna_combine(total: torch.Tensor, squares: torch.Tensor, maximum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """PNA aggregates ``[mean, max, sum, std]`` per node from the per-node sum of messages, sum of
+    their squares, max (any value where ``count`` is 0: it becomes 0) and in-degree ``count``."""
+    c = count.clamp(min=1).unsqueeze(-1).to(total.dtype)
+    mean = total / c
+    std = torch.sqrt(torch.clamp(squares / c - mean * mean, min=0) + 1e-6)
+    maximum = torch.where(count.unsqueeze(-1) > 0, maximum, torch.zeros_like(maximum))
+    return torch.cat([mean, maximum, total, std], dim=-1)
+
+
+class StreamedPNA:
+    """PNA aggregation accumulated over streamed chunks (``stream.EdgeChunk``): per node the sum,
+    sum of squares, running max and count of the messages it received (``toward`` "dst": along
+    edges, "src": against them). ``result()`` equals the in-memory aggregation of all edges at once (``pna_combine`` of the same sums)."""
+
+    def __init__(self, size: int, d: int, toward: str, like: torch.Tensor):
+        self.sums = like.new_zeros(size, 2 * d)
+        self.max = like.new_full((size, d), float("-inf"))
+        self.count = like.new_zeros(size)
+        self.toward, self.d = toward, d
+
+    def add(self, chunk, msg: torch.Tensor) -> None:
+        """Accumulate one chunk's messages (squares ``msg`` in place: it is not needed after)."""
+        d = self.d
+        total, squares = self.sums[:, :d], self.sums[:, d:]
+        if self.toward == "dst":
+            chunk.sum_to_dst(total, msg)
+            chunk.max_to_dst(self.max, msg)
+            chunk.sum_to_dst(squares, msg.square_())
+            chunk.count_to_dst(self.count)
+        else:
+            chunk.sum_to_src(total, msg)
+            chunk.max_to_src(self.max, msg)
+            chunk.sum_to_src(squares, msg.square_())
+            chunk.count_to_src(self.count)
+
+    def result(self) -> torch.Tensor:
+        return pna_combine(self.sums[:, :self.d], self.sums[:, self.d:], self.max, self.count)
 
 
 class LayeredEncoder(nn.Module):
@@ -70,3 +133,7 @@ class LayeredEncoder(nn.Module):
             h, e = layer(h, e, batch.edge_index)
         index, size = graph_index(batch)
         return h, self.readout(pool(h, index, size))
+
+    def read_out(self, h: torch.Tensor) -> torch.Tensor:
+        """The graph embedding ``[1, out]`` of one graph's node states (streamed forwards)."""
+        return self.readout(pool(h, h.new_zeros(h.shape[0], dtype=torch.long), 1))

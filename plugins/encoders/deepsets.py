@@ -1,13 +1,13 @@
 """DeepSets over edges: each edge (its features and its endpoints' own features) is encoded
 alone, then summed per graph — a structure-blind baseline. Node embeddings sum the encodings
-of their incident edges."""
+of their incident edges. Streamed (:meth:`DeepSets.forward_stream`): one pass, the same sums."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from .common import InputEmbedding, graph_index, mlp
+from .common import InputEmbedding, graph_index, mlp, split_first
 
 
 class DeepSets(nn.Module):
@@ -37,3 +37,25 @@ class DeepSets(nn.Module):
         nodes = scatter(z, dst, dim=0, dim_size=h.shape[0], reduce="sum") + scatter(
             z, src, dim=0, dim_size=h.shape[0], reduce="sum")
         return nodes, self.rho(scatter(z, index[src], dim=0, dim_size=B, reduce="sum"))
+
+    stream_passes = 1
+
+    @torch.no_grad()
+    def forward_stream(self, stream):
+        """``(node_embeddings, graph_embedding [1, out])`` of one graph from a ``stream.GraphStream``:
+        phi's first layer split into per-node parts (projected once) and the edge part."""
+        h = self.embed.nodes(stream.x, stream.node_pos)
+        d = h.shape[1]
+        ws, wd, we = split_first(self.phi, d, d, d)
+        ps, pd = torch.addmm(self.phi[0].bias, h, ws.T), h @ wd.T
+        nodes, total = torch.zeros_like(h), h.new_zeros(d)
+        for c in stream.chunks():
+            e = self.embed.edges_from_taps(c.taps, c.kind)
+            z = e @ we.T
+            z += c.at_src(ps)
+            z += c.at_dst(pd)
+            z = self.phi[2](self.phi[1](z))
+            c.sum_to_dst(nodes, z)
+            c.sum_to_src(nodes, z)
+            total += z.reshape(-1, d).sum(0)
+        return nodes, self.rho(total.unsqueeze(0))

@@ -4,6 +4,13 @@ For each graph and each depth bucket (the target set's depth, clipped to ``max_d
 standard deviation and quantiles (0, 25, 50, 75, 100 %) of the edge weights (first tap), and
 mean/std of the node biases. Invariant by construction; node embeddings are the graph's,
 broadcast to its nodes.
+
+Streamed (:meth:`StatNN.forward_stream`, two passes over the edges, memory independent of them):
+sums give mean and std; quantiles are exact order statistics found by radix selection — pass 1
+counts each depth bucket's values by the high 16 bits of their order-preserving float32 key, which
+fixes the 16-bit bin holding each wanted rank, pass 2 counts the low 16 bits inside those bins
+(skipped when no value has low bits: bfloat16 weights read without rescaling).
+Same result as the in-memory forward (float summation order aside).
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ def _group_stats(values: torch.Tensor, group: torch.Tensor, groups: int) -> torc
     starts = torch.cumsum(counts, 0) - counts
     qs = []
     for q in QUANTILES:
-        pos = starts + torch.clamp((q * (counts - 1).clamp(min=0)).round().long(), min=0)
+        rank = (q * (counts - 1).clamp(min=0).double()).round().long()     # float64: exact ranks past 2^24
+        pos = starts + torch.clamp(rank, min=0)
         pick = values[order][pos.clamp(max=max(len(values) - 1, 0))] if len(values) else torch.zeros_like(mean)
         qs.append(torch.where(counts > 0, pick, torch.zeros_like(pick)))
     return torch.stack([mean, std, *qs], dim=-1)
@@ -60,6 +68,17 @@ class StatNN(nn.Module):
         g = self.net(weight_statistics(batch, self.max_depth))
         return g[index], g
 
+    stream_passes = 2                 # at most
+
+    @torch.no_grad()
+    def forward_stream(self, stream):
+        """``(node_embeddings, graph_embedding [1, out])`` of one graph from a ``stream.GraphStream``."""
+        D = self.max_depth + 1
+        weights = streamed_group_stats(stream, self.max_depth).view(1, -1)
+        zeros = torch.zeros(stream.num_nodes, dtype=torch.long, device=stream.x.device)
+        g = self.net(torch.cat([weights, _bias_stats(stream.x, stream.node_depth, zeros, 1, D)], dim=-1))
+        return g[zeros], g
+
 
 def weight_statistics(batch, max_depth: int = 8) -> torch.Tensor:
     """[B, (max_depth + 1) · 9] per-depth statistics of a featurized batch: mean, std and quantiles of
@@ -69,9 +88,71 @@ def weight_statistics(batch, max_depth: int = 8) -> torch.Tensor:
     D = max_depth + 1
     edge_bucket = index[batch.edge_index[0]] * D + batch.edge_depth.clamp(max=max_depth)
     weights = _group_stats(batch.edge_attr[:, 0], edge_bucket, B * D).view(B, -1)
-    bias = batch.x[:, BIAS]
-    node_bucket = index * D + batch.node_depth.clamp(max=max_depth)
+    return torch.cat([weights, _bias_stats(batch.x, batch.node_depth, index, B, D)], dim=-1)
+
+
+def _bias_stats(x, node_depth, index, B: int, D: int) -> torch.Tensor:
+    """[B, 2 · D]: mean and std of the node biases per depth bucket."""
+    bias = x[:, BIAS]
+    node_bucket = index * D + node_depth.clamp(max=D - 1)
     bmean = scatter(bias, node_bucket, dim=0, dim_size=B * D, reduce="mean")
     bsq = scatter(bias * bias, node_bucket, dim=0, dim_size=B * D, reduce="mean")
     bstd = torch.sqrt(torch.clamp(bsq - bmean * bmean, min=0) + 1e-12)
-    return torch.cat([weights, torch.stack([bmean, bstd], -1).view(B, -1)], dim=-1)
+    return torch.stack([bmean, bstd], -1).view(B, -1)
+
+
+def _order_key(v: torch.Tensor) -> torch.Tensor:
+    """float32 → int32 with the same order as signed integers (negative floats: all bits but the
+    sign flipped)."""
+    bits = v.contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _from_key(key: torch.Tensor) -> torch.Tensor:
+    key = key.to(torch.int32)
+    return (key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def streamed_group_stats(stream, max_depth: int) -> torch.Tensor:
+    """[(max_depth + 1), 2 + len(QUANTILES)] for one graph: ``_group_stats`` of the first edge tap
+    per target-depth bucket, from passes over ``stream`` (module docstring). The second pass is
+    skipped when no value has low 16 bits (weights that were bfloat16 and are not rescaled): the
+    high half then is the value."""
+    D, dev = max_depth + 1, stream.x.device
+    s1 = torch.zeros(D, dtype=torch.float64, device=dev)
+    s2 = torch.zeros(D, dtype=torch.float64, device=dev)
+    high = torch.zeros(D, 65536, dtype=torch.long, device=dev)
+    low_bits = False
+    for c in stream.chunks():                                       # pass 1: sums, high-half histogram
+        v, b = c.taps[..., 0].reshape(-1), min(c.depth, max_depth)
+        s1[b] += float(v.sum())
+        s2[b] += float(torch.dot(v, v))
+        key = _order_key(v)
+        high[b] += torch.bincount((key >> 16) + 32768, minlength=65536)
+        low_bits = low_bits or bool((v.view(torch.int32) & 0xFFFF).any())
+    counts = high.sum(1)
+    mean = s1 / counts.clamp(min=1)
+    std = torch.sqrt(torch.clamp(s2 / counts.clamp(min=1) - mean * mean, min=0) + 1e-12)
+    q = torch.tensor(QUANTILES, dtype=torch.float64, device=dev)
+    rank = (q[None, :] * (counts[:, None] - 1).clamp(min=0).double()).round().long()  # [D, Q], as _group_stats
+    cum = high.cumsum(1)
+    hbin = torch.searchsorted(cum, rank, right=True).clamp(max=65535)                 # bin holding each rank
+    rank = rank - torch.where(hbin > 0, cum.gather(1, (hbin - 1).clamp(min=0)), torch.zeros_like(rank))
+    lbin = torch.where(hbin >= 32768, 0, 0xFFFF)      # no low bits: the low half of a negative key is all ones
+    if low_bits:
+        pairs, slot_of = torch.unique(torch.arange(D, device=dev)[:, None] * 65536 + hbin, return_inverse=True)
+        wanted = torch.full((D * 65536,), -1, dtype=torch.long, device=dev)           # (bucket, high bin) → slot
+        wanted[pairs] = torch.arange(len(pairs), device=dev)
+        wanted = wanted.view(D, 65536)
+        low = torch.zeros(len(pairs) * 65536, dtype=torch.long, device=dev)
+        for c in stream.chunks():                                   # pass 2: low halves inside wanted bins
+            v, b = c.taps[..., 0].reshape(-1), min(c.depth, max_depth)
+            key = _order_key(v)
+            slot = wanted[b][(key >> 16).long() + 32768]
+            hit = slot >= 0
+            low.index_add_(0, slot[hit] * 65536 + (key[hit] & 0xFFFF).long(), torch.ones_like(slot[hit]))
+        lcum = low.view(-1, 65536).cumsum(1)[slot_of.view(-1)]                        # [D · Q, 65536]
+        lbin = torch.searchsorted(lcum, rank.view(-1, 1), right=True).view(D, -1).clamp(max=65535)
+    qs = _from_key((hbin - 32768) * 65536 + lbin)
+    qs = torch.where(counts[:, None] > 0, qs, torch.zeros_like(qs))
+    return torch.cat([mean.float()[:, None], std.float()[:, None], qs], dim=-1)

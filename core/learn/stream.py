@@ -1,0 +1,262 @@
+"""Featurize a neural graph chunk by chunk, straight from its edge blocks, for streamed encoders.
+
+An in-memory encoder needs every edge's features at once (``featurize``: ≈ 100 bytes per edge, plus
+``edges × hidden`` floats per layer inside the encoder). A streamed encoder keeps only per-node
+state and walks the edges once per layer: :class:`GraphStream` yields :class:`EdgeChunk` objects,
+each a piece of one block, built from a view of the block's weight rows (a memory-mapped ``.ngraph``
+is read in place; only the chunk is converted to float32). Nothing of size ``edges`` is ever
+allocated.
+
+A chunk of a ``full`` block (dense, conv, embedding, recurrent: nearly all edges of large models) is
+*dense*: a rectangle of targets × sources, every pair connected, taps ``[targets, sources, k]``;
+gathering node state along its edges is a broadcast and aggregating is a sum over one axis, with no
+index arrays at all. Chunks of the other patterns are *sparse*: global ``src``/``dst`` indices.
+Taps are resampled and scaled exactly as ``featurize`` does, but not padded and without the kind
+one-hot (``kind`` is the chunk's): an encoder's first linear layer on ``[taps, one-hot]`` is
+``taps @ W[:, :k]ᵀ + W[:, taps + kind]``, the same number without the zero columns.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .featurize import FeatureConfig, graph_weight_rms, node_features, resample_taps
+from ..graph.ir import EdgeBlock, NeuralGraph
+from ..graph.materialize import block_edge_count
+from ..graph.vocab import EDGE_KINDS
+
+DEFAULT_CHUNK = 1 << 18        # edges per chunk: big enough for efficient matmuls, ≈ 32 MiB per hidden-32 tensor
+
+
+@dataclass
+class EdgeChunk:
+    """Some edges of one block, featurized. Dense: ``rows`` (global target range) × ``cols``
+    (global source range), ``taps [rows, cols, k]``. Sparse: ``src``/``dst`` (int64, global) and
+    ``taps [n, k]``. ``kind`` indexes ``EDGE_KINDS``; ``depth`` is the target set's depth."""
+
+    kind: int
+    depth: int
+    taps: "torch.Tensor"  # noqa: F821
+    rows: tuple[int, int] | None = None
+    cols: tuple[int, int] | None = None
+    src: "torch.Tensor | None" = None  # noqa: F821
+    dst: "torch.Tensor | None" = None  # noqa: F821
+
+    @property
+    def dense(self) -> bool:
+        return self.rows is not None
+
+    @property
+    def num_edges(self) -> int:
+        return int(np.prod(self.taps.shape[:-1]))
+
+    # -- gathering node state along the edges: broadcastable against [rows, cols, d] or [n, d]
+    def at_src(self, p):
+        return p[self.cols[0]:self.cols[1]].unsqueeze(0) if self.dense else p[self.src]
+
+    def at_dst(self, p):
+        return p[self.rows[0]:self.rows[1]].unsqueeze(1) if self.dense else p[self.dst]
+
+    # -- aggregating edge values into per-node accumulators (in place)
+    def sum_to_dst(self, acc, x) -> None:
+        if self.dense:
+            acc[self.rows[0]:self.rows[1]] += x.sum(1)
+        else:
+            acc.index_add_(0, self.dst, x)
+
+    def sum_to_src(self, acc, x) -> None:
+        if self.dense:
+            acc[self.cols[0]:self.cols[1]] += x.sum(0)
+        else:
+            acc.index_add_(0, self.src, x)
+
+    def max_to_dst(self, acc, x) -> None:
+        if self.dense:
+            r = slice(*self.rows)
+            acc[r] = acc[r].maximum(x.amax(1))
+        else:
+            acc.scatter_reduce_(0, self.dst.unsqueeze(-1).expand_as(x), x, "amax")
+
+    def max_to_src(self, acc, x) -> None:
+        if self.dense:
+            c = slice(*self.cols)
+            acc[c] = acc[c].maximum(x.amax(0))
+        else:
+            acc.scatter_reduce_(0, self.src.unsqueeze(-1).expand_as(x), x, "amax")
+
+    def count_to_dst(self, acc) -> None:
+        if self.dense:
+            acc[self.rows[0]:self.rows[1]] += self.cols[1] - self.cols[0]
+        else:
+            acc.index_add_(0, self.dst, self.taps.new_ones(len(self.dst)))
+
+    def count_to_src(self, acc) -> None:
+        if self.dense:
+            acc[self.cols[0]:self.cols[1]] += self.rows[1] - self.rows[0]
+        else:
+            acc.index_add_(0, self.src, self.taps.new_ones(len(self.src)))
+
+    def flat(self):
+        """``(src, dst, taps [n, k])`` in the edge order of ``featurize`` (for checks and generic code)."""
+        import torch
+        if not self.dense:
+            return self.src, self.dst, self.taps
+        nr, nc = self.rows[1] - self.rows[0], self.cols[1] - self.cols[0]
+        dev = self.taps.device
+        dst = torch.arange(*self.rows, device=dev).repeat_interleave(nc)
+        src = torch.arange(*self.cols, device=dev).repeat(nr)
+        return src, dst, self.taps.reshape(nr * nc, -1)
+
+
+def block_edge_range(graph: NeuralGraph, block: EdgeBlock, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Local (source, target) indices of edges ``start:stop`` of a block, in weight order, without
+    building the rest of the block (``materialize.block_edges`` restricted to a range)."""
+    S, T = graph.sets[block.source].size, graph.sets[block.target].size
+    e = np.arange(start, stop, dtype=np.int64)
+    if block.pattern == "full":
+        spg, tpg = S // block.groups, T // block.groups
+        t = e // spg
+        return (t // tpg) * spg + e % spg, t
+    if block.pattern == "diagonal":
+        return e, e.copy()
+    if block.pattern == "index":
+        return e, np.asarray(block.attrs["index"], np.int64)[start:stop]
+    return e, e // (S // T)        # membership
+
+
+class GraphStream:
+    """One graph for a streamed encoder: node tensors (``x``, ``node_pos``, ``node_depth``, on
+    ``device``) and :meth:`chunks`, a fresh pass over every edge each time it is called.
+    ``node_scale``/``edge_scale`` are a checkpoint's input scales (``featurize.apply_scales``).
+    ``progress(done_edges, total_edges, pass_number)`` is called after each chunk."""
+
+    def __init__(self, graph: NeuralGraph, config: FeatureConfig = FeatureConfig(), device="cpu",
+                 chunk_edges: int = DEFAULT_CHUNK, node_scale=None, edge_scale=None,
+                 progress: Callable[[int, int, int], None] | None = None):
+        import torch
+        self.graph, self.config, self.device = graph, config, torch.device(device)
+        self.chunk_edges = max(int(chunk_edges), 1)
+        x, pos, depth = node_features(graph, config)
+        t = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        self.x, self.node_pos, self.node_depth = t(x), t(pos), t(depth)
+        if node_scale is not None:
+            self.x = self.x * node_scale.to(self.device)
+        self.edge_scale = None if edge_scale is None else edge_scale.detach().cpu().numpy().astype(np.float32)
+        self.num_nodes = graph.num_nodes
+        self.num_edges = graph.num_edges
+        self.progress = progress
+        self.passes = 0
+        self._offsets = graph.set_offsets()
+        self._kind = {k: i for i, k in enumerate(EDGE_KINDS)}
+        self._block_scale = self._weight_scales()
+
+    def _weight_scales(self) -> dict[int, float]:
+        """Per-block divisor of ``config.scale`` (none: 1), as ``featurize`` computes it, in float64 slices."""
+        cfg, blocks = self.config, self.graph.blocks
+        if cfg.scale == "graph":
+            rms = max(graph_weight_rms(self.graph), 1e-12)
+            return {i: rms for i, b in enumerate(blocks) if b.weight is not None}
+        if cfg.scale != "block":
+            return {}
+        out = {}
+        for i, b in enumerate(blocks):
+            if b.weight is not None:
+                flat, step = b.weight.data.reshape(-1), 1 << 22
+                ms = sum(float(np.square(np.asarray(flat[j:j + step], np.float64)).sum())
+                         for j in range(0, flat.size, step)) / max(flat.size, 1)
+                out[i] = max(float(np.sqrt(ms)), 1e-12)
+        return out
+
+    def _taps(self, i: int, b: EdgeBlock, rows: np.ndarray | tuple) -> np.ndarray:
+        """``rows`` of a block's weight (a view, taps last: [n, t] or [rows, cols, t]) → float32
+        [..., k], resampled and scaled; a block without weight passes the shape of its edges
+        (``rows`` is then a shape) and gets ones, as ``featurize`` gives it."""
+        if b.weight is None:
+            taps = np.ones(tuple(rows) + (1,), np.float32)
+        else:
+            taps = np.asarray(rows, np.float32)
+            shape = taps.shape
+            taps = resample_taps(taps.reshape(-1, shape[-1]), self.config.taps, pad=False)
+            taps = taps.reshape(shape[:-1] + (taps.shape[-1],))
+        scale = 1.0 / self._block_scale.get(i, 1.0)
+        if self.edge_scale is not None:
+            scale *= float(self.edge_scale[self._kind[b.kind]])
+        if scale != 1.0:
+            taps = taps * np.float32(scale)
+        return taps
+
+    def block_chunks(self, i: int, b: EdgeBlock) -> Iterator[EdgeChunk]:
+        import torch
+        g, off = self.graph, self._offsets
+        E = block_edge_count(g, b)
+        if E == 0:
+            return
+        kind, depth = self._kind[b.kind], g.sets[b.target].depth
+        so, to = off[b.source], off[b.target]
+        dev = self.device
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+        if b.pattern == "full":
+            S, T = g.sets[b.source].size, g.sets[b.target].size
+            spg, tpg = S // b.groups, T // b.groups
+            w = None if b.weight is None else b.weight.data.reshape((T, spg, -1))
+            step = max(1, self.chunk_edges // max(spg, 1))
+            for g0 in range(0, T, tpg):                       # a dense rectangle never crosses a group
+                for r0 in range(g0, g0 + tpg, step):
+                    r1 = min(r0 + step, g0 + tpg)
+                    c0 = (g0 // tpg) * spg
+                    taps = self._taps(i, b, w[r0:r1] if w is not None else (r1 - r0, spg))
+                    yield EdgeChunk(kind, depth, t(taps), rows=(to + r0, to + r1), cols=(so + c0, so + c0 + spg))
+            return
+        w = None if b.weight is None else b.weight.data.reshape((E, -1))
+        for e0 in range(0, E, self.chunk_edges):
+            e1 = min(e0 + self.chunk_edges, E)
+            src, dst = block_edge_range(g, b, e0, e1)
+            taps = self._taps(i, b, w[e0:e1] if w is not None else (e1 - e0,))
+            yield EdgeChunk(kind, depth, t(taps), src=t(src + so), dst=t(dst + to))
+
+    def chunks(self) -> Iterator[EdgeChunk]:
+        """One pass over every edge, block by block."""
+        self.passes += 1
+        done = 0
+        for i, b in enumerate(self.graph.blocks):
+            for c in self.block_chunks(i, b):
+                yield c
+                done += c.num_edges
+                if self.progress is not None:
+                    self.progress(done, self.num_edges, self.passes)
+
+
+def stderr_progress(label: str = "encoding", every_s: float = 5.0, passes: int | None = None, stream=None):
+    """A ``GraphStream`` progress callback printing one line to stderr every ``every_s`` seconds
+    (none for runs shorter than that): pass, share of edges, elapsed time."""
+    import sys
+    out = stream or sys.stderr
+    start = time.monotonic()
+    last = [start]
+
+    def report(done: int, total: int, pass_no: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_s:           # short runs print nothing
+            return
+        last[0] = now
+        of = f"/{passes}" if passes else ""
+        print(f"{label}: pass {pass_no}{of}, {done / max(total, 1):6.1%} of {total:,} edges, "
+              f"{now - start:.0f} s", file=out, flush=True)
+    return report
+
+
+def encode_streamed(encoder, graph: NeuralGraph, config: FeatureConfig = FeatureConfig(), device="cpu",
+                    chunk_edges: int = DEFAULT_CHUNK, progress: bool = False, label: str = "encoding"):
+    """``encoder.forward_stream`` on one graph, with the encoder's input scales (the buffers a
+    trained checkpoint carries) applied to the streamed features as its pre-hook does in memory;
+    ``progress`` prints a line to stderr every few seconds."""
+    import torch
+    node_scale = getattr(encoder, "input_node_scale", None)
+    edge_scale = getattr(encoder, "input_edge_scale", None)
+    report = stderr_progress(label, passes=getattr(encoder, "stream_passes", None)) if progress else None
+    stream = GraphStream(graph, config, device, chunk_edges, node_scale, edge_scale, report)
+    with torch.no_grad():
+        return encoder.forward_stream(stream)
