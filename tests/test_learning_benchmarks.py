@@ -1,6 +1,7 @@
 """The learning-benchmark helpers that feed models their inputs: probe features read every neuron's
-output in featurize's node order (benchmarks/learning/defaults.py), and the reference NG-GNN gets
-the same weights nngraph reads (benchmarks/learning/throughput.py)."""
+output in featurize's node order (nngraph.learn.probes, the probes setting of
+benchmarks/learning/defaults.py), and the reference NG-GNN gets the same weights nngraph reads
+(benchmarks/learning/throughput.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -37,15 +38,15 @@ def mlp_file(tmp_path) -> tuple[Path, torch.nn.Module]:
 
 
 def test_probe_values_are_each_neurons_output_in_node_order(mlp_file):
-    from nngraph.api import convert
-    from nngraph.learn.dataset import Entry
-    defaults = _script("defaults")
+    """Probe features (nngraph.learn.probes, used by defaults.py) land in featurize's node order."""
+    import nngraph
+    from nngraph.learn.probes import attach_probes
     path, m = mlp_file
-    g = convert(path)
-    values = defaults.probe_values(Entry(path, {}, g), k=3, seed=7)
+    g = attach_probes(nngraph.convert(path), path, 3)
+    values = nngraph.featurize(g, nngraph.FeatureConfig(probes=3)).x[:, -3:].numpy()
     assert values.shape == (g.num_nodes, 3)
-    rng = np.random.default_rng(7)
-    x = torch.tensor(np.concatenate([rng.standard_normal((1, 3)).astype(np.float32) for _ in range(3)]))
+    adapter = nngraph.find_adapter(path)
+    x = torch.tensor(np.concatenate([adapter.example_inputs(path, j)["x"] for j in range(3)]))
     offsets = g.set_offsets()
     expected = {"input": x, "hidden": torch.relu(m[0](x)), "output": m(x)}
     for name, s in g.sets.items():
