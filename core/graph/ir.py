@@ -297,16 +297,16 @@ class NeuralGraph:
     def num_nodes(self) -> int:
         return sum(s.size for s in self.sets.values())
 
+    def edge_count(self, block: EdgeBlock) -> int:
+        """How many edges a block has: T·S/groups (full), none (opaque: connectivity unknown), else S."""
+        if block.pattern == "opaque":
+            return 0
+        S, T = self.sets[block.source].size, self.sets[block.target].size
+        return T * (S // block.groups) if block.pattern == "full" else S
+
     @property
     def num_edges(self) -> int:
-        total = 0
-        for b in self.blocks:
-            src, tgt = self.sets[b.source], self.sets[b.target]
-            if b.pattern == "full":
-                total += tgt.size * (src.size // b.groups)
-            elif b.pattern != "opaque":
-                total += src.size
-        return total
+        return sum(self.edge_count(b) for b in self.blocks)
 
     @property
     def num_parameters(self) -> int:

@@ -51,18 +51,10 @@ class COO:
 
 def block_edges(graph: NeuralGraph, block: EdgeBlock) -> tuple[np.ndarray, np.ndarray]:
     """Local (source, target) neuron indices of one block's edges, in weight order."""
-    E = block_edge_count(graph, block)
+    E = graph.edge_count(block)
     src, tgt = np.empty(E, np.int64), np.empty(E, np.int64)
     write_block_edges(graph, block, src, tgt)
     return src, tgt
-
-
-def block_edge_count(graph: NeuralGraph, block: EdgeBlock) -> int:
-    """How many edges a block has: T·S/groups (full), none (opaque: connectivity unknown), else S."""
-    S, T = graph.sets[block.source].size, graph.sets[block.target].size
-    if block.pattern == "opaque":
-        return 0
-    return T * (S // block.groups) if block.pattern == "full" else S
 
 
 def write_block_edges(graph: NeuralGraph, block: EdgeBlock, src: np.ndarray, tgt: np.ndarray,
@@ -121,14 +113,14 @@ def to_coo(graph: NeuralGraph, max_taps: int | None = None, *, taps: str = "pad"
     edge_block = np.empty(E, np.int32 if len(graph.blocks) < 2 ** 31 else np.int64)
     split = taps == "split"
     tapped = [b for b in graph.blocks if split and b.taps > 1]
-    n_taps = sum(block_edge_count(graph, b) * b.taps for b in tapped)
+    n_taps = sum(graph.edge_count(b) * b.taps for b in tapped)
     edge_attr = np.zeros((E, 1 if split else K), np.float32)
     edge_taps = np.empty(n_taps, np.float32) if split else None
     num_taps = np.zeros(E, np.int16 if max([b.taps for b in tapped], default=0) < 2 ** 15 else np.int32) \
         if split else None
     e = t = 0
     for i, b in enumerate(graph.blocks):
-        n = block_edge_count(graph, b)
+        n = graph.edge_count(b)
         if n == 0:          # opaque blocks: parameters without known connectivity
             continue
         sl = slice(e, e + n)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..graph.ir import NeuralGraph
-from ..graph.materialize import block_edge_count, write_block_edges
+from ..graph.materialize import write_block_edges
 from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
 from .probes import PROBE
 
@@ -140,7 +140,7 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
 
     x, pos, depth = node_features(graph, config)
     offsets = graph.set_offsets()
-    E = sum(block_edge_count(graph, b) for b in graph.blocks)
+    E = graph.num_edges
     edge_index = np.empty((2, E), np.int64)
     attr = np.zeros((E, config.edge_dim), np.float32)
     kinds = np.empty(E, np.int32)
@@ -148,7 +148,7 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
     graph_rms = graph_weight_rms(graph) if config.scale == "graph" else 1.0
     e = 0
     for b in graph.blocks:
-        n = block_edge_count(graph, b)
+        n = graph.edge_count(b)
         if n == 0:          # opaque blocks: parameters without known connectivity
             continue
         sl = slice(e, e + n)

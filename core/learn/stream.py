@@ -25,8 +25,7 @@ import numpy as np
 
 from .featurize import FeatureConfig, graph_weight_rms, node_features, resample_taps
 from ..graph.ir import EdgeBlock, NeuralGraph
-from ..graph.materialize import block_edge_count
-from ..graph.vocab import EDGE_KINDS
+from ..graph.vocab import EDGE_KIND_IDS
 
 DEFAULT_CHUNK = 1 << 18        # edges per chunk: big enough for efficient matmuls, ≈ 32 MiB per hidden-32 tensor
 
@@ -150,7 +149,6 @@ class GraphStream:
         self.progress = progress
         self.passes = 0
         self._offsets = graph.set_offsets()
-        self._kind = {k: i for i, k in enumerate(EDGE_KINDS)}
         self._block_scale = self._weight_scales()
 
     def _weight_scales(self) -> dict[int, float]:
@@ -183,7 +181,7 @@ class GraphStream:
             taps = taps.reshape(shape[:-1] + (taps.shape[-1],))
         scale = 1.0 / self._block_scale.get(i, 1.0)
         if self.edge_scale is not None:
-            scale *= float(self.edge_scale[self._kind[b.kind]])
+            scale *= float(self.edge_scale[EDGE_KIND_IDS[b.kind]])
         if scale != 1.0:
             taps = taps * np.float32(scale)
         return taps
@@ -191,10 +189,10 @@ class GraphStream:
     def block_chunks(self, i: int, b: EdgeBlock) -> Iterator[EdgeChunk]:
         import torch
         g, off = self.graph, self._offsets
-        E = block_edge_count(g, b)
+        E = g.edge_count(b)
         if E == 0:
             return
-        kind, depth = self._kind[b.kind], g.sets[b.target].depth
+        kind, depth = EDGE_KIND_IDS[b.kind], g.sets[b.target].depth
         so, to = off[b.source], off[b.target]
         dev = self.device
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
