@@ -85,9 +85,12 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
 
     model, meta, history = _train(data, cfg, progress=interactive, log=log if main else None, group=group)
     if not main:
+        group.finish()
         return
     save_checkpoint(output, model, meta)
     plot = _plot_history(history, output.with_suffix(".png"))
+    if group:
+        group.finish()
     summary = {"checkpoint": str(output), "models": len(data.entries), "skipped": len(data.failed),
                "epochs_run": len(history), "best_epoch": meta["best_epoch"],
                "final": _rounded(history[meta["best_epoch"] - 1]), "plot": plot}

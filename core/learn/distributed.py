@@ -105,10 +105,26 @@ class Group:
                 full[torch.as_tensor(rows)] = out.to(full.dtype)
         return full
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Wait until every rank is done (rank 0 has written its files) before any leaves: a rank exiting
+        while another still talks to it makes gloo abort the slower one. Only on success: when a rank fails,
+        torchrun stops the others."""
         import torch.distributed as dist
         if dist.is_initialized():
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group while the interpreter is fully alive. The DistributedDataParallel wrapper
+        holds the gloo process group and sits in reference cycles; collected only at interpreter shutdown,
+        its worker threads are destroyed unjoined and the process aborts (SIGABRT, "terminate called without
+        an active exception"), so it is collected here first."""
+        import gc
+
+        import torch.distributed as dist
+        gc.collect()
+        if dist.is_initialized():
             dist.destroy_process_group()
+        gc.collect()
 
 
 def held_part(chosen: np.ndarray, seeds, held: np.ndarray):
