@@ -16,6 +16,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,11 +63,29 @@ def to_module(Ws, bs, i: int, act=nn.ReLU) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
-def write_population(out: Path, Ws, bs, test_fraction: float, columns, act=nn.ReLU) -> None:
-    """Export network i of the stacked weights as ``mlp_{i:04d}.onnx`` into ``out`` and write
-    ``labels.csv`` (model, split — the last ``test_fraction`` are test —, then ``columns(i)``)."""
-    n = len(Ws[0])
+def test_rows(n: int, test_fraction: float, strata=None) -> np.ndarray:
+    """Which of ``n`` rows are test: the last ``round(n · test_fraction)``, or with ``strata`` (a class
+    per row) as many taken from the end of each class in turn, so a small test set holds every class
+    in proportion (a random 60-network test set of 10 classes can leave a class with one network)."""
     n_test = int(round(n * test_fraction))
+    test = np.zeros(n, bool)
+    if strata is None:
+        test[n - n_test:] = True
+        return test
+    strata = np.asarray(strata)
+    from_end = np.empty(n, int)            # 0 for the last row of its class, 1 for the one before, ...
+    for c in np.unique(strata):
+        rows = np.flatnonzero(strata == c)
+        from_end[rows] = np.arange(len(rows))[::-1]
+    test[np.lexsort((strata, from_end))[:n_test]] = True
+    return test
+
+
+def write_population(out: Path, Ws, bs, test_fraction: float, columns, act=nn.ReLU, strata=None) -> None:
+    """Export network i of the stacked weights as ``mlp_{i:04d}.onnx`` into ``out`` and write
+    ``labels.csv`` (model, split — see ``test_rows`` —, then ``columns(i)``)."""
+    n = len(Ws[0])
+    test = test_rows(n, test_fraction, strata)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     with warnings.catch_warnings():
@@ -75,7 +94,7 @@ def write_population(out: Path, Ws, bs, test_fraction: float, columns, act=nn.Re
             name = f"mlp_{i:04d}.onnx"
             torch.onnx.export(to_module(Ws, bs, i, act), (torch.zeros(1, Ws[0].shape[-1]),), out / name, dynamo=False,
                               input_names=["x"], output_names=["y"])
-            rows.append({"model": name, "split": "test" if i >= n - n_test else "train", **columns(i)})
+            rows.append({"model": name, "split": "test" if test[i] else "train", **columns(i)})
     with open(out / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

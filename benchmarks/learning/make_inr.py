@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from make_freq import write_population
+from make_freq import test_rows, write_population
 
 LAYOUT = (2, 32, 32, 1)
 OMEGA = 30.0
+MIX = 0.25
 
 
 def images(size: int, n: int, seed: int):
@@ -36,13 +37,22 @@ def images(size: int, n: int, seed: int):
     return up.reshape(n, size * size), labels, pick
 
 
-def siren_init(n: int, g: torch.Generator):
-    """SIREN init (Sitzmann et al.) with ω₀ folded in: first layer U(±ω₀/fan_in), then U(±√(6/fan_in))."""
-    Ws, bs = [], []
-    for k, (a, b) in enumerate(zip(LAYOUT[:-1], LAYOUT[1:])):
-        wb = OMEGA / a if k == 0 else math.sqrt(6 / a)
-        Ws.append(((torch.rand(n, b, a, generator=g) * 2 - 1) * wb).requires_grad_())
-        bs.append(((torch.rand(n, b, generator=g) * 2 - 1) / math.sqrt(a)).requires_grad_())
+def siren_init(n: int, g: torch.Generator, mix: float = 1.0):
+    """SIREN init (Sitzmann et al.) with ω₀ folded in: first layer U(±ω₀/fan_in), then U(±√(6/fan_in)).
+
+    ``mix`` blends one init shared by all ``n`` networks with one of their own, keeping the variance:
+    √(1 − mix²)·shared + mix·own (0: one common init, 1: independent inits)."""
+    def draw(k: int, shape):
+        scale = OMEGA / LAYOUT[k] if len(shape) == 3 and k == 0 else \
+            math.sqrt(6 / LAYOUT[k]) if len(shape) == 3 else 1 / math.sqrt(LAYOUT[k])
+        return (torch.rand(*shape, generator=g) * 2 - 1) * scale
+
+    shapes = [((b, a), (b,)) for a, b in zip(LAYOUT[:-1], LAYOUT[1:])]
+    shared = [(draw(k, (1, *w)), draw(k, (1, *v))) for k, (w, v) in enumerate(shapes)]
+    own = [(draw(k, (n, *w)), draw(k, (n, *v))) for k, (w, v) in enumerate(shapes)]
+    keep = math.sqrt(1 - mix * mix)
+    Ws = [(keep * sw + mix * ow).requires_grad_() for (sw, _), (ow, _) in zip(shared, own)]
+    bs = [(keep * sb + mix * ob).requires_grad_() for (_, sb), (_, ob) in zip(shared, own)]
     return Ws, bs
 
 
@@ -62,7 +72,7 @@ def forward(Ws, bs, x):
     return h.squeeze(-1)
 
 
-def fit(n: int, seed: int, size: int = 16, steps: int = 500, lr: float = 1e-3):
+def fit(n: int, seed: int, size: int = 16, steps: int = 500, lr: float = 1e-3, mix: float = 1.0):
     """Fit ``n`` SIRENs at once; returns weights, biases, labels, digit indices, final MSEs and the
     mean relative weight change from init (how far the fit moved the weights) and the images the
     INRs render."""
@@ -70,7 +80,7 @@ def fit(n: int, seed: int, size: int = 16, steps: int = 500, lr: float = 1e-3):
     target, labels, pick = images(size, n, seed)
     lin = torch.linspace(-1, 1, size)
     grid = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(1, -1, 2).expand(n, -1, -1)
-    Ws, bs = siren_init(n, g)
+    Ws, bs = siren_init(n, g, mix)
     init = [W.detach().clone() for W in Ws]
     opt = torch.optim.Adam(Ws + bs, lr=lr)
     for _ in range(steps):
@@ -93,11 +103,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16, help="image side after bilinear upsampling of the 8×8 digit")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--init-mix", type=float, default=MIX,
+                    help="0: every SIREN starts from one shared init, 1: independent inits (see the docstring)")
     args = ap.parse_args()
+    if not 0 <= args.init_mix <= 1:
+        ap.error("--init-mix must be in [0, 1]")
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    Ws, bs, labels, pick, mse, moved, rendered = fit(args.n, args.seed, args.size, args.steps)
+    Ws, bs, labels, pick, mse, moved, rendered = fit(args.n, args.seed, args.size, args.steps, mix=args.init_mix)
     write_population(args.out, Ws, bs, args.test_fraction, lambda i: {
-        "label": int(labels[i]), "digit_index": int(pick[i]), "fit_mse": round(float(mse[i]), 6)}, act=Sine)
+        "label": int(labels[i]), "digit_index": int(pick[i]), "fit_mse": round(float(mse[i]), 6)}, act=Sine,
+        strata=labels)
     print(f"{args.n} SIRENs → {args.out} (fit MSE mean {float(mse.mean()):.5f}, max {float(mse.max()):.5f}; "
           f"weights moved {moved:.2f}× their init norm; the rendered images, classified by logistic "
           f"regression on the same split: test accuracy {render_check(rendered, labels, args.test_fraction):.3f})")
@@ -107,10 +122,10 @@ def render_check(rendered, labels, test_fraction: float) -> float:
     """Test accuracy of logistic regression on the images the INRs render (same train/test split):
     an upper reference for what the weights can tell, and a check the fits kept the digit."""
     from sklearn.linear_model import LogisticRegression
-    n_test = int(round(len(labels) * test_fraction))
+    test = test_rows(len(labels), test_fraction, labels)
     x, y = rendered.numpy(), np.asarray(labels)
-    model = LogisticRegression(max_iter=2000).fit(x[:-n_test], y[:-n_test])
-    return float(model.score(x[-n_test:], y[-n_test:]))
+    model = LogisticRegression(max_iter=2000).fit(x[~test], y[~test])
+    return float(model.score(x[test], y[test]))
 
 
 if __name__ == "__main__":
