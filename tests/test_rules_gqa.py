@@ -209,6 +209,22 @@ def test_attention_op_3d_kv_num_heads(tmp_path, rng, G):
     _check_gqa(path, H, G, d)
 
 
+def test_tile_of_kv_heads_stays_pinned(tmp_path, rng):
+    """Tile along the heads axis (head h reads key/value head h mod G) is pinned, and verifies."""
+    H, G, d = 4, 2, 4
+    nodes, inits = _projections(rng, H, G, d)
+    inits["reps"] = _i(1, H // G, 1, 1)
+    nodes += [helper.make_node("Tile", ["kh", "reps"], ["kr0"], name="tile_k"),
+              helper.make_node("Transpose", ["kr0"], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("Tile", ["vh", "reps"], ["vr"], name="tile_v")]
+    path = _save(tmp_path, _tail(nodes, H, d, "kt", "vr"), inits)
+    g = nngraph.convert(path).validate()
+    assert {p["node"] for p in g.meta["pins"]} >= {"tile_k", "tile_v"}
+    assert all(p["reason"].startswith("tiles attention heads") for p in g.meta["pins"] if p["op"] == "Tile")
+    report = verify(path, trials=2)
+    assert report.ok and report.roundtrip_exact, report.problems
+
+
 def _tiled(rng, H=4, G=2, d=4, transpose=False):
     """Copies placed before the heads (head h reads key/value head h mod G, as torch's
     ``repeat`` would): by an Expand of a unit axis in front of the heads, or by the repeat_kv

@@ -857,6 +857,9 @@ def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     reps = _ints(ctx, node, 1, "repeats")
     if x is None or reps is None or reps[x.axis] != 1:
         raise ctx.fail(node, "tiles the neuron axis (or with unknown repeats)")
+    if x.heads and reps[x.heads[0]] != 1:
+        raise ctx.fail(node, "tiles attention heads (key/value heads repeated in tile order, head h reading "
+                             "head h mod G, are not followed)")
     ctx.set_output(node, x)
 
 
