@@ -151,9 +151,9 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "product of two activations that is not query · keyᵀ")
         if a.rep is not None or b.rep is not None:
             raise ctx.fail(node, "query · keyᵀ of key/value heads repeated but not merged into heads")
-        if (a.heads is None) != (b.heads is None) or (a.heads and (a.heads[1] != b.heads[1] or a.heads[0] != b.heads[0])):
-            raise ctx.fail(node, "query and key are split into heads differently")
         if a.slots is not None or b.slots is not None:
+            if a.heads != b.heads:
+                raise ctx.fail(node, "query and key are split into heads differently")
             return _gqa_scores(ctx, node, a, b)
         if len(a.sets) != 1 or len(b.sets) != 1 or a.inner != 1 or b.inner != 1:
             raise ctx.fail(node, "query · keyᵀ over concatenated or flattened sets")
