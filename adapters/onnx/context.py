@@ -36,7 +36,7 @@ from nngraph.graph.origin import Origin
 from .graphs import all_graphs, node_label, outer_names, subgraphs
 from .reader import OnnxModel
 from .registry import RuleTable
-from .values import AUX, Act, Const, Scores, Stat, Value
+from .values import AUX, Act, Const, Scores, Stat, Value, slot_index
 
 #: Ops that combine their inputs element by element (with broadcasting).
 ELEMENTWISE = frozenset(("Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Xor", "Not", "Cast", "Identity", "Equal",
@@ -52,6 +52,12 @@ class Unfollowed(Exception):
         super().__init__(reason)
         self.node, self.reason = node, reason
 
+
+#: Ops whose rules follow activations with repeated key/value heads (``Act.rep`` / ``Act.slots``,
+#: grouped-query attention). Any other op that reads one is pinned: its rule would take the
+#: interleaved sets for sets laid end to end.
+GQA_AWARE = frozenset(("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "MatMul", "Gemm", "Attention",
+                       "Mul", "Div", "Identity", "Cast", "CastLike", "Dropout", "Shape", "Size"))
 
 #: Ops whose first input's axis 1 carries channels.
 CHANNEL_FIRST = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
@@ -143,6 +149,10 @@ class LoweringContext:
                 self.lower_opaque(node, self.pinned[id(node)])
                 continue
             rule = self.rules.lookup(domain, node.op_type, opsets.get(domain))
+            if rule is not None and (domain or node.op_type not in GQA_AWARE) and any(
+                    isinstance(v, Act) and v.repeated for v in ins):
+                raise Unfollowed(node, "reads repeated key/value heads (grouped-query attention) in a way "
+                                       "that is not followed")
             if rule is None:
                 if neural or has_graph or any(isinstance(v, Const) and v.is_float and v.data.size > 1 for v in ins):
                     self.lower_opaque(node, f"no lowering rule for {domain + '::' if domain else ''}{node.op_type}")
@@ -521,6 +531,94 @@ class LoweringContext:
                     t for x, t in zip(v.sets, v.inners) for _ in parts.get(x, [x]))
                 self.values[key] = v.but(sets=sets, inners=inners)
         return parts[set_name]
+
+    def split_slots(self, set_name: str, blocks: int, slots: int) -> list[str]:
+        """Split ``set_name`` — ``blocks·slots`` heads of d neurons — into ``slots`` interleaved
+        parts of ``blocks`` heads: part j holds heads j, slots + j, 2·slots + j … (grouped-query
+        attention: query head g·slots + j reads key/value head g, so part j is tied to the keys).
+
+        Every set tied to it is split alike (part j of each member tied to part j of the
+        first); incoming and outgoing dense blocks, diagonal blocks inside the group and
+        per-neuron arrays are taken row by row (exact ``take`` origins); values carrying the set
+        become ``slots = (slots, blocks)`` activations. An ``H``-blocks heads partition the set
+        had (from its head split) is dropped: the caller partitions the parts into ``blocks``.
+        Refused (before anything changes) when the group has structure the parts cannot carry:
+        other channel groups, blocks between heads, values that concatenate or flatten it."""
+        g = self.graph
+        gname = g.sets[set_name].group
+        group = g.groups[gname]
+        n = group.size
+        H = blocks * slots
+        members = [t for t in g.sets.values() if t.group == gname]
+        inside = {t.name for t in members}
+        why = None
+        if n % H:
+            why = f"{n} neurons are not {H} heads"
+        parent = g.groups.get(group.parent) if group.parent else None
+        if parent is not None and (parent.size != H or parent.parent is not None or parent.fixed
+                                   or any(t.group == parent.name for t in g.sets.values())
+                                   or any(x.parent == parent.name for x in g.groups.values() if x.name != gname)):
+            why = "its heads are tied to other structure"
+        if any(x.parent == gname for x in g.groups.values()):
+            why = "it is split into channel groups"
+        for b in g.blocks:
+            if why or (b.source not in inside and b.target not in inside):
+                continue
+            if b.pattern == "diagonal" and b.source in inside and b.target in inside:
+                continue
+            if b.pattern == "full" and b.groups == 1 and b.taps == 1 and (b.source in inside) != (b.target in inside):
+                continue
+            why = f"block {b.name!r} ({b.kind}) cannot be cut along it"
+        for v in self.values.values():
+            if why:
+                break
+            if isinstance(v, Scores) and inside & {v.q, v.k}:
+                why = "it is already paired in attention"
+            elif isinstance(v, Act) and inside & set(v.sets) and (
+                    len(v.sets) != 1 or v.inner != 1 or v.inners is not None or v.seg_axis is not None
+                    or v.repeated or (v.heads is not None and v.heads[1] != H)):
+                why = "a value concatenates, flattens or regroups it"
+        if why:
+            raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} into "
+                                        f"{slots} query slots per key/value head ({why})")
+        index = [slot_index(blocks, slots, n // H, j) for j in range(slots)]
+        parts: dict[str, list[str]] = {}
+        for m in members:
+            names = []
+            for j in range(slots):
+                first = parts[members[0].name][j] if m is not members[0] else None
+                t = g.add_set(self.unique(f"{m.name}[slot{j}]"), n // slots, m.role, depth=m.depth,
+                              activation=m.activation, fixed=group.fixed, tie=first, **m.attrs)
+                g.groups[t.group].rigid = group.rigid
+                for key, p in m.arrays.items():
+                    t.arrays[key] = _take_param(p, 0, index[j])
+                names.append(t.name)
+            parts[m.name] = names
+        kept = []
+        for b in g.blocks:
+            if b.source not in inside and b.target not in inside:
+                kept.append(b)
+                continue
+            for j in range(slots):
+                src = parts[b.source][j] if b.source in inside else b.source
+                tgt = parts[b.target][j] if b.target in inside else b.target
+                axis = 1 if (b.pattern == "full" and b.target not in inside) else 0
+                w = _take_param(b.weight, axis, index[j]) if b.weight is not None else None
+                kept.append(EdgeBlock(f"{b.name}[slot{j}]", src, tgt, b.kind, w, dict(b.attrs)))
+        g.blocks = kept
+        for m in members:
+            del g.sets[m.name]
+        del g.groups[gname]
+        if parent is not None:
+            del g.groups[parent.name]
+        for key, v in list(self.values.items()):
+            if isinstance(v, Act) and inside & set(v.sets):
+                self.values[key] = v.but(sets=tuple(parts[v.sets[0]]), slots=(slots, blocks))
+        return parts[set_name]
+
+
+def _take_param(p: Param, axis: int, index: np.ndarray) -> Param:
+    return Param(np.take(p.data, index, axis=axis), p.origin.take(axis, index) if p.origin else None)
 
 
 def _slice_param(p: Param, axis: int, start: int, stop: int) -> Param:

@@ -58,13 +58,22 @@ def share_parameters(ctx: LoweringContext) -> None:
             continue
         leaf = ctx.leaves[tensor].shape
         traced = [(p.origin.trace(leaf), p, sets) for p, sets in lst]
+        masks: dict[int, np.ndarray] = {}
 
-        def overlap(b1, b2) -> bool:
-            return b1 is None or b2 is None or all(max(b1[a][0], b2[a][0]) < min(b1[a][1], b2[a][1]) for a in b1)
+        def footprint(p) -> np.ndarray:
+            if id(p) not in masks:
+                masks[id(p)] = _footprint(p.origin, leaf)
+            return masks[id(p)]
+
+        def overlap(i1, i2) -> bool:
+            b1, b2 = i1[0][1], i2[0][1]
+            if b1 is None or b2 is None:     # no box (rows taken apart, as grouped-query slots are): exactly
+                return bool(np.any(footprint(i1[1]) & footprint(i2[1])))
+            return all(max(b1[a][0], b2[a][0]) < min(b1[a][1], b2[a][1]) for a in b1)
 
         clusters: list[list] = []
         for item in traced:
-            hit = next((c for c in clusters if any(overlap(item[0][1], other[0][1]) for other in c)), None)
+            hit = next((c for c in clusters if any(overlap(item, other) for other in c)), None)
             (hit.append(item) if hit is not None else clusters.append([item]))
         leaf_data = ctx.leaves[tensor]
         constant = leaf_data.size > 0 and bool(np.all(leaf_data == leaf_data.reshape(-1)[0]))
@@ -112,6 +121,16 @@ def share_parameters(ctx: LoweringContext) -> None:
                             g.fix(name)
             for _, p, _ in cluster[1:]:
                 p.shared = True
+
+
+def _footprint(origin: Origin, leaf_shape) -> np.ndarray:
+    """The elements of a source tensor an origin reads, as a boolean mask of its shape."""
+    out = np.zeros(leaf_shape, dtype=bool)
+    shape = origin.shape(leaf_shape)
+    if shape is None:
+        return ~out
+    origin.scatter(np.ones(shape, dtype=bool), out)
+    return out
 
 
 def account_constants(ctx: LoweringContext) -> None:

@@ -119,6 +119,17 @@ class Act:
     index on ``head_axis`` (multi-head attention); ``axis`` then carries the within-head index.
     ``seg_axis``: the sets are stacked along that axis (the directions of a bidirectional RNN),
     each spanning the whole neuron axis; merging it into the neuron axis concatenates them.
+
+    Grouped-query attention (key/value heads shared by several query heads) uses two more:
+    ``rep = (axis, r)``: an ``Expand`` copied each of the ``heads`` r times along ``axis``, the
+    axis right after the heads axis (``repeat_kv``: merging the two gives head g·r + j = copy j
+    of head g). ``slots = (r, G)``: ``sets`` are r sets of G heads each, interleaved — head
+    g·r + j (of ``heads``' H = G·r) is head g of ``sets[j]``; with the heads merged back, the
+    neuron axis runs over (g, j, dim). A repeated key or value is its one set r times; the
+    queries it is paired with are split into r such sets (see
+    :meth:`~nngraph.adapters.onnx.context.LoweringContext.split_slots`). Only the rules in
+    :data:`~nngraph.adapters.onnx.context.GQA_AWARE` read such activations; any other op
+    reading one is pinned.
     """
 
     sets: tuple[str, ...]
@@ -131,6 +142,13 @@ class Act:
     inners: tuple[int, ...] | None = None   # per-set taps when flattened maps of different sizes were concatenated
     part: tuple[int, int] | None = None     # only these within-head positions (rotary halves; the group is rigid)
     inner_minor: bool = False                # flattened channels-last (NHWC → [B, H·W·C]): position-major
+    rep: tuple[int, int] | None = None       # (axis, r): heads copied r times along axis (before the merge)
+    slots: tuple[int, int] | None = None     # (r, G): r sets of G heads interleaved (grouped-query attention)
+
+    @property
+    def repeated(self) -> bool:
+        """Whether this carries repeated or interleaved key/value heads (``rep`` or ``slots``)."""
+        return self.rep is not None or self.slots is not None
 
     @property
     def set(self) -> str:
@@ -162,7 +180,15 @@ class Scores:
     heads_set: str | None = None
     heads: int = 1
     shape: tuple | None = None     # static shape when known from the operands
+    slots: int = 1                 # grouped-query: query head g·slots + j reads key/value head g
+                                   # (``heads`` counts query heads; ``heads_set`` has heads / slots nodes)
 
+
+
+def slot_index(blocks: int, slots: int, width: int, j: int) -> np.ndarray:
+    """Positions, on a neuron axis of ``blocks·slots`` heads of ``width``, of slot ``j``'s heads
+    (heads j, slots + j, 2·slots + j …): how ``Act.slots`` interleaves its sets."""
+    return ((np.arange(blocks)[:, None] * slots + j) * width + np.arange(width)[None, :]).reshape(-1)
 
 
 class Aux:

@@ -6,6 +6,14 @@ attention layer are tied (their dot product is invariant to one joint permutatio
 head dimensions), Q, K and V are split into heads by a shared heads group (heads permute as
 blocks), one ``head`` node per head with membership edges from its q and v dimensions, and a
 diagonal ``attention`` block pairing q_i with k_i.
+
+Grouped-query and multi-query attention (G key/value heads, each shared by r = H / G query
+heads: ``repeat_kv``'s Expand, or the ``Attention`` op's ``kv_num_heads``) are lowered as the
+safetensors adapter does: the queries are split into r sets of G heads (slot j: query heads
+g·r + j), each tied to the keys, so permuting the dimensions of key/value head g permutes those
+of all its query heads alike; the G key/value heads permute as blocks (with their query heads),
+one ``head`` node each; the attention output is r copies of the values (``value`` sets tied to
+them), which the output projection reads slot by slot.
 """
 from __future__ import annotations
 
@@ -67,11 +75,86 @@ def attach_value(ctx: LoweringContext, v: str, heads: int, parent: str | None, h
             g.add_block(ctx.unique(f"{v}/head"), v, hs, "head")
 
 
+def _repeated_set(ctx: LoweringContext, node: onnx.NodeProto, x: Act, what: str) -> str:
+    """The one set a repeated key or value activation carries r times."""
+    if x.slots is None or len(set(x.sets)) != 1 or x.inner != 1 or x.part:
+        raise ctx.fail(node, f"{what} of grouped-query attention are not each key/value head repeated")
+    return x.sets[0]
+
+
+def query_slots(ctx: LoweringContext, node: onnx.NodeProto, q: Act, blocks: int, slots: int) -> list[str]:
+    """The query sets of grouped-query attention: ``q`` split into ``slots`` sets of ``blocks``
+    heads (see :meth:`~nngraph.adapters.onnx.context.LoweringContext.split_slots`), or the
+    ones it was split into already."""
+    if q.slots is not None:
+        if q.slots != (slots, blocks) or len(set(q.sets)) != slots:
+            raise ctx.fail(node, "queries are split into key/value slots differently")
+        return list(q.sets)
+    if len(q.sets) != 1 or q.inner != 1 or q.seg_axis is not None:
+        raise ctx.fail(node, "grouped-query attention over concatenated or flattened queries")
+    return ctx.split_slots(q.set, blocks, slots)
+
+
+def tie_gqa(ctx: LoweringContext, node: onnx.NodeProto, qs: list[str], k: str, blocks: int
+            ) -> tuple[str | None, str | None]:
+    """Grouped-query attention: every query slot tied to the keys (one permutation of each key
+    head's dimensions for all its query heads), the ``blocks`` key/value heads as blocks, a
+    q·k pairing per slot and one heads node per key/value head. Returns (heads parent group,
+    heads node set), as :func:`tie_qk`."""
+    g = ctx.graph
+    for name, role in [(q, "query") for q in qs] + [(k, "key")]:
+        group = g.sets[name].group
+        for s in g.sets.values():
+            if s.group == group and s.role == "hidden":
+                s.role = role
+    for q in qs:
+        pk, pq = _heads_parent(ctx, k, blocks), _heads_parent(ctx, q, blocks)
+        if pq is not None and pq != pk:
+            g.tie(pq, pk)
+        g.tie(q, k)
+    parent = g.groups[g.sets[k].group].parent if blocks > 1 else None
+    hs = _head_set(ctx, node, parent, k)
+    for q in qs:
+        g.add_block(ctx.unique(f"{node.name or node.output[0]}/qk"), q, k, "attention")
+        if hs:
+            g.add_block(ctx.unique(f"{q}/head"), q, hs, "head")
+    return parent, hs
+
+
+def value_slots(ctx: LoweringContext, node: onnx.NodeProto, v: str, blocks: int, slots: int,
+                parent: str | None, hs: str | None) -> tuple[str, ...]:
+    """The attention output of grouped-query attention: query slot j's heads read the values,
+    so the output is ``slots`` copies of them (``value`` sets tied to ``v``, identity blocks),
+    interleaved like the queries."""
+    attach_value(ctx, v, blocks, parent, hs)
+    return tuple(tied_copy(ctx, node, v, "value", suffix=f"/slot{j}") for j in range(slots))
+
+
+def _gqa_scores(ctx: LoweringContext, node: onnx.NodeProto, a: Act, b: Act) -> None:
+    """query · keyᵀ with repeated keys: the queries are split into the keys' slots."""
+    if b.slots is None:
+        raise ctx.fail(node, "queries split into key/value slots meet keys that are not repeated")
+    k = _repeated_set(ctx, node, b, "keys")
+    r, G = b.slots
+    qs = query_slots(ctx, node, a, G, r)
+    _, hs = tie_gqa(ctx, node, qs, k, G)
+    sa, sb = ctx.shape(node.input[0]), ctx.shape(node.input[1])
+    shape = tuple(sa[:-1]) + (sb[-1],) if sa and sb and len(sa) == len(sb) else None
+    ctx.set_output(node, Scores(qs[0], k, a.heads[0] if a.heads else None, max(a.rank, b.rank), hs, r * G,
+                                shape, slots=r))
+
+
 def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     a, b = ctx.values.get(node.input[0]), ctx.values.get(node.input[1])
     if isinstance(a, Act) and isinstance(b, Act):
         if a.rank is None or b.rank is None or a.axis != a.rank - 1 or b.axis != b.rank - 2:
             raise ctx.fail(node, "product of two activations that is not query · keyᵀ")
+        if a.rep is not None or b.rep is not None:
+            raise ctx.fail(node, "query · keyᵀ of key/value heads repeated but not merged into heads")
+        if a.slots is not None or b.slots is not None:
+            if a.heads != b.heads:
+                raise ctx.fail(node, "query and key are split into heads differently")
+            return _gqa_scores(ctx, node, a, b)
         if len(a.sets) != 1 or len(b.sets) != 1 or a.inner != 1 or b.inner != 1:
             raise ctx.fail(node, "query · keyᵀ over concatenated or flattened sets")
         if (a.heads is None) != (b.heads is None) or (a.heads and (a.heads[1] != b.heads[1] or a.heads[0] != b.heads[0])):
@@ -84,12 +167,26 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                                     shape))
         return
     if isinstance(a, Scores) and isinstance(b, Act):
-        if b.rank is None or b.axis != b.rank - 1 or len(b.sets) != 1:
+        if b.rank is None or b.axis != b.rank - 1 or b.rep is not None:
             raise ctx.fail(node, "attention weights times something other than values")
         H = b.heads[1] if b.heads else 1
         g = ctx.graph
         if (b.heads is None) != (a.head_axis is None) or (b.heads and b.heads[0] != a.head_axis):
             raise ctx.fail(node, "values are split into heads differently from the scores")
+        if a.slots > 1 or b.slots is not None:
+            if b.slots is None or b.slots[0] != a.slots or H != a.heads:
+                raise ctx.fail(node, "values are not repeated like the keys of grouped-query attention")
+            r, G = b.slots
+            v = _repeated_set(ctx, node, b, "values")
+            parent = g.groups[g.sets[a.q].group].parent if G > 1 else None
+            out = value_slots(ctx, node, v, G, r, parent, a.heads_set)
+            vs = ctx.shape(node.input[1])
+            if a.shape is not None and vs is not None and all(isinstance(d, int) for d in (*a.shape, *vs)):
+                ctx.shapes[node.output[0]] = tuple(a.shape[:-1]) + (vs[-1],)
+            ctx.set_output(node, b.but(sets=out, stage="out"))
+            return
+        if len(b.sets) != 1:
+            raise ctx.fail(node, "attention weights times something other than values")
         parent = g.groups[g.sets[a.q].group].parent if H > 1 else None
         attach_value(ctx, b.set, H, parent, a.heads_set)
         vs = ctx.shape(node.input[1])
@@ -111,6 +208,12 @@ def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     q, k, v = (ctx.act(node.input[i]) for i in range(3))
     if q is None or k is None or v is None:
         raise ctx.fail(node, "query, key and value must be activations")
+    if any(x.rep is not None for x in (q, k, v)):
+        raise ctx.fail(node, "key/value heads repeated but not merged into heads")
+    if k.slots is not None or v.slots is not None or q.slots is not None or (
+            q.rank == 4 and q.heads and k.heads and k.heads[1] != q.heads[1]) or (
+            q.rank != 4 and int(ctx.attr(node, "kv_num_heads", 0) or 0) not in (0, int(ctx.attr(node, "q_num_heads", 1)))):
+        return _attention_gqa(ctx, node, q, k, v)
     for x in (q, k, v):
         _one_set(ctx, node, x)
     if q.rank == 4:
@@ -129,6 +232,46 @@ def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         c = ctx.const(node.input[i]) if node.input[i] else None
         ctx.buffer(c, "attention mask")
     ctx.set_output(node, v.but(stage="out"))
+
+
+def _attention_gqa(ctx: LoweringContext, node: onnx.NodeProto, q: Act, k: Act, v: Act) -> None:
+    """ONNX Attention with fewer key/value heads than query heads: repeated before the op (4-D,
+    ``repeat_kv``'s Expand), or by the op itself (4-D key/value with G heads, or 3-D with
+    ``kv_num_heads``), which repeats each key/value head r times in place (head h reads h // r)."""
+    for x in (k, v):
+        if x.slots is None and (len(x.sets) != 1 or x.inner != 1):
+            raise ctx.fail(node, "attention input spans several sets")
+    if q.rank == 4:
+        if not (q.heads and k.heads and v.heads) or k.heads[1] != v.heads[1] or k.heads[0] != v.heads[0]:
+            raise ctx.fail(node, "4-D inputs whose heads were not tracked")
+        H = q.heads[1]
+        if k.slots is not None:
+            if k.heads[1] != H or k.slots != v.slots:
+                raise ctx.fail(node, "keys and values are repeated differently")
+            r, G = k.slots
+            ks, vs_ = _repeated_set(ctx, node, k, "keys"), _repeated_set(ctx, node, v, "values")
+        else:
+            if v.slots is not None:
+                raise ctx.fail(node, "keys and values are repeated differently")
+            G = k.heads[1]
+            if H % G:
+                raise ctx.fail(node, f"{H} query heads cannot share {G} key/value heads")
+            r, ks, vs_ = H // G, k.set, v.set
+        heads, axis = q.heads, v.axis
+    else:
+        H = int(ctx.attr(node, "q_num_heads", 1))
+        G = int(ctx.attr(node, "kv_num_heads", H))
+        if k.slots is not None or v.slots is not None or G < 1 or H % G:
+            raise ctx.fail(node, f"{H} query heads cannot share {G} key/value heads")
+        r, ks, vs_ = H // G, k.set, v.set
+        heads, axis = None, q.axis
+    qs = query_slots(ctx, node, q, G, r)
+    parent, hs = tie_gqa(ctx, node, qs, ks, G)
+    out = value_slots(ctx, node, vs_, G, r, parent, hs)
+    for i in range(3, len(node.input)):
+        c = ctx.const(node.input[i]) if node.input[i] else None
+        ctx.buffer(c, "attention mask")
+    ctx.set_output(node, Act(out, axis, q.rank, heads=heads, slots=(r, G)))
 
 
 def _ms_qkv(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, bias: Const | None, sizes: list[int]):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import onnx
 
 from ..context import LoweringContext
-from ..values import Act, Const
+from ..values import Act, Const, slot_index
 
 
 def per_channel(c: Const, x: Act, size: int) -> Const | None:
@@ -178,6 +178,8 @@ def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias:
     ``x``'s); flattened inputs keep their taps. ``bias``: one value per output neuron.
     ``suffix``: appended to the new set's name (one node with several projections)."""
     out_size, in_size = w.data.shape
+    if x.slots is not None:
+        return _dense_slots(ctx, node, x, w, bias, axis, suffix, attrs)
     taps = ctx.taps(x)
     if in_size != sum(n * t for (_, _, n), t in zip(ctx.segments(x), taps)):
         raise ctx.fail(node, f"weight has {in_size} inputs but the tracked axis carries "
@@ -193,14 +195,35 @@ def dense(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, *, bias:
             part = part.reshape((out_size, n, t))
         name = s.name if len(x.sets) == 1 else f"{s.name}<{src}"
         ctx.graph.add_block(name, src, s.name, "dense", ctx.param(part), op=node.op_type, **attrs)
+    return _dense_out(ctx, node, x, s, bias, axis)
+
+
+def _dense_out(ctx: LoweringContext, node: onnx.NodeProto, x: Act, s, bias: Const | None, axis: int | None) -> Act:
     out = Act((s.name,), x.axis if axis is None else axis, x.rank, stage="linear")
     if bias is not None:
-        b = bias.reshape((out_size,)) if bias.data.size == out_size else None
+        b = bias.reshape((s.size,)) if bias.data.size == s.size else None
         if b is None:
             raise ctx.fail(node, f"bias of shape {bias.data.shape} is not one value per output neuron")
         s.arrays["bias"] = ctx.param(b)
         out = out.but(stage="out")
     return out
+
+
+def _dense_slots(ctx: LoweringContext, node: onnx.NodeProto, x: Act, w: Const, bias: Const | None,
+                 axis: int | None, suffix: str, attrs: dict) -> Act:
+    """A dense layer on the output of grouped-query attention (``x.slots``: query slot j's heads
+    are copies of the values, interleaved): one block per slot, from the columns of its heads."""
+    r, G = x.slots
+    out_size, in_size = w.data.shape
+    if x.heads or x.inner != 1 or x.inners is not None or x.part or len(set(x.sets)) != r \
+            or in_size != ctx.size(x):
+        raise ctx.fail(node, "a dense layer reads grouped-query heads that are not merged back")
+    width = ctx.graph.sets[x.sets[0]].size // G
+    s = ctx.new_set(node, out_size, inputs=[x], suffix=suffix)
+    for j, src in enumerate(x.sets):
+        part = w.take(1, slot_index(G, r, width, j).tolist())
+        ctx.graph.add_block(f"{s.name}<{src}", src, s.name, "dense", ctx.param(part), op=node.op_type, **attrs)
+    return _dense_out(ctx, node, x, s, bias, axis)
 
 
 #: Conv attributes recorded on conv blocks.

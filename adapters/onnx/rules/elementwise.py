@@ -164,6 +164,14 @@ def _varies_along_neurons(ctx: LoweringContext, name: str, x: Act) -> bool:
 def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     a, b = (ctx.values.get(i) for i in node.input[:2])
+    if any(isinstance(v, Act) and v.repeated for v in (a, b)):    # repeated key/value heads: scaled only
+        x, c = (a, b) if isinstance(a, Act) and a.repeated else (b, a)
+        if op not in ("Mul", "Div") or not isinstance(c, Const) or c.data.size != 1 or (op == "Div" and x is b):
+            raise ctx.fail(node, "combines repeated key/value heads (grouped-query attention) with more than "
+                                 "a scalar")
+        ctx.buffer(c, "scalar operand")
+        ctx.set_output(node, x)
+        return
     if isinstance(a, Act) and isinstance(b, Act):
         return combine(ctx, node, [a, b])
     if isinstance(a, Scores) or isinstance(b, Scores):
@@ -244,6 +252,11 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
     parameter of the head nodes), or an activation over heads (a relative position bias
     looked up per head: its neurons are the heads)."""
     g = ctx.graph
+    if scores.slots > 1 and (isinstance(other, Act) or isinstance(other, Const) and other.is_float
+                             and other.data.size > 1 and scores.head_axis is not None
+                             and ((1,) * (scores.rank - other.data.ndim) + other.data.shape)[scores.head_axis] != 1):
+        raise ctx.fail(node, "a per-head term is added to the scores of grouped-query attention (its heads "
+                             "nodes are the key/value heads)")
     if isinstance(other, Act):
         shift = scores.rank - (other.rank or 0)
         if scores.heads_set is None or other.axis + shift != scores.head_axis or ctx.size(other) != scores.heads \

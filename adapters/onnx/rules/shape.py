@@ -177,6 +177,11 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
         if isinstance(x, Act) and x.rank == len(shape) and not x.heads and x.seg_axis is None and x.inner == 1 \
                 and not isinstance(shape[x.axis], int):
             shape = tuple(ctx.size(x) if k == x.axis else d for k, d in enumerate(shape))   # tracking knows it
+        elif isinstance(x, Act) and x.rank == len(shape) and x.heads and x.seg_axis is None and x.inner == 1 \
+                and x.rep is None and x.part is None:
+            ha, H = x.heads
+            shape = tuple(H if k == ha and not isinstance(d, int) else ctx.size(x) // H
+                          if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(shape))
         start = ctx.attr(node, "start", 0)
         end = ctx.attr(node, "end", None)
         return list(shape[start:end])
@@ -198,6 +203,39 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
              "Div": lambda u, v: u // v if v else None}[op]
         out = [f(u, v) for u, v in zip(a, b)]
         return None if None in out else out
+    if op == "Reshape":                 # a vector kept a vector
+        vec = _partial_vector(ctx, node.input[0], depth + 1)
+        target = ctx.const(node.input[1])
+        if vec is None or target is None or [int(v) for v in np.asarray(target.data).reshape(-1)] not in ([-1],
+                                                                                                         [len(vec)]):
+            return None
+        return vec
+    if op == "ConstantOfShape":
+        n = _partial_vector(ctx, node.input[0], depth + 1)
+        t = ctx.attr(node, "value")
+        value = onnx.numpy_helper.to_array(t).reshape(-1) if t is not None else np.zeros(1, dtype=np.int64)
+        if n is None or len(n) != 1 or not isinstance(n[0], int) or value.size != 1 or value.dtype.kind not in "iu":
+            return None
+        return [int(value[0])] * n[0]
+    if op == "Where":                   # TorchScript's expand target: where(target == -1, 1, target)
+        cond = ctx.producer(node.input[0])
+        if cond is None or cond.op_type != "Equal":
+            return None
+        a, b = (_partial_vector(ctx, i, depth + 1) for i in node.input[1:3])
+        x, m = (_partial_vector(ctx, i, depth + 1) for i in cond.input)
+        if None in (a, b, x, m) or len({len(a), len(b), len(x), len(m)} - {1}) > 1:
+            return None
+        n = max(len(a), len(b), len(x), len(m))
+        a, b, x, m = ((v * n if len(v) == 1 else v) for v in (a, b, x, m))
+        out = []
+        for ai, bi, xi, mi in zip(a, b, x, m):
+            if isinstance(xi, int) and isinstance(mi, int):
+                out.append(ai if xi == mi else bi)
+            elif isinstance(xi, str) and isinstance(mi, int) and mi < 0:   # a dim is never negative
+                out.append(bi)
+            else:
+                out.append(None)
+        return out
     if op == "Slice":
         vec = _partial_vector(ctx, node.input[0], depth + 1)
         bounds = [_ints(ctx, node, k, "") for k in (1, 2)]
@@ -325,6 +363,8 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             return
         raise ctx.fail(node, "needs the input shape (shape inference found none)")
     src = tuple(n if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(src))
+    if x.rep is not None:
+        src = tuple(x.rep[1] if k == x.rep[0] and not isinstance(d, int) else d for k, d in enumerate(src))
     try:
         return _follow_reshape(ctx, node, x, src, dst, n)
     except UnsupportedModelError:
@@ -354,12 +394,16 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
         g_head = next(((sg, dg) for sg, dg in groups if ha in sg), None)
         if g_head is None:
             raise ctx.fail(node, f"reshapes {src} to {dst}: the heads axis {ha} is not among the axes it maps")
-        if g_head == g_axis:                       # heads and their dims regrouped together
+        if x.rep is not None:                      # repeat_kv: [.., G, r, ..] merged into G·r heads
+            x, H = _merge_repeats(ctx, node, x, g_head, g_axis, src, dst), x.heads[1] * x.rep[1]
+            ha = x.rep[0]
+            x = x.but(rep=None)
+        elif g_head == g_axis:                     # heads and their dims regrouped together
             sg, dg = g_axis
             if len(dg) == 1 and list(sg) == [ha, x.axis]:
                 ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=None))     # merged back
                 return
-            if len(dg) == 1 and list(sg) == [x.axis, ha] and len(x.sets) == 1:
+            if len(dg) == 1 and list(sg) == [x.axis, ha] and len(x.sets) == 1 and x.slots is None:
                 return _shuffle(ctx, node, x, dst, n, _prod(src[x.axis + 1:]))
             raise ctx.fail(node, f"reshapes {src} to {dst} across attention heads")
         new = _move_heads(groups, ha, H, dst, src)  # heads merged into / split from an outer axis
@@ -372,6 +416,13 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
     if len(dg) == 1 and all(src[k] == 1 for k in sg if k != x.axis):   # the neuron axis survives whole
         ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=heads))
         return
+    if x.slots is not None:                        # interleaved key/value slots: only a split into their heads
+        r, G = x.slots
+        if list(sg) == [x.axis] and len(dg) == 2 and not x.heads and dst[dg[0]] == r * G \
+                and dst[dg[1]] in (n // (r * G), None):
+            ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], r * G)))
+            return
+        raise ctx.fail(node, f"reshapes {src} to {dst}, regrouping interleaved grouped-query heads")
     if sg[0] == x.axis and len(dg) == 1:           # flattened with trailing axes: spatial taps
         inner = _prod(src[x.axis + 1: sg[-1] + 1])
         ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), inner=inner, heads=heads))
@@ -399,6 +450,20 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
             ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
             return
     raise ctx.fail(node, f"reshapes {src} to {dst}, mixing the {n}-neuron axis {x.axis} with others")
+
+
+def _merge_repeats(ctx: LoweringContext, node: onnx.NodeProto, x: Act, g_head, g_axis, src, dst) -> Act:
+    """A reshape of repeated key/value heads ``[.., G, r, ..]`` (see :func:`lower_expand`): the
+    copies must merge with their heads, copies innermost, into one axis of G·r heads (alone or
+    folded into the batch), so head g·r + j is copy j of head g. The result is the one set r
+    times as interleaved slots, with the copy axis standing in as the heads axis."""
+    (ha, G), (ra, r) = x.heads, x.rep
+    sg, _ = g_head
+    real = [k for k in sg if src[k] != 1 or k in (ha, ra)]
+    if g_head == g_axis or real[-2:] != [ha, ra]:
+        raise ctx.fail(node, f"reshapes repeated key/value heads {src} to {dst} other than into G·r heads "
+                             f"(head g·r + j = copy j of head g)")
+    return x.but(heads=(ra, G * r), rep=(ra, r), sets=x.sets * r, slots=(r, G))
 
 
 def _shuffle(ctx: LoweringContext, node: onnx.NodeProto, x: Act, dst, n: int, post: int) -> None:
@@ -470,10 +535,13 @@ def lower_squeeze(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     def move(a: int) -> int:
         return keep[a] if unsqueeze else a - sum(1 for s in axes if s < a)
     heads = (move(x.heads[0]), x.heads[1]) if x.heads else None
+    if x.rep is not None and not unsqueeze and x.rep[0] in axes:
+        raise ctx.fail(node, "squeezes the axis of repeated key/value heads")
+    rep = (move(x.rep[0]), x.rep[1]) if x.rep else None
     if x.seg_axis is not None and not unsqueeze and x.seg_axis in axes:
         raise ctx.fail(node, "squeezes the direction axis of a bidirectional layer")
     seg = move(x.seg_axis) if x.seg_axis is not None else None
-    ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads, seg_axis=seg))
+    ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads, seg_axis=seg, rep=rep))
 
 
 @rule("Transpose")
@@ -501,7 +569,8 @@ def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "transposes a flattened activation")
     heads = (perm.index(x.heads[0]), x.heads[1]) if x.heads else None
     seg = perm.index(x.seg_axis) if x.seg_axis is not None else None
-    ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads, seg_axis=seg))
+    rep = (perm.index(x.rep[0]), x.rep[1]) if x.rep else None
+    ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads, seg_axis=seg, rep=rep))
 
 
 @rule("Concat")
@@ -723,20 +792,50 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if _passthrough_other(ctx, node):
         return
     x = ctx.act(node.input[0])
-    out = ctx.shape(node.output[0])
+    out = _expanded_shape(ctx, node)
     if x is None or x.rank is None:
         raise ctx.fail(node, "input is not a tracked activation")
+    if x.repeated:
+        raise ctx.fail(node, "expands key/value heads that are already repeated")
     shift = (len(out) - x.rank) if out is not None else 0
     heads = (x.heads[0] + shift, x.heads[1]) if x.heads else None
     width = ctx.size(x) // x.heads[1] if x.heads else ctx.size(x)
     if out is not None and isinstance(out[x.axis + shift], int) and out[x.axis + shift] != width:
         raise ctx.fail(node, "broadcasts along the neuron axis")
     src = ctx.shape(node.input[0])
-    if x.heads and out is not None and src is not None and any(
-            b == 1 and a != 1 and a is not None for a, b in zip(out[shift:], src)):
-        raise ctx.fail(node, "repeats attention heads (grouped-query attention with fewer key/value heads "
-                             "is not supported yet)")
-    ctx.set_output(node, x.but(axis=x.axis + shift, rank=x.rank + shift, heads=heads))
+    rep = None
+    if x.heads and out is not None and src is not None:
+        grown = [k + shift for k, (a, b) in enumerate(zip(out[shift:], src)) if b == 1 and a != 1 and a is not None]
+        if grown:            # repeat_kv: [B, G, 1, T, d] → [B, G, r, T, d], copies right after the heads
+            a = grown[0]
+            if grown != [heads[0] + 1] or a == x.axis + shift or not isinstance(out[a], int):
+                raise ctx.fail(node, f"repeats attention heads other than each key/value head r times right "
+                                     f"after itself ({tuple(src)} to {tuple(out)})")
+            rep = (a, int(out[a]))
+    ctx.set_output(node, x.but(axis=x.axis + shift, rank=x.rank + shift, heads=heads, rep=rep))
+
+
+def _expanded_shape(ctx: LoweringContext, node: onnx.NodeProto) -> tuple | None:
+    """The output shape of an Expand: inference's, with dims it left unknown read off the target
+    (TorchScript's dynamic axes compute ``[B, G, r, T, d]`` at run time, ``r`` a constant)."""
+    out = ctx.shape(node.output[0])
+    if out is not None and _prod(out) is not None:
+        return out
+    target = _partial_vector(ctx, node.input[1]) if len(node.input) > 1 else None
+    if target is None or (out is not None and len(out) != len(target)):
+        return out
+    if out is None:
+        out = tuple(v if isinstance(v, int) and v > 0 else None for v in target)
+    else:
+        out = tuple(d if isinstance(d, int) else v if isinstance(v, int) and v > 1 else d
+                    for d, v in zip(out, target))
+    src = ctx.shape(node.input[0])
+    if src is not None and len(src) <= len(out):    # a dim other than 1 is kept (broadcasting): same size
+        shift = len(out) - len(src)
+        out = out[:shift] + tuple(d if isinstance(d, int) or b is None or b == 1 else b
+                                  for d, b in zip(out[shift:], src))
+    ctx.shapes[node.output[0]] = out
+    return out
 
 
 @rule("OneHot")
@@ -758,6 +857,9 @@ def lower_tile(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     reps = _ints(ctx, node, 1, "repeats")
     if x is None or reps is None or reps[x.axis] != 1:
         raise ctx.fail(node, "tiles the neuron axis (or with unknown repeats)")
+    if x.heads and reps[x.heads[0]] != 1:
+        raise ctx.fail(node, "tiles attention heads (key/value heads repeated in tile order, head h reading "
+                             "head h mod G, are not followed)")
     ctx.set_output(node, x)
 
 
