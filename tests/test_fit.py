@@ -1,6 +1,6 @@
 """Why encoders did not fit their training sets, as tests (``benchmarks/learning/diagnose.py`` measured it).
 
-1. ng-gnn's input embedding started its value columns (weights, biases) at PyTorch's 1/√fan-in: the
+1. ng-gnn's input embedding started its first layers at PyTorch's 1/√fan-in (std ≈ 0.13): the
    first SiLU was nearly linear over the weights' range, pooled embeddings of different networks
    differed by ~1 % of their common part, and training sat at ln(classes) for its first 60 steps
    (behaviour population) — 30 steps on 32 small MLPs left the loss at 0.665 (ln 2 = 0.693).
@@ -53,7 +53,7 @@ def _pooled_spread(population, **config):
 
 
 def test_pooled_embeddings_tell_networks_apart_at_init(population):  # noqa: F811
-    old = _pooled_spread(population, value_init=0)          # PyTorch's default init of the value columns
+    old = _pooled_spread(population, input_init=0)          # PyTorch's default init of the first layers
     new = _pooled_spread(population)
     assert new > 0.05 and new > 3 * old, (old, new)
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torch_geometric.utils import scatter
 
 from nngraph.graph.vocab import EDGE_KINDS
-from nngraph.learn.featurize import FeatureConfig, scaled_columns
+from nngraph.learn.featurize import FeatureConfig
 
 DEFAULT = FeatureConfig()
 
@@ -28,16 +28,19 @@ class InputEmbedding(nn.Module):
     """Node and edge features to ``hidden``; fixed neurons (inputs/outputs) add a learned
     embedding of their position, since no symmetry moves them.
 
-    The first layer's columns that read values (edge taps, per-neuron parameters, probe features:
-    RMS 1 after input scaling) start at std ``value_init`` (1), not PyTorch's 1/√fan-in (≈ 0.13): at
-    that small scale the first SiLU is nearly linear over the weights' range, a linear function of
-    weights averages to ≈ 0 over a node's edges and a graph's nodes, and pooled embeddings of different
-    networks differed by ~1 % of their common part (tasks population: 0.010; weight statistics differ by
-    0.23), so ng-gnn sat at ln(classes) for its first ~60 steps. At std 1 the embedding is a nonlinear
-    random feature of each value and pooled means see the weights' distribution (spread 0.10)."""
+    The first linear layers (node and edge) start with weights of std ``input_init`` (1), not
+    PyTorch's 1/√fan-in (≈ 0.13): their inputs are one-hots and values of RMS 1 (after input
+    scaling), and at std 0.13 the first SiLU is nearly linear over the weights' range — a linear
+    function of weights averages to ≈ 0 over a node's edges and a graph's nodes, so pooled embeddings
+    of different networks differed by ~1 % of their common part (behaviour population: 0.010, while
+    their weight statistics differ by 0.23) and ng-gnn sat at ln(classes) for its first ~60 steps. At
+    std 1 each input is a nonlinear random feature and pooled means see the weights' distribution
+    (spread 0.09). One-hot columns get std 1 too: with only the value columns at std 1, the
+    activation one-hot was drowned (tests/test_learning.py's activation task: train 0.78 / test 0.5,
+    with every column at std 1: 1.0 / 1.0). Initialization only: no layer computes anything new."""
 
     def __init__(self, hidden: int, node_dim: int = DEFAULT.node_dim, edge_dim: int = DEFAULT.edge_dim,
-                 max_positions: int = DEFAULT.max_positions, value_init: float = 1.0,
+                 max_positions: int = DEFAULT.max_positions, input_init: float = 1.0,
                  **unused):   # other encoder options (EncoderSpec)
         super().__init__()
         self.node = mlp(node_dim, hidden, hidden)
@@ -45,12 +48,9 @@ class InputEmbedding(nn.Module):
         self.position = nn.Embedding(max_positions, hidden)
         self.taps = edge_dim - len(EDGE_KINDS)
         nn.init.normal_(self.position.weight, std=0.02)
-        if value_init:
-            with torch.no_grad():
-                probes = node_dim - DEFAULT.base_node_dim
-                cols = scaled_columns(FeatureConfig(probes=max(probes, 0))) if probes >= 0 else []
-                self.node[0].weight[:, cols] = torch.randn(hidden, len(cols)) * value_init
-                self.edge[0].weight[:, :self.taps] = torch.randn(hidden, self.taps) * value_init
+        if input_init:
+            nn.init.normal_(self.node[0].weight, std=input_init)
+            nn.init.normal_(self.edge[0].weight, std=input_init)
 
     def nodes(self, x: torch.Tensor, node_pos: torch.Tensor) -> torch.Tensor:
         h = self.node(x)
