@@ -37,17 +37,21 @@ class InputEmbedding(nn.Module):
     std 1 each input is a nonlinear random feature and pooled means see the weights' distribution
     (spread 0.09). One-hot columns get std 1 too: with only the value columns at std 1, the
     activation one-hot was drowned (tests/test_learning.py's activation task: train 0.78 / test 0.5,
-    with every column at std 1: 1.0 / 1.0). Initialization only: no layer computes anything new."""
+    with every column at std 1: 1.0 / 1.0). The fixed neurons' position embedding starts at std
+    ``position_init`` (1; it was 0.02): next to std-1 features a 0.02 position is invisible, and which
+    input neuron (pixel) a weight leaves is what the behaviour population's label depends on — ng-gnn
+    seed 1 went from train/test 0.58/0.53 to 0.98/0.93, ng-transformer seed 0 from 0.59/0.55 to
+    1.00/0.98 (25 epochs). Initialization only: no layer computes anything new."""
 
     def __init__(self, hidden: int, node_dim: int = DEFAULT.node_dim, edge_dim: int = DEFAULT.edge_dim,
                  max_positions: int = DEFAULT.max_positions, input_init: float = 1.0,
-                 **unused):   # other encoder options (EncoderSpec)
+                 position_init: float = 1.0, **unused):   # other encoder options (EncoderSpec)
         super().__init__()
         self.node = mlp(node_dim, hidden, hidden)
         self.edge = mlp(edge_dim, hidden, hidden)
         self.position = nn.Embedding(max_positions, hidden)
         self.taps = edge_dim - len(EDGE_KINDS)
-        nn.init.normal_(self.position.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=position_init)
         if input_init:
             nn.init.normal_(self.node[0].weight, std=input_init)
             nn.init.normal_(self.edge[0].weight, std=input_init)
