@@ -15,7 +15,7 @@ from ..errors import InputError
 from .featurize import FeatureConfig, featurize
 from .probes import attach_all
 from ..graph.ir import NeuralGraph
-from .checkpoint import GraphModel, load_checkpoint, resolve_device
+from .checkpoint import GraphModel, load_checkpoint, readout_module, resolve_device
 
 
 @dataclass
@@ -25,7 +25,7 @@ class TrainConfig:
     encoder: str = "ng-gnn"
     head: str | None = None               # default: the task's head
     epochs: int = 40
-    lr: float = 2e-3
+    lr: float = 5e-3                      # benchmarks/learning: 2e-3 left tasks at train 0.74, 1e-2 collapsed ng-gnn
     weight_decay: float = 1e-4
     batch_size: int = 32
     hidden: int = 32                      # small zoos overfit wider encoders (benchmarks/zoo_benchmark.py)
@@ -37,6 +37,7 @@ class TrainConfig:
     val_fraction: float = 0.0             # held out of the training split when there is no 'val' split
     patience: int = 0                     # early stopping: epochs without a better validation loss (0: off)
     input_scaling: bool = True            # divide inputs by the training set's feature RMS (featurize.feature_scales)
+    readout_norm: bool = True             # standardize the pooled vector by its training-set statistics (readout_stats)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def encoder_config(self) -> dict:
@@ -163,7 +164,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features,
-                             cfg.input_scaling, head_config).to(device)
+                             cfg.input_scaling, head_config, cfg.readout_norm).to(device)
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
     if cfg.features.probes:
@@ -176,6 +177,12 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                                                 reduce=group.all_sum if group else None)
         model.encoder.input_node_scale.copy_(node_scale)
         model.encoder.input_edge_scale.copy_(edge_scale)
+    readout_norm = cfg.readout_norm and hasattr(model.encoder, "readout_shift")
+    if readout_norm:
+        shift, scale = readout_stats(model.encoder, list(cache_tr.values()), device,
+                                     reduce=group.all_sum if group else None)
+        model.encoder.readout_shift.copy_(shift)
+        model.encoder.readout_scale.copy_(scale)
     net, held_tr = model, None
     if group:                                             # DDP from here on; the graphs this rank holds
         net = group.wrap(model, cfg.seed, next(iter(cache_tr.values())))
@@ -239,11 +246,52 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     meta = {"encoder": cfg.encoder, "encoder_config": cfg.encoder_config(), "head": head, "head_config": head_config,
             "out_dim": out_dim, "task": cfg.task, "target": cfg.target, "classes": classes, "y_mean": mean,
             "y_std": std, "features": cfg.features.to_json(), "input_scaling": cfg.input_scaling,
+            "readout_norm": readout_norm,
             "n_train": len(tr), "n_val": len(va), "history": history, "best_epoch": best[1] if best_state is not None else len(history),
             "config": {k: v for k, v in asdict(cfg).items() if k != "features"}}
     if group:
         meta["processes"] = group.world
     return model, meta, history
+
+
+def readout_stats(encoder, datas, device, reduce=None, batch_size: int = 32):
+    """``(shift, scale)`` for ``checkpoint.attach_readout_norm``: the mean and inverse standard deviation
+    of each dimension of the pooled vector the encoder's readout receives, over the featurized graphs
+    ``datas`` (with the encoder's current weights and input scales). A dimension that does not vary
+    (std below 1e-4 of its magnitude: unused depth buckets, float noise) keeps scale 1. ``reduce`` sums
+    partial sums over processes (distributed training), as in ``featurize.feature_scales``."""
+    import torch
+    from torch_geometric.data import Batch
+    mod = readout_module(encoder)
+    d = encoder.readout_shift.numel()
+    sums = torch.zeros(2 * d + 1, dtype=torch.float64)
+    seen: list = []
+    hook = mod.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))   # after the norm hook
+    shift, scale = encoder.readout_shift.clone(), encoder.readout_scale.clone()
+    encoder.readout_shift.zero_()
+    encoder.readout_scale.fill_(1.0)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(datas), batch_size):
+                encoder(Batch.from_data_list([x.clone() for x in datas[i:i + batch_size]]).to(device))
+                p = seen.pop().double().cpu()
+                sums += torch.cat([p.sum(0), (p * p).sum(0), torch.tensor([float(len(p))], dtype=torch.float64)])
+    finally:
+        hook.remove()
+        encoder.train(was_training)
+        encoder.readout_shift.copy_(shift)
+        encoder.readout_scale.copy_(scale)
+    if reduce is not None:
+        sums = reduce(sums)
+    n = float(sums[-1])
+    if n < 2:
+        return torch.zeros(d), torch.ones(d)
+    mean = sums[:d] / n
+    std = torch.sqrt(torch.clamp(sums[d:2 * d] / n - mean * mean, min=0))
+    varies = (std > 1e-4 * mean.abs()) & (std > 1e-6 * float(torch.sqrt((mean * mean).mean())))
+    return mean.float(), torch.where(varies & (std > 0), 1 / std.clamp(min=1e-30), torch.ones_like(std)).float()
 
 
 def _decode(task: str, out, mean: float, std: float) -> np.ndarray:

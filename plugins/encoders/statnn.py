@@ -56,6 +56,8 @@ class StatNN(nn.Module):
     neuron permutation by construction; the encoder sees no connectivity.
     """
 
+    readout_name = "net"     # its input has no learned part: standardized (checkpoint.attach_readout_norm)
+
     def __init__(self, hidden: int = 64, max_depth: int = 8, out_dim: int | None = None, **features):
         super().__init__()
         self.max_depth = max_depth
