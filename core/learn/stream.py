@@ -146,13 +146,18 @@ class GraphStream:
     """One graph for a streamed encoder: node tensors (``x``, ``node_pos``, ``node_depth``, on
     ``device``) and :meth:`chunks`, a fresh pass over every edge each time it is called.
     ``node_scale``/``edge_scale`` are a checkpoint's input scales (``featurize.apply_scales``).
+    ``workers``: how many threads an encoder may split a pass among (``chunks(share=...)``).
     ``progress(done_edges, total_edges, pass_number)`` is called after each chunk."""
 
     def __init__(self, graph: NeuralGraph, config: FeatureConfig = FeatureConfig(), device="cpu",
                  chunk_edges: int = DEFAULT_CHUNK, node_scale=None, edge_scale=None,
-                 progress: Callable[[int, int, int], None] | None = None):
+                 progress: Callable[[int, int, int], None] | None = None, workers: int = 1):
+        import threading
+
         import torch
         self.graph, self.config, self.device = graph, config, torch.device(device)
+        self.workers = max(int(workers), 1)
+        self._lock = threading.Lock()
         self.chunk_edges = max(int(chunk_edges), 1)
         x, pos, depth = node_features(graph, config)
         t = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
@@ -220,6 +225,11 @@ class GraphStream:
         that occur in it and their features (``_taps`` of those weights: what a chunk carries for
         them); a table of ``table size`` rows indexed by code covers every chunk. Cached."""
         import torch
+        with self._lock:
+            return self._code_values_locked(i)
+
+    def _code_values_locked(self, i: int):
+        import torch
         if i not in self._code_values:
             b = self.graph.blocks[i]
             if b.weight is None:
@@ -238,7 +248,10 @@ class GraphStream:
                                     torch.from_numpy(np.ascontiguousarray(taps)).to(self.device), size)
         return self._code_values[i]
 
-    def block_chunks(self, i: int, b: EdgeBlock, codes: bool = False) -> Iterator[EdgeChunk]:
+    def block_chunks(self, i: int, b: EdgeBlock, codes: bool = False,
+                     keep: Callable[[], bool] | None = None) -> Iterator[EdgeChunk]:
+        """The chunks of block ``i``; ``keep()`` is asked once per chunk, in order, before the chunk
+        is built (False: skip it unbuilt — how ``chunks(share=...)`` splits a pass)."""
         import torch
         g, off = self.graph, self._offsets
         E = g.edge_count(b)
@@ -249,6 +262,7 @@ class GraphStream:
         dev = self.device
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
         view = self.code_dtype(b) if codes else None
+        keep = keep or (lambda: True)
 
         def features(rows, shape) -> dict:
             """Taps of these weight rows, or their codes (as int32: an index dtype)."""
@@ -265,6 +279,8 @@ class GraphStream:
             step = max(1, self.chunk_edges // max(spg, 1))
             for g0 in range(0, T, tpg):                       # a dense rectangle never crosses a group
                 for r0 in range(g0, g0 + tpg, step):
+                    if not keep():
+                        continue
                     r1 = min(r0 + step, g0 + tpg)
                     c0 = (g0 // tpg) * spg
                     yield EdgeChunk(kind, depth, rows=(to + r0, to + r1), cols=(so + c0, so + c0 + spg), block=i,
@@ -272,22 +288,34 @@ class GraphStream:
             return
         w = None if b.weight is None else b.weight.data.reshape((E, -1))
         for e0 in range(0, E, self.chunk_edges):
+            if not keep():
+                continue
             e1 = min(e0 + self.chunk_edges, E)
             src, dst = block_edge_range(g, b, e0, e1)
             yield EdgeChunk(kind, depth, src=t(src + so), dst=t(dst + to), block=i,
                             **features(w[e0:e1] if w is not None else None, (e1 - e0,)))
 
-    def chunks(self, codes: bool = False) -> Iterator[EdgeChunk]:
+    def chunks(self, codes: bool = False, share: tuple[int, int] | None = None) -> Iterator[EdgeChunk]:
         """One pass over every edge, block by block; ``codes``: chunks of code blocks (see
-        :meth:`code_dtype`) carry weight codes instead of taps."""
-        self.passes += 1
+        :meth:`code_dtype`) carry weight codes instead of taps. ``share=(k, n)``: only chunks
+        ``k, k + n, k + 2n, …`` of the pass (``n`` workers splitting it deterministically; share 0
+        counts the pass and reports progress, scaled by ``n``)."""
+        k, n = share or (0, 1)
+        if k == 0:
+            self.passes += 1
+        seen = [-1]
+
+        def keep() -> bool:
+            seen[0] += 1
+            return seen[0] % n == k
+
         done = 0
         for i, b in enumerate(self.graph.blocks):
-            for c in self.block_chunks(i, b, codes):
+            for c in self.block_chunks(i, b, codes, keep):
                 yield c
                 done += c.num_edges
-                if self.progress is not None:
-                    self.progress(done, self.num_edges, self.passes)
+                if self.progress is not None and k == 0:
+                    self.progress(min(done * n, self.num_edges), self.num_edges, self.passes)
 
 
 def stderr_progress(label: str = "encoding", every_s: float = 5.0, passes: int | None = None, stream=None):
@@ -310,14 +338,19 @@ def stderr_progress(label: str = "encoding", every_s: float = 5.0, passes: int |
 
 
 def encode_streamed(encoder, graph: NeuralGraph, config: FeatureConfig = FeatureConfig(), device="cpu",
-                    chunk_edges: int = DEFAULT_CHUNK, progress: bool = False, label: str = "encoding"):
+                    chunk_edges: int | None = None, progress: bool = False, label: str = "encoding",
+                    workers: int = 1):
     """``encoder.forward_stream`` on one graph, with the encoder's input scales (the buffers a
     trained checkpoint carries) applied to the streamed features as its pre-hook does in memory;
-    ``progress`` prints a line to stderr every few seconds."""
+    ``progress`` prints a line to stderr every few seconds. ``chunk_edges``: None takes the
+    encoder's ``stream_chunk`` (its measured best) or ``DEFAULT_CHUNK``. ``workers``: threads
+    splitting each pass by chunks, for encoders that support it (``stream.workers``; ng-gnn) —
+    each runs torch ops with its own buffers, so set torch's intra-op threads to 1 with it."""
     import torch
     node_scale = getattr(encoder, "input_node_scale", None)
     edge_scale = getattr(encoder, "input_edge_scale", None)
     report = stderr_progress(label, passes=getattr(encoder, "stream_passes", None)) if progress else None
-    stream = GraphStream(graph, config, device, chunk_edges, node_scale, edge_scale, report)
+    chunk_edges = chunk_edges or getattr(encoder, "stream_chunk", DEFAULT_CHUNK)
+    stream = GraphStream(graph, config, device, chunk_edges, node_scale, edge_scale, report, workers)
     with torch.no_grad():
         return encoder.forward_stream(stream)

@@ -106,6 +106,12 @@ class StreamedPNA:
             chunk.sum_to_src(squares, msg.square_())
             chunk.count_to_src(self.count)
 
+    def merge(self, other: "StreamedPNA") -> None:
+        """Add another accumulator's messages (the same nodes, other chunks) to this one."""
+        self.sums += other.sums
+        torch.maximum(self.max, other.max, out=self.max)
+        self.count += other.count
+
     def result(self) -> torch.Tensor:
         return pna_combine(self.sums[:, :self.d], self.sums[:, self.d:], self.max, self.count)
 
