@@ -195,8 +195,9 @@ class NGGNN(LayeredEncoder):
         """Layer L's message aggregates over the chunks of ``share`` (``stream.chunks``)."""
         with torch.no_grad():
             fold = FoldedPass(self, L)
-            fwd = StreamedPNA(h.shape[0], h.shape[1], "dst", h)
-            bwd = StreamedPNA(h.shape[0], h.shape[1], "src", h)
+            bf, bb = fold.message_biases
+            fwd = StreamedPNA(h.shape[0], h.shape[1], "dst", h, bias=bf)
+            bwd = StreamedPNA(h.shape[0], h.shape[1], "src", h, bias=bb)
             table = (-1, None)                                  # (block, its table) of the current code block
             for chunk in stream.chunks(codes=True, share=share):
                 n = chunk.num_edges
@@ -293,8 +294,9 @@ class FoldedPass:
 
     def table(self, embed, kind: int, codes: torch.Tensor, taps: torch.Tensor, size: int) -> torch.Tensor:
         """:meth:`rows` of every weight code that occurs in a block (``GraphStream.code_values``) in
-        a table ``[L + 2, size, d]`` indexed by code (rows of absent codes are zero, never gathered)."""
-        out = taps.new_zeros(self.L + 2, size, self.d)
+        a table ``[L + 2, size, d]`` indexed by code (rows of absent codes are left unset: never
+        gathered; a zero fill of 65 536 rows cost more than the rows computed)."""
+        out = taps.new_empty(self.L + 2, size, self.d)
         e0 = embed.edges_from_taps(taps, kind)
         for k, (K, c) in enumerate(zip(self.K, self.k)):
             out[k, codes] = torch.addmm(c, e0, K)
@@ -320,5 +322,11 @@ class FoldedPass:
         rows[L].view(*shape, d).add_(chunk.at_src(terms[L - 1]["fwd_src"]))
         rows[L + 1].view(*shape, d).add_(chunk.at_dst(terms[L - 1]["bwd_dst"]))
         F.silu(rows[L:], inplace=True)
-        mf, mb = (torch.addmm(bias, rows[L + i], W).view(*shape, d) for i, (W, bias) in enumerate(self.tails))
+        mf, mb = (torch.mm(rows[L + i], W).view(*shape, d) for i, (W, _) in enumerate(self.tails))
         return mf, mb
+
+    @property
+    def message_biases(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The messages' last biases, left out of :meth:`messages` (a copy per edge) and added to
+        their per-node aggregates instead (``StreamedPNA(bias=...)``)."""
+        return self.tails[0][1], self.tails[1][1]
