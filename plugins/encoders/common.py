@@ -112,16 +112,18 @@ class StreamedPNA:
         torch.maximum(self.max, other.max, out=self.max)
         self.count += other.count
 
-    def result(self) -> torch.Tensor:
-        """``bias``: every message was ``m + bias`` but ``m`` was added: the sum gains ``count · bias``,
-        the sum of squares ``2 bias · Σm + count · bias²``, the max ``bias``."""
-        total, squares, maximum = self.sums[:, :self.d], self.sums[:, self.d:], self.max
+    def result(self, nodes: slice = slice(None)) -> torch.Tensor:
+        """The aggregates of ``nodes`` (all by default). ``bias``: every message was ``m + bias`` but
+        ``m`` was added: the sum gains ``count · bias``, the sum of squares ``2 bias · Σm + count ·
+        bias²``, the max ``bias``."""
+        total, squares, maximum = self.sums[nodes, :self.d], self.sums[nodes, self.d:], self.max[nodes]
+        count = self.count[nodes]
         if self.bias is not None:
-            c = self.count.unsqueeze(-1)
+            c = count.unsqueeze(-1)
             squares = squares + 2 * self.bias * total + c * self.bias.square()
             total = total + c * self.bias
             maximum = maximum + self.bias
-        return pna_combine(total, squares, maximum, self.count)
+        return pna_combine(total, squares, maximum, count)
 
 
 class LayeredEncoder(nn.Module):

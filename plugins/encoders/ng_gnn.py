@@ -196,7 +196,7 @@ class NGGNN(LayeredEncoder):
                 for f, b in parts[1:]:
                     fwd.merge(f)
                     bwd.merge(b)
-            h = layer.node_update(h, fwd.result(), bwd.result())
+            h = _node_update_in_slices(layer, h, fwd, bwd)
         return h, self.read_out(h)
 
     def _stream_pass(self, stream, L: int, terms: list[dict], h: torch.Tensor, share):
@@ -241,6 +241,19 @@ class NGGNN(LayeredEncoder):
                 del e, mf, mb
             h = layer.node_update(h, fwd.result(), bwd.result())
         return h, self.read_out(h)
+
+
+def _node_update_in_slices(layer: NGGNNLayer, h: torch.Tensor, fwd: StreamedPNA, bwd: StreamedPNA,
+                           step: int = 1 << 16) -> torch.Tensor:
+    """``layer.node_update`` of every node, ``step`` nodes at a time: its inputs (``[h, 4 aggregates
+    × 2]``, 9 · hidden per node) and intermediates exist for one slice only. At once they are ≈ 2–3
+    GiB on the 0.8 M nodes of TinyLlama-1.1B at hidden 32 (estimated: 9 + 2 + 2 · 4 · 3 floats of
+    hidden per node), where the whole streamed encode peaked at 7.8 GiB."""
+    out = torch.empty_like(h)
+    for i in range(0, h.shape[0], step):
+        s = slice(i, i + step)
+        out[s] = layer.node_update(h[s], fwd.result(s), bwd.result(s))
+    return out
 
 
 class FoldedPass:
