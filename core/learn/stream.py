@@ -34,7 +34,7 @@ from .featurize import FeatureConfig, graph_weight_rms, node_features, resample_
 from ..graph.ir import EdgeBlock, NeuralGraph
 from ..graph.vocab import EDGE_KIND_IDS
 
-DEFAULT_CHUNK = 1 << 18        # edges per chunk: big enough for efficient matmuls, ≈ 32 MiB per hidden-32 tensor
+DEFAULT_CHUNK = 1 << 18        # edges per chunk unless the encoder has a ``stream_chunk`` (ng-gnn: 2**14, measured)
 
 
 @dataclass
