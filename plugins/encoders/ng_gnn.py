@@ -165,9 +165,10 @@ class NGGNN(LayeredEncoder):
         super().__init__(lambda: NGGNNLayer(hidden, norm), layers, hidden, out_dim, **features)
 
     #: Edges per streamed chunk (``stream.encode_streamed``'s default for this encoder). Measured on
-    #: the ``tiny`` scale checkpoint (18 M edges, hidden 32 × 2 layers, one thread): 2¹⁸ edges
-    #: 0.43 M edges/s (each [chunk, 32] float tensor is 32 MiB: out of cache, fresh pages every op),
-    #: 2¹⁶ 1.23, 2¹⁴ 1.31, 2¹² 1.20 (per-op overhead).
+    #: the ``tiny`` scale checkpoint (18 M edges, hidden 32 × 2 layers, one thread), M edges per CPU
+    #: second: unfolded pass 2¹⁸ 0.43 (each [chunk, 32] float tensor is 32 MiB: out of cache, fresh
+    #: pages every op), 2¹⁴ 0.95; folded pass 2¹⁶ 1.23, 2¹⁴ 1.31, 2¹² 1.20 (per-op overhead); 2¹³ to
+    #: 2¹⁵ within 2 % of each other in a second series.
     stream_chunk = 1 << 14
 
     @property
