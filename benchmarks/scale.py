@@ -11,7 +11,11 @@ each step in a fresh process so peaks do not mix:
 * encode: a freshly initialised encoder (``--encoder``, ``--hidden``, ``--layers``; random weights: time
   and memory do not depend on their values) embeds the graph with its streamed forward
   (``nngraph.learn.stream``) — time, CPU time, peak RSS of the process (graph loaded memory-mapped) —
-  and, with ``--in-memory``, with the in-memory forward (featurize + forward) for comparison;
+  and, with ``--in-memory``, with the in-memory forward (featurize + forward) for comparison. With
+  ``--checkpoint PATH`` (an ``ngraph train`` checkpoint) the graph is embedded as ``ngraph embed``
+  does it instead (``nngraph.learn.train.embed``: checkpoint loaded, its feature configuration and
+  input scales, streamed above ``STREAM_EDGES``); the time includes loading the checkpoint.
+  ``--workers N`` splits each streamed pass among N threads (ng-gnn);
 * align: weight matching of the model against a randomly permuted copy of itself (time, peak RSS,
   whether the permutation is recovered exactly), and optionally against an independent second
   checkpoint (``--pairs``);
@@ -21,6 +25,7 @@ each step in a fresh process so peaks do not mix:
     python benchmarks/scale.py --sizes tinyllama --no-coo --no-align   # TinyLlama-1.1B's configuration (≈2.2 GB written)
     python benchmarks/scale.py --sizes small --json --keep /tmp/ckpts
     python benchmarks/scale.py --sizes nano,micro --no-align --in-memory   # where streaming starts to pay
+    python benchmarks/scale.py --sizes tiny --no-align --no-coo --checkpoint acc.safetensors   # a trained encoder
 """
 from __future__ import annotations
 
@@ -163,8 +168,10 @@ def step_featurize(path: str) -> dict:
     return {"featurize_bytes_per_edge": edges / g.num_edges, "featurize_peak_bytes_per_edge": peak / g.num_edges}
 
 
-def step_encode(path: str, encoder: str, hidden: str, layers: str, mode: str, threads: str, chunk: str) -> dict:
-    """Encode with a freshly initialised encoder, streamed or in memory; peak RSS is the process's."""
+def step_encode(path: str, encoder: str, hidden: str, layers: str, mode: str, threads: str, chunk: str,
+                checkpoint: str = "-", workers: str = "1") -> dict:
+    """Encode with a freshly initialised encoder, streamed or in memory, or (``checkpoint``) with a
+    trained one through ``train.embed``; peak RSS is the process's."""
     import torch
 
     import nngraph
@@ -172,13 +179,25 @@ def step_encode(path: str, encoder: str, hidden: str, layers: str, mode: str, th
     from nngraph.loader import registry
     torch.set_num_threads(int(threads))
     torch.manual_seed(0)
+    g = nngraph.load(path)
+    chunk_edges = int(chunk) or None
+    if checkpoint != "-":
+        from nngraph.learn.train import embed
+        base = _peak_mib()
+        t, c = time.perf_counter(), time.process_time()
+        emb = torch.from_numpy(embed(checkpoint, [g], "cpu", stream=None if mode == "stream" else False,
+                                     progress=True, workers=int(workers)))
+        elapsed = time.perf_counter() - t
+        key = "encode" if mode == "stream" else "memory_encode"
+        return {f"{key}_s": elapsed, f"{key}_cpu_s": time.process_time() - c, f"{key}_peak_mib": _peak_mib(),
+                f"{key}_loaded_mib": base, f"{key}_medges_per_s": g.num_edges / elapsed / 1e6,
+                f"{key}_finite": bool(torch.isfinite(emb).all()), f"{key}_checkpoint": checkpoint}
     cfg = {"hidden": int(hidden)} | ({"layers": int(layers)} if encoder == "ng-gnn" else {})
     enc = registry().encoder(encoder).factory(**cfg).eval()
-    g = nngraph.load(path)
     base = _peak_mib()
     t, c = time.perf_counter(), time.process_time()
     if mode == "stream":
-        _, emb = encode_streamed(enc, g, chunk_edges=int(chunk), progress=True)
+        _, emb = encode_streamed(enc, g, chunk_edges=chunk_edges, progress=True, workers=int(workers))
     else:
         from torch_geometric.data import Batch
 
@@ -248,9 +267,11 @@ def run(sizes, keep: Path | None, align: bool, pairs: bool, seed: int, progress=
                 row.update(_child("featurize", folder / "a.ngraph"))
             if encode:
                 args = (encode["encoder"], encode["hidden"], encode["layers"])
-                row.update(_child("encode", folder / "a.ngraph", *args, "stream", encode["threads"], encode["chunk"]))
+                extra = (encode.get("checkpoint") or "-", encode.get("workers", 1))
+                row.update(_child("encode", folder / "a.ngraph", *args, "stream", encode["threads"], encode["chunk"],
+                                  *extra))
                 if encode["in_memory"]:
-                    row.update(_child("encode", folder / "a.ngraph", *args, "memory", encode["threads"], 0))
+                    row.update(_child("encode", folder / "a.ngraph", *args, "memory", encode["threads"], 0, *extra))
             if align:
                 row.update(_child("align", folder / "a.ngraph", "-", seed + 1))
             if pairs:
@@ -292,7 +313,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the encode step (1: on a shared machine two OpenMP threads waiting "
                          "for each other made the same run 10–40× slower)")
-    ap.add_argument("--chunk", type=int, default=1 << 18, help="edges per streamed chunk")
+    ap.add_argument("--chunk", type=int, default=0,
+                    help="edges per streamed chunk (0: the encoder's stream_chunk, else 2**18)")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="embed with this trained checkpoint (`ngraph train`) as `ngraph embed` does, instead of "
+                         "a freshly initialised --encoder")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="threads splitting each streamed pass (ng-gnn; each with --threads torch threads)")
     ap.add_argument("--featurize-max-edges", type=float, default=20e6,
                     help="measure featurize only up to this many edges (it needs ≈ 100 bytes per edge)")
     ap.add_argument("--json", action="store_true")
@@ -311,6 +338,8 @@ def main(argv=None) -> None:
         elif step == "align":
             print(json.dumps(step_align(rest[0], None if rest[1] == "-" else rest[1], int(rest[2]))))
         return
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        ap.error(f"--checkpoint {args.checkpoint}: no such file")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
@@ -319,7 +348,8 @@ def main(argv=None) -> None:
                  progress=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)), coo=not args.no_coo,
                  encode=None if args.no_encode else {
                      "encoder": args.encoder, "hidden": args.hidden, "layers": args.layers, "threads": args.threads,
-                     "chunk": args.chunk, "in_memory": args.in_memory},
+                     "chunk": args.chunk, "in_memory": args.in_memory, "workers": args.workers,
+                     "checkpoint": str(args.checkpoint) if args.checkpoint else None},
                  featurize_max_edges=args.featurize_max_edges)
     if args.json:
         print(json.dumps(result, indent=1))

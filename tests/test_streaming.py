@@ -182,3 +182,42 @@ def test_statnn_quantiles_exact_in_one_or_two_passes(graphs):
         want = weight_statistics(Batch.from_data_list([featurize(g)]), 8)[0, :9 * 7].view(9, 7)
         assert torch.equal(got[:, 2:], want[:, 2:]) and stream.passes == passes
         _close(got[:, :2], want[:, :2])
+
+
+def test_code_chunks_are_the_tap_chunks(graphs):
+    """``chunks(codes=True)``: a code block's chunk carries weight codes whose ``code_values`` rows
+    are bit for bit the taps ``chunks()`` gives the same edges (the LLaMA graph's bf16 blocks and
+    its weightless ones); other blocks' chunks are unchanged. Shares of a pass partition it."""
+    config = FeatureConfig(scale="block")
+    g = graphs[-1]
+    stream = GraphStream(g, config, chunk_edges=_chunks(g)[0], edge_scale=torch.linspace(0.5, 2, 10))
+    plain, coded = list(stream.chunks()), list(stream.chunks(codes=True))
+    assert len(plain) == len(coded) and sum(c.codes is not None for c in coded) > len(coded) // 2
+    for p, c in zip(plain, coded):
+        assert (c.rows, c.cols, c.block, c.shape) == (p.rows, p.cols, p.block, p.shape)
+        if c.codes is None:
+            assert torch.equal(c.taps, p.taps)
+            continue
+        codes, taps, size = stream.code_values(c.block)
+        table = torch.full((size, taps.shape[1]), float("nan"))
+        table[codes] = taps
+        assert torch.equal(table[c.codes.long()], p.taps)
+    shares = [list(stream.chunks(codes=True, share=(k, 3))) for k in range(3)]
+    assert sorted((c.block, c.rows, c.cols, c.num_edges) for s in shares for c in s) == \
+        sorted((c.block, c.rows, c.cols, c.num_edges) for c in coded)
+
+
+def test_folded_pass_and_workers(graphs):
+    """ng-gnn's folded streamed pass equals its layer-by-layer recomputation; worker threads give
+    the one-thread result up to summation order, the same bits on every run."""
+    model = _encoder("ng-gnn", {"hidden": 16, "layers": 3})
+    for g in graphs[-1:] + graphs[:1]:                      # bf16 code blocks, float32 tap blocks
+        chunk = _chunks(g)[0]
+        n1, p1 = model._forward_stream_recomputed(GraphStream(g, chunk_edges=chunk))
+        n2, p2 = model.forward_stream(GraphStream(g, chunk_edges=chunk))
+        _close(p2, p1)
+        _close(n2, n1)
+        runs = [model.forward_stream(GraphStream(g, chunk_edges=chunk, workers=2)) for _ in range(2)]
+        assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[0][0], runs[1][0])
+        _close(runs[0][1], p2)
+        _close(runs[0][0], n2)

@@ -341,13 +341,13 @@ STREAM_EDGES = 200_000
 
 
 def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, stream: bool | None = None,
-                     progress: bool = False, chunk_edges: int | None = None):
+                     progress: bool = False, chunk_edges: int | None = None, workers: int = 1):
     """The encoder's graph embeddings ``[len(graphs), d]`` (on CPU), in order. ``stream``: None
     streams graphs with at least ``STREAM_EDGES`` edges when the encoder can, True streams every
     graph (an encoder without ``forward_stream`` is an error), False none. Small graphs are batched."""
     import torch
 
-    from .stream import DEFAULT_CHUNK, encode_streamed
+    from .stream import encode_streamed
     enc = model.encoder
     can = hasattr(enc, "forward_stream")
     if stream and not can:
@@ -364,8 +364,8 @@ def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, strea
             for i, row in zip(idx, enc(batch.to(device))[1].cpu()):
                 out[i] = row
         for i in (i for i, s in enumerate(streamed) if s):
-            _, g = encode_streamed(enc, graphs[i], features, device, chunk_edges or DEFAULT_CHUNK,
-                                   progress=progress, label=f"encoding graph {i + 1}/{len(graphs)}")
+            _, g = encode_streamed(enc, graphs[i], features, device, chunk_edges, progress=progress,
+                                   label=f"encoding graph {i + 1}/{len(graphs)}", workers=workers)
             out[i] = g[0].cpu()
     return torch.stack(out) if out else torch.zeros(0, getattr(enc, "out_dim", 1))
 
@@ -387,16 +387,17 @@ def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list |
 
 
 def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None,
-          stream: bool | None = None, progress: bool = False) -> np.ndarray:
+          stream: bool | None = None, progress: bool = False, workers: int = 1) -> np.ndarray:
     """Graph embeddings: the embedding head's output if the checkpoint has one, else the encoder's.
-    ``paths`` as in :func:`predict`; large graphs encoded streamed (see :func:`graph_embeddings`)."""
+    ``paths`` as in :func:`predict`; large graphs encoded streamed (see :func:`graph_embeddings`;
+    ``workers`` as in ``stream.encode_streamed``)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
     attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
     if not graphs:
         return np.zeros((0, 1), np.float32)
     with torch.no_grad():
-        g = graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)
+        g = graph_embeddings(model, meta, graphs, dev, stream, progress, workers=workers).to(dev)
         if meta["task"] == "embedding":
             g = model.head(g)
         return torch.nn.functional.normalize(g, dim=-1).cpu().numpy()

@@ -104,11 +104,11 @@ class StreamedPNA:
     sum of squares, running max and count of the messages it received (``toward`` "dst": along
     edges, "src": against them). ``result()`` equals the in-memory aggregation of all edges at once (``pna_combine`` of the same sums)."""
 
-    def __init__(self, size: int, d: int, toward: str, like: torch.Tensor):
+    def __init__(self, size: int, d: int, toward: str, like: torch.Tensor, bias: torch.Tensor | None = None):
         self.sums = like.new_zeros(size, 2 * d)
         self.max = like.new_full((size, d), float("-inf"))
         self.count = like.new_zeros(size)
-        self.toward, self.d = toward, d
+        self.toward, self.d, self.bias = toward, d, bias
 
     def add(self, chunk, msg: torch.Tensor) -> None:
         """Accumulate one chunk's messages (squares ``msg`` in place: it is not needed after)."""
@@ -125,8 +125,24 @@ class StreamedPNA:
             chunk.sum_to_src(squares, msg.square_())
             chunk.count_to_src(self.count)
 
-    def result(self) -> torch.Tensor:
-        return pna_combine(self.sums[:, :self.d], self.sums[:, self.d:], self.max, self.count)
+    def merge(self, other: "StreamedPNA") -> None:
+        """Add another accumulator's messages (the same nodes, other chunks) to this one."""
+        self.sums += other.sums
+        torch.maximum(self.max, other.max, out=self.max)
+        self.count += other.count
+
+    def result(self, nodes: slice = slice(None)) -> torch.Tensor:
+        """The aggregates of ``nodes`` (all by default). ``bias``: every message was ``m + bias`` but
+        ``m`` was added: the sum gains ``count · bias``, the sum of squares ``2 bias · Σm + count ·
+        bias²``, the max ``bias``."""
+        total, squares, maximum = self.sums[nodes, :self.d], self.sums[nodes, self.d:], self.max[nodes]
+        count = self.count[nodes]
+        if self.bias is not None:
+            c = count.unsqueeze(-1)
+            squares = squares + 2 * self.bias * total + c * self.bias.square()
+            total = total + c * self.bias
+            maximum = maximum + self.bias
+        return pna_combine(total, squares, maximum, count)
 
 
 class LayeredEncoder(nn.Module):
