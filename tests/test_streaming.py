@@ -170,6 +170,31 @@ def test_cli_stream_flag(graphs, tmp_path):
     assert v[0] == pytest.approx(v[1], rel=1e-5, abs=1e-6)
 
 
+def test_cli_workers_share_the_streamed_pass(graphs, tmp_path):
+    """``--workers 2`` splits ng-gnn's streamed pass between threads: the same prediction as one
+    thread up to float rounding, and the same bits run to run; ``--workers 0`` is a usage error."""
+    import json
+
+    from click.testing import CliRunner
+
+    from nngraph.cli import cli
+    cfg = {"hidden": 8, "layers": 2}
+    model = GraphModel.build("ng-gnn", cfg, "regression", 1, FeatureConfig())
+    meta = {"encoder": "ng-gnn", "encoder_config": cfg, "head": "regression", "head_config": {}, "out_dim": 1,
+            "task": "regression", "target": "y", "classes": None, "y_mean": 0.0, "y_std": 1.0,
+            "features": FeatureConfig().to_json(), "input_scaling": False}
+    ckpt = save_checkpoint(tmp_path / "g.safetensors", model, meta)
+    path = tmp_path / "conv.ngraph"
+    nngraph.save(graphs[2], path)
+    runs = [CliRunner().invoke(cli, ["predict", str(ckpt), str(path), "--json", "--stream", "--workers", w])
+            for w in ("1", "2", "2")]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    v = [json.loads(r.stdout)[0]["prediction"] for r in runs]
+    assert v[1] == v[2] and v[0] == pytest.approx(v[1], rel=1e-4, abs=1e-5)
+    bad = CliRunner().invoke(cli, ["predict", str(ckpt), str(path), "--workers", "0"])
+    assert bad.exit_code == 2 and "--workers" in bad.output
+
+
 def test_statnn_quantiles_exact_in_one_or_two_passes(graphs):
     """Streamed per-depth quantiles are the sorted values' (radix selection); bfloat16 weights (the
     LLaMA graph) need one pass, float32 ones two."""

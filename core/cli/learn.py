@@ -217,15 +217,18 @@ def evaluate(checkpoint, dataset, split, device, as_json):
 @click.option("--stream/--no-stream", "stream", default=None,
               help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
                    "streamed for graphs of 200 k edges or more when the encoder has one.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Threads sharing each streamed pass (fixed shares: the same result on every run); "
+                   "use the idle cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
-def predict(checkpoint, models, device, stream, as_json):
+def predict(checkpoint, models, device, stream, workers, as_json):
     """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
     from ..api import convert as _convert
     from ..graph.fileformat import load
     from ..learn.train import predict as _predict
 
     graphs = [load(m) if m.suffix == ".ngraph" else _convert(m) for m in models]
-    values = _predict(checkpoint, graphs, device, paths=list(models), stream=stream, progress=True)
+    values = _predict(checkpoint, graphs, device, paths=list(models), stream=stream, progress=True, workers=workers)
     if as_json:
         emit_json([{"model": str(m), "prediction": v} for m, v in zip(models, values)])
     else:
@@ -243,8 +246,11 @@ def predict(checkpoint, models, device, stream, as_json):
 @click.option("--stream/--no-stream", "stream", default=None,
               help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
                    "streamed for graphs of 200 k edges or more when the encoder has one.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Threads sharing each streamed pass (fixed shares: the same result on every run); "
+                   "use the idle cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def embed(checkpoint, dataset, output, device, stream, as_json):
+def embed(checkpoint, dataset, output, device, stream, workers, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""
     import numpy as np
 
@@ -255,7 +261,7 @@ def embed(checkpoint, dataset, output, device, stream, as_json):
     check_output(output)
     data = load_dataset(dataset, progress=not as_json and err.is_terminal)
     vectors = _embed(checkpoint, [e.graph for e in data.entries], device, paths=[e.path for e in data.entries],
-                     stream=stream, progress=True)
+                     stream=stream, progress=True, workers=workers)
     names = np.array([e.row["model"] for e in data.entries])
     with open(output, "wb") as f:
         np.savez(f, names=names, embeddings=vectors, checkpoint=np.array(str(Path(checkpoint).resolve())))

@@ -371,15 +371,15 @@ def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, strea
 
 
 def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None,
-            stream: bool | None = None, progress: bool = False) -> list:
+            stream: bool | None = None, progress: bool = False, workers: int = 1) -> list:
     """Each graph's prediction (class name or value). ``paths``: the graphs' model files, needed when
     the checkpoint was trained with probe features. Large graphs are encoded streamed (see
-    :func:`graph_embeddings`)."""
+    :func:`graph_embeddings`; ``workers`` as in ``stream.encode_streamed``)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
     attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
     with torch.no_grad():
-        out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress).to(dev)).cpu()
+        out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress, workers=workers).to(dev)).cpu()
     pred = _decode(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
     if meta["task"] == "classification":
         return [meta["classes"][int(i)] for i in pred]
