@@ -60,7 +60,6 @@ def main():
     from nngraph.learn.dataset import load_dataset
     from nngraph.learn.featurize import feature_scales, featurize
     from nngraph.learn.checkpoint import readout_module as readout_module_
-    from nngraph.plugins.encoders.common import graph_index, pool
     torch.set_num_threads(args.threads)
     over = {}
     for kv in args.set:

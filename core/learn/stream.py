@@ -224,7 +224,6 @@ class GraphStream:
         """``(codes [m] int64, taps [m, k] float32, table size)`` of block ``i``: the weight codes
         that occur in it and their features (``_taps`` of those weights: what a chunk carries for
         them); a table of ``table size`` rows indexed by code covers every chunk. Cached."""
-        import torch
         with self._lock:
             return self._code_values_locked(i)
 
