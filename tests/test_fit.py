@@ -67,14 +67,14 @@ def test_ng_gnn_tells_input_neurons_apart(tmp_path):
     assert history[-1]["train_loss"] < 0.1, [round(r["train_loss"], 3) for r in history]
 
 
-def _pooled_spread(population, **config):
+def _pooled_spread(data, **config):
     from torch_geometric.data import Batch
 
     from nngraph.learn.featurize import feature_scales
     torch.manual_seed(0)
     enc = GraphModel.build("ng-gnn", {"hidden": 32, "layers": 2, **config}, "classification", 2, FeatureConfig(),
                            True).encoder
-    datas = [featurize(e.graph) for e in population.entries]
+    datas = [featurize(e.graph) for e in data.entries]
     node, edge = feature_scales(datas)
     enc.input_node_scale.copy_(node)
     enc.input_edge_scale.copy_(edge)

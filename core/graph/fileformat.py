@@ -197,6 +197,50 @@ def _leaf_shape_ok(t: dict, entry: dict, constant: bool) -> bool:
     return entry["shape"] == ([1] if constant else t["shape"])
 
 
+def release_pages(arr: np.ndarray) -> bool:
+    """Drop the pages of ``arr`` from this process's resident set when it is a view of a read-only
+    memory map (what :func:`load` returns); True if it was. The data stay readable: the next access
+    reads them again from the page cache or the file. Streaming a large graph reads every weight once
+    per pass; releasing each block after it keeps the resident set at one block's pages instead of the
+    whole file's (RSS counts the mapped pages a process has touched). A no-op elsewhere."""
+    base = arr
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    if base is None or getattr(base, "mode", None) != "r" or not hasattr(os, "sysconf") or arr.nbytes == 0:
+        return False
+    import ctypes
+    libc = _libc()
+    if libc is None:
+        return False
+    page = os.sysconf("SC_PAGE_SIZE")
+    start, end = arr.ctypes.data, arr.ctypes.data + arr.nbytes
+    first, last = -(-start // page) * page, end // page * page      # whole pages inside the array only
+    if last <= first:
+        return False
+    return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0
+
+
+_MADV_DONTNEED = 4          # Linux and the BSDs; madvise on a read-only shared file map only drops pages
+_LIBC: list = []
+
+
+def _libc():
+    """The C library's ``madvise`` (None where there is none, e.g. Windows)."""
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+        name = ctypes.util.find_library("c")
+        try:
+            lib = ctypes.CDLL(name, use_errno=True) if name else None
+            if lib is not None:
+                lib.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+                lib.madvise.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
 def load(path: str | os.PathLike) -> NeuralGraph:
     """Open an ``.ngraph`` file; arrays are read-only views of one memory map.
 

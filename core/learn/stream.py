@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .featurize import FeatureConfig, graph_weight_rms, node_features, resample_taps
+from ..graph.fileformat import release_pages
 from ..graph.ir import EdgeBlock, NeuralGraph
 from ..graph.vocab import EDGE_KIND_IDS
 
@@ -178,6 +179,9 @@ class GraphStream:
         cfg, blocks = self.config, self.graph.blocks
         if cfg.scale == "graph":
             rms = max(graph_weight_rms(self.graph), 1e-12)
+            for b in blocks:
+                if b.weight is not None:
+                    release_pages(b.weight.data)
             return {i: rms for i, b in enumerate(blocks) if b.weight is not None}
         if cfg.scale != "block":
             return {}
@@ -188,6 +192,7 @@ class GraphStream:
                 ms = sum(float(np.square(np.asarray(flat[j:j + step], np.float64)).sum())
                          for j in range(0, flat.size, step)) / max(flat.size, 1)
                 out[i] = max(float(np.sqrt(ms)), 1e-12)
+                release_pages(b.weight.data)
         return out
 
     def _taps(self, i: int, b: EdgeBlock, rows: np.ndarray | tuple) -> np.ndarray:
@@ -315,6 +320,8 @@ class GraphStream:
                 done += c.num_edges
                 if self.progress is not None and k == 0:
                     self.progress(min(done * n, self.num_edges), self.num_edges, self.passes)
+            if b.weight is not None:            # a memory-mapped block's pages leave the resident set
+                release_pages(b.weight.data)
 
 
 def stderr_progress(label: str = "encoding", every_s: float = 5.0, passes: int | None = None, stream=None):
