@@ -497,33 +497,9 @@ class LoweringContext:
         if why:
             raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} ({why})")
         bounds = np.cumsum([0, *sizes])
-        parts: dict[str, list[str]] = {}
-        for m in members:
-            names = []
-            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-                first = parts[members[0].name][i] if m is not members[0] else None
-                t = g.add_set(self.unique(f"{m.name}[{i}]"), int(hi - lo), m.role, depth=m.depth,
-                              activation=m.activation, fixed=group.fixed, tie=first, **m.attrs)
-                g.groups[t.group].rigid = group.rigid
-                for key, p in m.arrays.items():
-                    t.arrays[key] = _slice_param(p, 0, lo, hi)
-                names.append(t.name)
-            parts[m.name] = names
-        kept = []
-        for b in g.blocks:
-            if b.source not in inside and b.target not in inside:
-                kept.append(b)
-                continue
-            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-                src = parts[b.source][i] if b.source in inside else b.source
-                tgt = parts[b.target][i] if b.target in inside else b.target
-                axis = 1 if (b.pattern == "full" and b.target not in inside) else 0
-                w = _slice_param(b.weight, axis, lo, hi) if b.weight is not None else None
-                kept.append(EdgeBlock(f"{b.name}[{i}]", src, tgt, b.kind, w, dict(b.attrs)))
-        g.blocks = kept
-        for m in members:
-            del g.sets[m.name]
-        del g.groups[gname]
+        cuts = [(str(i), int(hi - lo), lambda p, axis, lo=lo, hi=hi: _slice_param(p, axis, lo, hi))
+                for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        parts = self._replace_group(members, cuts)
         for key, v in list(self.values.items()):   # values that carried the sets now carry their parts
             if isinstance(v, Act) and inside & set(v.sets):
                 sets = tuple(p for x in v.sets for p in parts.get(x, [x]))
@@ -581,17 +557,35 @@ class LoweringContext:
         if why:
             raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} into "
                                         f"{slots} query slots per key/value head ({why})")
-        index = [slot_index(blocks, slots, n // H, j) for j in range(slots)]
+        cuts = [(f"slot{j}", n // slots, lambda p, axis, ix=slot_index(blocks, slots, n // H, j): _take_param(p, axis, ix))
+                for j in range(slots)]
+        parts = self._replace_group(members, cuts)
+        if parent is not None:
+            del g.groups[parent.name]
+        for key, v in list(self.values.items()):
+            if isinstance(v, Act) and inside & set(v.sets):
+                self.values[key] = v.but(sets=tuple(parts[v.sets[0]]), slots=(slots, blocks))
+        return parts[set_name]
+
+    def _replace_group(self, members: list, cuts: list) -> dict[str, list[str]]:
+        """Replace the tie group of ``members`` by one group per cut ``(suffix, size, take)``:
+        part i of every member is tied to part i of the first; per-neuron arrays, blocks inside the
+        group and blocks in and out are cut with ``take(param, axis)`` (exact origins). Returns each
+        member's part names. Shared by :meth:`split_set` (ranges) and :meth:`split_slots` (strides)."""
+        g = self.graph
+        gname = members[0].group
+        group = g.groups[gname]
+        inside = {m.name for m in members}
         parts: dict[str, list[str]] = {}
         for m in members:
             names = []
-            for j in range(slots):
-                first = parts[members[0].name][j] if m is not members[0] else None
-                t = g.add_set(self.unique(f"{m.name}[slot{j}]"), n // slots, m.role, depth=m.depth,
+            for i, (suffix, size, take) in enumerate(cuts):
+                first = parts[members[0].name][i] if m is not members[0] else None
+                t = g.add_set(self.unique(f"{m.name}[{suffix}]"), size, m.role, depth=m.depth,
                               activation=m.activation, fixed=group.fixed, tie=first, **m.attrs)
                 g.groups[t.group].rigid = group.rigid
                 for key, p in m.arrays.items():
-                    t.arrays[key] = _take_param(p, 0, index[j])
+                    t.arrays[key] = take(p, 0)
                 names.append(t.name)
             parts[m.name] = names
         kept = []
@@ -599,22 +593,17 @@ class LoweringContext:
             if b.source not in inside and b.target not in inside:
                 kept.append(b)
                 continue
-            for j in range(slots):
-                src = parts[b.source][j] if b.source in inside else b.source
-                tgt = parts[b.target][j] if b.target in inside else b.target
+            for i, (suffix, _, take) in enumerate(cuts):
+                src = parts[b.source][i] if b.source in inside else b.source
+                tgt = parts[b.target][i] if b.target in inside else b.target
                 axis = 1 if (b.pattern == "full" and b.target not in inside) else 0
-                w = _take_param(b.weight, axis, index[j]) if b.weight is not None else None
-                kept.append(EdgeBlock(f"{b.name}[slot{j}]", src, tgt, b.kind, w, dict(b.attrs)))
+                w = take(b.weight, axis) if b.weight is not None else None
+                kept.append(EdgeBlock(f"{b.name}[{suffix}]", src, tgt, b.kind, w, dict(b.attrs)))
         g.blocks = kept
         for m in members:
             del g.sets[m.name]
         del g.groups[gname]
-        if parent is not None:
-            del g.groups[parent.name]
-        for key, v in list(self.values.items()):
-            if isinstance(v, Act) and inside & set(v.sets):
-                self.values[key] = v.but(sets=tuple(parts[v.sets[0]]), slots=(slots, blocks))
-        return parts[set_name]
+        return parts
 
 
 def _take_param(p: Param, axis: int, index: np.ndarray) -> Param:

@@ -210,16 +210,22 @@ def evaluate(checkpoint, dataset, split, device, as_json):
         out.print("  ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}" for k, v in result.items()))
 
 
+def streaming_options(command):
+    """``--stream/--no-stream`` and ``--workers``, shared by the commands that encode with a checkpoint."""
+    command = click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+                           help="Threads sharing each streamed pass (fixed shares: the same result on every "
+                                "run); use the idle cores.")(command)
+    return click.option("--stream/--no-stream", "stream", default=None,
+                        help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); "
+                             "default: streamed for graphs of 200 k edges or more when the encoder has one."
+                        )(command)
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--stream/--no-stream", "stream", default=None,
-              help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
-                   "streamed for graphs of 200 k edges or more when the encoder has one.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
-              help="Threads sharing each streamed pass (fixed shares: the same result on every run); "
-                   "use the idle cores.")
+@streaming_options
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 def predict(checkpoint, models, device, stream, workers, as_json):
     """Predict the trained target for each of MODELS (any convertible format, or .ngraph)."""
@@ -243,12 +249,7 @@ def predict(checkpoint, models, device, stream, workers, as_json):
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Embeddings (.npz).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--stream/--no-stream", "stream", default=None,
-              help="Encode with the encoder's streamed forward (memory O(nodes), not O(edges)); default: "
-                   "streamed for graphs of 200 k edges or more when the encoder has one.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
-              help="Threads sharing each streamed pass (fixed shares: the same result on every run); "
-                   "use the idle cores.")
+@streaming_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def embed(checkpoint, dataset, output, device, stream, workers, as_json):
     """Embed every network of DATASET with CHECKPOINT's encoder; writes names and unit vectors."""

@@ -12,6 +12,7 @@ folder renamed into place, so a failure never leaves a partial file.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -221,24 +222,22 @@ def release_pages(arr: np.ndarray) -> bool:
 
 
 _MADV_DONTNEED = 4          # Linux and the BSDs; madvise on a read-only shared file map only drops pages
-_LIBC: list = []
 
 
+@functools.cache
 def _libc():
-    """The C library's ``madvise`` (None where there is none, e.g. Windows)."""
-    if not _LIBC:
-        import ctypes
-        import ctypes.util
-        name = ctypes.util.find_library("c")
-        try:
-            lib = ctypes.CDLL(name, use_errno=True) if name else None
-            if lib is not None:
-                lib.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-                lib.madvise.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            lib = None
-        _LIBC.append(lib)
-    return _LIBC[0]
+    """The C library with ``madvise`` typed (None where there is none, e.g. Windows)."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name, use_errno=True) if name else None
+        if lib is not None:
+            lib.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            lib.madvise.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        lib = None
+    return lib
 
 
 def load(path: str | os.PathLike) -> NeuralGraph:
