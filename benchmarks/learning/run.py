@@ -3,7 +3,7 @@ outside baselines on one population of networks.
 
     python benchmarks/learning/run.py DATASET --target label --task classification [--seeds 3]
         [--epochs 40] [--encoders ng-gnn ng-transformer statnn deepsets] [--no-baselines] [--threads N]
-        [--json] [--out RESULT.json] [--name NAME]
+        [--json] [--out RESULT.json] [--name NAME] [--set key=value ...]
 
 DATASET is a folder made by one of the generators here (make_freq.py, make_tasks.py, make_inr.py,
 make_hetero.py) or by examples/make_zoo.py: labels.csv with a train/test split. Encoders train with
@@ -11,6 +11,8 @@ the ``TrainConfig`` defaults (plus ``--epochs``); the metric is accuracy (classi
 Baselines: ``stats+gbt`` — per-depth weight statistics (``statnn.weight_statistics``) into
 scikit-learn gradient boosting; ``flat+linear`` — every weight and bias in graph order (zero-padded
 to the longest network) into logistic regression (classification) or ridge regression.
+``--set`` overrides ``TrainConfig`` fields (``lr=1e-3``) or ``FeatureConfig`` fields (``probes=8``,
+``scale=block``) for every encoder; the overrides are recorded in the JSON.
 Throughput is training graphs/s (epochs × training networks / seconds, featurization included);
 peak memory is the process's resident-set high-water mark after each encoder (it only grows, so it
 bounds that encoder's peak from above). ``--out`` writes the summary (and every seed's numbers)
@@ -31,13 +33,37 @@ import numpy as np
 from nngraph import featurize
 from nngraph.learn.dataset import load_dataset
 from nngraph.learn.checkpoint import save_checkpoint
+from nngraph.learn.featurize import FeatureConfig
 from nngraph.learn.train import TrainConfig, evaluate, metrics, train
 
 PRIMARY = {"classification": "accuracy", "regression": "kendall_tau"}
 
 
-def run_encoder(data, target: str, task: str, encoder: str, epochs: int, seed: int, tmp: str) -> dict:
-    cfg = TrainConfig(target=target, task=task, encoder=encoder, epochs=epochs, seed=seed)
+def parse_overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs (values read as JSON where they parse, else as strings), checked against
+    ``TrainConfig`` and ``FeatureConfig`` fields."""
+    out = {}
+    for kv in pairs:
+        key, sep, value = kv.partition("=")
+        if not sep or (key not in TrainConfig.__dataclass_fields__ and key not in FeatureConfig.__dataclass_fields__):
+            raise SystemExit(f"--set {kv!r}: expected key=value with a TrainConfig or FeatureConfig field")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def make_config(target: str, task: str, encoder: str, epochs: int, seed: int, overrides: dict | None = None):
+    over = overrides or {}
+    feats = FeatureConfig(**{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
+    return TrainConfig(target=target, task=task, encoder=encoder, epochs=epochs, seed=seed, features=feats,
+                       **{k: v for k, v in over.items() if k in TrainConfig.__dataclass_fields__})
+
+
+def run_encoder(data, target: str, task: str, encoder: str, epochs: int, seed: int, tmp: str,
+                overrides: dict | None = None) -> dict:
+    cfg = make_config(target, task, encoder, epochs, seed, overrides)
     start = time.perf_counter()
     model, meta, history = train(data, cfg, progress=False)
     seconds = time.perf_counter() - start
@@ -118,7 +144,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the summary as JSON instead of lines")
     ap.add_argument("--out", help="also write the summary as JSON to this file (after every method)")
     ap.add_argument("--name", help="population name recorded in the JSON (default: the folder's name)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig / FeatureConfig overrides for every encoder (lr=1e-3, probes=8)")
     args = ap.parse_args()
+    overrides = parse_overrides(args.set)
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,7 +156,7 @@ def main() -> None:
     doc = {"name": args.name or Path(args.dataset).name, "target": args.target, "task": args.task,
            "metric": PRIMARY[args.task], "n_train": len(data.split("train")), "n_test": len(data.split("test")),
            "epochs": args.epochs, "threads": args.threads or torch.get_num_threads(),
-           "command": " ".join(sys.argv), "rows": rows}
+           "command": " ".join(sys.argv), "overrides": overrides, "rows": rows}
 
     def emit(row: dict) -> None:
         rows.append(row)
@@ -138,7 +167,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for enc in args.encoders:
-            emit(summarize(enc, [run_encoder(data, args.target, args.task, enc, args.epochs, s, tmp)
+            emit(summarize(enc, [run_encoder(data, args.target, args.task, enc, args.epochs, s, tmp, overrides)
                                  for s in range(args.seeds)]))
     if not args.no_baselines:
         runs = [run_baselines(data, args.target, args.task, s) for s in range(args.seeds)]
