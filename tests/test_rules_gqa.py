@@ -151,11 +151,75 @@ def test_repeat_kv_is_followed(tmp_path, rng, make, H, G):
     assert _moved_heads(g)
 
 
-def test_multi_query_repeat_kv_stays_pinned(tmp_path, rng):
-    """repeat_kv of a single key/value head (MQA): its heads axis of size 1 is not tracked as
-    heads, so the scores are pinned (as before GQA was followed) — and verify passes."""
-    nodes, inits = repeat_kv_torchscript(rng, H=4, G=1)
-    path = _save(tmp_path, nodes, inits)
+def _moved_key_dims(g, trials=4, seed=0) -> bool:
+    """Whether one of the symmetries ``verify`` draws permutes the dimensions of the key head(s)
+    (and so, tied to them, those of every query head)."""
+    key = g.sets["k_proj"].group
+    return any(not np.array_equal(g.random_symmetry(seed + 1 + t).perm(key, g.groups[key].size),
+                                  np.arange(g.groups[key].size)) for t in range(trials))
+
+
+@pytest.mark.parametrize("make", [repeat_kv_torchscript, repeat_kv_dynamo])
+@pytest.mark.parametrize("H", [4, 3])
+def test_multi_query_repeat_kv_is_followed(tmp_path, rng, make, H):
+    """repeat_kv of a single key/value head (MQA; the keys reshaped to [B, T, 1, d], no heads
+    axis): the queries become H slots of one head, each tied to the keys, the output projection
+    reads H copies of the values; verify permutes the head dimensions and passes."""
+    d = 4
+    nodes, inits = make(rng, H, 1, d)
+    g = _check_gqa(_save(tmp_path, nodes, inits), H, 1, d)
+    assert _moved_key_dims(g)
+    assert not any(s.role == "head" for s in g.sets.values())
+
+
+def _mqa_broadcast(rng, H=4, d=4, how="broadcast"):
+    """Multi-query keys and values of shape [B, 1, T, d] read by H query heads without
+    repeat_kv: broadcast by the products themselves, tiled to H heads (with one key/value head,
+    tile order is repeat order), or gathered from the tokens rolled by h for query head h (the
+    H key copies then differ: still one permutation of d for all of them, which verify checks)."""
+    nodes, inits = _projections(rng, H, 1, d)
+    k, v = "kh", "vh"
+    if how == "tile":
+        inits["reps"] = _i(1, H, 1, 1)
+        nodes += [helper.make_node("Tile", ["kh", "reps"], ["kr"], name="tile_k"),
+                  helper.make_node("Tile", ["vh", "reps"], ["vr"], name="tile_v")]
+        k, v = "kr", "vr"
+    elif how == "gathered":
+        inits["rolled"] = (np.arange(T)[None, :] + np.arange(H)[:, None]) % T
+        nodes.append(helper.make_node("Gather", ["kb", "rolled"], ["kr"], name="roll_k", axis=1))
+        k = "kr"
+    nodes.append(helper.make_node("Transpose", [k], ["kt"], perm=[0, 1, 3, 2]))
+    return _tail(nodes, H, d, "kt", v), inits
+
+
+@pytest.mark.parametrize("how", ["broadcast", "tile", "gathered"])
+def test_multi_query_without_repeat_kv_is_followed(tmp_path, rng, how):
+    nodes, inits = _mqa_broadcast(rng, how=how)
+    g = _check_gqa(_save(tmp_path, nodes, inits), 4, 1, 4)
+    assert _moved_key_dims(g)
+
+
+def test_single_head_attention_is_not_multi_query(tmp_path, rng):
+    """One query head and one key head, both reshaped to [B, T, 1, d]: plain attention (the unit
+    axes are no heads), q and k tied as whole sets, nothing split into slots."""
+    nodes, inits = _projections(rng, 1, 1, 8)
+    nodes.append(helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]))
+    path = _save(tmp_path, _tail(nodes, 1, 8, "kt", "vh"), inits)
+    g = nngraph.convert(path).validate()
+    assert not g.meta["pins"] and not any("[slot" in s for s in g.sets)
+    assert g.sets["q_proj"].group == g.sets["k_proj"].group and g.groups[g.sets["k_proj"].group].parent is None
+    report = verify(path, trials=3)
+    assert report.ok and report.roundtrip_exact, report.problems
+
+
+def test_one_query_head_for_several_key_heads_stays_pinned(tmp_path, rng):
+    """The mirror image — queries of one head ([B, 1, T, d]) broadcast over 4 key/value heads —
+    is not multi-query attention and is not followed: the scores are pinned, and verify passes."""
+    G, d = 4, 4
+    nodes, inits = _projections(rng, 1, G, d)
+    inits["merge"], inits["Wo"] = _i(B, T, G * d), _w(rng, G * d, 5)
+    nodes.append(helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]))
+    path = _save(tmp_path, _tail(nodes, G, d, "kt", "vh"), inits)
     g = nngraph.convert(path).validate()
     assert [p["node"] for p in g.meta["pins"]][:1] == ["scores"]
     assert g.sets["k_proj"].group in g.fixed_groups()
@@ -181,14 +245,17 @@ def _attention_op(rng, H, G, d, repeat):
     return nodes, inits
 
 
+@pytest.mark.parametrize("G", [2, 1])
 @pytest.mark.parametrize("repeat", [True, False])
-def test_onnx_attention_op_with_fewer_kv_heads(tmp_path, rng, repeat):
-    nodes, inits = _attention_op(rng, 4, 2, 4, repeat)
+def test_onnx_attention_op_with_fewer_kv_heads(tmp_path, rng, repeat, G):
+    """G = 1: 4-D keys and values of one head ([B, 1, T, d], or repeated to [B, H, T, d])."""
+    nodes, inits = _attention_op(rng, 4, G, 4, repeat)
     try:
         path = _save(tmp_path, nodes, inits, opset=23)
     except onnx.checker.ValidationError:
         pytest.skip("this onnx has no opset-23 Attention")
-    _check_gqa(path, 4, 2, 4)
+    g = _check_gqa(path, 4, G, 4)
+    assert _moved_key_dims(g)
 
 
 @pytest.mark.parametrize("G", [2, 1])
@@ -260,6 +327,7 @@ def test_heads_repeated_another_way_stay_pinned(tmp_path, rng, transpose, op, re
     assert pins and all(p["op"] == op and p["reason"].startswith(reason) for p in pins[:2]), pins
     fixed = g.fixed_groups()
     assert g.sets["k_proj"].group in fixed and g.sets["v_proj"].group in fixed
-    assert not any(s.name.startswith("q_proj[slot") for s in g.sets.values())
+    # the pinned copies are a fixed set of one head's width: queries read against it stay put
+    assert all(s.group in fixed for s in g.sets.values() if s.name.startswith("q_proj"))
     report = verify(path, trials=3)
     assert report.ok and report.roundtrip_exact, report.problems
