@@ -140,9 +140,10 @@ def value_slots(ctx: LoweringContext, node: onnx.NodeProto, v: str, blocks: int,
 
 def single_head(q: Act, k: Act) -> bool:
     """Whether ``k`` is the one key (or value) head of multi-query attention for queries ``q``:
-    ``q`` split into several heads (or into their slots already), ``k`` carries no heads and
-    nothing repeated, so every query head reads it (see the module docstring)."""
-    return bool(q.heads) and q.heads[1] > 1 and k.heads is None and not k.repeated and (
+    ``q`` split into several heads (or into their slots already), ``k`` carries no heads (or
+    one: :meth:`~nngraph.adapters.onnx.values.Act.one_head`) and nothing repeated, so every
+    query head reads it (see the module docstring)."""
+    return bool(q.heads) and q.heads[1] > 1 and (k.heads is None or k.heads[1] == 1) and not k.repeated and (
         q.slots is None or q.slots == (q.heads[1], 1))
 
 
@@ -209,7 +210,7 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "attention weights times something other than values")
         H = b.heads[1] if b.heads else 1
         g = ctx.graph
-        if a.slots > 1 and a.slots == a.heads and b.heads is None and b.slots is None:
+        if a.slots > 1 and a.slots == a.heads and (b.heads is None or b.heads[1] == 1) and b.slots is None:
             return _mqa_values(ctx, node, a, b)     # multi-query: the one value head for every query head
         if (b.heads is None) != (a.head_axis is None) or (b.heads and b.heads[0] != a.head_axis):
             raise ctx.fail(node, "values are split into heads differently from the scores")
