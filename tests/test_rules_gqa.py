@@ -227,6 +227,30 @@ def test_one_query_head_for_several_key_heads_stays_pinned(tmp_path, rng):
     assert report.ok and report.roundtrip_exact, report.problems
 
 
+def test_unit_axis_that_is_no_head_stays_a_channel_split(tmp_path, rng):
+    """A unit axis before the neurons that is no attention head ([B, T, 2C] → [B, T, 1, 2C], then
+    a GLU: halves sliced apart and multiplied) is not taken for one head: the halves are a
+    channel split tied to each other, free, not rigid halves of a head."""
+    C = 6
+    inits = {"W1": _w(rng, D, 2 * C), "W2": _w(rng, C, 5), "unit": _i(B, T, 1, 2 * C), "back": _i(B, T, C),
+             "s0": _i(0), "sc": _i(C), "s2": _i(2 * C), "ax": _i(3)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="up"),
+             helper.make_node("Reshape", ["h", "unit"], ["hu"]),
+             helper.make_node("Slice", ["hu", "s0", "sc", "ax"], ["a"], name="first"),
+             helper.make_node("Slice", ["hu", "sc", "s2", "ax"], ["b"], name="second"),
+             helper.make_node("Sigmoid", ["b"], ["gate"]),
+             helper.make_node("Mul", ["a", "gate"], ["m"]),
+             helper.make_node("Reshape", ["m", "back"], ["mb"]),
+             helper.make_node("MatMul", ["mb", "W2"], ["y"], name="down")]
+    path = _save(tmp_path, nodes, inits)
+    g = nngraph.convert(path).validate()
+    assert not g.meta["pins"] and g.free_fraction == 1.0
+    halves = [s for s in g.sets.values() if s.name.startswith("up[")]
+    assert len(halves) == 2 and not any(g.groups[s.group].rigid for s in halves)
+    report = verify(path, trials=3)
+    assert report.ok and report.roundtrip_exact, report.problems
+
+
 def _attention_op(rng, H, G, d, repeat):
     """Opset-23 Attention: key/value repeated before it (dynamo at opset 23) or by the op
     (4-D key/value with G heads)."""
@@ -331,3 +355,49 @@ def test_heads_repeated_another_way_stay_pinned(tmp_path, rng, transpose, op, re
     assert all(s.group in fixed for s in g.sets.values() if s.name.startswith("q_proj"))
     report = verify(path, trials=3)
     assert report.ok and report.roundtrip_exact, report.problems
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_transformers_multi_query_mistral_exported_is_followed(tmp_path, dynamic):
+    """A real multi-query model: transformers' Mistral with one key/value head (rotary keys,
+    ``repeat_kv``), exported by TorchScript (static, and with dynamic batch/sequence axes, where
+    the -1 heads dim of the key reshape leaves inference a symbol). Nothing is pinned but the
+    run-time rotary table, the queries are 4 slots tied to the key, and verify passes."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tf.MistralForCausalLM(tf.MistralConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=32, use_cache=False)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.2 + (1.0 if p.ndim == 1 else 0.0))
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, ids, mask):
+            return self.m(input_ids=ids, attention_mask=mask, return_dict=False)[0]
+
+    path = tmp_path / "mistral_mqa.onnx"
+    seq = {0: "batch", 1: "seq"}
+    axes = {"ids": seq, "mask": seq, "logits": seq} if dynamic else None
+    ids, mask = torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.int64)
+    mask[1, 4:] = 0
+    torch.onnx.export(Logits(), (ids, mask), str(path), dynamo=False, opset_version=17,
+                      input_names=["ids", "mask"], output_names=["logits"], dynamic_axes=axes)
+    g = nngraph.convert(path).validate()
+    assert all(p["node"].startswith("/m/model/rotary_emb/") for p in g.meta["pins"]), g.meta["pins"]
+    key = next(s for s in g.sets.values() if s.name.endswith("k_proj/MatMul"))
+    queries = [s for s in g.sets.values() if "q_proj/MatMul[slot" in s.name]
+    assert len(queries) == 4 and all(s.group == key.group and s.size == key.size == 8 for s in queries)
+    # rotary keeps the key's dimensions in place (one head: nothing of it moves); the value head's
+    # dimensions are free, read by the output projection as 4 copies
+    value = next(s for s in g.sets.values() if s.name.endswith("v_proj/MatMul"))
+    assert g.groups[key.group].rigid and value.group not in g.fixed_groups()
+    reads = [b for b in g.blocks if b.target.endswith("o_proj/MatMul") and b.kind == "dense"]
+    assert len(reads) == 4 and all(g.sets[b.source].group == value.group for b in reads)
+    report = verify(path, trials=3)
+    assert report.ok and report.roundtrip_exact and all(report.groups_moved), report.problems

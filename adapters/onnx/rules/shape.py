@@ -715,7 +715,7 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "slices the neuron axis with non-constant bounds")
         ctx.set_output(node, x)
         return
-    if x.axis in [a % x.rank for a in axes]:
+    if x.unit is not None and x.axis in [a % x.rank for a in axes] and _rotated_half(ctx, node.output[0]):
         x = x.one_head()                         # the one head of multi-query keys: rotary halves
     out = x
     for st, en, ax, sp in zip(starts, ends, axes, steps):
@@ -741,6 +741,17 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         elif x.seg_axis is not None and ax == x.seg_axis:     # some directions of a bidirectional layer
             out = _select_directions(ctx, node, out, range(len(x.sets))[st:en:sp])
     ctx.set_output(node, out)
+
+
+def _rotated_half(ctx: LoweringContext, name: str) -> bool:
+    """Whether ``name`` (a slice of the neuron axis) is put back by a Concat, negated or not:
+    rotate_half's ``cat(-x2, x1)`` — what makes a slice of a unit-axis activation rotary halves
+    of one head rather than a channel split."""
+    for n in ctx.consumers.get(name, []):
+        if n.op_type == "Concat" or n.op_type == "Neg" and any(
+                m.op_type == "Concat" for m in ctx.consumers.get(n.output[0], [])):
+            return True
+    return False
 
 
 def _select_directions(ctx: LoweringContext, node: onnx.NodeProto, x: Act, picked) -> Act:
