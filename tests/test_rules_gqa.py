@@ -4,7 +4,9 @@
 structure the safetensors adapter gives GQA (queries split into one set per query slot, each
 tied to the keys; key/value heads as blocks; one head node per key/value head), for free
 key/value neurons, and with ``verify`` (permuted models compute the same function in
-onnxruntime). Repeats the engine cannot follow (copies before the heads: head h reads key/value
+onnxruntime). Multi-query attention (one key/value head, no heads axis) is followed through
+repeat_kv, Tile, Concat, broadcasting and Attention, and through a real transformers export with
+rotary keys. Repeats the engine cannot follow (copies before the heads: head h reads key/value
 head h mod G) stay pinned, and still verify."""
 from __future__ import annotations
 
@@ -174,8 +176,8 @@ def test_multi_query_repeat_kv_is_followed(tmp_path, rng, make, H):
 
 def _mqa_broadcast(rng, H=4, d=4, how="broadcast"):
     """Multi-query keys and values of shape [B, 1, T, d] read by H query heads without
-    repeat_kv: broadcast by the products themselves, tiled to H heads (with one key/value head,
-    tile order is repeat order), or gathered from the tokens rolled by h for query head h (the
+    repeat_kv: broadcast by the products themselves, tiled or concatenated to H heads (with one
+    key/value head, every order of copies is repeat order), or gathered from the tokens rolled by h for query head h (the
     H key copies then differ: still one permutation of d for all of them, which verify checks)."""
     nodes, inits = _projections(rng, H, 1, d)
     k, v = "kh", "vh"
@@ -183,6 +185,10 @@ def _mqa_broadcast(rng, H=4, d=4, how="broadcast"):
         inits["reps"] = _i(1, H, 1, 1)
         nodes += [helper.make_node("Tile", ["kh", "reps"], ["kr"], name="tile_k"),
                   helper.make_node("Tile", ["vh", "reps"], ["vr"], name="tile_v")]
+        k, v = "kr", "vr"
+    elif how == "concat":
+        nodes += [helper.make_node("Concat", ["kh"] * H, ["kr"], axis=1, name="cat_k"),
+                  helper.make_node("Concat", ["vh"] * H, ["vr"], axis=1, name="cat_v")]
         k, v = "kr", "vr"
     elif how == "gathered":
         inits["rolled"] = (np.arange(T)[None, :] + np.arange(H)[:, None]) % T
@@ -192,7 +198,7 @@ def _mqa_broadcast(rng, H=4, d=4, how="broadcast"):
     return _tail(nodes, H, d, "kt", v), inits
 
 
-@pytest.mark.parametrize("how", ["broadcast", "tile", "gathered"])
+@pytest.mark.parametrize("how", ["broadcast", "tile", "concat", "gathered"])
 def test_multi_query_without_repeat_kv_is_followed(tmp_path, rng, how):
     nodes, inits = _mqa_broadcast(rng, how=how)
     g = _check_gqa(_save(tmp_path, nodes, inits), 4, 1, 4)
