@@ -81,7 +81,7 @@ ONNX_NODE = ["pytorch-converted/test_Conv1d_groups", "pytorch-converted/test_Con
 
 # (ii) transformers families (built in the worker) and the exporters applied to each
 HF_FAMILIES = ["bert", "distilbert", "roberta", "albert", "electra", "gpt2", "gpt_neo", "llama", "mistral", "qwen2",
-               "mistral_mqa",     # multi-query attention: one key/value head
+               "mistral_mqa", "gpt_bigcode",     # multi-query attention: one key/value head
                "t5enc", "bartenc", "vit", "deit", "convnext", "resnet", "mobilenet_v2", "swin", "whisperenc",
                "wav2vec2",
                # more structures: disentangled / relative / ALiBi attention, parallel blocks, GeGLU, learned
@@ -361,6 +361,10 @@ def _build(fam: str):
     if fam == "gpt2":
         return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4,
                                                 use_cache=False)), text, text_dyn
+    if fam == "gpt_bigcode":      # StarCoder's multi-query attention: fused c_attn, one key/value head
+        return tf.GPTBigCodeForCausalLM(tf.GPTBigCodeConfig(vocab_size=100, n_positions=64, n_embd=32, n_layer=2,
+                                                            n_head=4, multi_query=True, use_cache=False)), \
+            text, text_dyn
     if fam == "gpt_neo":
         return tf.GPTNeoForCausalLM(tf.GPTNeoConfig(vocab_size=100, max_position_embeddings=64, hidden_size=32,
                                                     num_layers=2, num_heads=4, intermediate_size=64,
