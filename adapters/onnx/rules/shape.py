@@ -67,6 +67,8 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
     mid = None
     if _prod(sm) is not None and _prod(dm) is not None:
         mid = _product_groups(sm, dm)
+    if mid is None and (1 in sm or 1 in dm):
+        mid = _groups_without_units(sm, dm)
     if mid is None and (len(dm) == 1 or len(sm) == 1 or (head or tail)):
         # one side a single axis (a merge or split), or axes that cannot be told apart between
         # equal leading / trailing axes (row-major order keeps those): the middle as one group
@@ -75,6 +77,24 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
         return None
     shifted = [(range(a.start + i, a.stop + i), range(b.start + i, b.stop + i)) for a, b in mid]
     return head + shifted + tail
+
+
+def _groups_without_units(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
+    """:func:`_groups` of the axes other than 1 (a unit axis in the way of symbolic dims:
+    ``[B, 1, T, 32] → [B, T, 4, 8]``), each unit axis then joined to the group after it (at
+    the end, the last one)."""
+    ks, kd = [k for k, d in enumerate(src) if d != 1], [k for k, d in enumerate(dst) if d != 1]
+    if not ks or not kd or (len(ks) == len(src) and len(kd) == len(dst)):
+        return None
+    inner = _groups(tuple(src[k] for k in ks), tuple(dst[k] for k in kd))
+    if inner is None:
+        return None
+
+    def widen(axes: list[int], groups: list[range], n: int) -> list[range]:
+        ends = [axes[g.stop - 1] + 1 for g in groups[:-1]] + [n]       # each group runs to the next one
+        return [range(0 if i == 0 else ends[i - 1], ends[i]) for i in range(len(groups))]
+
+    return list(zip(widen(ks, [a for a, _ in inner], len(src)), widen(kd, [b for _, b in inner], len(dst))))
 
 
 def _product_groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
