@@ -363,18 +363,20 @@ def test_heads_repeated_another_way_stay_pinned(tmp_path, rng, transpose, op, re
     assert report.ok and report.roundtrip_exact, report.problems
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_transformers_multi_query_mistral_exported_is_followed(tmp_path, dynamic):
-    """A real multi-query model: transformers' Mistral with one key/value head (rotary keys,
-    ``repeat_kv``), exported by TorchScript (static, and with dynamic batch/sequence axes, where
-    the -1 heads dim of the key reshape leaves inference a symbol). Nothing is pinned but the
-    run-time rotary table, the queries are 4 slots tied to the key, and verify passes."""
+def _export_transformers(tmp_path, family: str, dynamic: bool):
+    """A one-layer transformers causal LM with one key/value head for 4 query heads and random
+    weights, exported by TorchScript (opset 17; with ``dynamic``, dynamic batch/sequence axes)."""
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = tf.MistralForCausalLM(tf.MistralConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=1, max_position_embeddings=32, use_cache=False)).eval()
+    if family == "mistral":      # rotary keys, repeat_kv
+        model = tf.MistralForCausalLM(tf.MistralConfig(
+            vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=1, max_position_embeddings=32, use_cache=False))
+    else:                        # GPT-BigCode (StarCoder): fused c_attn split into q, k, v; no rotary
+        model = tf.GPTBigCodeForCausalLM(tf.GPTBigCodeConfig(vocab_size=50, n_positions=32, n_embd=32, n_layer=1,
+                                                             n_head=4, multi_query=True, use_cache=False))
+    model.eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape) * 0.2 + (1.0 if p.ndim == 1 else 0.0))
@@ -387,23 +389,37 @@ def test_transformers_multi_query_mistral_exported_is_followed(tmp_path, dynamic
         def forward(self, ids, mask):
             return self.m(input_ids=ids, attention_mask=mask, return_dict=False)[0]
 
-    path = tmp_path / "mistral_mqa.onnx"
+    path = tmp_path / f"{family}_mqa.onnx"
     seq = {0: "batch", 1: "seq"}
     axes = {"ids": seq, "mask": seq, "logits": seq} if dynamic else None
     ids, mask = torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.int64)
     mask[1, 4:] = 0
     torch.onnx.export(Logits(), (ids, mask), str(path), dynamo=False, opset_version=17,
                       input_names=["ids", "mask"], output_names=["logits"], dynamic_axes=axes)
+    return path
+
+
+@pytest.mark.parametrize("family,dynamic", [("mistral", False), ("mistral", True), ("bigcode", True)])
+def test_transformers_multi_query_exported_is_followed(tmp_path, family, dynamic):
+    """Real multi-query models exported by TorchScript: Mistral with one key/value head (rotary
+    keys; with dynamic axes the -1 heads dim of the key reshape leaves inference a symbol) and
+    GPT-BigCode (its fused c_attn split after the projection; with dynamic axes a unit axis sits
+    among symbolic dims). Nothing is pinned but a run-time rotary table, the queries are 4 slots
+    tied to the key, the output projection reads 4 copies of the value head, and verify passes."""
+    path = _export_transformers(tmp_path, family, dynamic)
     g = nngraph.convert(path).validate()
     assert all(p["node"].startswith("/m/model/rotary_emb/") for p in g.meta["pins"]), g.meta["pins"]
-    key = next(s for s in g.sets.values() if s.name.endswith("k_proj/MatMul"))
-    queries = [s for s in g.sets.values() if "q_proj/MatMul[slot" in s.name]
+    queries = [s for s in g.sets.values() if "[slot" in s.name and s.role == "query"]
+    key = next(s for s in g.sets.values() if s.role == "key" and g.sets[s.name].group == queries[0].group)
     assert len(queries) == 4 and all(s.group == key.group and s.size == key.size == 8 for s in queries)
-    # rotary keeps the key's dimensions in place (one head: nothing of it moves); the value head's
-    # dimensions are free, read by the output projection as 4 copies
-    value = next(s for s in g.sets.values() if s.name.endswith("v_proj/MatMul"))
-    assert g.groups[key.group].rigid and value.group not in g.fixed_groups()
-    reads = [b for b in g.blocks if b.target.endswith("o_proj/MatMul") and b.kind == "dense"]
+    value = next(s for s in g.sets.values() if s.role == "value" and "/slot" not in s.name)
+    assert value.group not in g.fixed_groups()
+    out = "o_proj/MatMul" if family == "mistral" else "attn/c_proj/MatMul"
+    reads = [b for b in g.blocks if b.target.endswith(out) and b.kind == "dense"]
     assert len(reads) == 4 and all(g.sets[b.source].group == value.group for b in reads)
+    if family == "mistral":      # rotary keeps the key's dimensions in place (one head: nothing of it moves)
+        assert g.groups[key.group].rigid
+    else:                        # no rotary: the key head's dimensions move, and all query heads with them
+        assert key.group not in g.fixed_groups()
     report = verify(path, trials=3)
     assert report.ok and report.roundtrip_exact and all(report.groups_moved), report.problems
