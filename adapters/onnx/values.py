@@ -170,7 +170,7 @@ class Act:
             changes["unit"] = None
         return replace(self, **changes)
 
-    def one_head(self) -> "Act":
+    def one_head(self) -> Act:
         """This activation with its ``unit`` axis taken as a heads axis of one head (the keys and
         values of multi-query attention, split ``[B, T, 1, d]``), for the rules that need heads
         (rotary tables and halves, ``repeat_kv``); unchanged without one."""
