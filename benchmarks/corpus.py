@@ -81,6 +81,7 @@ ONNX_NODE = ["pytorch-converted/test_Conv1d_groups", "pytorch-converted/test_Con
 
 # (ii) transformers families (built in the worker) and the exporters applied to each
 HF_FAMILIES = ["bert", "distilbert", "roberta", "albert", "electra", "gpt2", "gpt_neo", "llama", "mistral", "qwen2",
+               "mistral_mqa", "gpt_bigcode",     # multi-query attention: one key/value head
                "t5enc", "bartenc", "vit", "deit", "convnext", "resnet", "mobilenet_v2", "swin", "whisperenc",
                "wav2vec2",
                # more structures: disentangled / relative / ALiBi attention, parallel blocks, GeGLU, learned
@@ -360,16 +361,22 @@ def _build(fam: str):
     if fam == "gpt2":
         return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4,
                                                 use_cache=False)), text, text_dyn
+    if fam == "gpt_bigcode":      # StarCoder's multi-query attention: fused c_attn, one key/value head
+        return tf.GPTBigCodeForCausalLM(tf.GPTBigCodeConfig(vocab_size=100, n_positions=64, n_embd=32, n_layer=2,
+                                                            n_head=4, multi_query=True, use_cache=False)), \
+            text, text_dyn
     if fam == "gpt_neo":
         return tf.GPTNeoForCausalLM(tf.GPTNeoConfig(vocab_size=100, max_position_embeddings=64, hidden_size=32,
                                                     num_layers=2, num_heads=4, intermediate_size=64,
                                                     attention_types=[[["global", "local"], 1]], window_size=4,
                                                     use_cache=False)), text, text_dyn
-    if fam in ("llama", "mistral", "qwen2"):
+    if fam in ("llama", "mistral", "qwen2", "mistral_mqa"):
         cls = {"llama": (tf.LlamaForCausalLM, tf.LlamaConfig), "mistral": (tf.MistralForCausalLM, tf.MistralConfig),
-               "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config)}[fam]
-        # mistral and qwen2 with grouped-query attention (2 key/value heads), as the released models
-        kv = 4 if fam == "llama" else 2
+               "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config),
+               "mistral_mqa": (tf.MistralForCausalLM, tf.MistralConfig)}[fam]
+        # mistral and qwen2 with grouped-query attention (2 key/value heads), as the released models;
+        # mistral_mqa with multi-query attention (1 key/value head for the 4 query heads)
+        kv = {"llama": 4, "mistral_mqa": 1}.get(fam, 2)
         return cls[0](cls[1](num_key_value_heads=kv, use_cache=False, **txt)), text, text_dyn
     if fam == "t5enc":
         return tf.T5EncoderModel(tf.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2,

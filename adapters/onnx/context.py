@@ -545,15 +545,19 @@ class LoweringContext:
             if b.pattern == "full" and b.groups == 1 and b.taps == 1 and (b.source in inside) != (b.target in inside):
                 continue
             why = f"block {b.name!r} ({b.kind}) cannot be cut along it"
-        for v in self.values.values():
+        def plain(v: Act) -> bool:        # a value that can carry the slots instead
+            return len(v.sets) == 1 and v.inner == 1 and v.inners is None and v.seg_axis is None \
+                and not v.repeated and (v.heads is None or v.heads[1] == H)
+        dead = set()
+        for key, v in self.values.items():
             if why:
                 break
             if isinstance(v, Scores) and inside & {v.q, v.k}:
                 why = "it is already paired in attention"
-            elif isinstance(v, Act) and inside & set(v.sets) and (
-                    len(v.sets) != 1 or v.inner != 1 or v.inners is not None or v.seg_axis is not None
-                    or v.repeated or (v.heads is not None and v.heads[1] != H)):
-                why = "a value concatenates, flattens or regroups it"
+            elif isinstance(v, Act) and inside & set(v.sets) and not plain(v):
+                if not self._dead(key):
+                    why = "a value concatenates, flattens or regroups it"
+                dead.add(key)       # read by nothing still to come (a fused projection before its split)
         if why:
             raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} into "
                                         f"{slots} query slots per key/value head ({why})")
@@ -563,9 +567,17 @@ class LoweringContext:
         if parent is not None:
             del g.groups[parent.name]
         for key, v in list(self.values.items()):
-            if isinstance(v, Act) and inside & set(v.sets):
+            if key in dead:
+                self.values[key] = AUX
+            elif isinstance(v, Act) and inside & set(v.sets):
                 self.values[key] = v.but(sets=tuple(parts[v.sets[0]]), slots=(slots, blocks))
         return parts[set_name]
+
+    def _dead(self, name: str) -> bool:
+        """Whether value ``name`` is read by no node still to be lowered (every reader has its
+        outputs already) and is no graph output."""
+        return all(all(o in self.values for o in n.output if o) for n in self.consumers.get(name, [])) \
+            and not any(o.name == name for sub in all_graphs(self.model.graph) for o in sub.output)
 
     def _replace_group(self, members: list, cuts: list) -> dict[str, list[str]]:
         """Replace the tie group of ``members`` by one group per cut ``(suffix, size, take)``:

@@ -130,6 +130,12 @@ class Act:
     :meth:`~nngraph.adapters.onnx.context.LoweringContext.split_slots`). Only the rules in
     :data:`~nngraph.adapters.onnx.context.GQA_AWARE` read such activations; any other op
     reading one is pinned.
+
+    ``unit``: a reshape split the neuron axis as ``[1, n]`` (``[B, T, 1, d]``: the one key/value
+    head of multi-query attention, or just a unit axis). It is not taken for heads — rules that
+    refuse heads would then refuse it — until a rule that needs heads meets it
+    (:meth:`one_head`: rotary tables and halves); the attention rules read a key or value with
+    no heads against split queries as one head either way.
     """
 
     sets: tuple[str, ...]
@@ -144,6 +150,7 @@ class Act:
     inner_minor: bool = False                # flattened channels-last (NHWC → [B, H·W·C]): position-major
     rep: tuple[int, int] | None = None       # (axis, r): heads copied r times along axis (before the merge)
     slots: tuple[int, int] | None = None     # (r, G): r sets of G heads interleaved (grouped-query attention)
+    unit: int | None = None                  # a unit axis a reshape put right before the neuron axis: one head
 
     @property
     def repeated(self) -> bool:
@@ -157,7 +164,17 @@ class Act:
         return self.sets[0]
 
     def but(self, **changes) -> "Act":
+        """A copy with ``changes``. ``unit`` is an axis index only the shape rules renumber: a
+        change of axes that does not name it drops it."""
+        if "unit" not in changes and self.unit is not None and changes.keys() & {"axis", "rank", "heads", "seg_axis"}:
+            changes["unit"] = None
         return replace(self, **changes)
+
+    def one_head(self) -> Act:
+        """This activation with its ``unit`` axis taken as a heads axis of one head (the keys and
+        values of multi-query attention, split ``[B, T, 1, d]``), for the rules that need heads
+        (rotary tables and halves, ``repeat_kv``); unchanged without one."""
+        return self if self.heads is not None or self.unit is None else self.but(heads=(self.unit, 1))
 
 
 @dataclass

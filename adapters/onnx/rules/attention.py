@@ -14,6 +14,14 @@ g·r + j), each tied to the keys, so permuting the dimensions of key/value head 
 of all its query heads alike; the G key/value heads permute as blocks (with their query heads),
 one ``head`` node each; the attention output is r copies of the values (``value`` sets tied to
 them), which the output projection reads slot by slot.
+
+Multi-query attention (G = 1) is the same with r = H: every query head is its own slot, tied to
+the one key head. Its keys and values are never split into heads (a reshape to ``[B, T, 1, d]``
+adds a unit axis, not a heads axis), so it is recognised where it is used: queries split into H
+heads meet keys (and their scores meet values) of one set of the queries' head width whose other
+axes carry no heads — broadcast over the query heads by ``repeat_kv``, ``Tile``, or the product
+itself. That reading needs nothing of those other axes: q_h · k is invariant to one permutation
+of the d dimensions applied to k and to every query head h, whatever k's positions hold.
 """
 from __future__ import annotations
 
@@ -130,12 +138,41 @@ def value_slots(ctx: LoweringContext, node: onnx.NodeProto, v: str, blocks: int,
     return tuple(tied_copy(ctx, node, v, "value", suffix=f"/slot{j}") for j in range(slots))
 
 
+def single_head(q: Act, k: Act) -> bool:
+    """Whether ``k`` is the one key (or value) head of multi-query attention for queries ``q``:
+    ``q`` split into several heads (or into their slots already), ``k`` carries no heads (or
+    one: :meth:`~nngraph.adapters.onnx.values.Act.one_head`) and nothing repeated, so every
+    query head reads it (see the module docstring)."""
+    return bool(q.heads) and q.heads[1] > 1 and (k.heads is None or k.heads[1] == 1) and not k.repeated and (
+        q.slots is None or q.slots == (q.heads[1], 1))
+
+
+def _single_set(ctx: LoweringContext, node: onnx.NodeProto, q: Act | Scores, x: Act, what: str) -> str:
+    """The one set of a multi-query key or value ``x``: one whole set of the query heads' width,
+    in a frame no wider than the queries' (so the heads axis stays where the queries have it)."""
+    if len(x.sets) != 1 or x.inner != 1 or x.part or x.seg_axis is not None or x.inners is not None:
+        raise ctx.fail(node, f"{what} of multi-query attention span several sets or are flattened")
+    width = ctx.graph.sets[q.q if isinstance(q, Scores) else q.sets[0]].size // (
+        1 if isinstance(q, Scores) or q.slots else q.heads[1])
+    if ctx.graph.sets[x.set].size != width or x.rank is None or x.rank > q.rank:
+        raise ctx.fail(node, f"{what} of one head do not match the {width}-wide query heads")
+    if isinstance(q, Act) and ctx.graph.sets[x.set].group == ctx.graph.sets[q.sets[0]].group:
+        raise ctx.fail(node, f"{what} of multi-query attention are tied to the queries")
+    return x.set
+
+
 def _gqa_scores(ctx: LoweringContext, node: onnx.NodeProto, a: Act, b: Act) -> None:
-    """query · keyᵀ with repeated keys: the queries are split into the keys' slots."""
+    """query · keyᵀ with repeated keys: the queries are split into the keys' slots. Keys of one
+    head that are not repeated (multi-query attention broadcast over the query heads): r = H
+    slots of one head each."""
     if b.slots is None:
-        raise ctx.fail(node, "queries split into key/value slots meet keys that are not repeated")
-    k = _repeated_set(ctx, node, b, "keys")
-    r, G = b.slots
+        if not single_head(a, b):
+            raise ctx.fail(node, "queries split into key/value slots meet keys that are not repeated")
+        k = _single_set(ctx, node, a, b, "keys")
+        r, G = a.heads[1], 1
+    else:
+        k = _repeated_set(ctx, node, b, "keys")
+        r, G = b.slots
     qs = query_slots(ctx, node, a, G, r)
     _, hs = tie_gqa(ctx, node, qs, k, G)
     sa, sb = ctx.shape(node.input[0]), ctx.shape(node.input[1])
@@ -151,6 +188,8 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "product of two activations that is not query · keyᵀ")
         if a.rep is not None or b.rep is not None:
             raise ctx.fail(node, "query · keyᵀ of key/value heads repeated but not merged into heads")
+        if single_head(a, b):               # multi-query: one key head for every query head
+            return _gqa_scores(ctx, node, a, b)
         if a.slots is not None or b.slots is not None:
             if a.heads != b.heads:
                 raise ctx.fail(node, "query and key are split into heads differently")
@@ -171,6 +210,8 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "attention weights times something other than values")
         H = b.heads[1] if b.heads else 1
         g = ctx.graph
+        if a.slots > 1 and a.slots == a.heads and (b.heads is None or b.heads[1] == 1) and b.slots is None:
+            return _mqa_values(ctx, node, a, b)     # multi-query: the one value head for every query head
         if (b.heads is None) != (a.head_axis is None) or (b.heads and b.heads[0] != a.head_axis):
             raise ctx.fail(node, "values are split into heads differently from the scores")
         if a.slots > 1 or b.slots is not None:
@@ -197,6 +238,20 @@ def lower_matmul_acts(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     raise ctx.fail(node, "product of two non-constant values that is not an attention pattern")
 
 
+def _mqa_values(ctx: LoweringContext, node: onnx.NodeProto, a: Scores, b: Act) -> None:
+    """Scores of multi-query attention times the values of its one head: each query head's
+    output is a copy of the value set (H ``value`` sets tied to it), heads on the scores' axis."""
+    if a.head_axis is None:
+        raise ctx.fail(node, "multi-query scores whose heads axis was not tracked")
+    v = _single_set(ctx, node, a, b, "values")
+    out = value_slots(ctx, node, v, 1, a.slots, None, None)
+    vs = ctx.shape(node.input[1])
+    if a.shape is not None and vs is not None and all(isinstance(d, int) for d in (*a.shape, *vs)):
+        ctx.shapes[node.output[0]] = tuple(a.shape[:-1]) + (vs[-1],)
+    ctx.set_output(node, b.but(sets=out, axis=a.rank - 1, rank=a.rank, heads=(a.head_axis, a.heads),
+                               slots=(a.slots, 1), stage="out"))
+
+
 def _one_set(ctx: LoweringContext, node: onnx.NodeProto, x: Act) -> None:
     if len(x.sets) != 1 or x.inner != 1:
         raise ctx.fail(node, "attention input spans several sets")
@@ -212,6 +267,7 @@ def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "key/value heads repeated but not merged into heads")
     if k.slots is not None or v.slots is not None or q.slots is not None or (
             q.rank == 4 and q.heads and k.heads and k.heads[1] != q.heads[1]) or (
+            q.rank == 4 and single_head(q, k) and single_head(q, v)) or (
             q.rank != 4 and int(ctx.attr(node, "kv_num_heads", 0) or 0) not in (0, int(ctx.attr(node, "q_num_heads", 1)))):
         return _attention_gqa(ctx, node, q, k, v)
     for x in (q, k, v):
@@ -237,11 +293,16 @@ def lower_attention(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def _attention_gqa(ctx: LoweringContext, node: onnx.NodeProto, q: Act, k: Act, v: Act) -> None:
     """ONNX Attention with fewer key/value heads than query heads: repeated before the op (4-D,
     ``repeat_kv``'s Expand), or by the op itself (4-D key/value with G heads, or 3-D with
-    ``kv_num_heads``), which repeats each key/value head r times in place (head h reads h // r)."""
+    ``kv_num_heads``), which repeats each key/value head r times in place (head h reads h // r).
+    4-D keys and values of one head carry no heads axis (multi-query: r = H, G = 1)."""
     for x in (k, v):
         if x.slots is None and (len(x.sets) != 1 or x.inner != 1):
             raise ctx.fail(node, "attention input spans several sets")
-    if q.rank == 4:
+    if q.rank == 4 and single_head(q, k) and single_head(q, v):   # one key/value head, [B, 1 or H, T, d]
+        r, G = q.heads[1], 1
+        ks, vs_ = _single_set(ctx, node, q, k, "keys"), _single_set(ctx, node, q, v, "values")
+        heads, axis = q.heads, q.axis
+    elif q.rank == 4:
         if not (q.heads and k.heads and v.heads) or k.heads[1] != v.heads[1] or k.heads[0] != v.heads[0]:
             raise ctx.fail(node, "4-D inputs whose heads were not tracked")
         H = q.heads[1]

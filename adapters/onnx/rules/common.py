@@ -94,6 +94,8 @@ def combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act], output:
     if output is None:
         output = node.output[0] if node.output else ""
     base = node.name or output
+    if any(a.heads and a.heads[1] == 1 for a in acts):   # one multi-query head taken as such on one side only
+        acts = [a.one_head() for a in acts]
     if any(a.part != acts[0].part for a in acts):
         raise ctx.fail(node, "combines different parts of attention heads")
     segs = [[n for _, _, n in ctx.segments(a)] for a in acts]
@@ -125,7 +127,8 @@ def combine(ctx: LoweringContext, node: onnx.NodeProto, acts: list[Act], output:
         for a in acts[1:]:
             ctx.graph.tie(ctx.graph.groups[ctx.graph.sets[first.sets[0]].group].parent or first.sets[0],
                           ctx.graph.groups[ctx.graph.sets[a.sets[0]].group].parent or a.sets[0])
-    out = first.but(sets=tuple(out_sets), axis=axis, rank=rank, stage="out", heads=heads)
+    unit = first.unit if rank == first.rank and all(a.unit == first.unit and a.rank == rank for a in acts) else None
+    out = first.but(sets=tuple(out_sets), axis=axis, rank=rank, stage="out", heads=heads, unit=unit)
     if output:
         ctx.values[output] = out
     return out

@@ -292,6 +292,7 @@ def _runtime_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, name: st
     head dimensions but not across heads — the head dimensions keep their places (the group
     becomes rigid), heads still permute."""
     shape = ctx.varying_shape(name)
+    x = x.one_head()
     if not x.heads or x.rank is None or shape is None or len(shape) > x.rank or node.op_type not in ("Mul", "Add"):
         return False
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
@@ -306,6 +307,7 @@ def _runtime_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, name: st
 def _rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> bool:
     """q·cos, rotate_half(q)·sin: a table over positions and head dimensions, shared by all
     heads. Head dimensions keep their places (the group becomes rigid); heads still permute."""
+    x = x.one_head()
     if not x.heads or x.rank is None or node.op_type not in ("Mul", "Add") or not c.is_float:
         return False
     shape = (1,) * (x.rank - c.data.ndim) + c.data.shape

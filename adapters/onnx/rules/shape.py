@@ -67,6 +67,8 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
     mid = None
     if _prod(sm) is not None and _prod(dm) is not None:
         mid = _product_groups(sm, dm)
+    if mid is None and (1 in sm or 1 in dm):
+        mid = _groups_without_units(sm, dm)
     if mid is None and (len(dm) == 1 or len(sm) == 1 or (head or tail)):
         # one side a single axis (a merge or split), or axes that cannot be told apart between
         # equal leading / trailing axes (row-major order keeps those): the middle as one group
@@ -75,6 +77,24 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
         return None
     shifted = [(range(a.start + i, a.stop + i), range(b.start + i, b.stop + i)) for a, b in mid]
     return head + shifted + tail
+
+
+def _groups_without_units(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
+    """:func:`_groups` of the axes other than 1 (a unit axis in the way of symbolic dims:
+    ``[B, 1, T, 32] → [B, T, 4, 8]``), each unit axis then joined to the group after it (at
+    the end, the last one)."""
+    ks, kd = [k for k, d in enumerate(src) if d != 1], [k for k, d in enumerate(dst) if d != 1]
+    if not ks or not kd or (len(ks) == len(src) and len(kd) == len(dst)):
+        return None
+    inner = _groups(tuple(src[k] for k in ks), tuple(dst[k] for k in kd))
+    if inner is None:
+        return None
+
+    def widen(axes: list[int], groups: list[range], n: int) -> list[range]:
+        ends = [axes[g.stop - 1] + 1 for g in groups[:-1]] + [n]       # each group runs to the next one
+        return [range(0 if i == 0 else ends[i - 1], ends[i]) for i in range(len(groups))]
+
+    return list(zip(widen(ks, [a for a, _ in inner], len(src)), widen(kd, [b for _, b in inner], len(dst))))
 
 
 def _product_groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
@@ -152,6 +172,17 @@ def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple |
     return tuple(dims)
 
 
+def _known_axes(x, shape: tuple | None) -> tuple | None:
+    """``shape`` (inferred, maybe symbolic) with the sizes tracking knows of ``x``'s heads axis
+    and its ``unit`` axis (multi-query keys reshaped with a -1 heads dim: inference has a symbol)."""
+    if not isinstance(x, Act) or shape is None or x.rank != len(shape):
+        return shape
+    known = {x.unit: 1} if x.unit is not None else {}
+    if x.heads:
+        known[x.heads[0]] = x.heads[1]
+    return tuple(known.get(k, d) if not isinstance(d, int) else d for k, d in enumerate(shape))
+
+
 def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | None:
     """A small integer vector computed at run time (a reshape target), entry by entry as far as
     the exporter's arithmetic tells: constants, and dims read off a value's shape (an int, or
@@ -170,10 +201,10 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
         inner = _partial_vector(ctx, node.input[0], depth + 1)
         return inner if inner is not None and len(inner) <= 1 or op in ("Cast", "Identity") else None
     if op == "Shape":
-        shape = ctx.shape(node.input[0])
+        x = ctx.values.get(node.input[0])
+        shape = _known_axes(x, ctx.shape(node.input[0]))
         if shape is None:
             return None
-        x = ctx.values.get(node.input[0])
         if isinstance(x, Act) and x.rank == len(shape) and not x.heads and x.seg_axis is None and x.inner == 1 \
                 and not isinstance(shape[x.axis], int):
             shape = tuple(ctx.size(x) if k == x.axis else d for k, d in enumerate(shape))   # tracking knows it
@@ -338,7 +369,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "input is not a tracked activation")
     if x.inner != 1:
         raise ctx.fail(node, "reshapes an already flattened activation")
-    src = ctx.shape(node.input[0])
+    src = _known_axes(x, ctx.shape(node.input[0]))
     n = ctx.size(x)
     if src is not None and x.rank == len(src) and x.seg_axis is None:   # what tracking knows beats a symbol
         src = tuple(n if k == x.axis and not isinstance(d, int) and not x.heads else
@@ -412,9 +443,11 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
         heads = (new, H)
     sg, dg = g_axis
     if len(dg) > 1 and sum(1 for k in dg if dst[k] != 1) == 1:
-        dg = [k for k in dg if dst[k] != 1]          # unit axes split off around it do not matter
+        dg = [k for k in dg if dst[k] != 1]          # unit axes split off around it do not matter …
     if len(dg) == 1 and all(src[k] == 1 for k in sg if k != x.axis):   # the neuron axis survives whole
-        ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=heads))
+        # … but [.., n] → [.., 1, n] may be the one head of multi-query keys and values
+        unit = dg[0] - 1 if not heads and not x.repeated and dg[0] > 0 and dst[dg[0] - 1] == 1 else None
+        ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=heads, unit=unit))
         return
     if x.slots is not None:                        # interleaved key/value slots: only a split into their heads
         r, G = x.slots
@@ -541,7 +574,8 @@ def lower_squeeze(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x.seg_axis is not None and not unsqueeze and x.seg_axis in axes:
         raise ctx.fail(node, "squeezes the direction axis of a bidirectional layer")
     seg = move(x.seg_axis) if x.seg_axis is not None else None
-    ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads, seg_axis=seg, rep=rep))
+    unit = move(x.unit) if x.unit is not None and (unsqueeze or x.unit not in axes) else None
+    ctx.set_output(node, x.but(axis=move(x.axis), rank=out_rank, heads=heads, seg_axis=seg, rep=rep, unit=unit))
 
 
 @rule("Transpose")
@@ -570,7 +604,8 @@ def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     heads = (perm.index(x.heads[0]), x.heads[1]) if x.heads else None
     seg = perm.index(x.seg_axis) if x.seg_axis is not None else None
     rep = (perm.index(x.rep[0]), x.rep[1]) if x.rep else None
-    ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads, seg_axis=seg, rep=rep))
+    unit = perm.index(x.unit) if x.unit is not None else None
+    ctx.set_output(node, x.but(axis=perm.index(x.axis), heads=heads, seg_axis=seg, rep=rep, unit=unit))
 
 
 @rule("Concat")
@@ -700,6 +735,8 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             raise ctx.fail(node, "slices the neuron axis with non-constant bounds")
         ctx.set_output(node, x)
         return
+    if x.unit is not None and x.axis in [a % x.rank for a in axes] and _rotated_half(ctx, node.output[0]):
+        x = x.one_head()                         # the one head of multi-query keys: rotary halves
     out = x
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         ax %= x.rank
@@ -724,6 +761,17 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         elif x.seg_axis is not None and ax == x.seg_axis:     # some directions of a bidirectional layer
             out = _select_directions(ctx, node, out, range(len(x.sets))[st:en:sp])
     ctx.set_output(node, out)
+
+
+def _rotated_half(ctx: LoweringContext, name: str) -> bool:
+    """Whether ``name`` (a slice of the neuron axis) is put back by a Concat, negated or not:
+    rotate_half's ``cat(-x2, x1)`` — what makes a slice of a unit-axis activation rotary halves
+    of one head rather than a channel split."""
+    for n in ctx.consumers.get(name, []):
+        if n.op_type == "Concat" or n.op_type == "Neg" and any(
+                m.op_type == "Concat" for m in ctx.consumers.get(n.output[0], [])):
+            return True
+    return False
 
 
 def _select_directions(ctx: LoweringContext, node: onnx.NodeProto, x: Act, picked) -> Act:
@@ -797,6 +845,8 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "input is not a tracked activation")
     if x.repeated:
         raise ctx.fail(node, "expands key/value heads that are already repeated")
+    if x.heads and x.heads[1] == 1:   # the one key/value head of multi-query attention: copies in any
+        x = x.but(heads=None)         # order are the same broadcast, read as one head (rules/attention.py)
     shift = (len(out) - x.rank) if out is not None else 0
     heads = (x.heads[0] + shift, x.heads[1]) if x.heads else None
     width = ctx.size(x) // x.heads[1] if x.heads else ctx.size(x)
@@ -829,11 +879,11 @@ def _expanded_shape(ctx: LoweringContext, node: onnx.NodeProto) -> tuple | None:
     else:
         out = tuple(d if isinstance(d, int) else v if isinstance(v, int) and v > 1 else d
                     for d, v in zip(out, target))
-    src = ctx.shape(node.input[0])
-    if src is not None and len(src) <= len(out):    # a dim other than 1 is kept (broadcasting): same size
-        shift = len(out) - len(src)
-        out = out[:shift] + tuple(d if isinstance(d, int) or b is None or b == 1 else b
-                                  for d, b in zip(out[shift:], src))
+    src = _known_axes(ctx.values.get(node.input[0]), ctx.shape(node.input[0]))
+    if src is not None and len(src) <= len(out):    # a dim other than 1 is kept (broadcasting): same size,
+        shift = len(out) - len(src)                 # and so is a 1 the target leaves at 1
+        out = out[:shift] + tuple(d if isinstance(d, int) or b is None else 1 if b == 1 and v == 1 else
+                                  d if b == 1 else b for d, b, v in zip(out[shift:], src, target[shift:]))
     ctx.shapes[node.output[0]] = out
     return out
 
