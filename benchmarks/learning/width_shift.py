@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import make_config, parse_overrides  # noqa: E402
+from run import make_config, parse_overrides
 
 
 def main() -> None:
@@ -46,19 +46,18 @@ def main() -> None:
                     help="labels.csv columns the hyperparameter oracle must not see")
     args = ap.parse_args()
     import torch
-    from scipy.stats import kendalltau
-    from torch_geometric.data import Batch
-
     from nngraph.graph.vocab import EDGE_KINDS
     from nngraph.learn.dataset import load_dataset
     from nngraph.learn.featurize import apply_scales, feature_scales, featurize, param_columns
     from nngraph.learn.train import train
+    from scipy.stats import kendalltau
+    from torch_geometric.data import Batch
     torch.set_num_threads(1)
     cfg = make_config(args.target, "regression", "ng-gnn", args.epochs, args.seed, parse_overrides(args.set))
     feats = cfg.features
     data = load_dataset(args.dataset, progress=False)
     tr, te = data.split("train"), data.split("test")
-    group = lambda e: float(e.row[args.group])  # noqa: E731
+    group = lambda e: float(e.row[args.group])
     label_report(tr, te, args.target, {"model", "split", args.target, *args.oracle_exclude})
     train_groups = {group(e) for e in tr}
     datas = {id(e): featurize(e.graph, feats) for e in tr + te}
