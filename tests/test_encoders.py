@@ -18,6 +18,11 @@ class TestNGGNN(EncoderConformance):
     config = {"hidden": 32, "layers": 2}
 
 
+class TestNGGNNLogSum(EncoderConformance):
+    encoder = "ng-gnn"
+    config = {"hidden": 32, "layers": 2, "sum_scaler": "log"}
+
+
 class TestNGTransformer(EncoderConformance):
     encoder = "ng-transformer"
     config = {"hidden": 32, "layers": 2, "heads": 4}
@@ -77,6 +82,9 @@ def _plain_ng_gnn_layer(layer, h, e, edge_index):
     def aggregate(msg, index, size):
         mean = scatter(msg, index, 0, dim_size=size, reduce="mean")
         total = scatter(msg, index, 0, dim_size=size, reduce="sum")
+        if layer.sum_scaler == "log":           # PNA's logarithmic amplification of the mean
+            degree = scatter(torch.ones_like(index, dtype=msg.dtype), index, 0, dim_size=size, reduce="sum")
+            total = mean * torch.log(1 + degree).unsqueeze(-1)
         var = scatter(msg * msg, index, 0, dim_size=size, reduce="mean") - mean * mean
         return torch.cat([mean, scatter(msg, index, 0, dim_size=size, reduce="max"), total,
                           torch.sqrt(var.clamp(min=0) + 1e-6)], dim=-1)
@@ -88,11 +96,11 @@ def _plain_ng_gnn_layer(layer, h, e, edge_index):
     return layer.norm_h(h + layer.node(torch.cat([h, fwd, bwd], dim=-1))), e
 
 
-@pytest.mark.parametrize("norm", ["none", "layer"])
-def test_ng_gnn_layer_equals_plain_formulation(norm):
+@pytest.mark.parametrize("norm,sum_scaler", [("none", "linear"), ("layer", "linear"), ("none", "log")])
+def test_ng_gnn_layer_equals_plain_formulation(norm, sum_scaler):
     from nngraph.plugins.encoders.ng_gnn import NGGNNLayer
     torch.manual_seed(0)
-    layer = NGGNNLayer(8, norm)
+    layer = NGGNNLayer(8, norm, sum_scaler)
     n, E = 30, 120
     edge_index = torch.randint(0, n - 2, (2, E))       # the last two nodes get no edges
     edge_index[:, :10] = edge_index[:, 10:20]          # repeated edges ...
@@ -111,3 +119,43 @@ def test_ng_gnn_layer_equals_plain_formulation(norm):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(grads[0], grads[1]):      # float32 sums over 120 edges in another order: 1.6e-4 seen
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _widened_chain(tmp_path, width: int, c: float = 0.5):
+    """A CNN state dict of the given width whose every weight and bias is ±c/√fan-in (the scale
+    standard inits draw at), converted to a NeuralGraph."""
+    from torch import nn
+    torch.manual_seed(width)
+    module = nn.Sequential(nn.Conv2d(2, width, 3), nn.ReLU(), nn.Conv2d(width, width, 3), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(width * 2 * 2, 4))
+    with torch.no_grad():
+        for m in module:
+            if hasattr(m, "weight"):
+                fan_in = m.weight[0].numel()
+                for p in (m.weight, m.bias):
+                    p.copy_(torch.sign(torch.randn_like(p)) * c / fan_in ** 0.5)
+    torch.save(module.state_dict(), tmp_path / f"w{width}.pt")
+    return nngraph.convert(tmp_path / f"w{width}.pt")
+
+
+def test_fan_in_scaling_removes_width_from_weight_scale(tmp_path):
+    """scale="fan_in": weights and biases at ±c/√fan-in featurize to ±c at every width (conv kernels,
+    flatten→dense taps, dense), where unscaled features shrink with width."""
+    from nngraph.learn.featurize import param_columns
+    rms = {}
+    for width in (4, 32):
+        g = _widened_chain(tmp_path, width)
+        d = nngraph.featurize(g, nngraph.FeatureConfig(scale="fan_in"))
+        taps = d.edge_attr[:, :9]
+        np.testing.assert_allclose(taps[taps != 0].abs().numpy(), 0.5, rtol=1e-5)
+        bias = d.x[:, param_columns().start]
+        assert (bias != 0).sum() == 2 * width + 4
+        np.testing.assert_allclose(bias[bias != 0].abs().numpy(), 0.5, rtol=1e-5)
+        raw = nngraph.featurize(g).edge_attr[:, :9]
+        rms[width] = float(raw[raw != 0].square().mean().sqrt())
+    assert rms[4] > 2 * rms[32]                     # what the option removes
+
+
+def test_feature_config_rejects_unknown_scale():
+    with pytest.raises(ValueError, match="fan_in"):
+        nngraph.FeatureConfig(scale="width")

@@ -52,3 +52,24 @@ def test_generator_is_deterministic_and_converts(tmp_path, script, options, labe
         g = nngraph.convert(tmp_path / "a" / r["model"])
         assert g.coverage == 1.0, (r["model"], g.coverage)
         assert g.num_edges > 0
+
+
+def test_table_names_override_rows_and_keeps_them_out_of_the_goals(tmp_path, capsys):
+    """Results of one population joined from several files: rows run with ``--set`` overrides are
+    listed under their overrides, and the goal check reads only the default rows."""
+    import json
+    row = lambda m, t: {"method": m, "seeds": 3, "train": 0.5, "train_std": 0, "test": t, "test_std": 0,  # noqa: E731
+                        "graphs_per_s": 1, "peak_rss_mib": 1}
+    base = {"name": "zoo", "target": "test_acc", "task": "regression", "metric": "kendall_tau", "n_train": 8,
+            "n_test": 2, "epochs": 1}
+    (tmp_path / "a.json").write_text(json.dumps({**base, "overrides": {}, "rows": [row("ng-gnn", 0.3), row("stats+gbt", 0.2)]}))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "overrides": {"sum_scaler": "log"}, "rows": [row("ng-gnn", 0.9)]}))
+    argv = sys.argv
+    sys.argv = ["table.py", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    try:
+        runpy.run_path(str(HERE / "table.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "| ng-gnn [sum_scaler=log] | 0.500 ± 0.000 | 0.900 ± 0.000 |" in out
+    assert "(b) zoo: τ ≥ stats+gbt + 0.15 = 0.350 — ng-gnn 0.300: NOT met" in out

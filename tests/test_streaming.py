@@ -24,6 +24,7 @@ from nngraph.testing import example_graphs, node_permutation  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 ENCODERS = [("ng-gnn", {"hidden": 16, "layers": 1}), ("ng-gnn", {"hidden": 16, "layers": 3}),
             ("ng-gnn", {"hidden": 16, "layers": 2, "norm": "layer"}), ("statnn", {"hidden": 16}),
+            ("ng-gnn", {"hidden": 16, "layers": 2, "sum_scaler": "log"}),
             ("deepsets", {"hidden": 16})]
 
 
@@ -64,7 +65,7 @@ def _in_memory(model, graph, config=FeatureConfig()):
 
 
 @pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(taps=4, scale="block"),
-                                    FeatureConfig(scale="graph")])
+                                    FeatureConfig(scale="graph"), FeatureConfig(scale="fan_in")])
 def test_chunks_are_featurize_rows(graphs, config):
     """Concatenated chunks, padded and one-hot, are featurize's edge rows in featurize's order."""
     from nngraph.graph.vocab import EDGE_KINDS

@@ -69,6 +69,17 @@ def goals(docs: dict[str, dict]) -> list[str]:
         [f"{pop}: not measured (no results file)" for pop in missing]
 
 
+def tag_overrides(doc: dict) -> None:
+    """Rows run with ``--set`` overrides are named with them (``ng-gnn [sum_scaler=log]``): they sit in
+    the population's table next to the defaults and the goal checks, which read the plain method
+    names, do not take them for the defaults."""
+    over = doc.get("overrides") or {}
+    if over:
+        tag = " ".join(f"{k}={v}" for k, v in over.items())
+        for r in doc["rows"]:
+            r["method"] = f"{r['method']} [{tag}]"
+
+
 def _f(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
@@ -80,6 +91,7 @@ def main() -> None:
     docs: dict[str, dict] = {}
     for path in args.results:              # files of one population (methods run apart) are joined
         doc = json.loads(path.read_text())
+        tag_overrides(doc)
         if doc["name"] in docs:
             docs[doc["name"]]["rows"] += doc["rows"]
         else:

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .featurize import FeatureConfig, graph_weight_rms, node_features, resample_taps
+from .featurize import FeatureConfig, fan_in_scales, graph_weight_rms, node_features, resample_taps
 from ..graph.fileformat import release_pages
 from ..graph.ir import EdgeBlock, NeuralGraph
 from ..graph.vocab import EDGE_KIND_IDS
@@ -183,6 +183,8 @@ class GraphStream:
                 if b.weight is not None:
                     release_pages(b.weight.data)
             return {i: rms for i, b in enumerate(blocks) if b.weight is not None}
+        if cfg.scale == "fan_in":     # divisors: 1 / √fan-in
+            return {i: 1.0 / f for i, f in fan_in_scales(self.graph)[0].items()}
         if cfg.scale != "block":
             return {}
         out = {}

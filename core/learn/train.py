@@ -31,6 +31,7 @@ class TrainConfig:
     hidden: int = 32                      # small zoos overfit wider encoders (benchmarks/zoo_benchmark.py)
     layers: int = 2
     heads: int = 4                        # attention heads (ng-transformer)
+    sum_scaler: str = "linear"            # ng-gnn's PNA sum: linear (plain sum) | log (mean · log(1 + degree))
     dropout: float = 0.0                  # in the head
     seed: int = 0
     device: str = "auto"
@@ -42,7 +43,7 @@ class TrainConfig:
 
     def encoder_config(self) -> dict:
         """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
-        return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads}
+        return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler}
 
 
 def _labels(entries, cfg: TrainConfig, classes=None):

@@ -89,14 +89,23 @@ def graph_index(batch) -> tuple[torch.Tensor, int]:
     return idx, int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
 
 
-def pna_combine(total: torch.Tensor, squares: torch.Tensor, maximum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+SUM_SCALERS = ("linear", "log")
+
+
+def pna_combine(total: torch.Tensor, squares: torch.Tensor, maximum: torch.Tensor, count: torch.Tensor,
+                sum_scaler: str = "linear") -> torch.Tensor:
     """PNA aggregates ``[mean, max, sum, std]`` per node from the per-node sum of messages, sum of
-    their squares, max (any value where ``count`` is 0: it becomes 0) and in-degree ``count``."""
+    their squares, max (any value where ``count`` is 0: it becomes 0) and in-degree ``count``.
+    ``sum_scaler="log"`` replaces the sum (= mean · degree) by mean · log(1 + degree) (PNA's
+    logarithmic amplification scaler): the sum grows in proportion to a layer's width, so on
+    networks wider than any training one it lies outside what the node update was trained on
+    (CNN zoo, widths 4–16 → 24–32: layer-2 sums 2.6× the widest training width's)."""
     c = count.clamp(min=1).unsqueeze(-1).to(total.dtype)
     mean = total / c
     std = torch.sqrt(torch.clamp(squares / c - mean * mean, min=0) + 1e-6)
     maximum = torch.where(count.unsqueeze(-1) > 0, maximum, torch.zeros_like(maximum))
-    return torch.cat([mean, maximum, total, std], dim=-1)
+    third = total if sum_scaler == "linear" else mean * torch.log1p(count.unsqueeze(-1).to(total.dtype))
+    return torch.cat([mean, maximum, third, std], dim=-1)
 
 
 class StreamedPNA:
@@ -104,11 +113,12 @@ class StreamedPNA:
     sum of squares, running max and count of the messages it received (``toward`` "dst": along
     edges, "src": against them). ``result()`` equals the in-memory aggregation of all edges at once (``pna_combine`` of the same sums)."""
 
-    def __init__(self, size: int, d: int, toward: str, like: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, size: int, d: int, toward: str, like: torch.Tensor, bias: torch.Tensor | None = None,
+                 sum_scaler: str = "linear"):
         self.sums = like.new_zeros(size, 2 * d)
         self.max = like.new_full((size, d), float("-inf"))
         self.count = like.new_zeros(size)
-        self.toward, self.d, self.bias = toward, d, bias
+        self.toward, self.d, self.bias, self.sum_scaler = toward, d, bias, sum_scaler
 
     def add(self, chunk, msg: torch.Tensor) -> None:
         """Accumulate one chunk's messages (squares ``msg`` in place: it is not needed after)."""
@@ -142,7 +152,7 @@ class StreamedPNA:
             squares = squares + 2 * self.bias * total + c * self.bias.square()
             total = total + c * self.bias
             maximum = maximum + self.bias
-        return pna_combine(total, squares, maximum, count)
+        return pna_combine(total, squares, maximum, count, self.sum_scaler)
 
 
 class LayeredEncoder(nn.Module):

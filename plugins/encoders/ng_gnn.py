@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import LayeredEncoder, StreamedPNA, mlp, pna_combine, split_first
+from .common import SUM_SCALERS, LayeredEncoder, StreamedPNA, mlp, pna_combine, split_first
 
 
 def _tail(net: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
@@ -67,14 +67,15 @@ class _ScatterMax(torch.autograd.Function):
         return hit * (grad / ties).index_select(0, index), None, None
 
 
-def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+def _aggregate(msg: torch.Tensor, index: torch.Tensor, size: int, sum_scaler: str = "linear") -> torch.Tensor:
     """PNA aggregates [mean, max, sum, std] per target node. Sum and sum of squares by
     ``index_add_`` (its backward is a gather), mean and std derived from them and the in-degree, the
     max by ``_ScatterMax``: three passes over the messages instead of four scatters."""
     d = msg.shape[-1]
     total = msg.new_zeros(size, d).index_add_(0, index, msg)
     squares = msg.new_zeros(size, d).index_add_(0, index, msg * msg)
-    return pna_combine(total, squares, _ScatterMax.apply(msg, index, size), torch.bincount(index, minlength=size))
+    return pna_combine(total, squares, _ScatterMax.apply(msg, index, size), torch.bincount(index, minlength=size),
+                       sum_scaler)
 
 
 class NGGNNLayer(nn.Module):
@@ -103,6 +104,8 @@ class NGGNNLayer(nn.Module):
     Args:
         hidden: width :math:`d` of node and edge states.
         norm: ``"none"`` (default) or ``"layer"``.
+        sum_scaler: ``"linear"`` (default: the plain sum) or ``"log"`` (mean · log(1 + degree), which
+            grows slowly with width; ``common.pna_combine``).
 
     Shapes:
         input: node states :math:`(N, d)`, edge states :math:`(E, d)`, ``edge_index`` :math:`(2, E)`
@@ -110,11 +113,13 @@ class NGGNNLayer(nn.Module):
         output: :math:`(N, d)`, :math:`(E, d)`.
     """
 
-    def __init__(self, hidden: int, norm: str = "none"):
+    def __init__(self, hidden: int, norm: str = "none", sum_scaler: str = "linear"):
         super().__init__()
         if norm not in ("none", "layer"):
             raise ValueError(f"ng-gnn norm must be 'none' or 'layer', got {norm!r}")
-        self.hidden = hidden
+        if sum_scaler not in SUM_SCALERS:
+            raise ValueError(f"ng-gnn sum_scaler must be one of {SUM_SCALERS}, got {sum_scaler!r}")
+        self.hidden, self.sum_scaler = hidden, sum_scaler
         self.edge = mlp(3 * hidden, hidden, hidden)
         self.msg_fwd = mlp(2 * hidden, hidden, hidden)
         self.msg_bwd = mlp(2 * hidden, hidden, hidden)
@@ -157,12 +162,13 @@ class NGGNNLayer(nn.Module):
         e = self.edge_update(e, torch.index_select(t["edge_src"], 0, src), torch.index_select(t["edge_dst"], 0, dst))
         fwd, bwd = self.messages(e, torch.index_select(t["fwd_src"], 0, src), torch.index_select(t["bwd_dst"], 0, dst))
         N = h.shape[0]
-        return self.node_update(h, _aggregate(fwd, dst, N), _aggregate(bwd, src, N)), e
+        return self.node_update(h, _aggregate(fwd, dst, N, self.sum_scaler), _aggregate(bwd, src, N, self.sum_scaler)), e
 
 
 class NGGNN(LayeredEncoder):
-    def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, norm: str = "none", **features):
-        super().__init__(lambda: NGGNNLayer(hidden, norm), layers, hidden, out_dim, **features)
+    def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, norm: str = "none",
+                 sum_scaler: str = "linear", **features):
+        super().__init__(lambda: NGGNNLayer(hidden, norm, sum_scaler), layers, hidden, out_dim, **features)
 
     #: Edges per streamed chunk (``stream.encode_streamed``'s default for this encoder). Measured on
     #: the ``tiny`` scale checkpoint (18 M edges, hidden 32 × 2 layers, one thread), M edges per CPU
@@ -205,8 +211,9 @@ class NGGNN(LayeredEncoder):
         with torch.no_grad():
             fold = FoldedPass(self, L)
             bf, bb = fold.message_biases
-            fwd = StreamedPNA(h.shape[0], h.shape[1], "dst", h, bias=bf)
-            bwd = StreamedPNA(h.shape[0], h.shape[1], "src", h, bias=bb)
+            sc = self.layers[L - 1].sum_scaler
+            fwd = StreamedPNA(h.shape[0], h.shape[1], "dst", h, bias=bf, sum_scaler=sc)
+            bwd = StreamedPNA(h.shape[0], h.shape[1], "src", h, bias=bb, sum_scaler=sc)
             table = (-1, None)                                  # (block, its table) of the current code block
             for chunk in stream.chunks(codes=True, share=share):
                 n = chunk.num_edges
@@ -229,8 +236,8 @@ class NGGNN(LayeredEncoder):
         terms = []
         for layer in self.layers:
             terms.append(layer.node_terms(h))
-            fwd = StreamedPNA(h.shape[0], h.shape[1], "dst", h)
-            bwd = StreamedPNA(h.shape[0], h.shape[1], "src", h)
+            fwd = StreamedPNA(h.shape[0], h.shape[1], "dst", h, sum_scaler=layer.sum_scaler)
+            bwd = StreamedPNA(h.shape[0], h.shape[1], "src", h, sum_scaler=layer.sum_scaler)
             for chunk in stream.chunks():
                 e = self.embed.edges_from_taps(chunk.taps, chunk.kind)
                 for earlier, t in zip(self.layers, terms):         # edge updates of layers 1..ℓ
