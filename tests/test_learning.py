@@ -168,3 +168,20 @@ def test_predict_names_models(zoo, tmp_path):
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and lines[0].split()[0].endswith("m0.onnx") and lines[1].split()[0].endswith("m1.onnx")
     float(lines[0].split()[1])
+
+
+def test_width_options_recorded_and_applied(zoo, tmp_path):
+    """--weight-scale fan_in and --sum-scaler log reach the checkpoint (features and encoder
+    config), so evaluate/predict featurize and aggregate as training did."""
+    ckpt = tmp_path / "w.safetensors"
+    r = ngraph("train", zoo, "--target", "rms", "--epochs", "2", "--hidden", "8", "--weight-scale", "fan_in",
+               "--sum-scaler", "log", "--threads", "1", "-o", ckpt, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from nngraph.learn.checkpoint import load_checkpoint
+    model, meta, _ = load_checkpoint(ckpt, "cpu")
+    assert meta["features"]["scale"] == "fan_in"
+    assert json.dumps(meta).count('"sum_scaler": "log"') >= 1
+    r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    r = ngraph("train", zoo, "--target", "rms", "--weight-scale", "fan-in", "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and not (tmp_path / "x.safetensors").exists()

@@ -37,13 +37,17 @@ from .app import cli, emit_json, err, out
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
 @click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
               help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
+@click.option("--weight-scale", type=click.Choice(["none", "block", "graph", "fan_in"]), default="none",
+              show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
+@click.option("--sum-scaler", type=click.Choice(["linear", "log"]), default=TrainConfig.sum_scaler, show_default=True,
+              help="ng-gnn's PNA sum: plain, or mean·log(1+degree) (networks of other widths).")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, threads, device, seed, output, as_json):
+          patience, no_input_scaling, probes, weight_scale, sum_scaler, threads, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
@@ -74,7 +78,8 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      device=device, seed=seed, features=FeatureConfig(probes=probes))
+                      sum_scaler=sum_scaler, device=device, seed=seed,
+                      features=FeatureConfig(probes=probes, scale=weight_scale))
     interactive = not as_json and err.is_terminal and main
 
     def log(record):
