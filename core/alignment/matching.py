@@ -442,8 +442,14 @@ def _prunable(hier: "_Hierarchy", root: str, sizes: Mapping[str, int]) -> bool:
 
 
 def _top_k(m: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k largest columns (in no order), a few rows at a time: rows are partitioned
+    independently, and an [n, n] int64 index array (254 MB for 5632 neurons) is never made."""
     k = min(k, m.shape[1])
-    return np.argpartition(-m, k - 1, axis=1)[:, :k]
+    out = np.empty((m.shape[0], k), np.int64)
+    step = max(1, CHUNK // max(1, m.shape[1]))
+    for r in range(0, m.shape[0], step):
+        out[r:r + step] = np.argpartition(-m[r:r + step], k - 1, axis=1)[:, :k]
+    return out
 
 
 def _candidate_pairs(n: int, *cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
