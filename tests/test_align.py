@@ -291,7 +291,8 @@ def test_sorted_sketch_is_permutation_invariant(pruned):
 
 def test_chunked_reads_give_the_whole_array_results(pruned, monkeypatch):
     """Signatures, norms, projections and candidate values read bf16 weights as float32 a few
-    slices at a time: cut into many pieces or none, alignment finds the same permutations."""
+    slices at a time, and A's signature features are built for a few neurons at a time: cut
+    into many pieces or none, alignment finds the same permutations."""
     import ml_dtypes
     a = convert(ST / "tinyllama" / "model.safetensors.index.json")
     rng = np.random.default_rng(5)
@@ -301,8 +302,9 @@ def test_chunked_reads_give_the_whole_array_results(pruned, monkeypatch):
         p.data = (2 * x + rng.standard_normal(p.shape).astype(np.float32) * x.std()).astype(ml_dtypes.bfloat16)
     noisy.leaves = None
     results = []
-    for chunk in (1 << 30, 100):
+    for chunk, rows in ((1 << 30, 1 << 30), (100, 1000)):     # 1000 floats: A's signatures a few neurons at a time
         monkeypatch.setattr(pruned, "CHUNK", chunk)
+        monkeypatch.setattr(pruned, "SIG_ROWS_BUDGET", rows)
         results.append(align(a, noisy, max_iter=5))
     whole, pieces = results
     assert whole.iterations == pieces.iterations and whole.symmetry.perms.keys() == pieces.symmetry.perms.keys()

@@ -294,10 +294,11 @@ def _sorted_sketch(x: np.ndarray, n: int | None = None) -> np.ndarray:
     return np.add.reduceat(s, edges[:-1], axis=1) / widths * np.sqrt(widths)
 
 
-def _slice_sketch(x: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
+def _slice_sketch(x: np.ndarray, k: int, out: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
     """``_sorted_sketch`` of the slices of ``x`` along axis ``k``, read as float32 a few slices at
-    a time (rows are sorted and binned independently: the result is the same), into ``out``."""
-    n = x.shape[k]
+    a time (rows are sorted and binned independently: the result is the same), into ``out``;
+    ``n``: the group's size when ``x`` holds only some of its slices."""
+    n = x.shape[k] if n is None else n
     if out is None:
         out = np.empty((n, _sketch_width(n, x.size // max(n, 1))), np.float32)
     r = 0
@@ -452,14 +453,16 @@ def _top_k(m: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _candidate_pairs(n: int, *cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Deduplicated (row, col) pairs, row-major, from [n, k] candidate column arrays."""
-    mask = np.zeros((n, n), bool)
-    rows = np.arange(n)
+def _candidate_pairs(n: int, *cands: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated (row, col) pairs, row-major, from [rows, k] candidate column arrays (or one
+    column per row) of the rows ``first …`` of an n-column problem."""
+    m = len(cands[0])
+    mask = np.zeros((m, n), bool)
+    rows = np.arange(m)
     for c in cands:
         mask[rows[:, None] if c.ndim == 2 else rows, c] = True
     r, c = np.nonzero(mask)
-    return r, c
+    return r + first, c
 
 
 def _pair_lookup(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, perm: np.ndarray) -> float:
@@ -484,31 +487,50 @@ def _sparse_lap(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) ->
     return col.astype(np.int64)
 
 
+#: Signature features of A's neurons held at once by :func:`_signature_candidates` (floats,
+#: 128 MiB): B's are all needed, A's are built for a block of rows at a time.
+SIG_ROWS_BUDGET = 1 << 25
+
+
+def _signature_features(on, widths, rows: slice, n: int, side: str) -> np.ndarray:
+    """Signature features ``[rows, Σ widths]`` of A's or B's neurons ``rows``, filled in place
+    (no list of parts next to their concatenation); mapped pages released after each array."""
+    count = len(range(n)[rows])
+    out = np.empty((count, sum(widths)), np.float32)
+    at = 0
+    for (f, k), w in zip(on, widths):
+        x = f.raw_a if side == "a" else f.raw_b
+        _slice_sketch(x[(slice(None),) * k + (rows,)], k, out[:, at:at + w], n)
+        release_pages(x)
+        at += w
+    return out
+
+
 def _signature_candidates(factors: list[_Factor], g: str, n: int):
     """For a large group: each neuron's CANDIDATES nearest B neurons by signature (the binned
     sorted slices of every array on the group's axis, concatenated) and the signature value
-    −½‖a − b‖² of those pairs and of the identity pairs; memory O(n · features), not n²."""
+    −½‖a − b‖² of those pairs and of the identity pairs. Memory: B's features ``[n, features]``
+    and A's for a block of rows (SIG_ROWS_BUDGET), never n² or all pairs' features at once."""
     on = [(f, k) for f in factors for k, ax in enumerate(f.axes) if ax == g]
     widths = [_sketch_width(n, f.raw_a.size // n) for f, _ in on]
-    fa, fb = np.empty((n, sum(widths)), np.float32), np.empty((n, sum(widths)), np.float32)
-    at = 0
-    for (f, k), w in zip(on, widths):        # filled in place: no list of parts next to their concatenation
-        _slice_sketch(f.raw_a, k, fa[:, at:at + w])
-        _slice_sketch(f.raw_b, k, fb[:, at:at + w])
-        f.release()
-        at += w
+    fb = _signature_features(on, widths, slice(None), n, "b")
     nb = np.einsum("ij,ij->i", fb, fb, dtype=np.float64)
     top = np.empty((n, min(CANDIDATES, n)), np.int64)
     chunk = max(1, (1 << 24) // n)
-    for a in range(0, n, chunk):
-        top[a:a + chunk] = _top_k(fa[a:a + chunk] @ fb.T - 0.5 * nb[None, :].astype(np.float32), CANDIDATES)
-    rows, cols = _candidate_pairs(n, np.arange(n), top)
-    vals = np.empty(len(rows))
-    step = max(1, CHUNK // fa.shape[1])        # pairs per chunk: 16 MiB per gathered [pairs, features]
-    for a in range(0, len(rows), step):
-        d = fa[rows[a:a + step]] - fb[cols[a:a + step]]
-        vals[a:a + step] = -0.5 * np.einsum("ij,ij->i", d, d, dtype=np.float64)
-    return top, rows, cols, vals
+    block = max(1, min(chunk, SIG_ROWS_BUDGET // max(1, fb.shape[1])))
+    rows, cols, vals = [], [], []
+    step = max(1, CHUNK // fb.shape[1])        # pairs per chunk: 16 MiB per gathered [pairs, features]
+    for r in range(0, n, block):               # A's neurons r … r + block
+        fa = _signature_features(on, widths, slice(r, r + block), n, "a")
+        top[r:r + block] = _top_k(fa @ fb.T - 0.5 * nb[None, :].astype(np.float32), CANDIDATES)
+        rr, cc = _candidate_pairs(n, np.arange(r, r + len(fa)), top[r:r + block], first=r)
+        vv = np.empty(len(rr))
+        for a in range(0, len(rr), step):
+            d = fa[rr[a:a + step] - r] - fb[cc[a:a + step]]
+            vv[a:a + step] = -0.5 * np.einsum("ij,ij->i", d, d, dtype=np.float64)
+        rows.append(rr), cols.append(cc), vals.append(vv)
+        del fa
+    return top, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
 def _slices(x: np.ndarray, k: int) -> np.ndarray:
