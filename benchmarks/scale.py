@@ -16,9 +16,10 @@ each step in a fresh process so peaks do not mix:
   does it instead (``nngraph.learn.train.embed``: checkpoint loaded, its feature configuration and
   input scales, streamed above ``STREAM_EDGES``); the time includes loading the checkpoint.
   ``--workers N`` splits each streamed pass among N threads (ng-gnn);
-* align: weight matching of the model against a randomly permuted copy of itself (time, peak RSS,
-  whether the permutation is recovered exactly), and optionally against an independent second
-  checkpoint (``--pairs``);
+* align: weight matching of the model against a randomly permuted copy of itself held in memory
+  (time, peak RSS during the alignment — the peak is reset once the copy is built, see
+  ``step_align`` —, RSS at its start, whether the permutation is recovered exactly), and optionally
+  against an independent second checkpoint (``--pairs``, both memory-mapped);
 * the growth exponent of each measure in the parameter count (least squares on log-log).
 
     python benchmarks/scale.py                      # sizes tiny,small,medium (a few minutes on 2 cores)
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -211,18 +213,48 @@ def step_encode(path: str, encoder: str, hidden: str, layers: str, mode: str, th
             f"{key}_finite": bool(torch.isfinite(emb).all())}
 
 
+def _reset_peak() -> bool:
+    """Set the process's peak RSS to its current RSS (Linux ≥ 4.0: ``/proc/self/clear_refs``), so a
+    later peak is the next step's alone; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return float("nan")
+
+
 def step_align(path: str, other: str | None, seed: int) -> dict:
+    """Weight matching of A (memory-mapped) against B: a permuted copy of A held in memory, or
+    ``other`` memory-mapped. Building the copy reads all of A; those pages are released and the peak
+    reset before aligning, so ``align_peak_mib`` is the alignment's (B's copy included, as it is
+    resident), ``align_setup_peak_mib`` the copy's."""
     import nngraph
+    from nngraph.graph.fileformat import release_pages
     a = nngraph.load(path)
     if other is None:
         sym = a.random_symmetry(seed)
         b = a.permute(sym)
+        for _, p in a.params():
+            release_pages(p.data)
     else:
         b = nngraph.load(other)
+    setup = _peak_mib()
+    reset = _reset_peak()
+    start = _rss_mib()
     t, c = time.perf_counter(), time.process_time()
     res = nngraph.align(a, b, "weight")
     elapsed = time.perf_counter() - t
     out = {"align_s": elapsed, "align_cpu_s": time.process_time() - c, "align_peak_mib": _peak_mib(),
+           "align_start_mib": start, "align_setup_peak_mib": setup, "align_peak_reset": reset,
            "align_iterations": res.iterations,
            "distance_before": res.distance_before, "distance_after": res.distance_after}
     if other is None:           # B = A permuted by sym: the alignment must be its inverse exactly

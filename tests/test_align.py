@@ -287,3 +287,57 @@ def test_sorted_sketch_is_permutation_invariant(pruned):
     np.testing.assert_array_equal(s, pruned._sorted_sketch(x[:, np.random.default_rng(1).permutation(100)]))
     # binned sorted rows keep the squared-norm scale of the rows (bin means × √width)
     np.testing.assert_allclose((s ** 2).sum(1), (x ** 2).sum(1), rtol=0.2)
+
+
+def test_chunked_reads_give_the_whole_array_results(pruned, monkeypatch):
+    """Signatures, norms, projections and candidate values read bf16 weights as float32 a few
+    slices at a time, and A's signature features are built for a few neurons at a time: cut
+    into many pieces or none, alignment finds the same permutations."""
+    import ml_dtypes
+    a = convert(ST / "tinyllama" / "model.safetensors.index.json")
+    rng = np.random.default_rng(5)
+    noisy = a.permute(a.random_symmetry(2))
+    for _, p in noisy.params():
+        x = np.asarray(p.data, np.float32)
+        p.data = (2 * x + rng.standard_normal(p.shape).astype(np.float32) * x.std()).astype(ml_dtypes.bfloat16)
+    noisy.leaves = None
+    results = []
+    for chunk, rows in ((1 << 30, 1 << 30), (100, 1000)):     # 1000 floats: A's signatures a few neurons at a time
+        monkeypatch.setattr(pruned, "CHUNK", chunk)
+        monkeypatch.setattr(pruned, "SIG_ROWS_BUDGET", rows)
+        results.append(align(a, noisy, max_iter=5))
+    whole, pieces = results
+    assert whole.iterations == pieces.iterations and whole.symmetry.perms.keys() == pieces.symmetry.perms.keys()
+    for g, p in whole.symmetry.perms.items():
+        np.testing.assert_array_equal(pieces.symmetry.perms[g], p, err_msg=g)
+    assert pieces.distance_after == pytest.approx(whole.distance_after, rel=1e-12)
+    x = np.asarray(rng.standard_normal((70, 90, 3)), ml_dtypes.bfloat16)
+    for k in range(3):                      # the same values as from a whole float32 copy
+        np.testing.assert_array_equal(pruned._slice_sketch(x, k), pruned._sorted_sketch(pruned._slices(x.astype(np.float32), k)))
+        assert pruned._axis_norms(x, k) == pytest.approx(
+            np.square(x.astype(np.float64)).sum(axis=tuple(i for i in range(3) if i != k)), rel=1e-6)
+
+
+def test_weight_distance_permutes_one_array_at_a_time(monkeypatch):
+    """``weight_distance`` under a symmetry equals the distance to the permuted copy, without
+    building that copy: its traced peak stays below the size of B's arrays."""
+    import tracemalloc
+
+    import nngraph.alignment.matching as al
+    from nngraph.graph.symmetry import permute, permuted_params
+    a = convert(ST / "tinyllama" / "model.safetensors.index.json")
+    b = a.permute(a.random_symmetry(3))
+    sym = b.random_symmetry(4)
+    got = [(k, p.data) for k, p in permuted_params(b, sym)]
+    want = [(k, p.data) for k, p in permute(b, sym).params()]
+    assert [k for k, _ in got] == [k for k, _ in want]
+    for (k, x), (_, y) in zip(got, want):
+        np.testing.assert_array_equal(x, y, err_msg=k)
+    direct = weight_distance(a, permute(b, sym))
+    monkeypatch.setattr(al, "CHUNK", 256)
+    tracemalloc.start()
+    streamed = weight_distance(a, b, sym)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert streamed == pytest.approx(direct, rel=1e-12) and streamed > 0
+    assert peak < sum(p.data.nbytes for _, p in b.params())

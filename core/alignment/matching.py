@@ -30,8 +30,9 @@ import numpy as np
 from ..errors import InputError
 from ..graph.ir import NeuralGraph
 from ..graph.dtypes import is_float
+from ..graph.fileformat import release_pages
 from ..graph.materialize import block_edges
-from ..graph.symmetry import Symmetry
+from ..graph.symmetry import Symmetry, permuted_params
 
 METHODS = ("weight", "activation", "embedding")
 
@@ -90,21 +91,38 @@ def check_compatible(a: NeuralGraph, b: NeuralGraph, names: tuple[str, str] = ("
 def weight_distance(a: NeuralGraph, b: NeuralGraph, symmetry: Symmetry | None = None) -> float:
     """L2 distance between A's parameters and B's (permuted by ``symmetry``), over every
     floating-point source element both hold: array by array (each source element is mapped
-    once), so no rebuilt copy of either model's source tensors is made."""
-    pb = dict((b.permute(symmetry) if symmetry is not None else b).params())
+    once), B's arrays permuted one at a time and compared in float32 chunks, so neither a
+    permuted copy of B nor a float32 copy of any whole array is made."""
+    pa = dict(a.params())
     total = 0.0
-    for key, x in a.params():
-        y = pb.get(key)
-        if x.origin is None or x.shared or y is None or x.shape != y.shape or not is_float(x.data.dtype):
+    for key, y in (permuted_params(b, symmetry) if symmetry is not None else b.params()):
+        x = pa.get(key)
+        if x is None or x.origin is None or x.shared or x.shape != y.shape or not is_float(x.data.dtype):
             continue
-        d = np.asarray(x.data, np.float32) - np.asarray(y.data, np.float32)   # 0 exactly where equal
-        total += float(np.square(d).sum(dtype=np.float64))
+        total += _squared_distance(x.data, y.data)
     for name, u in a.unmapped.items():       # kept outside the graph: no symmetry moves them
         v = b.unmapped.get(name)
         if u.data is not None and v is not None and v.data is not None and u.data.shape == v.data.shape \
                 and is_float(u.data.dtype):
-            total += float(np.square(np.asarray(u.data, np.float32) - np.asarray(v.data, np.float32)).sum(dtype=np.float64))
+            total += _squared_distance(u.data, v.data)
     return float(np.sqrt(total))
+
+
+#: Elements per float32 chunk where a whole array would otherwise be converted (16 MiB).
+CHUNK = 1 << 22
+
+
+def _squared_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """‖x − y‖² in float32 differences (0 exactly where equal), float64 sums, CHUNK elements at a
+    time; memory-mapped pages are released after reading."""
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    total = 0.0
+    for i in range(0, xf.size, CHUNK):
+        d = np.asarray(xf[i:i + CHUNK], np.float32) - np.asarray(yf[i:i + CHUNK], np.float32)
+        total += float(np.square(d).sum(dtype=np.float64))
+    release_pages(x)
+    release_pages(y)
+    return total
 
 
 # ------------------------------------------------------------------------------ factors
@@ -126,6 +144,11 @@ class _Factor:
     @property
     def b(self) -> np.ndarray:
         return _f32(self.raw_b)
+
+    def release(self) -> None:
+        """Drop memory-mapped pages of A and B from the resident set (read again on next use)."""
+        release_pages(self.raw_a)
+        release_pages(self.raw_b)
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -173,14 +196,15 @@ def _factors(a: NeuralGraph, b: NeuralGraph, moving: set[str]) -> list[_Factor]:
     return out
 
 
-def _permuted_b(f: _Factor, perms: Mapping[str, np.ndarray], skip: int) -> np.ndarray:
-    """B's array with every group axis except ``skip`` put in its current order."""
-    arr = f.raw_b
+def _permuted_b(f: _Factor, perms: Mapping[str, np.ndarray], skip: int, part: np.ndarray | None = None,
+                f32: bool = True) -> np.ndarray:
+    """B's array (or ``part`` of it, cut along axis ``skip``) with every group axis except ``skip``
+    put in its current order; float32 unless ``f32`` is False."""
+    arr = f.raw_b if part is None else part
     for k, g in enumerate(f.axes):
         if k != skip and g is not None and g in perms:
             arr = np.take(arr, perms[g], axis=k)
-    arr = _f32(arr)
-    return arr
+    return _f32(arr) if f32 else arr
 
 
 def _axis_gram(f: _Factor, k: int, b: np.ndarray) -> np.ndarray:
@@ -196,9 +220,21 @@ def _axis_gram(f: _Factor, k: int, b: np.ndarray) -> np.ndarray:
 
 
 def _axis_norms(x: np.ndarray, k: int) -> np.ndarray:
-    """Squared norm of every slice along axis ``k`` (unchanged by permuting the other axes)."""
+    """Squared norm of every slice along axis ``k`` (unchanged by permuting the other axes), read
+    as float32 a few slices at a time (each slice's sum is the same as over the whole array)."""
     other = tuple(i for i in range(x.ndim) if i != k)
-    return np.square(x).sum(axis=other, dtype=np.float64) if other else np.square(x, dtype=np.float64)
+    if not other:
+        return np.square(_f32(x), dtype=np.float64)
+    return np.concatenate([np.square(_f32(part)).sum(axis=other, dtype=np.float64)
+                           for part in _chunks(x, k)])
+
+
+def _chunks(x: np.ndarray, k: int):
+    """Views of ``x`` cut along axis ``k`` into pieces of about CHUNK elements (stored dtype)."""
+    n = x.shape[k]
+    step = max(1, CHUNK // max(1, x.size // max(n, 1)))
+    for r in range(0, n, step):
+        yield x[(slice(None),) * k + (slice(r, r + step),)]
 
 
 class _Norms:
@@ -209,7 +245,7 @@ class _Norms:
 
     def get(self, i: int, f: _Factor, k: int) -> tuple[np.ndarray, np.ndarray]:
         if (i, k) not in self.cache:
-            self.cache[(i, k)] = (_axis_norms(f.a, k), _axis_norms(f.b, k))
+            self.cache[(i, k)] = (_axis_norms(f.raw_a, k), _axis_norms(f.raw_b, k))
         return self.cache[(i, k)]
 
 
@@ -229,6 +265,7 @@ def _linear_costs(factors: list[_Factor], perms: Mapping[str, np.ndarray], group
             c = _axis_gram(f, k, _permuted_b(f, perms, k))
             costs[g] += c
             costs[g] -= 0.5 * (na[:, None] + nb[None, :])
+            f.release()
     return costs
 
 
@@ -239,16 +276,37 @@ SIG_EXACT = 4096
 SIG_BINS = 256
 
 
-def _sorted_sketch(x: np.ndarray) -> np.ndarray:
+def _sketch_width(n: int, m: int) -> int:
+    """Columns of the signature of n rows of length m (see :func:`_sorted_sketch`)."""
+    return m if m <= SIG_BINS or (m <= SIG_EXACT and n < PRUNE_N) else SIG_BINS
+
+
+def _sorted_sketch(x: np.ndarray, n: int | None = None) -> np.ndarray:
     """Each row's sorted values, binned to SIG_BINS (a permutation-invariant signature) when
-    rows are long or the group is large (the product costs n²·m)."""
+    rows are long or the group (``n`` neurons, default: the rows of ``x``) is large (the
+    product costs n²·m)."""
     s = np.sort(x, axis=1)
-    n, m = s.shape
-    if m <= SIG_BINS or (m <= SIG_EXACT and n < PRUNE_N):
+    m = s.shape[1]
+    if _sketch_width(len(s) if n is None else n, m) == m:
         return s
     edges = np.linspace(0, m, SIG_BINS + 1).round().astype(np.int64)
     widths = np.diff(edges).astype(np.float32)
     return np.add.reduceat(s, edges[:-1], axis=1) / widths * np.sqrt(widths)
+
+
+def _slice_sketch(x: np.ndarray, k: int, out: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    """``_sorted_sketch`` of the slices of ``x`` along axis ``k``, read as float32 a few slices at
+    a time (rows are sorted and binned independently: the result is the same), into ``out``;
+    ``n``: the group's size when ``x`` holds only some of its slices."""
+    n = x.shape[k] if n is None else n
+    if out is None:
+        out = np.empty((n, _sketch_width(n, x.size // max(n, 1))), np.float32)
+    r = 0
+    for part in _chunks(x, k):
+        rows = _slices(_f32(part), k)
+        out[r:r + len(rows)] = _sorted_sketch(rows, n)
+        r += len(rows)
+    return out
 
 
 def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[str, int],
@@ -262,11 +320,11 @@ def _signature_costs(factors: list[_Factor], groups: set[str], sizes: Mapping[st
         for k, g in enumerate(f.axes):
             if g not in groups:
                 continue
-            xa = _sorted_sketch(np.moveaxis(f.a, k, 0).reshape(sizes[g], -1))
-            xb = _sorted_sketch(np.moveaxis(f.b, k, 0).reshape(sizes[g], -1))
+            xa, xb = _slice_sketch(f.raw_a, k), _slice_sketch(f.raw_b, k)
             costs[g] += xa @ xb.T
             norms[g][0][:] += np.einsum("ij,ij->i", xa, xa, dtype=np.float64)
             norms[g][1][:] += np.einsum("ij,ij->i", xb, xb, dtype=np.float64)
+        f.release()
     for g, (na, nb) in norms.items():
         if cosine:
             costs[g] /= np.maximum(np.sqrt(np.outer(na, nb)), 1e-30)
@@ -385,18 +443,26 @@ def _prunable(hier: "_Hierarchy", root: str, sizes: Mapping[str, int]) -> bool:
 
 
 def _top_k(m: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k largest columns (in no order), a few rows at a time: rows are partitioned
+    independently, and an [n, n] int64 index array (254 MB for 5632 neurons) is never made."""
     k = min(k, m.shape[1])
-    return np.argpartition(-m, k - 1, axis=1)[:, :k]
+    out = np.empty((m.shape[0], k), np.int64)
+    step = max(1, CHUNK // max(1, m.shape[1]))
+    for r in range(0, m.shape[0], step):
+        out[r:r + step] = np.argpartition(-m[r:r + step], k - 1, axis=1)[:, :k]
+    return out
 
 
-def _candidate_pairs(n: int, *cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Deduplicated (row, col) pairs, row-major, from [n, k] candidate column arrays."""
-    mask = np.zeros((n, n), bool)
-    rows = np.arange(n)
+def _candidate_pairs(n: int, *cands: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated (row, col) pairs, row-major, from [rows, k] candidate column arrays (or one
+    column per row) of the rows ``first …`` of an n-column problem."""
+    m = len(cands[0])
+    mask = np.zeros((m, n), bool)
+    rows = np.arange(m)
     for c in cands:
         mask[rows[:, None] if c.ndim == 2 else rows, c] = True
     r, c = np.nonzero(mask)
-    return r, c
+    return r + first, c
 
 
 def _pair_lookup(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, perm: np.ndarray) -> float:
@@ -421,42 +487,83 @@ def _sparse_lap(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) ->
     return col.astype(np.int64)
 
 
+#: Signature features of A's neurons held at once by :func:`_signature_candidates` (floats,
+#: 128 MiB): B's are all needed, A's are built for a block of rows at a time.
+SIG_ROWS_BUDGET = 1 << 25
+
+
+def _signature_features(on, widths, rows: slice, n: int, side: str) -> np.ndarray:
+    """Signature features ``[rows, Σ widths]`` of A's or B's neurons ``rows``, filled in place
+    (no list of parts next to their concatenation); mapped pages released after each array."""
+    count = len(range(n)[rows])
+    out = np.empty((count, sum(widths)), np.float32)
+    at = 0
+    for (f, k), w in zip(on, widths):
+        x = f.raw_a if side == "a" else f.raw_b
+        _slice_sketch(x[(slice(None),) * k + (rows,)], k, out[:, at:at + w], n)
+        release_pages(x)
+        at += w
+    return out
+
+
 def _signature_candidates(factors: list[_Factor], g: str, n: int):
     """For a large group: each neuron's CANDIDATES nearest B neurons by signature (the binned
     sorted slices of every array on the group's axis, concatenated) and the signature value
-    −½‖a − b‖² of those pairs and of the identity pairs; memory O(n · features), not n²."""
-    fa, fb = [], []
-    for f in factors:
-        for k, ax in enumerate(f.axes):
-            if ax == g:
-                fa.append(_sorted_sketch(_slices(f.a, k)))
-                fb.append(_sorted_sketch(_slices(f.b, k)))
-    fa, fb = np.concatenate(fa, axis=1), np.concatenate(fb, axis=1)
+    −½‖a − b‖² of those pairs and of the identity pairs. Memory: B's features ``[n, features]``
+    and A's for a block of rows (SIG_ROWS_BUDGET), never n² or all pairs' features at once."""
+    on = [(f, k) for f in factors for k, ax in enumerate(f.axes) if ax == g]
+    widths = [_sketch_width(n, f.raw_a.size // n) for f, _ in on]
+    fb = _signature_features(on, widths, slice(None), n, "b")
     nb = np.einsum("ij,ij->i", fb, fb, dtype=np.float64)
     top = np.empty((n, min(CANDIDATES, n)), np.int64)
     chunk = max(1, (1 << 24) // n)
-    for a in range(0, n, chunk):
-        top[a:a + chunk] = _top_k(fa[a:a + chunk] @ fb.T - 0.5 * nb[None, :].astype(np.float32), CANDIDATES)
-    rows, cols = _candidate_pairs(n, np.arange(n), top)
-    vals = np.empty(len(rows))
-    for a in range(0, len(rows), chunk):
-        d = fa[rows[a:a + chunk]] - fb[cols[a:a + chunk]]
-        vals[a:a + chunk] = -0.5 * np.einsum("ij,ij->i", d, d, dtype=np.float64)
-    return top, rows, cols, vals
+    block = max(1, min(chunk, SIG_ROWS_BUDGET // max(1, fb.shape[1])))
+    rows, cols, vals = [], [], []
+    step = max(1, CHUNK // fb.shape[1])        # pairs per chunk: 16 MiB per gathered [pairs, features]
+    for r in range(0, n, block):               # A's neurons r … r + block
+        fa = _signature_features(on, widths, slice(r, r + block), n, "a")
+        top[r:r + block] = _top_k(fa @ fb.T - 0.5 * nb[None, :].astype(np.float32), CANDIDATES)
+        rr, cc = _candidate_pairs(n, np.arange(r, r + len(fa)), top[r:r + block], first=r)
+        vv = np.empty(len(rr))
+        for a in range(0, len(rr), step):
+            d = fa[rr[a:a + step] - r] - fb[cc[a:a + step]]
+            vv[a:a + step] = -0.5 * np.einsum("ij,ij->i", d, d, dtype=np.float64)
+        rows.append(rr), cols.append(cc), vals.append(vv)
+        del fa
+    return top, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
 def _slices(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, k, 0)).reshape(x.shape[k], -1)
 
 
-def _project(x: np.ndarray, k: int, proj: np.ndarray) -> np.ndarray:
-    """The slices of ``x`` along axis ``k`` times ``proj`` (``[m, d]``), without moving axis k
+def _project(parts, k: int, proj: np.ndarray) -> np.ndarray:
+    """The slices along axis ``k`` of an array given as ``parts`` (pieces cut along axis k, any
+    float dtype, read as float32 one at a time) times ``proj`` (``[m, d]``), without moving axis k
     to the front where the layout allows (``Aᵀ·P`` for the columns of a matrix)."""
-    if k == 0:
-        return x.reshape(x.shape[0], -1) @ proj
-    if k == 1 and (x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1)):
-        return x.reshape(x.shape[0], x.shape[1]).T @ proj
-    return _slices(x, k) @ proj
+    out = []
+    for x in parts:
+        x = _f32(x)
+        if k == 0:
+            out.append(x.reshape(x.shape[0], -1) @ proj)
+        elif k == 1 and (x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1)):
+            out.append(x.reshape(x.shape[0], x.shape[1]).T @ proj)
+        else:
+            out.append(_slices(x, k) @ proj)
+    return np.concatenate(out)
+
+
+def _permuted_slices(f: _Factor, perms: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    """B's slices along axis ``k`` (``[n, m]``, stored dtype), the other axes in their current
+    order, built piece by piece: one copy of the array in its stored dtype, no float32 one."""
+    n = f.raw_b.shape[k]
+    out = np.empty((n, f.raw_b.size // max(n, 1)), f.raw_b.dtype)
+    r = 0
+    for part in _chunks(f.raw_b, k):
+        rows = _slices(_permuted_b(f, perms, k, part, f32=False), k)
+        out[r:r + len(rows)] = rows
+        r += len(rows)
+    return out
 
 
 def _pruned_step(factors: list[_Factor], perms: Mapping[str, np.ndarray], g: str, n: int,
@@ -472,9 +579,10 @@ def _pruned_step(factors: list[_Factor], perms: Mapping[str, np.ndarray], g: str
         dim = max(2, int(round(SKETCH_DIM * f.raw_a.size / total)))
         m = f.raw_a.size // n
         proj = rng.standard_normal((m, dim)).astype(np.float32) / np.float32(np.sqrt(dim))
-        pa.append(_project(f.a, k, proj))
-        pb.append(_project(_permuted_b(f, perms, k), k, proj))
+        pa.append(_project(_chunks(f.raw_a, k), k, proj))
+        pb.append(_project((_permuted_b(f, perms, k, part, f32=False) for part in _chunks(f.raw_b, k)), k, proj))
         norm += norms.get(i, f, k)[1]
+        f.release()
     sketch = np.concatenate(pa, axis=1) @ np.concatenate(pb, axis=1).T
     sketch -= (0.5 * norm[None, :]).astype(np.float32)       # row constants do not change a row's order
     cands = [current, _top_k(sketch, CANDIDATES)] + ([hint] if hint is not None else [])
@@ -487,13 +595,15 @@ def _pruned_step(factors: list[_Factor], perms: Mapping[str, np.ndarray], g: str
     vals = np.zeros(len(rows))
     K = padded.shape[1]
     chunk = max(1, (1 << 24) // max(1, K * max(f.raw_a.size // n for _, f, _ in on)))
-    for i, f, k in on:
-        xa, xb = _slices(f.a, k), _slices(_permuted_b(f, perms, k), k)
+    for i, f, k in on:       # slices in the stored dtype (bf16: half of float32), read as float32 per chunk
+        xa, xb = _slices(f.raw_a, k), _permuted_slices(f, perms, k)
         na, nb = norms.get(i, f, k)
         pv = np.empty((n, K))
         for a in range(0, n, chunk):         # A's rows read once, B's candidate rows gathered
-            pv[a:a + chunk] = np.matmul(xb[padded[a:a + chunk]], xa[a:a + chunk, :, None])[..., 0]
+            pv[a:a + chunk] = np.matmul(_f32(xb[padded[a:a + chunk]]), _f32(xa[a:a + chunk])[:, :, None])[..., 0]
         vals += pv[rows, slot] - 0.5 * (na[rows] + nb[cols])
+        del xa, xb
+        f.release()
     new = _sparse_lap(n, rows, cols, vals)
     return new, _pair_lookup(n, rows, cols, vals, new), _pair_lookup(n, rows, cols, vals, current)
 

@@ -147,6 +147,27 @@ def permute(graph: NeuralGraph, symmetry: Symmetry) -> NeuralGraph:
     return out
 
 
+def permuted_params(graph: NeuralGraph, symmetry: Symmetry):
+    """``(key, Param)`` of every array of ``permute(graph, symmetry)``, in :meth:`NeuralGraph.params`
+    order, permuted one at a time as they are consumed: comparing a permuted model array by array
+    then holds one permuted array, not a copy of the whole model."""
+    symmetry.check(graph)
+    keys = (key for key, _ in graph.params())
+
+    def perm_of(set_name: str) -> np.ndarray:
+        s = graph.sets[set_name]
+        return symmetry.perm(s.group, s.size)
+
+    for s in graph.sets.values():
+        p = perm_of(s.name)
+        for a in s.arrays.values():
+            yield next(keys), replace(a, data=np.take(a.data, p, axis=0))
+    for b in graph.blocks:
+        if b.weight is not None:
+            yield next(keys), replace(b.weight, data=_permute_weight(b, b.weight.data, perm_of(b.source),
+                                                                     perm_of(b.target)))
+
+
 def _permute_weight(block: EdgeBlock, w: np.ndarray, ps: np.ndarray, pt: np.ndarray) -> np.ndarray:
     if block.pattern == "diagonal":
         return np.take(w, pt, axis=0)
