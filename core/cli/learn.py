@@ -37,13 +37,16 @@ from .app import cli, emit_json, err, out
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
 @click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
               help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
+@click.option("--probe-inputs", type=click.Choice(["normal", "uniform"]), default="normal", show_default=True,
+              help="Probe inputs: the adapter's example inputs (standard normal floats) or floats from U(-1, 1) "
+                   "(coordinate networks, inputs scaled to [-1, 1]).")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, threads, device, seed, output, as_json):
+          patience, no_input_scaling, probes, probe_inputs, threads, device, seed, output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
@@ -74,7 +77,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      device=device, seed=seed, features=FeatureConfig(probes=probes))
+                      device=device, seed=seed, features=FeatureConfig(probes=probes, probe_inputs=probe_inputs))
     interactive = not as_json and err.is_terminal and main
 
     def log(record):
