@@ -46,7 +46,8 @@ from .app import cli, emit_json, err, out
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, probe_inputs, threads, device, seed, output, as_json):
+          patience, no_input_scaling, probes, probe_inputs, threads, device, seed, output,
+          as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
