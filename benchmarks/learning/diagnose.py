@@ -15,7 +15,7 @@ before the readout. At init it prints the scale of every input column after inpu
 (``probes=16``, ``probe_inputs=uniform``; probes are attached as training does), and experiments the
 library does not have: ``warmup=N`` (linear warmup over N epochs, then the cosine), ``rx=ln|leaky``
 (the readout MLP with a LayerNorm before its SiLU, or LeakyReLU instead of SiLU), ``pool_out=1`` (the
-readout also gets the mean state of the network's output neurons). Per snapshot it also prints the
+readout also gets the mean state of the network's output neurons), ``eps=…`` (AdamW's epsilon). Per snapshot it also prints the
 pooled vector's RMS, the readout's first-layer pre-activations (spread across graphs, fraction of units
 below -4 on every graph: dead) and the logits' std across graphs.
 """
@@ -95,7 +95,7 @@ def main():
     out_dim = len(classes) if classes else 1
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     enc_cfg = cfg.encoder_config()
-    enc_cfg.update({k: v for k, v in over.items() if not k.startswith("rn_") and k not in ("rx", "pool_out")})
+    enc_cfg.update({k: v for k, v in over.items() if not k.startswith("rn_") and k not in ("rx", "pool_out", "eps")})
     model = GraphModel.build(cfg.encoder, enc_cfg, head, out_dim, cfg.features, cfg.input_scaling,
                              readout_norm=cfg.readout_norm)
     if over.get("rx"):          # experiment: readout variants (ln: LayerNorm before the SiLU; leaky: LeakyReLU)
@@ -197,7 +197,8 @@ def main():
 
     m, sp, se, l0 = snapshot(g_tr, cache, y_tr)
     print(f"init: train {m} loss {l0:.4f} pooled spread {sp:.4f} embedding spread {se:.4f} {snapshot.extra}")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            eps=float(over.get("eps", 1e-8)))
     sched = T.make_scheduler(opt, cfg, math.ceil(len(g_tr) / cfg.batch_size)) if hasattr(T, "make_scheduler") else \
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     per_step = hasattr(T, "make_scheduler")
