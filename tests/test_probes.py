@@ -74,11 +74,11 @@ def test_train_with_probes_needs_model_files_to_predict(tmp_path):
         w.writerows(rows)
     ckpt = tmp_path / "c.safetensors"
     r = ngraph("train", tmp_path, "--target", "y", "--task", "classification", "--probes", "2", "--epochs", "2",
-               "--hidden", "8", "-o", ckpt, "--json", "--device", "cpu")
+               "--probe-inputs", "uniform", "--hidden", "8", "-o", ckpt, "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     from nngraph.learn.checkpoint import load_checkpoint
     model, meta, _ = load_checkpoint(ckpt, "cpu")
-    assert meta["features"]["probes"] == 2
+    assert meta["features"]["probes"] == 2 and meta["features"]["probe_inputs"] == "uniform"
     probe_scale = model.encoder.input_node_scale[-2:]
     assert torch.all(probe_scale != 1)                     # input scaling covers the probe columns
     r = ngraph("predict", ckpt, tmp_path / "m0.onnx", "--json")
@@ -86,3 +86,32 @@ def test_train_with_probes_needs_model_files_to_predict(tmp_path):
     from nngraph.learn.train import predict
     with pytest.raises(InputError, match="probe features"):
         predict(ckpt, [nngraph.convert(tmp_path / "m0.onnx")], "cpu")
+
+
+def test_uniform_probe_inputs_stay_in_the_unit_box_and_are_recorded(tmp_path):
+    """``probe_inputs="uniform"``: float inputs redrawn from U(-1, 1) (coordinate networks live there),
+    the same for every network with the input signature; the values are the neurons' outputs on them,
+    and a graph probed with one distribution is probed again when asked for the other."""
+    from nngraph.learn.probes import PROBE_INPUTS_KEY, has_probes, probe_feeds
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    w1, b1, w2, b2 = mlp(a, 0)
+    mlp(b, 1)
+    adapter = nngraph.find_adapter(a)
+    feeds = [probe_feeds(adapter, a, j, "uniform")["x"] for j in range(8)]
+    assert all(f.dtype == np.float32 and f.shape == (1, 4) and np.abs(f).max() <= 1 for f in feeds)
+    assert np.abs(np.concatenate([adapter.example_inputs(a, j)["x"] for j in range(8)])).max() > 1
+    np.testing.assert_array_equal(feeds[3], probe_feeds(adapter, b, 3, "uniform")["x"])
+    g = attach_probes(nngraph.convert(a), a, 3)
+    normal = next(s for s in g.sets.values() if s.role == "output").arrays[PROBE].data.copy()
+    assert has_probes(g, 3) and not has_probes(g, 3, "uniform")
+    attach_probes(g, a, 3, inputs="uniform")
+    assert g.meta[PROBE_INPUTS_KEY] == "uniform" and has_probes(g, 3, "uniform")
+    out = next(s for s in g.sets.values() if s.role == "output").arrays[PROBE].data
+    want = np.stack([(np.maximum(feeds[j] @ w1.T + b1, 0) @ w2.T + b2)[0] for j in range(3)], axis=1)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(out, normal)
+    with pytest.raises(ValueError, match="probe_inputs"):
+        nngraph.FeatureConfig(probes=2, probe_inputs="gaussian")
+    r = ngraph("train", tmp_path, "--target", "y", "--probes", "2", "--probe-inputs", "gaussian",
+               "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 2

@@ -11,8 +11,13 @@ mean over dims of std across graphs / RMS of the mean embedding: near 0 means ev
 embeds to the same vector and the head has nothing to separate), also for the pooled node states
 before the readout. At init it prints the scale of every input column after input scaling.
 ``--n-train N`` keeps the first N training graphs (overfit experiment); ``--set`` overrides
-``TrainConfig`` fields (``lr=1e-3``, ``weight_decay=0``, ``hidden=64``…) or ``pool=...`` /
-``warmup=...`` when the library has them.
+``TrainConfig`` fields (``lr=1e-3``, ``weight_decay=0``, ``hidden=64``…), ``FeatureConfig`` fields
+(``probes=16``, ``probe_inputs=uniform``; probes are attached as training does), and experiments the
+library does not have: ``warmup=N`` (linear warmup over N epochs, then the cosine), ``rx=ln|leaky``
+(the readout MLP with a LayerNorm before its SiLU, or LeakyReLU instead of SiLU), ``pool_out=1`` (the
+readout also gets the mean state of the network's output neurons), ``eps=…`` (AdamW's epsilon). Per snapshot it also prints the
+pooled vector's RMS, the readout's first-layer pre-activations (spread across graphs, fraction of units
+below -4 on every graph: dead) and the logits' std across graphs.
 """
 from __future__ import annotations
 
@@ -68,14 +73,20 @@ def main():
             over[k] = json.loads(v)
         except json.JSONDecodeError:
             over[k] = v
+    from nngraph.learn.featurize import FeatureConfig
+    feats = FeatureConfig(**{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
     cfg = T.TrainConfig(target=args.target, task=args.task, encoder=args.encoder, epochs=args.epochs,
-                        seed=args.seed, device="cpu", **{k: v for k, v in over.items()
-                                                          if k in T.TrainConfig.__dataclass_fields__})
-    over = {k: v for k, v in over.items() if k not in T.TrainConfig.__dataclass_fields__}
+                        seed=args.seed, device="cpu", features=feats, **{k: v for k, v in over.items()
+                                                                         if k in T.TrainConfig.__dataclass_fields__})
+    over = {k: v for k, v in over.items() if k not in T.TrainConfig.__dataclass_fields__
+            and k not in FeatureConfig.__dataclass_fields__}
     data = load_dataset(args.dataset, progress=False)
     tr, te = data.split("train"), data.split("test")
     if args.n_train:
         tr = tr[:args.n_train]
+    if cfg.features.probes:
+        from nngraph.learn.probes import attach_all
+        attach_all([e.graph for e in tr + te], [e.path for e in tr + te], cfg.features.probes)
     y_tr, classes = T._labels(tr, cfg)
     y_te, _ = T._labels(te, cfg, classes)
     torch.manual_seed(cfg.seed)
@@ -84,9 +95,31 @@ def main():
     out_dim = len(classes) if classes else 1
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     enc_cfg = cfg.encoder_config()
-    enc_cfg.update({k: v for k, v in over.items() if not k.startswith("rn_")})
+    enc_cfg.update({k: v for k, v in over.items() if not k.startswith("rn_") and k not in ("rx", "pool_out", "eps")})
     model = GraphModel.build(cfg.encoder, enc_cfg, head, out_dim, cfg.features, cfg.input_scaling,
                              readout_norm=cfg.readout_norm)
+    if over.get("rx"):          # experiment: readout variants (ln: LayerNorm before the SiLU; leaky: LeakyReLU)
+        ro = model.encoder.readout
+        act = torch.nn.LeakyReLU(0.1) if over["rx"] == "leaky" else torch.nn.SiLU()
+        mid = [torch.nn.LayerNorm(ro[0].out_features)] if over["rx"] == "ln" else []
+        model.encoder.readout = torch.nn.Sequential(ro[0], *mid, act, ro[2])
+    if over.get("pool_out"):    # experiment: readout also sees the mean state of the network's output neurons
+        import importlib
+        from torch_geometric.utils import scatter as _scatter
+        from nngraph.graph.vocab import ROLE_IDS
+        common = importlib.import_module(type(model.encoder).__module__.rsplit(".", 1)[0] + ".common")
+        enc_ = model.encoder
+        enc_.readout = common.mlp(3 * cfg.hidden, cfg.hidden, enc_.out_dim)
+
+        def fwd(batch):
+            h, e = enc_.embed(batch)
+            for layer in enc_.layers:
+                h, e = layer(h, e, batch.edge_index)
+            index, size = common.graph_index(batch)
+            out = batch.x[:, ROLE_IDS["output"]] > 0
+            po = _scatter(h[out], index[out], dim=0, dim_size=size, reduce="mean")
+            return h, enc_.readout(torch.cat([common.pool(h, index, size), po], -1))
+        enc_.forward = fwd
     g_tr = [e.graph for e in tr]
     g_te = [e.graph for e in te]
     cache = {i: featurize(g, cfg.features) for i, g in enumerate(g_tr)}
@@ -138,26 +171,41 @@ def main():
     rm = readout_module(enc_) or getattr(enc_, "readout", None) or getattr(enc_, "rho", None)
     rm._forward_pre_hooks.move_to_end(rm.register_forward_pre_hook(pooled_hook).id, last=False)  # raw pool
 
+    first = rm[0] if isinstance(rm, torch.nn.Sequential) and isinstance(rm[0], torch.nn.Linear) else None
+    if first is not None:
+        first.register_forward_hook(lambda mod, a, out: captured.__setitem__("pre", out.detach()))
+
     def snapshot(graphs, c, y):
         out = T._outputs(model, graphs, cfg.features, torch.device("cpu"), cache=c)
-        pooled, emb = [], []
+        pooled, emb, pre = [], [], []
         model.eval()
         with torch.no_grad():
             for bb in T._batches(graphs, np.zeros(len(graphs)), cfg.features, 64, False, None, cache=c):
                 emb.append(model.encoder(bb)[1])
                 pooled.append(captured["pooled"])
-        emb, pooled = torch.cat(emb), torch.cat(pooled)
+                pre.append(captured.get("pre", torch.zeros(1, 1)))
+        emb, pooled, pre = torch.cat(emb), torch.cat(pooled), torch.cat(pre)
         pred = T._decode(cfg.task, out, mean, std)
         m = T.metrics(cfg.task, y, pred)
+        # the readout's first layer: RMS of its input, its pre-activations' spread across graphs, and the
+        # fraction of its units below -4 on every graph (SiLU ≈ 0 there: no gradient, no variation)
+        extra = {"pooled_rms": float(pooled.pow(2).mean().sqrt()), "pre_spread": _spread(pre),
+                 "pre_dead": float((pre < -4).all(0).float().mean()), "logit_std": float(out.std(0).mean())}
+        snapshot.extra = extra
         return m, _spread(pooled), _spread(emb), float(T._loss(cfg.task, out, torch.as_tensor(
             (y - mean) / std if cfg.task == "regression" else y)))
 
     m, sp, se, l0 = snapshot(g_tr, cache, y_tr)
-    print(f"init: train {m} loss {l0:.4f} pooled spread {sp:.4f} embedding spread {se:.4f}")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    print(f"init: train {m} loss {l0:.4f} pooled spread {sp:.4f} embedding spread {se:.4f} {snapshot.extra}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            eps=float(over.get("eps", 1e-8)))
     sched = T.make_scheduler(opt, cfg, math.ceil(len(g_tr) / cfg.batch_size)) if hasattr(T, "make_scheduler") else \
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     per_step = hasattr(T, "make_scheduler")
+    if over.get("warmup") and not per_step:     # experiment: linear warmup over N epochs, then the cosine
+        w = int(over["warmup"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: (ep + 1) / (w + 1) if ep < w else
+                                                  0.5 * (1 + math.cos(math.pi * (ep - w) / max(cfg.epochs - w, 1))))
     groups = _groups(model)
     target = (y_tr - mean) / std if cfg.task == "regression" else y_tr
     log = []
@@ -183,11 +231,14 @@ def main():
         rec = {"epoch": epoch + 1, "loss_first": losses[0], "loss_mean": float(np.mean(losses)),
                "grad": {k: float(np.mean(v)) for k, v in gn.items()}}
         if (epoch + 1) % args.every == 0 or epoch + 1 == cfg.epochs:
-            m, sp, se, lt = snapshot(g_tr, cache, y_tr)
             mt, _, _, _ = snapshot(g_te, cache_te, y_te) if g_te else ({}, 0, 0, 0)
-            rec.update({"train_eval": m, "train_eval_loss": lt, "test": mt, "pooled_spread": sp, "emb_spread": se})
+            m, sp, se, lt = snapshot(g_tr, cache, y_tr)
+            rec.update({"train_eval": m, "train_eval_loss": lt, "test": mt, "pooled_spread": sp, "emb_spread": se,
+                        **snapshot.extra})
             print(f"ep {epoch + 1:3d} loss {rec['loss_mean']:.4f} eval-loss {lt:.4f} train {m} test {mt} "
                   f"spread pooled {sp:.4f} emb {se:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                  f"pooled-rms {rec['pooled_rms']:.2f} readout-pre spread {rec['pre_spread']:.4f} "
+                  f"dead {rec['pre_dead']:.2f} logit-std {rec['logit_std']:.3f} "
                   f"grad {' '.join(f'{k.split(chr(46), 1)[1]}={v:.2e}' for k, v in rec['grad'].items())} "
                   f"[{time.perf_counter() - t0:.0f}s]", flush=True)
         log.append(rec)

@@ -41,13 +41,17 @@ from .app import cli, emit_json, err, out
               show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
 @click.option("--sum-scaler", type=click.Choice(["linear", "log"]), default=TrainConfig.sum_scaler, show_default=True,
               help="ng-gnn's PNA sum: plain, or mean·log(1+degree) (networks of other widths).")
+@click.option("--probe-inputs", type=click.Choice(["normal", "uniform"]), default="normal", show_default=True,
+              help="Probe inputs: the adapter's example inputs (standard normal floats) or floats from U(-1, 1) "
+                   "(coordinate networks, inputs scaled to [-1, 1]).")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, weight_scale, sum_scaler, threads, device, seed, output, as_json):
+          patience, no_input_scaling, probes, weight_scale, sum_scaler, probe_inputs, threads, device, seed,
+          output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
     Progress: a bar on a terminal, one line per epoch on stderr otherwise, JSON lines with --json.
@@ -79,7 +83,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
                       sum_scaler=sum_scaler, device=device, seed=seed,
-                      features=FeatureConfig(probes=probes, scale=weight_scale))
+                      features=FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=weight_scale))
     interactive = not as_json and err.is_terminal and main
 
     def log(record):

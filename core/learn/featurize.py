@@ -30,7 +30,7 @@ import numpy as np
 from ..graph.ir import NeuralGraph
 from ..graph.materialize import write_block_edges
 from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
-from .probes import PROBE
+from .probes import PROBE, PROBE_INPUTS
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
 
@@ -41,8 +41,11 @@ class FeatureConfig:
     scale: str = "none"           # none | block | graph | fan_in
     max_positions: int = 4096     # fixed-neuron positions beyond this wrap around
     probes: int = 0               # probe-feature columns: neuron outputs on fixed inputs (learn.probes)
+    probe_inputs: str = "normal"  # normal: the adapter's example inputs; uniform: floats from U(-1, 1)
 
     def __post_init__(self):
+        if self.probe_inputs not in PROBE_INPUTS:
+            raise ValueError(f"probe_inputs must be one of {', '.join(PROBE_INPUTS)}, got {self.probe_inputs!r}")
         if self.scale not in ("none", "block", "graph", "fan_in"):
             raise ValueError(f"FeatureConfig.scale must be none, block, graph or fan_in, got {self.scale!r}")
 

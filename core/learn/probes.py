@@ -6,6 +6,15 @@ population gets the same ``k`` inputs (``example_inputs(path, seed=j)`` of its a
 with the same input signature see identical probes), and each neuron's output, averaged over the
 samples of one input (batch, tokens, spatial positions), becomes one node feature.
 
+Where the probe inputs come from (``inputs``, ``FeatureConfig.probe_inputs``): ``"normal"`` (the
+default) uses the adapter's example inputs as they are — float inputs standard normal; ``"uniform"``
+redraws every float input uniformly from [-1, 1] (integer ids and masks stay the adapter's). A network
+whose inputs live in [-1, 1] — a coordinate network (INR) reading pixel coordinates, or any model fed
+inputs scaled to that range — is only meaningful there: with standard-normal probes 2-input SIRENs
+were probed inside their domain at 41–62 % of the points (8–32 probes), and logistic regression on the
+output neuron's probe values (the image samples) scored test accuracy 0.34–0.40 against 0.51–0.70
+with uniform probes (benchmarks/learning, inr population, 80 test INRs).
+
 The values are stored on the graph as a per-neuron array ``PROBE`` of shape ``[neurons, k]`` with no
 origin (they are measurements, not parameters): :func:`nngraph.graph.symmetry.permute` moves them
 with their neurons, so a permuted network has permuted probe features, and ``featurize`` reads them
@@ -24,25 +33,44 @@ from ..graph.ir import NeuralGraph, Param
 
 #: Name of the per-neuron array that holds probe values (never a parameter slot).
 PROBE = "probe"
+#: ``graph.meta`` key recording which probe inputs (:data:`PROBE_INPUTS`) the values came from.
+PROBE_INPUTS_KEY = "probe_inputs"
+#: Probe-input distributions: the adapter's example inputs, or float inputs redrawn from U(-1, 1).
+PROBE_INPUTS = ("normal", "uniform")
 
 
-def has_probes(graph: NeuralGraph, k: int) -> bool:
-    return all(PROBE in s.arrays and s.arrays[PROBE].data.shape[1:] == (k,) for s in graph.sets.values())
+def has_probes(graph: NeuralGraph, k: int, inputs: str = "normal") -> bool:
+    return graph.meta.get(PROBE_INPUTS_KEY, "normal") == inputs and all(
+        PROBE in s.arrays and s.arrays[PROBE].data.shape[1:] == (k,) for s in graph.sets.values())
 
 
-def attach_probes(graph: NeuralGraph, path: str | Path, k: int, seed: int = 0) -> NeuralGraph:
-    """Run the model at ``path`` on ``k`` fixed inputs and store each neuron's mean output on
-    ``graph`` (``set.arrays[PROBE]``, ``[size, k]``); returns ``graph``. Sets the runtime does not
-    expose (heads, fixed tables) get zeros; input neurons get the input values."""
+def probe_feeds(adapter, path: str | Path, seed: int, inputs: str = "normal") -> dict[str, np.ndarray]:
+    """The ``seed``-th probe input of the model at ``path``: the adapter's example inputs, with float
+    arrays redrawn from U(-1, 1) (same shapes and dtypes, seeded by ``seed``) when ``inputs`` is
+    ``"uniform"``; identical for every model with the same input signature."""
+    if inputs not in PROBE_INPUTS:
+        raise InputError(f"probe inputs must be one of {', '.join(PROBE_INPUTS)}, got {inputs!r}")
+    feeds = adapter.example_inputs(path, seed)
+    if inputs == "uniform":
+        rng = np.random.default_rng(seed)
+        feeds = {n: rng.uniform(-1, 1, np.shape(v)).astype(v.dtype) if np.asarray(v).dtype.kind == "f" else v
+                 for n, v in feeds.items()}
+    return feeds
+
+
+def attach_probes(graph: NeuralGraph, path: str | Path, k: int, seed: int = 0, inputs: str = "normal") -> NeuralGraph:
+    """Run the model at ``path`` on ``k`` fixed inputs (:func:`probe_feeds`) and store each neuron's
+    mean output on ``graph`` (``set.arrays[PROBE]``, ``[size, k]``); returns ``graph``. Sets the
+    runtime does not expose (heads, fixed tables) get zeros; input neurons get the input values."""
     from ..api import find_adapter
-    if has_probes(graph, k):
+    if has_probes(graph, k, inputs):
         return graph
     adapter = find_adapter(path)
     if adapter.activations is None or adapter.example_inputs is None:
         raise InputError(f"{path}: probe features need a model the {adapter.name!r} adapter can run")
     values = {name: np.zeros((s.size, k), np.float32) for name, s in graph.sets.items()}
     for j in range(k):
-        feeds = adapter.example_inputs(path, seed + j)
+        feeds = probe_feeds(adapter, path, seed + j, inputs)
         acts = adapter.activations(path, graph, feeds)
         for name, s in graph.sets.items():
             a = acts.get(name)
@@ -53,10 +81,11 @@ def attach_probes(graph: NeuralGraph, path: str | Path, k: int, seed: int = 0) -
                 values[name][:, j] = np.nan_to_num(col, nan=0.0, posinf=0.0, neginf=0.0)
     for name, s in graph.sets.items():
         s.arrays[PROBE] = Param(values[name])
+    graph.meta[PROBE_INPUTS_KEY] = inputs
     return graph
 
 
-def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0) -> None:
+def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0, inputs: str = "normal") -> None:
     """:func:`attach_probes` for each graph (``None`` entries skipped); ``paths`` are required."""
     if k <= 0:
         return
@@ -64,4 +93,4 @@ def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0) -> None:
         raise InputError("this checkpoint uses probe features: it needs the model files, not only their graphs")
     for g, p in zip(graphs, paths):
         if g is not None:
-            attach_probes(g, p, k, seed)
+            attach_probes(g, p, k, seed, inputs)

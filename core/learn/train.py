@@ -169,7 +169,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
     if cfg.features.probes:
-        attach_all(graphs_tr + [e.graph for e in va], [e.path for e in tr + va], cfg.features.probes)
+        attach_all(graphs_tr + [e.graph for e in va], [e.path for e in tr + va], cfg.features.probes,
+                   inputs=cfg.features.probe_inputs)
     cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr) if g is not None}
     cache_va: dict = {}
     if cfg.input_scaling:
@@ -324,7 +325,7 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
     cfg = TrainConfig(target=meta["target"], task=meta["task"])
     y, _ = _labels(entries, cfg, meta["classes"])
     features = FeatureConfig(**meta["features"])
-    attach_all([e.graph for e in entries], [e.path for e in entries], features.probes)
+    attach_all([e.graph for e in entries], [e.path for e in entries], features.probes, inputs=features.probe_inputs)
     pred = _predict(model, [e.graph for e in entries], features, dev, meta["task"], meta["y_mean"], meta["y_std"])
     out = metrics(meta["task"], y, pred)
     out["n"] = len(entries)
@@ -378,7 +379,8 @@ def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list |
     :func:`graph_embeddings`; ``workers`` as in ``stream.encode_streamed``)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
-    attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
+    features = FeatureConfig(**meta["features"])
+    attach_all(graphs, paths, features.probes, inputs=features.probe_inputs)
     with torch.no_grad():
         out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress, workers=workers).to(dev)).cpu()
     pred = _decode(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
@@ -394,7 +396,8 @@ def embed(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list | N
     ``workers`` as in ``stream.encode_streamed``)."""
     import torch
     model, meta, dev = load_checkpoint(ckpt, device)
-    attach_all(graphs, paths, FeatureConfig(**meta["features"]).probes)
+    features = FeatureConfig(**meta["features"])
+    attach_all(graphs, paths, features.probes, inputs=features.probe_inputs)
     if not graphs:
         return np.zeros((0, 1), np.float32)
     with torch.no_grad():
