@@ -32,7 +32,6 @@ import numpy as np
 from nngraph.learn import checkpoint as checkpoint_mod
 from nngraph.learn import train as train_mod
 from nngraph.learn.dataset import load_dataset
-from nngraph.learn.featurize import FeatureConfig
 
 PRIMARY = {"classification": "accuracy", "regression": "kendall_tau"}
 SETTINGS = {
@@ -46,7 +45,7 @@ SETTINGS = {
 def run(data, target: str, task: str, setting: str, seed: int, epochs: int, features, tmp: str) -> dict:
     cfg = train_mod.TrainConfig(target=target, task=task, epochs=epochs, seed=seed, **SETTINGS[setting])
     if setting == "probes":
-        cfg = replace(cfg, features=FeatureConfig(probes=features))
+        cfg = replace(cfg, features=replace(cfg.features, probes=features))
     start = time.perf_counter()
     model, meta, history = train_mod.train(data, cfg, progress=False)
     seconds = time.perf_counter() - start

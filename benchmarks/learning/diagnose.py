@@ -74,7 +74,9 @@ def main():
         except json.JSONDecodeError:
             over[k] = v
     from nngraph.learn.featurize import FeatureConfig
-    feats = FeatureConfig(**{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
+    from dataclasses import replace
+    feats = replace(T.TrainConfig(target=args.target).features,
+                    **{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
     cfg = T.TrainConfig(target=args.target, task=args.task, encoder=args.encoder, epochs=args.epochs,
                         seed=args.seed, device="cpu", features=feats, **{k: v for k, v in over.items()
                                                                          if k in T.TrainConfig.__dataclass_fields__})

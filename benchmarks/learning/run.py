@@ -26,6 +26,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def make_config(target: str, task: str, encoder: str, epochs: int, seed: int, overrides: dict | None = None):
     over = overrides or {}
-    feats = FeatureConfig(**{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
+    feats = replace(TrainConfig(target=target).features,
+                    **{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
     return TrainConfig(target=target, task=task, encoder=encoder, epochs=epochs, seed=seed, features=feats,
                        **{k: v for k, v in over.items() if k in TrainConfig.__dataclass_fields__})
 

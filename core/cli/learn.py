@@ -37,7 +37,8 @@ from .app import cli, emit_json, err, out
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
 @click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
               help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
-@click.option("--weight-scale", type=click.Choice(["none", "block", "graph", "fan_in"]), default="none",
+@click.option("--weight-scale", type=click.Choice(["none", "block", "graph", "fan_in"]),
+              default=TrainConfig(target="").features.scale,
               show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
 @click.option("--sum-scaler", type=click.Choice(["linear", "log"]), default=TrainConfig.sum_scaler, show_default=True,
               help="ng-gnn's PNA sum: plain, or mean·log(1+degree) (networks of other widths).")

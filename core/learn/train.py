@@ -31,7 +31,8 @@ class TrainConfig:
     hidden: int = 32                      # small zoos overfit wider encoders (benchmarks/zoo_benchmark.py)
     layers: int = 2
     heads: int = 4                        # attention heads (ng-transformer)
-    sum_scaler: str = "linear"            # ng-gnn's PNA sum: linear (plain sum) | log (mean · log(1 + degree))
+    sum_scaler: str = "log"               # ng-gnn's PNA sum: log (mean · log(1 + degree)) | linear (plain sum);
+                                          # log with fan-in scaling: benchmarks/learning, README "(b)"
     dropout: float = 0.0                  # in the head
     seed: int = 0
     device: str = "auto"
@@ -39,7 +40,7 @@ class TrainConfig:
     patience: int = 0                     # early stopping: epochs without a better validation loss (0: off)
     input_scaling: bool = True            # divide inputs by the training set's feature RMS (featurize.feature_scales)
     readout_norm: bool = True             # standardize the pooled vector by its training-set statistics (readout_stats)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
+    features: FeatureConfig = field(default_factory=lambda: FeatureConfig(scale="fan_in"))  # README "(b)": width
 
     def encoder_config(self) -> dict:
         """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
