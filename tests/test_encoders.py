@@ -159,3 +159,20 @@ def test_fan_in_scaling_removes_width_from_weight_scale(tmp_path):
 def test_feature_config_rejects_unknown_scale():
     with pytest.raises(ValueError, match="fan_in"):
         nngraph.FeatureConfig(scale="width")
+
+
+def test_fan_in_scaling_leaves_embeddings_at_their_scale():
+    """Embedding tables are drawn at std 1 whatever the vocabulary, so fan-in scaling (whose fan-in
+    would be the vocabulary size) leaves their edges as they are; dense blocks are still scaled."""
+    from pathlib import Path
+    from nngraph.learn.featurize import fan_in_scales
+    g = nngraph.convert(Path(__file__).parent / "fixtures" / "safetensors" / "gpt2" / "model.safetensors")
+    blocks, _ = fan_in_scales(g)
+    kinds = [b.kind for b in g.blocks]
+    assert "embedding" in kinds and "dense" in kinds
+    assert all(i not in blocks for i, k in enumerate(kinds) if k == "embedding")
+    assert any(i in blocks and blocks[i] > 1 for i, k in enumerate(kinds) if k == "dense")
+    d0, d1 = nngraph.featurize(g), nngraph.featurize(g, nngraph.FeatureConfig(scale="fan_in"))
+    emb = d0.edge_attr[:, 9 + list(nngraph.graph.vocab.EDGE_KINDS).index("embedding")] == 1
+    assert emb.any()
+    torch.testing.assert_close(d1.edge_attr[emb, :9], d0.edge_attr[emb, :9])

@@ -88,7 +88,8 @@ def main():
         tr = tr[:args.n_train]
     if cfg.features.probes:
         from nngraph.learn.probes import attach_all
-        attach_all([e.graph for e in tr + te], [e.path for e in tr + te], cfg.features.probes)
+        attach_all([e.graph for e in tr + te], [e.path for e in tr + te], cfg.features.probes,
+                   inputs=cfg.features.probe_inputs)
     y_tr, classes = T._labels(tr, cfg)
     y_te, _ = T._labels(te, cfg, classes)
     torch.manual_seed(cfg.seed)

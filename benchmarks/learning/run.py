@@ -46,7 +46,8 @@ def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for kv in pairs:
         key, sep, value = kv.partition("=")
-        if not sep or (key not in TrainConfig.__dataclass_fields__ and key not in FeatureConfig.__dataclass_fields__):
+        if not sep or key == "features" or (key not in TrainConfig.__dataclass_fields__
+                                             and key not in FeatureConfig.__dataclass_fields__):
             raise SystemExit(f"--set {kv!r}: expected key=value with a TrainConfig or FeatureConfig field")
         try:
             out[key] = json.loads(value)

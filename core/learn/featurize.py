@@ -6,7 +6,8 @@ graph's deepest set, and a fixed-neuron flag. Fixed neurons (network inputs and 
 identity no symmetry moves; ``node_pos`` gives it (their index in their set, offset per set) so an
 encoder may learn a position embedding for them; it is -1 for permutable neurons.
 Edge features ``edge_attr``: the weight or kernel taps resampled to ``taps`` values, then a
-one-hot block kind. Weight scaling (``scale``): none (the default; scale carries information),
+one-hot block kind. Weight scaling (``scale``): none (``FeatureConfig``'s default: scale carries information;
+training defaults to ``fan_in``, ``TrainConfig``),
 per block (each block divided by its RMS), per graph (by the RMS of all weights) or ``fan_in``
 (each block's weights, and each neuron's bias, multiplied by √fan-in, the number of weights a
 neuron of the block's target receives from it: standard inits draw weights of std ∝ 1/√fan-in, so
@@ -92,13 +93,16 @@ def fan_in_scales(graph: NeuralGraph) -> tuple[dict[int, float], dict[str, float
     """``scale="fan_in"`` multipliers: ``(block index → √fan-in, set name → √fan-in)``. A block's fan-in
     is its weights per target neuron (weight entries / target-set size: in-channels × kernel taps for a
     convolution, in-features for a dense layer, kernel taps for a depthwise one) — the fan-in its layer
-    was initialised with (PyTorch, Glorot and He inits all draw std ∝ 1/√fan-in, biases too). A set's
+    was initialised with (PyTorch, Glorot and He inits all draw std ∝ 1/√fan-in, biases too);
+    embedding blocks are left out (drawn at std 1, not ∝ 1/√vocabulary). A set's
     fan-in, for its biases, is the sum over the weighted blocks into it; sets without one are absent.
     Measured on the CNN zoo (widths 4–32): scaled conv-weight RMS fell from 1.0 (width 4) to 0.46–0.75
     (24–32) and dense from 0.95 to 0.36, so wide networks' inputs lay outside the training range."""
     blocks, sets = {}, {}
     for i, b in enumerate(graph.blocks):
-        if b.weight is None or graph.edge_count(b) == 0:
+        # embeddings are drawn at std 1 whatever the vocabulary (nn.Embedding): their fan-in would be
+        # the vocabulary size, so they keep their scale (and add nothing to a set's bias fan-in)
+        if b.weight is None or b.kind == "embedding" or graph.edge_count(b) == 0:
             continue
         fan = b.weight.data.size / max(graph.sets[b.target].size, 1)
         blocks[i] = float(np.sqrt(fan))

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..graph.dtypes import is_float
 from ..graph.ir import NeuralGraph, Param
 
 #: Name of the per-neuron array that holds probe values (never a parameter slot).
@@ -53,8 +54,8 @@ def probe_feeds(adapter, path: str | Path, seed: int, inputs: str = "normal") ->
     feeds = adapter.example_inputs(path, seed)
     if inputs == "uniform":
         rng = np.random.default_rng(seed)
-        feeds = {n: rng.uniform(-1, 1, np.shape(v)).astype(v.dtype) if np.asarray(v).dtype.kind == "f" else v
-                 for n, v in feeds.items()}
+        feeds = {n: rng.uniform(-1, 1, np.shape(v)).astype(np.asarray(v).dtype) if is_float(np.asarray(v).dtype)
+                 else v for n, v in feeds.items()}
     return feeds
 
 

@@ -100,6 +100,8 @@ def pna_combine(total: torch.Tensor, squares: torch.Tensor, maximum: torch.Tenso
     logarithmic amplification scaler): the sum grows in proportion to a layer's width, so on
     networks wider than any training one it lies outside what the node update was trained on
     (CNN zoo, widths 4–16 → 24–32: layer-2 sums 2.6× the widest training width's)."""
+    if sum_scaler not in SUM_SCALERS:
+        raise ValueError(f"sum_scaler must be one of {SUM_SCALERS}, got {sum_scaler!r}")
     c = count.clamp(min=1).unsqueeze(-1).to(total.dtype)
     mean = total / c
     std = torch.sqrt(torch.clamp(squares / c - mean * mean, min=0) + 1e-6)
