@@ -486,14 +486,7 @@ class LoweringContext:
         why = None
         if group.parent or any(x.parent == gname for x in g.groups.values()):
             why = "it is split into heads or channel groups"
-        for b in g.blocks:
-            if why or (b.source not in inside and b.target not in inside):
-                continue
-            if b.pattern == "diagonal" and b.source in inside and b.target in inside:
-                continue
-            if b.pattern == "full" and b.groups == 1 and (b.source in inside) != (b.target in inside):
-                continue
-            why = f"block {b.name!r} ({b.kind}) cannot be cut along it"
+        why = why or self._uncuttable_block(inside, single_tap=False)
         if why:
             raise UnsupportedModelError(f"{self.model.path}: cannot split neuron set {set_name!r} ({why})")
         bounds = np.cumsum([0, *sizes])
@@ -507,6 +500,21 @@ class LoweringContext:
                     t for x, t in zip(v.sets, v.inners) for _ in parts.get(x, [x]))
                 self.values[key] = v.but(sets=sets, inners=inners)
         return parts[set_name]
+
+    def _uncuttable_block(self, inside: set[str], single_tap: bool) -> str | None:
+        """Why a block touching the sets ``inside`` cannot be cut along them (None: every one can):
+        diagonal blocks within them and ungrouped dense blocks that enter or leave them are cut row
+        by row; ``single_tap`` also refuses kernels (slots take rows with exact ``take`` origins)."""
+        for b in self.graph.blocks:
+            if b.source not in inside and b.target not in inside:
+                continue
+            if b.pattern == "diagonal" and b.source in inside and b.target in inside:
+                continue
+            if (b.pattern == "full" and b.groups == 1 and (b.taps == 1 or not single_tap)
+                    and (b.source in inside) != (b.target in inside)):
+                continue
+            return f"block {b.name!r} ({b.kind}) cannot be cut along it"
+        return None
 
     def split_slots(self, set_name: str, blocks: int, slots: int) -> list[str]:
         """Split ``set_name`` — ``blocks·slots`` heads of d neurons — into ``slots`` interleaved
@@ -537,14 +545,8 @@ class LoweringContext:
             why = "its heads are tied to other structure"
         if any(x.parent == gname for x in g.groups.values()):
             why = "it is split into channel groups"
-        for b in g.blocks:
-            if why or (b.source not in inside and b.target not in inside):
-                continue
-            if b.pattern == "diagonal" and b.source in inside and b.target in inside:
-                continue
-            if b.pattern == "full" and b.groups == 1 and b.taps == 1 and (b.source in inside) != (b.target in inside):
-                continue
-            why = f"block {b.name!r} ({b.kind}) cannot be cut along it"
+        why = why or self._uncuttable_block(inside, single_tap=True)
+
         def plain(v: Act) -> bool:        # a value that can carry the slots instead
             return len(v.sets) == 1 and v.inner == 1 and v.inners is None and v.seg_axis is None \
                 and not v.repeated and (v.heads is None or v.heads[1] == H)

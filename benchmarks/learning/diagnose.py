@@ -90,8 +90,8 @@ def main():
         from nngraph.learn.probes import attach_all
         attach_all([e.graph for e in tr + te], [e.path for e in tr + te], cfg.features.probes,
                    inputs=cfg.features.probe_inputs)
-    y_tr, classes = T._labels(tr, cfg)
-    y_te, _ = T._labels(te, cfg, classes)
+    y_tr, classes = T.encode_labels(tr, cfg)
+    y_te, _ = T.encode_labels(te, cfg, classes)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     head = {"classification": "classification"}.get(cfg.task, "regression")
@@ -179,23 +179,23 @@ def main():
         first.register_forward_hook(lambda mod, a, out: captured.__setitem__("pre", out.detach()))
 
     def snapshot(graphs, c, y):
-        out = T._outputs(model, graphs, cfg.features, torch.device("cpu"), cache=c)
+        out = T.model_outputs(model, graphs, cfg.features, torch.device("cpu"), cache=c)
         pooled, emb, pre = [], [], []
         model.eval()
         with torch.no_grad():
-            for bb in T._batches(graphs, np.zeros(len(graphs)), cfg.features, 64, False, None, cache=c):
+            for bb in T.graph_batches(graphs, np.zeros(len(graphs)), cfg.features, 64, False, None, cache=c):
                 emb.append(model.encoder(bb)[1])
                 pooled.append(captured["pooled"])
                 pre.append(captured.get("pre", torch.zeros(1, 1)))
         emb, pooled, pre = torch.cat(emb), torch.cat(pooled), torch.cat(pre)
-        pred = T._decode(cfg.task, out, mean, std)
+        pred = T.decode_predictions(cfg.task, out, mean, std)
         m = T.metrics(cfg.task, y, pred)
         # the readout's first layer: RMS of its input, its pre-activations' spread across graphs, and the
         # fraction of its units below -4 on every graph (SiLU ≈ 0 there: no gradient, no variation)
         extra = {"pooled_rms": float(pooled.pow(2).mean().sqrt()), "pre_spread": _spread(pre),
                  "pre_dead": float((pre < -4).all(0).float().mean()), "logit_std": float(out.std(0).mean())}
         snapshot.extra = extra
-        return m, _spread(pooled), _spread(emb), float(T._loss(cfg.task, out, torch.as_tensor(
+        return m, _spread(pooled), _spread(emb), float(T.task_loss(cfg.task, out, torch.as_tensor(
             (y - mean) / std if cfg.task == "regression" else y)))
 
     m, sp, se, l0 = snapshot(g_tr, cache, y_tr)
@@ -216,9 +216,9 @@ def main():
     for epoch in range(cfg.epochs):
         model.train()
         losses, gn = [], {k: [] for k in groups}
-        for batch in T._batches(g_tr, target, cfg.features, cfg.batch_size, True, rng, cache=cache):
+        for batch in T.graph_batches(g_tr, target, cfg.features, cfg.batch_size, True, rng, cache=cache):
             out = model(batch)
-            loss = T._loss(cfg.task, out, batch.y)
+            loss = T.task_loss(cfg.task, out, batch.y)
             opt.zero_grad()
             loss.backward()
             for k, ps in groups.items():

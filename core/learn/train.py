@@ -47,7 +47,7 @@ class TrainConfig:
         return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler}
 
 
-def _labels(entries, cfg: TrainConfig, classes=None):
+def encode_labels(entries, cfg: TrainConfig, classes=None):
     raw = [e.row.get(cfg.target) for e in entries]
     if any(v is None or v == "" for v in raw):
         missing = [e.row["model"] for e, v in zip(entries, raw) if v in (None, "")][:5]
@@ -61,7 +61,7 @@ def _labels(entries, cfg: TrainConfig, classes=None):
         raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
 
 
-def _batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
+def graph_batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
              views: bool = False, cache: dict | None = None, held: np.ndarray | None = None):
     """Featurized batches (each graph featurized once when a ``cache`` dict is given); with
     ``views``, each batch is two random symmetries of the same networks (first half, second
@@ -118,7 +118,7 @@ def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {"kendall_tau": float(tau), "r2": 1 - mse / var if var > 0 else float("nan"), "mse": mse}
 
 
-def _loss(task: str, out, y):
+def task_loss(task: str, out, y):
     import torch
     if task == "embedding":
         return _info_nce(out)
@@ -159,8 +159,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     if cfg.task == "embedding":       # no labels: each network's random symmetries are its positives
         y_tr, classes, y_va, va = np.zeros(len(tr), np.float32), None, np.zeros(0), []
     else:
-        y_tr, classes = _labels(tr, cfg)
-        y_va, _ = _labels(va, cfg, classes) if va else (np.zeros(0), None)
+        y_tr, classes = encode_labels(tr, cfg)
+        y_va, _ = encode_labels(va, cfg, classes) if va else (np.zeros(0), None)
     head = cfg.head or {"classification": "classification", "embedding": "embedding"}.get(cfg.task, "regression")
     head_config = {"dropout": cfg.dropout} if cfg.dropout > 0 else {}
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
@@ -200,11 +200,11 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
         for epoch in range(cfg.epochs):
             model.train()
             total, count, seen_y, seen_out = 0.0, 0, [], []
-            for batch in _batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
+            for batch in graph_batches(graphs_tr, target, cfg.features, cfg.batch_size, True, rng,
                                   views=cfg.task == "embedding", cache=cache_tr, held=held_tr):
                 batch = batch.to(device)
                 out = net(batch)
-                loss = _loss(cfg.task, out, batch.y)
+                loss = task_loss(cfg.task, out, batch.y)
                 opt.zero_grad()
                 # DDP averages gradients over ranks: weighting each by its share of the batch gives the batch mean
                 (loss * (batch.share * group.world) if group else loss).backward()
@@ -223,17 +223,17 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
             if seen_out:
                 y_seen = np.concatenate(seen_y)
-                pred = _decode(cfg.task, torch.cat(seen_out), mean, std)
+                pred = decode_predictions(cfg.task, torch.cat(seen_out), mean, std)
                 y_seen = y_seen * std + mean if cfg.task == "regression" else y_seen
                 record.update({f"train_{k}": v for k, v in metrics(cfg.task, y_seen, pred).items()})
             if va:
-                out_va = _outputs(model, graphs_va, cfg.features, device, cache=cache_va)
+                out_va = model_outputs(model, graphs_va, cfg.features, device, cache=cache_va)
                 if group:
                     out_va = group.gather_rows(np.flatnonzero([e.graph is not None for e in va]), out_va, len(va))
                 y_norm = (y_va - mean) / std if cfg.task == "regression" else y_va
-                record["val_loss"] = float(_loss(cfg.task, out_va, torch.as_tensor(y_norm)))
+                record["val_loss"] = float(task_loss(cfg.task, out_va, torch.as_tensor(y_norm)))
                 record.update({f"val_{k}": v for k, v in metrics(
-                    cfg.task, y_va, _decode(cfg.task, out_va, mean, std)).items()})
+                    cfg.task, y_va, decode_predictions(cfg.task, out_va, mean, std)).items()})
                 if record["val_loss"] < best[0]:
                     best = (record["val_loss"], epoch + 1)
                     if cfg.patience:
@@ -297,25 +297,25 @@ def readout_stats(encoder, datas, device, reduce=None, batch_size: int = 32):
     return mean.float(), torch.where(varies & (std > 0), 1 / std.clamp(min=1e-30), torch.ones_like(std)).float()
 
 
-def _decode(task: str, out, mean: float, std: float) -> np.ndarray:
+def decode_predictions(task: str, out, mean: float, std: float) -> np.ndarray:
     """Model outputs → predictions (class ids, or targets in their own units)."""
     return out.argmax(-1).numpy() if task == "classification" else out.squeeze(-1).numpy() * std + mean
 
 
-def _outputs(model, graphs, features, device, batch_size: int = 32, cache: dict | None = None):
+def model_outputs(model, graphs, features, device, batch_size: int = 32, cache: dict | None = None):
     """Raw model outputs for ``graphs`` (on CPU), in order."""
     import torch
     model.eval()
     outs = []
     with torch.no_grad():
-        for batch in _batches(graphs, np.zeros(len(graphs)), features, batch_size, False, None, cache=cache):
+        for batch in graph_batches(graphs, np.zeros(len(graphs)), features, batch_size, False, None, cache=cache):
             outs.append(model(batch.to(device)).cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
 def _predict(model, graphs, features, device, task, mean, std, batch_size: int = 32, cache: dict | None = None):
-    out = _outputs(model, graphs, features, device, batch_size, cache)
-    return _decode(task, out, mean, std) if len(out) else np.zeros(0)
+    out = model_outputs(model, graphs, features, device, batch_size, cache)
+    return decode_predictions(task, out, mean, std) if len(out) else np.zeros(0)
 
 
 def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") -> dict[str, Any]:
@@ -324,7 +324,7 @@ def evaluate(ckpt, dataset, split: str | None = "test", device: str = "auto") ->
     if not entries:
         raise InputError(f"{dataset.root}: no models in split {split!r}")
     cfg = TrainConfig(target=meta["target"], task=meta["task"])
-    y, _ = _labels(entries, cfg, meta["classes"])
+    y, _ = encode_labels(entries, cfg, meta["classes"])
     features = FeatureConfig(**meta["features"])
     attach_all([e.graph for e in entries], [e.path for e in entries], features.probes, inputs=features.probe_inputs)
     pred = _predict(model, [e.graph for e in entries], features, dev, meta["task"], meta["y_mean"], meta["y_std"])
@@ -363,7 +363,7 @@ def graph_embeddings(model, meta: dict, graphs: list[NeuralGraph], device, strea
     with torch.no_grad():
         for k in range(0, len(small), 32):
             idx = small[k:k + 32]
-            batch = next(_batches([graphs[i] for i in idx], np.zeros(len(idx)), features, 32, False, None))
+            batch = next(graph_batches([graphs[i] for i in idx], np.zeros(len(idx)), features, 32, False, None))
             for i, row in zip(idx, enc(batch.to(device))[1].cpu()):
                 out[i] = row
         for i in (i for i, s in enumerate(streamed) if s):
@@ -384,7 +384,7 @@ def predict(ckpt, graphs: list[NeuralGraph], device: str = "auto", paths: list |
     attach_all(graphs, paths, features.probes, inputs=features.probe_inputs)
     with torch.no_grad():
         out = model.head(graph_embeddings(model, meta, graphs, dev, stream, progress, workers=workers).to(dev)).cpu()
-    pred = _decode(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
+    pred = decode_predictions(meta["task"], out, meta["y_mean"], meta["y_std"]) if len(graphs) else np.zeros(0)
     if meta["task"] == "classification":
         return [meta["classes"][int(i)] for i in pred]
     return [float(v) for v in pred]
