@@ -33,6 +33,8 @@ class TrainConfig:
     heads: int = 4                        # attention heads (ng-transformer)
     sum_scaler: str = "log"               # ng-gnn's PNA sum: log (mean · log(1 + degree)) | linear (plain sum);
                                           # log with fan-in scaling: benchmarks/learning, README "(b)"
+    pool_norm: str = "none"               # batch: BatchNorm of the pooled graph vector (message-passing encoders;
+                                          # fits populations of near-identical networks, costs on CNN zoos)
     dropout: float = 0.0                  # in the head
     seed: int = 0
     device: str = "auto"
@@ -44,7 +46,8 @@ class TrainConfig:
 
     def encoder_config(self) -> dict:
         """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
-        return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler}
+        return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler,
+                "pool_norm": self.pool_norm}
 
 
 def encode_labels(entries, cfg: TrainConfig, classes=None):
@@ -59,6 +62,35 @@ def encode_labels(entries, cfg: TrainConfig, classes=None):
         return np.array([float(v) for v in raw], np.float32), None
     except ValueError as e:
         raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
+
+
+def refresh_batch_norms(model, batches, device) -> bool:
+    """Recompute every BatchNorm's running statistics over ``batches`` with the current weights
+    (cumulative averages, as ``torch.optim.swa_utils.update_bn``); False when the model has none.
+    Why: running averages of a pooled vector that drifts during training lag behind it, and where
+    networks differ by a tiny part of that vector (``pool_norm="batch"``), evaluating with lagging
+    statistics put a training set that was fitted (loss 0.09) back at chance accuracy. Distributed:
+    each rank's statistics cover its shard's graphs."""
+    import torch
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    was_training = model.training
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for batch in batches:
+            if not getattr(batch, "share", 1):
+                continue                      # a distributed stand-in graph
+            model(batch.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return True
 
 
 def graph_batches(graphs: list[NeuralGraph], y, features: FeatureConfig, batch_size: int, shuffle: bool, rng,
@@ -218,6 +250,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                     seen_y.append(batch.y.cpu().numpy())
                     seen_out.append(out.detach().cpu())
             sched.step()
+            refresh_batch_norms(model, graph_batches(graphs_tr, target, cfg.features, cfg.batch_size, False, rng,
+                                                     cache=cache_tr, held=held_tr), device)
             if group:
                 total, count, seen_y, seen_out = group.merge_epoch(total, count, seen_y, seen_out)
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}

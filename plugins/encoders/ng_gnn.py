@@ -167,8 +167,8 @@ class NGGNNLayer(nn.Module):
 
 class NGGNN(LayeredEncoder):
     def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, norm: str = "none",
-                 sum_scaler: str = "linear", **features):
-        super().__init__(lambda: NGGNNLayer(hidden, norm, sum_scaler), layers, hidden, out_dim, **features)
+                 sum_scaler: str = "linear", pool_norm: str = "none", **features):
+        super().__init__(lambda: NGGNNLayer(hidden, norm, sum_scaler), layers, hidden, out_dim, pool_norm, **features)
 
     #: Edges per streamed chunk (``stream.encode_streamed``'s default for this encoder). Measured on
     #: the ``tiny`` scale checkpoint (18 M edges, hidden 32 × 2 layers, one thread), M edges per CPU
