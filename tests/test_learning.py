@@ -185,3 +185,33 @@ def test_width_options_recorded_and_applied(zoo, tmp_path):
     assert r.returncode == 0, r.stderr
     r = ngraph("train", zoo, "--target", "rms", "--weight-scale", "fan-in", "-o", tmp_path / "x.safetensors")
     assert r.returncode == 2 and not (tmp_path / "x.safetensors").exists()
+
+
+def test_pool_norm_and_rank_weight_recorded_and_applied(zoo, tmp_path):
+    """--pool-norm batch puts a BatchNorm (with its recomputed statistics) in the checkpoint and
+    --rank-weight reaches the recorded config; evaluate loads and runs it; bad values exit 2."""
+    ckpt = tmp_path / "p.safetensors"
+    r = ngraph("train", zoo, "--target", "rms", "--epochs", "2", "--hidden", "8", "--pool-norm", "batch",
+               "--rank-weight", "0.5", "--threads", "1", "-o", ckpt, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from nngraph.learn.checkpoint import load_checkpoint
+    model, meta, _ = load_checkpoint(ckpt, "cpu")
+    assert meta["encoder_config"]["pool_norm"] == "batch" and meta["config"]["rank_weight"] == 0.5
+    norm = model.encoder.pool_norm
+    assert int(norm.num_batches_tracked) > 0 and float(norm.running_var.sum()) != float(norm.running_var.numel())
+    r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    for bad in (["--pool-norm", "layer"], ["--rank-weight", "-1"]):
+        r = ngraph("train", zoo, "--target", "rms", *bad, "-o", tmp_path / "x.safetensors")
+        assert r.returncode == 2 and not (tmp_path / "x.safetensors").exists()
+
+
+def test_task_loss_rank_term():
+    """The ranking term is 0-weight by default, grows when a pair is ordered wrongly, and ignores ties."""
+    from nngraph.learn.train import task_loss
+    y = torch.tensor([0.0, 1.0, 1.0])
+    right, wrong = torch.tensor([[0.0], [1.0], [1.0]]), torch.tensor([[1.0], [0.0], [0.0]])
+    assert float(task_loss("regression", right, y, 1.0)) < float(task_loss("regression", wrong, y, 1.0))
+    assert float(task_loss("regression", wrong, y)) == pytest.approx(float(((wrong.squeeze(-1) - y) ** 2).mean()))
+    assert float(task_loss("regression", right, torch.ones(3), 1.0)) == pytest.approx(
+        float(task_loss("regression", right, torch.ones(3))))

@@ -45,6 +45,9 @@ from .app import cli, emit_json, err, out
 @click.option("--pool-norm", type=click.Choice(["none", "batch"]), default=TrainConfig.pool_norm, show_default=True,
               help="Standardize the pooled graph vector across each batch (populations of near-identical "
                    "networks, e.g. INRs from one init).")
+@click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
+              help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
+                   "ordered pairs).")
 @click.option("--probe-inputs", type=click.Choice(["normal", "uniform"]), default="normal", show_default=True,
               help="Probe inputs: the adapter's example inputs (standard normal floats) or floats from U(-1, 1) "
                    "(coordinate networks, inputs scaled to [-1, 1]).")
@@ -54,7 +57,7 @@ from .app import cli, emit_json, err, out
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, weight_scale, sum_scaler, pool_norm, probe_inputs, threads, device, seed,
+          patience, no_input_scaling, probes, weight_scale, sum_scaler, pool_norm, rank_weight, probe_inputs, threads, device, seed,
           output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
@@ -86,7 +89,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      sum_scaler=sum_scaler, pool_norm=pool_norm, device=device, seed=seed,
+                      sum_scaler=sum_scaler, pool_norm=pool_norm, rank_weight=rank_weight, device=device, seed=seed,
                       features=FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=weight_scale))
     interactive = not as_json and err.is_terminal and main
 
