@@ -1,9 +1,10 @@
 """Train a population of small CNNs on scikit-learn's bundled digits and export each to ONNX.
 
-    python examples/make_zoo.py OUT_DIR [--n 300] [--seed 0] [--wide-test]
+    python examples/make_zoo.py OUT_DIR [--n 300] [--seed 0] [--wide-test] [--recipe trainable|original]
 
 Hyperparameters vary per network: width, depth, kernel size, activation, optimizer, learning rate,
-weight decay, init scale, dropout, data fraction, label noise and epochs. OUT_DIR/labels.csv gets
+weight decay, init scale, dropout, data fraction, label noise and training length (a step budget;
+``--recipe original``: epochs, see ``sample``). OUT_DIR/labels.csv gets
 ``model, split, test_acc, train_acc`` and every hyperparameter. ``--wide-test`` puts the widest
 networks (more channels than any training network) in the test split, for out-of-distribution
 generalisation. Needs torch and scikit-learn.
@@ -35,9 +36,10 @@ def digits():
     y = torch.tensor(d.target)
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(y), generator=g)
-    return x[idx[:1200]], y[idx[:1200]], x[idx[1200:]], y[idx[1200:]]
+    return x[idx[:TRAIN_SIZE]], y[idx[:TRAIN_SIZE]], x[idx[TRAIN_SIZE:]], y[idx[TRAIN_SIZE:]]
 
 
+TRAIN_SIZE = 1200                       # digits the networks train on; the other 597 measure test_acc
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 
@@ -77,7 +79,7 @@ def sample(rng, i: int, widths, recipe: str = "trainable") -> dict:
     if recipe == "original":
         h |= {"epochs": int(rng.integers(2, 25)), "batch": 64}
     else:                               # a step budget, so that small data fractions still train
-        steps_per_epoch = -(-max(32, int(1200 * h["data_fraction"])) // 32)
+        steps_per_epoch = -(-max(32, int(TRAIN_SIZE * h["data_fraction"])) // 32)
         h |= {"epochs": max(1, round(10 ** rng.uniform(2.2, 3.2) / steps_per_epoch)), "batch": 32}
     return h
 

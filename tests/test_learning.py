@@ -207,11 +207,48 @@ def test_pool_norm_and_rank_weight_recorded_and_applied(zoo, tmp_path):
 
 
 def test_task_loss_rank_term():
-    """The ranking term is 0-weight by default, grows when a pair is ordered wrongly, and ignores ties."""
-    from nngraph.learn.train import task_loss
+    """MSE plus rank_weight × the mean softplus(−margin) over ordered pairs; tied pairs do not count."""
+    import math
+    from nngraph.learn.train import rank_loss, task_loss
     y = torch.tensor([0.0, 1.0, 1.0])
     right, wrong = torch.tensor([[0.0], [1.0], [1.0]]), torch.tensor([[1.0], [0.0], [0.0]])
-    assert float(task_loss("regression", right, y, 1.0)) < float(task_loss("regression", wrong, y, 1.0))
-    assert float(task_loss("regression", wrong, y)) == pytest.approx(float(((wrong.squeeze(-1) - y) ** 2).mean()))
-    assert float(task_loss("regression", right, torch.ones(3), 1.0)) == pytest.approx(
-        float(task_loss("regression", right, torch.ones(3))))
+    # two ordered pairs, each with margin −1 (wrong) or +1 (right); the tied pair (1, 1) is left out
+    assert float(rank_loss(wrong, y)) == pytest.approx(math.log1p(math.e))
+    assert float(rank_loss(right, y)) == pytest.approx(math.log1p(math.exp(-1)))
+    assert float(task_loss("regression", wrong, y, 1.0)) == pytest.approx(1.0 + math.log1p(math.e))
+    assert float(task_loss("regression", wrong, y, 0.5)) == pytest.approx(1.0 + 0.5 * math.log1p(math.e))
+    assert float(task_loss("regression", wrong, y)) == pytest.approx(1.0)        # function default: MSE only
+    assert float(rank_loss(right, torch.ones(3))) == 0.0                          # all tied: no pairs
+
+
+def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
+    """statnn has no pooled vector, a batch of one graph has no spread: one-line errors, exit 4, no file."""
+    for extra in (["--encoder", "statnn"], ["--batch-size", "1"]):
+        out = tmp_path / "x.safetensors"
+        r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--pool-norm", "batch", *extra, "-o", out)
+        assert r.returncode == 4 and "--pool-norm" in r.stderr and not out.exists(), r.stderr
+    r = ngraph("train", zoo, "--target", "rms", "--rank-weight", "nan", "-o", tmp_path / "y.safetensors")
+    assert r.returncode in (2, 4) and not (tmp_path / "y.safetensors").exists()
+
+
+def test_refresh_batch_norms_gives_exact_population_statistics():
+    """Running statistics after the refresh are the mean and unbiased variance over every input, not an
+    average of per-batch statistics (which would miss the spread between batches and over-weight a small
+    last batch)."""
+    from nngraph.learn.train import refresh_batch_norms
+    torch.manual_seed(0)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(3)
+
+        def forward(self, batch):
+            return self.norm(batch)
+
+    x = torch.cat([torch.randn(16, 3), torch.randn(16, 3) + 5, torch.randn(2, 3) - 9])   # sorted-like data
+    model = Model()
+    assert refresh_batch_norms(model, list(x.split(16)), "cpu")
+    assert torch.allclose(model.norm.running_mean, x.mean(0), atol=1e-5)
+    assert torch.allclose(model.norm.running_var, x.var(0), atol=1e-4)
+    assert model.training and not refresh_batch_norms(torch.nn.Linear(3, 3), [x], "cpu")

@@ -73,3 +73,27 @@ def test_table_names_override_rows_and_keeps_them_out_of_the_goals(tmp_path, cap
     out = capsys.readouterr().out
     assert "| ng-gnn [sum_scaler=log] | 0.500 ± 0.000 | 0.900 ± 0.000 |" in out
     assert "(b) zoo: τ ≥ stats+gbt + 0.15 = 0.350 — ng-gnn 0.300: NOT met" in out
+    assert "best of 1 configured run (chosen on this test split) ng-gnn [sum_scaler=log] 0.900: MET (+0.550)" in out
+
+
+def test_table_checks_original_zoos_and_ignores_configured_baselines(tmp_path, capsys):
+    """zoo_original gets its own goal line; a tagged baseline row is never reported as a configured
+    encoder run; a table whose rows have different seed counts says so in its header."""
+    import json
+    row = lambda m, t, n=3: {"method": m, "seeds": n, "train": 0.5, "train_std": 0, "test": t, "test_std": 0,  # noqa: E731
+                             "graphs_per_s": 1, "peak_rss_mib": 1}
+    base = {"target": "test_acc", "task": "regression", "metric": "kendall_tau", "n_train": 8, "n_test": 2, "epochs": 1}
+    (tmp_path / "a.json").write_text(json.dumps({**base, "name": "zoo_original", "overrides": {},
+                                                 "rows": [row("ng-gnn", 0.6, 6), row("stats+gbt", 0.3), row("deepsets", 0.4)]}))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "name": "zoo_original", "overrides": {"probes": 8},
+                                                 "rows": [row("stats+gbt", 0.99)]}))
+    argv = sys.argv
+    sys.argv = ["table.py", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    try:
+        runpy.run_path(str(HERE / "table.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "(b) zoo_original: τ ≥ stats+gbt + 0.15 = 0.450 — ng-gnn 0.600: MET (+0.150); best encoder ng-gnn" in out
+    assert "configured run" not in out
+    assert "3 seeds (ng-gnn: 6)" in out

@@ -196,7 +196,7 @@ def main():
                  "pre_dead": float((pre < -4).all(0).float().mean()), "logit_std": float(out.std(0).mean())}
         snapshot.extra = extra
         return m, _spread(pooled), _spread(emb), float(T.task_loss(cfg.task, out, torch.as_tensor(
-            (y - mean) / std if cfg.task == "regression" else y)))
+            (y - mean) / std if cfg.task == "regression" else y), cfg.rank_weight if cfg.task == "regression" else 0.0))
 
     m, sp, se, l0 = snapshot(g_tr, cache, y_tr)
     print(f"init: train {m} loss {l0:.4f} pooled spread {sp:.4f} embedding spread {se:.4f} {snapshot.extra}")
@@ -218,7 +218,7 @@ def main():
         losses, gn = [], {k: [] for k in groups}
         for batch in T.graph_batches(g_tr, target, cfg.features, cfg.batch_size, True, rng, cache=cache):
             out = model(batch)
-            loss = T.task_loss(cfg.task, out, batch.y)
+            loss = T.task_loss(cfg.task, out, batch.y, cfg.rank_weight if cfg.task == "regression" else 0.0)
             opt.zero_grad()
             loss.backward()
             for k, ps in groups.items():
@@ -231,6 +231,8 @@ def main():
             losses.append(float(loss.detach()))
         if not per_step:
             sched.step()
+        T.refresh_batch_norms(model, T.graph_batches(g_tr, target, cfg.features, cfg.batch_size, False, rng,
+                                                     cache=cache), torch.device("cpu"))
         rec = {"epoch": epoch + 1, "loss_first": losses[0], "loss_mean": float(np.mean(losses)),
                "grad": {k: float(np.mean(v)) for k, v in gn.items()}}
         if (epoch + 1) % args.every == 0 or epoch + 1 == cfg.epochs:

@@ -53,11 +53,13 @@ def goals(docs: dict[str, dict]) -> list[str]:
 
     def configured(pop: str, bar) -> str:
         """The best ``--set`` row of the population, if any: reported, never taken for the default."""
-        rows = [r for r in docs.get(pop, {}).get("rows", []) if " [" in r["method"]]
+        rows = [r for r in docs.get(pop, {}).get("rows", []) if r["method"].split(" [")[0] in ENCODERS
+                and " [" in r["method"]]
         if not rows:
             return ""
         r = max(rows, key=lambda r: r["test"])
-        return f"; best configured run {r['method']} {_f(r['test'])}: {verdict(r['test'], bar)}"
+        return (f"; best of {len(rows)} configured run{'s' * (len(rows) > 1)} (chosen on this test split) "
+                f"{r['method']} {_f(r['test'])}: {verdict(r['test'], bar)}")
 
     out = []
     missing = [p for p in ("freq", "zoo", "zoo_wide", "tasks", "inr") if p not in docs]

@@ -66,7 +66,8 @@ class Group:
         generator re-seeded per rank for what draws from it during training (dropout). One forward and
         backward of ``sample`` (a featurized graph) finds out whether the model leaves parameters without
         gradient, which DDP must then look for on every step (an extra pass over the autograd graph). The
-        buffers (input scales) are equal on every rank by construction, so they are not re-broadcast on each
+        buffers (input scales; BatchNorm statistics, which ``train.refresh_batch_norms`` computes from sums
+        over all ranks) are equal on every rank by construction, so they are not re-broadcast on each
         forward (which would make every forward, evaluation included, a collective)."""
         import torch
         from torch.nn.parallel import DistributedDataParallel
@@ -93,6 +94,18 @@ class Group:
         ys = [y for y, _ in parts if y is not None]
         outs = [o for _, o in parts if o is not None]
         return float(sums[0]), int(sums[1]), ys, outs
+
+    def batch_outputs(self, out, y, share: float):
+        """The global batch's outputs and labels, every rank's part in rank order, for a loss over pairs
+        across ranks (``train.rank_loss``): this rank's part stays ``out`` (gradients flow to it), the others
+        are constants. A stand-in (``share`` 0) contributes nothing. Every rank, summing its own gradient
+        of the same loss, then gives DDP's average the one-process gradient."""
+        import torch
+        mine = (out.detach().cpu(), y.detach().cpu()) if share else (out.detach().cpu()[:0], y.detach().cpu()[:0])
+        parts = self.gather(mine)
+        outs = [out if r == self.rank and share else o.to(out) for r, (o, _) in enumerate(parts)]
+        ys = [t.to(y.device) for _, t in parts]
+        return torch.cat(outs), torch.cat(ys)
 
     def gather_rows(self, held: np.ndarray, local_out, n: int):
         """Outputs for rows ``held`` (positions in a list of ``n``) from every rank → all ``n`` rows in order."""

@@ -66,32 +66,49 @@ def encode_labels(entries, cfg: TrainConfig, classes=None):
         raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
 
 
-def refresh_batch_norms(model, batches, device) -> bool:
-    """Recompute every BatchNorm's running statistics over ``batches`` with the current weights
-    (cumulative averages, as ``torch.optim.swa_utils.update_bn``); False when the model has none.
-    Why: running averages of a pooled vector that drifts during training lag behind it, and where
-    networks differ by a tiny part of that vector (``pool_norm="batch"``), evaluating with lagging
-    statistics put a training set that was fitted (loss 0.09) back at chance accuracy. Distributed:
-    each rank's statistics cover its shard's graphs."""
+def refresh_batch_norms(model, batches, device, reduce=None) -> bool:
+    """Set every BatchNorm's running statistics to the exact mean and (unbiased) variance of its inputs
+    over ``batches`` under the current weights (float64 sums collected by a forward pre-hook, summed over
+    ranks by ``reduce``); False when the model has none. Why: running averages of a pooled vector that
+    drifts during training lag behind it, and where networks differ by a tiny part of that vector
+    (``pool_norm="batch"``), evaluating with lagging statistics put a training set that was fitted
+    (loss 0.09) back at chance accuracy; an average of per-batch statistics would miss the spread between
+    batches and weigh a last small batch like a full one. Exact for one BatchNorm per path (the pooled
+    vector's); the inputs of a BatchNorm behind another are taken with the other's previous statistics."""
     import torch
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return False
+    sums = {m: None for m in norms}
+
+    def collect(module, args):
+        x = args[0].detach().double()
+        x = x.transpose(0, 1).reshape(x.shape[1], -1)          # channels first, every other axis pooled
+        part = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
+        sums[module] = part if sums[module] is None else sums[module] + part
+
+    hooks = [m.register_forward_pre_hook(collect) for m in norms]
     was_training = model.training
     model.eval()
-    momenta = [m.momentum for m in norms]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if getattr(batch, "share", 1):                 # not a distributed stand-in graph
+                    model(batch.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
     for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    with torch.no_grad():
-        for batch in batches:
-            if not getattr(batch, "share", 1):
-                continue                      # a distributed stand-in graph
-            model(batch.to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+        total = sums[m] if sums[m] is not None else torch.zeros(3, m.num_features, dtype=torch.float64)
+        if reduce is not None:
+            total = reduce(total)
+        n = total[2].clamp(min=1)
+        mean = total[0] / n
+        var = (total[1] - n * mean * mean).clamp(min=0) / (n - 1).clamp(min=1)
+        if float(total[2].max()) > 0:
+            m.running_mean.copy_(mean.to(m.running_mean))
+            m.running_var.copy_(var.to(m.running_var))
     return True
 
 
@@ -153,24 +170,28 @@ def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def task_loss(task: str, out, y, rank_weight: float = 0.0):
-    """The task's loss on one batch. Regression: mean squared error, plus ``rank_weight`` times a
-    pairwise ranking loss (RankNet: softplus of each wrongly ordered pair's score difference,
-    over the batch's pairs with different labels), since generalization prediction is judged by
-    Kendall τ, which only counts ordered pairs."""
+    """The task's loss on one batch. Regression: mean squared error, plus ``rank_weight`` times
+    :func:`rank_loss`, since generalization prediction is judged by Kendall τ, which only counts
+    ordered pairs (``TrainConfig.rank_weight``)."""
     import torch
     if task == "embedding":
         return _info_nce(out)
     if task == "regression":
-        pred, target = out.squeeze(-1), y.float()
-        loss = torch.nn.functional.mse_loss(pred, target)
-        if rank_weight:
-            sign = torch.sign(target[:, None] - target[None, :])
-            pairs = sign != 0
-            if bool(pairs.any()):
-                margin = sign * (pred[:, None] - pred[None, :])
-                loss = loss + rank_weight * torch.nn.functional.softplus(-margin[pairs]).mean()
-        return loss
+        loss = torch.nn.functional.mse_loss(out.squeeze(-1), y.float())
+        return loss + rank_weight * rank_loss(out, y) if rank_weight else loss
     return torch.nn.functional.cross_entropy(out, y.long())
+
+
+def rank_loss(out, y):
+    """Pairwise ranking loss (RankNet): the mean over ordered pairs with different labels of
+    softplus(−(s_i − s_j)) for y_i > y_j; 0 when every label is tied. Order-free, so a distributed step
+    computes it over the global batch gathered in any order (``Group.batch_outputs``)."""
+    import torch
+    pred, target = out.squeeze(-1), y.to(out.dtype)
+    sign = torch.sign(target[:, None] - target[None, :])
+    pairs = (sign != 0).to(out.dtype)
+    penalty = torch.nn.functional.softplus(-sign * (pred[:, None] - pred[None, :])) * pairs
+    return penalty.sum() / pairs.sum().clamp(min=1)     # no host sync: empty pair sets give 0
 
 
 def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
@@ -197,6 +218,15 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = group.device if group else resolve_device(cfg.device)
+    if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
+        raise InputError(f"--rank-weight must be a finite number >= 0, got {cfg.rank_weight}")
+    rank_weight = cfg.rank_weight if cfg.task == "regression" else 0.0
+    if cfg.pool_norm == "batch":
+        if cfg.batch_size < 2:
+            raise InputError("--pool-norm batch needs --batch-size >= 2 (it standardizes across a batch's graphs)")
+        if group:
+            raise InputError("--pool-norm batch is not supported under torchrun (each rank would standardize "
+                             "by its own part of the batch); train in one process or without it")
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:
         raise InputError(f"{dataset.root}: no training models (split column 'train')")
@@ -213,6 +243,10 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
+    if cfg.pool_norm != "none" and not isinstance(getattr(model.encoder, "pool_norm", None),
+                                                  torch.nn.modules.batchnorm._BatchNorm):
+        raise InputError(f"--pool-norm {cfg.pool_norm}: encoder {cfg.encoder!r} has no pooled vector to normalize "
+                         f"(ng-gnn and ng-transformer have)")
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
     if cfg.features.probes:
@@ -250,10 +284,17 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                                   views=cfg.task == "embedding", cache=cache_tr, held=held_tr):
                 batch = batch.to(device)
                 out = net(batch)
-                loss = task_loss(cfg.task, out, batch.y, cfg.rank_weight)
+                loss = task_loss(cfg.task, out, batch.y, 0.0 if group else rank_weight)
                 opt.zero_grad()
                 # DDP averages gradients over ranks: weighting each by its share of the batch gives the batch mean
-                (loss * (batch.share * group.world) if group else loss).backward()
+                if group:
+                    step = loss * (batch.share * group.world)
+                    if rank_weight:          # over the global batch: the other ranks' outputs as constants
+                        ranked = rank_weight * rank_loss(*group.batch_outputs(out, batch.y, batch.share))
+                        step, loss = step + ranked * group.world, loss + ranked.detach()
+                    step.backward()
+                else:
+                    loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 if group and not batch.share:
@@ -265,7 +306,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                     seen_out.append(out.detach().cpu())
             sched.step()
             refresh_batch_norms(model, graph_batches(graphs_tr, target, cfg.features, cfg.batch_size, False, rng,
-                                                     cache=cache_tr, held=held_tr), device)
+                                                     cache=cache_tr, held=held_tr), device,
+                                reduce=group.all_sum if group else None)
             if group:
                 total, count, seen_y, seen_out = group.merge_epoch(total, count, seen_y, seen_out)
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
@@ -279,7 +321,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                 if group:
                     out_va = group.gather_rows(np.flatnonzero([e.graph is not None for e in va]), out_va, len(va))
                 y_norm = (y_va - mean) / std if cfg.task == "regression" else y_va
-                record["val_loss"] = float(task_loss(cfg.task, out_va, torch.as_tensor(y_norm)))
+                record["val_loss"] = float(task_loss(cfg.task, out_va, torch.as_tensor(y_norm), rank_weight))
                 record.update({f"val_{k}": v for k, v in metrics(
                     cfg.task, y_va, decode_predictions(cfg.task, out_va, mean, std)).items()})
                 if record["val_loss"] < best[0]:
