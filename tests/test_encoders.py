@@ -23,6 +23,11 @@ class TestNGGNNLogSum(EncoderConformance):
     config = {"hidden": 32, "layers": 2, "sum_scaler": "log"}
 
 
+class TestNGGNNPoolNorm(EncoderConformance):
+    encoder = "ng-gnn"
+    config = {"hidden": 32, "layers": 2, "pool_norm": "batch"}
+
+
 class TestNGTransformer(EncoderConformance):
     encoder = "ng-transformer"
     config = {"hidden": 32, "layers": 2, "heads": 4}
@@ -176,3 +181,8 @@ def test_fan_in_scaling_leaves_embeddings_at_their_scale():
     emb = d0.edge_attr[:, 9 + list(nngraph.graph.vocab.EDGE_KINDS).index("embedding")] == 1
     assert emb.any()
     torch.testing.assert_close(d1.edge_attr[emb, :9], d0.edge_attr[emb, :9])
+
+
+def test_pool_norm_rejects_unknown_values():
+    with pytest.raises(ValueError, match="pool_norm"):
+        registry().encoder("ng-gnn").factory(hidden=8, layers=1, pool_norm="layer")
