@@ -252,3 +252,20 @@ def test_refresh_batch_norms_gives_exact_population_statistics():
     assert torch.allclose(model.norm.running_mean, x.mean(0), atol=1e-5)
     assert torch.allclose(model.norm.running_var, x.var(0), atol=1e-4)
     assert model.training and not refresh_batch_norms(torch.nn.Linear(3, 3), [x], "cpu")
+
+
+def test_non_finite_regression_target_is_refused(zoo, tmp_path):
+    """A 'nan' or 'inf' label would make every loss NaN and train silently to nothing: exit 4, the
+    models named, no checkpoint."""
+    import shutil
+    root = tmp_path / "z"
+    shutil.copytree(zoo, root, ignore=shutil.ignore_patterns(".nngraph-cache"))
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    rows[0]["rms"], rows[1]["rms"] = "nan", "inf"
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = ngraph("train", root, "--target", "rms", "--epochs", "1", "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 4 and "not finite" in r.stderr and "m0.onnx" in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()

@@ -61,9 +61,13 @@ def encode_labels(entries, cfg: TrainConfig, classes=None):
         classes = classes or sorted(set(raw))
         return np.array([classes.index(v) if v in classes else -1 for v in raw]), classes
     try:
-        return np.array([float(v) for v in raw], np.float32), None
+        values = np.array([float(v) for v in raw], np.float32)
     except ValueError as e:
         raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
+    if not np.isfinite(values).all():
+        bad = [e.row["model"] for e, v in zip(entries, values) if not np.isfinite(v)][:5]
+        raise InputError(f"target {cfg.target!r} is not finite (nan/inf, or beyond float32) for {bad}")
+    return values, None
 
 
 def refresh_batch_norms(model, batches, device, reduce=None) -> bool:
