@@ -228,7 +228,13 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
         r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--pool-norm", "batch", *extra, "-o", out)
         assert r.returncode == 4 and "--pool-norm" in r.stderr and not out.exists(), r.stderr
     r = ngraph("train", zoo, "--target", "rms", "--rank-weight", "nan", "-o", tmp_path / "y.safetensors")
-    assert r.returncode in (2, 4) and not (tmp_path / "y.safetensors").exists()
+    assert r.returncode == 4 and "--rank-weight must be a finite number" in r.stderr
+    assert not (tmp_path / "y.safetensors").exists()
+    from nngraph.learn.train import TrainConfig, check_config
+    from nngraph.errors import InputError
+    with pytest.raises(InputError, match="torchrun"):
+        check_config(TrainConfig(target="y", pool_norm="batch"), world=2)
+    check_config(TrainConfig(target="y", pool_norm="batch"), world=1)
 
 
 def test_refresh_batch_norms_gives_exact_population_statistics():
@@ -238,20 +244,34 @@ def test_refresh_batch_norms_gives_exact_population_statistics():
     from nngraph.learn.train import refresh_batch_norms
     torch.manual_seed(0)
 
+    class Marked(torch.nn.BatchNorm1d):
+        refresh_statistics = True
+
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.norm = torch.nn.BatchNorm1d(3)
+            self.norm = Marked(3)
+            self.other = torch.nn.BatchNorm1d(3)                       # a plugin's own: left as trained
+            self.untracked = Marked(3, track_running_stats=False)     # nothing to refresh
 
         def forward(self, batch):
-            return self.norm(batch)
+            return self.untracked(self.other(self.norm(batch)))
 
     x = torch.cat([torch.randn(16, 3), torch.randn(16, 3) + 5, torch.randn(2, 3) - 9])   # sorted-like data
     model = Model()
-    assert refresh_batch_norms(model, list(x.split(16)), "cpu")
+    assert refresh_batch_norms(model, list(x.split(16)) + [x[:0]], "cpu")               # an empty batch too
     assert torch.allclose(model.norm.running_mean, x.mean(0), atol=1e-5)
     assert torch.allclose(model.norm.running_var, x.var(0), atol=1e-4)
-    assert model.training and not refresh_batch_norms(torch.nn.Linear(3, 3), [x], "cpu")
+    assert torch.equal(model.other.running_mean, torch.zeros(3)) and torch.equal(model.other.running_var, torch.ones(3))
+    assert model.training and not refresh_batch_norms(torch.nn.Sequential(torch.nn.BatchNorm1d(3)), [x], "cpu")
+
+
+def test_rank_loss_in_blocks_equals_whole():
+    """Row blocks (O(block · n) memory for a large validation set) give the all-pairs value."""
+    from nngraph.learn.train import rank_loss
+    torch.manual_seed(0)
+    out, y = torch.randn(50, 1), torch.randint(0, 5, (50,)).float()
+    assert float(rank_loss(out, y, block=7)) == pytest.approx(float(rank_loss(out, y, block=1024)), rel=1e-6)
 
 
 def test_non_finite_regression_target_is_refused(zoo, tmp_path):

@@ -67,6 +67,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     from ..learn.checkpoint import save_checkpoint
     from ..learn.dataset import load_dataset
     from ..learn.distributed import init_from_env, sync_dataset
+    from ..learn.train import check_config
     from ..learn.train import train as _train
 
     check_output(output)            # before hours of training, not after
@@ -75,6 +76,13 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if threads:
         import torch
         torch.set_num_threads(threads)
+    cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
+                      batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
+                      val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
+                      sum_scaler=sum_scaler, pool_norm=pool_norm, rank_weight=rank_weight, device=device, seed=seed,
+                      features=FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=weight_scale))
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    check_config(cfg, int(world) if world.isdigit() else 1)   # before hours of conversion (torchrun checks the rest)
     group = init_from_env(device)   # None without torchrun's variables: one process
     if group:
         click.get_current_context().call_on_close(group.close)
@@ -86,11 +94,6 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
         sync_dataset(data, group)               # drops what failed on any rank, everywhere
     for name, why in data.failed if main else ():
         err.print(f"[yellow]skipped[/] {name}: {why}")
-    cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
-                      batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
-                      val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      sum_scaler=sum_scaler, pool_norm=pool_norm, rank_weight=rank_weight, device=device, seed=seed,
-                      features=FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=weight_scale))
     interactive = not as_json and err.is_terminal and main
 
     def log(record):

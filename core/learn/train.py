@@ -34,7 +34,7 @@ class TrainConfig:
     sum_scaler: str = "log"               # ng-gnn's PNA sum: log (mean · log(1 + degree)) | linear (plain sum);
                                           # log with fan-in scaling: benchmarks/learning, README "(b)"
     pool_norm: str = "none"               # batch: BatchNorm of the pooled graph vector (message-passing encoders;
-                                          # fits populations of near-identical networks, costs on CNN zoos)
+                                          # fits populations of near-identical networks, a wash elsewhere)
     rank_weight: float = 1.0              # regression: weight of a pairwise ranking loss next to MSE (task_loss);
                                           # 1 vs 0, ng-gnn, 6 seeds: τ +0.02 mean over 5 zoos (README "rank loss")
     dropout: float = 0.0                  # in the head
@@ -71,16 +71,18 @@ def encode_labels(entries, cfg: TrainConfig, classes=None):
 
 
 def refresh_batch_norms(model, batches, device, reduce=None) -> bool:
-    """Set every BatchNorm's running statistics to the exact mean and (unbiased) variance of its inputs
-    over ``batches`` under the current weights (float64 sums collected by a forward pre-hook, summed over
-    ranks by ``reduce``); False when the model has none. Why: running averages of a pooled vector that
-    drifts during training lag behind it, and where networks differ by a tiny part of that vector
-    (``pool_norm="batch"``), evaluating with lagging statistics put a training set that was fitted
-    (loss 0.09) back at chance accuracy; an average of per-batch statistics would miss the spread between
-    batches and weigh a last small batch like a full one. Exact for one BatchNorm per path (the pooled
-    vector's); the inputs of a BatchNorm behind another are taken with the other's previous statistics."""
+    """Set the running statistics of every BatchNorm that declares ``refresh_statistics = True`` (ng-gnn's
+    and ng-transformer's ``pool_norm="batch"``) to the exact mean and (unbiased) variance of its inputs over
+    ``batches`` under the current weights: float64 sums collected by a forward pre-hook, summed over ranks
+    by ``reduce``. False when the model has none; other BatchNorms (a plugin's own) keep their running
+    averages, as they were trained. Why: running averages of a pooled vector that drifts during training
+    lag behind it, and where networks differ by a tiny part of that vector, evaluating with lagging
+    statistics put a training set that was fitted (loss 0.09) back at chance accuracy; an average of
+    per-batch statistics would miss the spread between batches and weigh a last small batch like a full
+    one. Exact when no other refreshed BatchNorm lies upstream (one pooled vector per encoder)."""
     import torch
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and getattr(m, "refresh_statistics", False) and m.running_mean is not None]
     if not norms:
         return False
     sums = {m: None for m in norms}
@@ -88,7 +90,7 @@ def refresh_batch_norms(model, batches, device, reduce=None) -> bool:
     def collect(module, args):
         x = args[0].detach().double()
         x = x.transpose(0, 1).reshape(x.shape[1], -1)          # channels first, every other axis pooled
-        part = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
+        part = torch.stack([x.sum(1), (x * x).sum(1), x.new_full((x.shape[0],), x.shape[1])])
         sums[module] = part if sums[module] is None else sums[module] + part
 
     hooks = [m.register_forward_pre_hook(collect) for m in norms]
@@ -186,16 +188,21 @@ def task_loss(task: str, out, y, rank_weight: float = 0.0):
     return torch.nn.functional.cross_entropy(out, y.long())
 
 
-def rank_loss(out, y):
-    """Pairwise ranking loss (RankNet): the mean over ordered pairs with different labels of
-    softplus(−(s_i − s_j)) for y_i > y_j; 0 when every label is tied. Order-free, so a distributed step
-    computes it over the global batch gathered in any order (``Group.batch_outputs``)."""
+def rank_loss(out, y, block: int = 1024):
+    """Pairwise ranking loss (RankNet): the mean over pairs with different labels of
+    softplus(−sign(y_i − y_j)·(s_i − s_j)), which is small for pairs ordered as their labels and grows
+    with a wrong order; 0 when every label is tied. Order-free, so a distributed step computes it over the
+    global batch gathered in any order (``Group.batch_outputs``). Computed ``block`` rows at a time, so a
+    validation set of n networks costs O(block · n) memory, not n²."""
     import torch
     pred, target = out.squeeze(-1), y.to(out.dtype)
-    sign = torch.sign(target[:, None] - target[None, :])
-    pairs = (sign != 0).to(out.dtype)
-    penalty = torch.nn.functional.softplus(-sign * (pred[:, None] - pred[None, :])) * pairs
-    return penalty.sum() / pairs.sum().clamp(min=1)     # no host sync: empty pair sets give 0
+    total, count = pred.new_zeros(()), pred.new_zeros(())
+    for i in range(0, len(pred), block):
+        sign = torch.sign(target[i:i + block, None] - target[None, :])
+        pairs = (sign != 0).to(out.dtype)
+        total = total + (torch.nn.functional.softplus(-sign * (pred[i:i + block, None] - pred[None, :])) * pairs).sum()
+        count = count + pairs.sum()
+    return total / count.clamp(min=1)                    # no host sync: empty pair sets give 0
 
 
 def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
@@ -207,6 +214,19 @@ def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
         raise InputError(f"--val-fraction {fraction} leaves no training models out of {len(tr)}")
     perm = rng.permutation(len(tr))
     return [tr[i] for i in sorted(perm[n_va:])], [tr[i] for i in sorted(perm[:n_va])]
+
+
+def check_config(cfg: TrainConfig, world: int = 1) -> None:
+    """Refuse option combinations that cannot train, before any data is loaded (the CLI calls it first;
+    ``train`` again): a non-finite or negative rank weight, pool norm over batches of one graph, and pool
+    norm across ``world`` > 1 processes (each rank would standardize by its own part of the batch)."""
+    if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
+        raise InputError(f"--rank-weight must be a finite number >= 0, got {cfg.rank_weight}")
+    if cfg.pool_norm == "batch" and cfg.batch_size < 2:
+        raise InputError("--pool-norm batch needs --batch-size >= 2 (it standardizes across a batch's graphs)")
+    if cfg.pool_norm == "batch" and world > 1:
+        raise InputError("--pool-norm batch is not supported under torchrun (each rank would standardize "
+                         "by its own part of the batch); train in one process or without it")
 
 
 def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None):
@@ -222,15 +242,8 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = group.device if group else resolve_device(cfg.device)
-    if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
-        raise InputError(f"--rank-weight must be a finite number >= 0, got {cfg.rank_weight}")
+    check_config(cfg, group.world if group else 1)
     rank_weight = cfg.rank_weight if cfg.task == "regression" else 0.0
-    if cfg.pool_norm == "batch":
-        if cfg.batch_size < 2:
-            raise InputError("--pool-norm batch needs --batch-size >= 2 (it standardizes across a batch's graphs)")
-        if group:
-            raise InputError("--pool-norm batch is not supported under torchrun (each rank would standardize "
-                             "by its own part of the batch); train in one process or without it")
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:
         raise InputError(f"{dataset.root}: no training models (split column 'train')")

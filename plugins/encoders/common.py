@@ -164,6 +164,9 @@ class PoolBatchNorm(nn.BatchNorm1d):
     """BatchNorm of pooled graph vectors; a training batch of one graph (the last of an epoch) has no
     spread to standardize by, so it is normalized by the running statistics instead."""
 
+    #: ``train.refresh_batch_norms`` sets its statistics from the whole training set after each epoch.
+    refresh_statistics = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
