@@ -115,3 +115,32 @@ def test_uniform_probe_inputs_stay_in_the_unit_box_and_are_recorded(tmp_path):
     r = ngraph("train", tmp_path, "--target", "y", "--probes", "2", "--probe-inputs", "gaussian",
                "-o", tmp_path / "c.safetensors")
     assert r.returncode == 2
+
+
+def test_probe_inputs_from_a_file_are_its_samples(tmp_path):
+    """``probe_inputs="X.npz"``: probe j is sample j of the array named after the model input (any name
+    when the model has one float input), so outputs on real data become features; the file is never
+    unpickled, and a missing array, too few samples or a wrong shape are one-line input errors."""
+    from nngraph.learn.probes import load_probe_file
+    path = tmp_path / "m.onnx"
+    w1, b1, w2, b2 = mlp(path, 2)
+    samples = np.random.default_rng(0).uniform(-3, 3, (5, 4)).astype(np.float32)
+    np.savez(tmp_path / "p.npz", data=samples)                  # one float input: the name need not match
+    g = attach_probes(nngraph.convert(path), path, 5, inputs=str(tmp_path / "p.npz"))
+    out = next(s for s in g.sets.values() if s.role == "output").arrays[PROBE].data
+    want = (np.maximum(samples @ w1.T + b1, 0) @ w2.T + b2).T
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="has 5 probe samples"):
+        attach_probes(nngraph.convert(path), path, 6, inputs=str(tmp_path / "p.npz"))
+    np.savez(tmp_path / "s.npz", x=np.zeros((2, 3), np.float32))
+    with pytest.raises(InputError, match="has shape"):
+        attach_probes(nngraph.convert(path), path, 1, inputs=str(tmp_path / "s.npz"))
+    np.savez(tmp_path / "two.npz", a=samples, b=samples)
+    with pytest.raises(InputError, match="no array named 'x'"):
+        attach_probes(nngraph.convert(path), path, 1, inputs=str(tmp_path / "two.npz"))
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="not a readable .npz"):
+        load_probe_file(str(tmp_path / "obj.npz"))
+    r = ngraph("train", tmp_path, "--target", "y", "--probes", "2", "--probe-inputs", str(tmp_path / "none.npz"),
+               "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 2 and not (tmp_path / "c.safetensors").exists()

@@ -13,6 +13,14 @@ from ..learn.train import TrainConfig
 from .app import cli, emit_json, err, out
 
 
+def _probe_inputs(ctx, param, value: str) -> str:
+    if value in ("normal", "uniform"):
+        return value
+    if not value.endswith(".npz") or not Path(value).is_file():
+        raise click.BadParameter(f"{value!r} is neither normal, uniform nor an existing .npz file")
+    return str(Path(value).resolve())
+
+
 @cli.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--target", default="", help="Column of labels.csv to predict (not needed for --task embedding).")
@@ -48,9 +56,10 @@ from .app import cli, emit_json, err, out
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
               help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
                    "ordered pairs).")
-@click.option("--probe-inputs", type=click.Choice(["normal", "uniform"]), default="normal", show_default=True,
-              help="Probe inputs: the adapter's example inputs (standard normal floats) or floats from U(-1, 1) "
-                   "(coordinate networks, inputs scaled to [-1, 1]).")
+@click.option("--probe-inputs", default="normal", show_default=True, callback=_probe_inputs,
+              help="Probe inputs: normal (the adapter's example inputs, standard normal floats), uniform (floats "
+                   "from U(-1, 1): coordinate networks, inputs scaled to [-1, 1]) or FILE.npz (sample j of each "
+                   "array, named after the model input, is probe j: e.g. images of the networks' own data).")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")

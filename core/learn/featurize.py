@@ -42,11 +42,13 @@ class FeatureConfig:
     scale: str = "none"           # none | block | graph | fan_in
     max_positions: int = 4096     # fixed-neuron positions beyond this wrap around
     probes: int = 0               # probe-feature columns: neuron outputs on fixed inputs (learn.probes)
-    probe_inputs: str = "normal"  # normal: the adapter's example inputs; uniform: floats from U(-1, 1)
+    probe_inputs: str = "normal"  # normal: the adapter's example inputs; uniform: floats from U(-1, 1);
+                                  # PATH.npz: samples from a file (learn.probes.load_probe_file)
 
     def __post_init__(self):
-        if self.probe_inputs not in PROBE_INPUTS:
-            raise ValueError(f"probe_inputs must be one of {', '.join(PROBE_INPUTS)}, got {self.probe_inputs!r}")
+        if self.probe_inputs not in PROBE_INPUTS and not str(self.probe_inputs).endswith(".npz"):
+            raise ValueError(f"probe_inputs must be one of {', '.join(PROBE_INPUTS)} or an .npz file, "
+                             f"got {self.probe_inputs!r}")
         if self.scale not in ("none", "block", "graph", "fan_in"):
             raise ValueError(f"FeatureConfig.scale must be none, block, graph or fan_in, got {self.scale!r}")
 

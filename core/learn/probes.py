@@ -24,6 +24,7 @@ prediction time too.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,62 @@ def has_probes(graph: NeuralGraph, k: int, inputs: str = "normal") -> bool:
         PROBE in s.arrays and s.arrays[PROBE].data.shape[1:] == (k,) for s in graph.sets.values())
 
 
+def is_probe_file(inputs: str) -> bool:
+    """``inputs`` names a file of probe samples (``.npz``) rather than a distribution."""
+    return inputs not in PROBE_INPUTS and str(inputs).endswith(".npz")
+
+
+@functools.lru_cache(maxsize=4)
+def load_probe_file(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a probe-sample file: an ``.npz`` (never unpickled) whose arrays are named after the
+    model inputs they feed (any name when the model has one float input), sample ``j`` of each along
+    the first axis being probe ``j``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npz of probe inputs ({type(e).__name__}: {e})") from None
+    if not arrays:
+        raise InputError(f"{path}: no arrays in the probe-input file")
+    return arrays
+
+
+def _file_feeds(feeds: dict, source: str, seed: int, model: str | Path) -> dict:
+    """``feeds`` with each float input replaced by sample ``seed`` of its array in ``source``."""
+    arrays = load_probe_file(str(source))
+    floats = [n for n, v in feeds.items() if is_float(np.asarray(v).dtype)]
+    out = dict(feeds)
+    for name in floats:
+        arr = arrays.get(name)
+        if arr is None and len(arrays) == 1 and len(floats) == 1:
+            arr = next(iter(arrays.values()))
+        if arr is None:
+            raise InputError(f"{source}: no array named {name!r} (an input of {model})")
+        if seed >= len(arr):
+            raise InputError(f"{source}: {name!r} has {len(arr)} probe samples, probe {seed + 1} was asked for")
+        shape, sample = np.shape(feeds[name]), arr[seed]
+        if sample.size == int(np.prod(shape)):
+            value = sample.reshape(shape)
+        elif len(shape) > 1 and sample.size == int(np.prod(shape[1:])):       # one sample, repeated over the batch
+            value = np.broadcast_to(sample.reshape((1, *shape[1:])), shape)
+        else:
+            raise InputError(f"{source}: a sample of {name!r} has shape {sample.shape}, "
+                             f"{model} takes {tuple(shape)}")
+        out[name] = np.ascontiguousarray(value, dtype=np.asarray(feeds[name]).dtype)
+    return out
+
+
 def probe_feeds(adapter, path: str | Path, seed: int, inputs: str = "normal") -> dict[str, np.ndarray]:
     """The ``seed``-th probe input of the model at ``path``: the adapter's example inputs, with float
     arrays redrawn from U(-1, 1) (same shapes and dtypes, seeded by ``seed``) when ``inputs`` is
-    ``"uniform"``; identical for every model with the same input signature."""
-    if inputs not in PROBE_INPUTS:
-        raise InputError(f"probe inputs must be one of {', '.join(PROBE_INPUTS)}, got {inputs!r}")
+    ``"uniform"``, or taken from sample ``seed`` of an ``.npz`` file when ``inputs`` names one (inputs from
+    the networks' own data: a CNN's outputs on real images tell how well it classifies them); identical
+    for every model with the same input signature."""
+    if not (inputs in PROBE_INPUTS or is_probe_file(inputs)):
+        raise InputError(f"probe inputs must be one of {', '.join(PROBE_INPUTS)} or an .npz file, got {inputs!r}")
     feeds = adapter.example_inputs(path, seed)
+    if is_probe_file(inputs):
+        return _file_feeds(feeds, inputs, seed, path)
     if inputs == "uniform":
         rng = np.random.default_rng(seed)
         feeds = {n: rng.uniform(-1, 1, np.shape(v)).astype(np.asarray(v).dtype) if is_float(np.asarray(v).dtype)
