@@ -28,6 +28,11 @@ class TestNGGNNPoolNorm(EncoderConformance):
     config = {"hidden": 32, "layers": 2, "pool_norm": "batch"}
 
 
+class TestNGGNNPoolFixed(EncoderConformance):
+    encoder = "ng-gnn"
+    config = {"hidden": 32, "layers": 2, "pool_fixed": True, "pool_norm": "batch"}
+
+
 class TestNGTransformer(EncoderConformance):
     encoder = "ng-transformer"
     config = {"hidden": 32, "layers": 2, "heads": 4}

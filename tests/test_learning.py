@@ -192,11 +192,12 @@ def test_pool_norm_and_rank_weight_recorded_and_applied(zoo, tmp_path):
     --rank-weight reaches the recorded config; evaluate loads and runs it; bad values exit 2."""
     ckpt = tmp_path / "p.safetensors"
     r = ngraph("train", zoo, "--target", "rms", "--epochs", "2", "--hidden", "8", "--pool-norm", "batch",
-               "--rank-weight", "0.5", "--threads", "1", "-o", ckpt, "--device", "cpu")
+               "--pool-fixed", "--rank-weight", "0.5", "--threads", "1", "-o", ckpt, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     from nngraph.learn.checkpoint import load_checkpoint
     model, meta, _ = load_checkpoint(ckpt, "cpu")
     assert meta["encoder_config"]["pool_norm"] == "batch" and meta["config"]["rank_weight"] == 0.5
+    assert meta["encoder_config"]["pool_fixed"] is True and model.encoder.readout[0].in_features == 3 * 8
     norm = model.encoder.pool_norm
     assert int(norm.num_batches_tracked) > 0 and float(norm.running_var.sum()) != float(norm.running_var.numel())
     r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
@@ -227,6 +228,8 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
         out = tmp_path / "x.safetensors"
         r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--pool-norm", "batch", *extra, "-o", out)
         assert r.returncode == 4 and "--pool-norm" in r.stderr and not out.exists(), r.stderr
+    r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--pool-fixed", "--encoder", "deepsets", "-o", out)
+    assert r.returncode == 4 and "--pool-fixed" in r.stderr and not out.exists(), r.stderr
     r = ngraph("train", zoo, "--target", "rms", "--rank-weight", "nan", "-o", tmp_path / "y.safetensors")
     assert r.returncode == 4 and "--rank-weight must be a finite number" in r.stderr
     assert not (tmp_path / "y.safetensors").exists()

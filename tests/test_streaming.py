@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENCODERS = [("ng-gnn", {"hidden": 16, "layers": 1}), ("ng-gnn", {"hidden": 16, "layers": 3}),
             ("ng-gnn", {"hidden": 16, "layers": 2, "norm": "layer"}), ("statnn", {"hidden": 16}),
             ("ng-gnn", {"hidden": 16, "layers": 2, "sum_scaler": "log"}),
+            ("ng-gnn", {"hidden": 16, "layers": 2, "pool_fixed": True}),
             ("deepsets", {"hidden": 16})]
 
 

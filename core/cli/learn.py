@@ -53,6 +53,8 @@ def _probe_inputs(ctx, param, value: str) -> str:
 @click.option("--pool-norm", type=click.Choice(["none", "batch"]), default=TrainConfig.pool_norm, show_default=True,
               help="Standardize the pooled graph vector across each batch (populations of near-identical "
                    "networks, e.g. INRs from one init).")
+@click.option("--pool-fixed", is_flag=True,
+              help="The readout also reads the mean state of the fixed (input/output) neurons (INRs with probes).")
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
               help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
                    "ordered pairs).")
@@ -66,7 +68,7 @@ def _probe_inputs(ctx, param, value: str) -> str:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, weight_scale, sum_scaler, pool_norm, rank_weight, probe_inputs, threads, device, seed,
+          patience, no_input_scaling, probes, weight_scale, sum_scaler, pool_norm, pool_fixed, rank_weight, probe_inputs, threads, device, seed,
           output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
@@ -88,7 +90,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      sum_scaler=sum_scaler, pool_norm=pool_norm, rank_weight=rank_weight, device=device, seed=seed,
+                      sum_scaler=sum_scaler, pool_norm=pool_norm, pool_fixed=pool_fixed, rank_weight=rank_weight, device=device, seed=seed,
                       features=FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=weight_scale))
     world = os.environ.get("WORLD_SIZE", "1").strip()
     check_config(cfg, int(world) if world.isdigit() else 1)   # before hours of conversion (torchrun checks the rest)

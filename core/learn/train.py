@@ -35,6 +35,8 @@ class TrainConfig:
                                           # log with fan-in scaling: benchmarks/learning, README "(b)"
     pool_norm: str = "none"               # batch: BatchNorm of the pooled graph vector (message-passing encoders;
                                           # fits populations of near-identical networks, a wash elsewhere)
+    pool_fixed: bool = False              # the readout also gets the mean state of the fixed (input/output) neurons
+                                          # (message-passing encoders; INRs with probes: README "Pool fixed")
     rank_weight: float = 1.0              # regression: weight of a pairwise ranking loss next to MSE (task_loss);
                                           # 1 vs 0, ng-gnn, 6 seeds: τ +0.02 mean over 5 zoos (README "rank loss")
     dropout: float = 0.0                  # in the head
@@ -49,7 +51,8 @@ class TrainConfig:
     def encoder_config(self) -> dict:
         """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
         return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler,
-                "pool_norm": self.pool_norm}
+                "pool_norm": self.pool_norm,
+                **({"pool_fixed": True} if self.pool_fixed else {})}
 
 
 def encode_labels(entries, cfg: TrainConfig, classes=None):
@@ -263,6 +266,9 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     if cfg.pool_norm != "none" and not isinstance(getattr(model.encoder, "pool_norm", None),
                                                   torch.nn.modules.batchnorm._BatchNorm):
         raise InputError(f"--pool-norm {cfg.pool_norm}: encoder {cfg.encoder!r} has no pooled vector to normalize "
+                         f"(ng-gnn and ng-transformer have)")
+    if cfg.pool_fixed and not getattr(model.encoder, "pool_fixed", False):
+        raise InputError(f"--pool-fixed: encoder {cfg.encoder!r} has no pooled vector to extend "
                          f"(ng-gnn and ng-transformer have)")
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed

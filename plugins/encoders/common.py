@@ -190,17 +190,24 @@ class LayeredEncoder(nn.Module):
     populations it is a wash (ng-gnn, 3 seeds: −0.07 to +0.02, mean −0.005; README "Pool norm"), so it is
     off by default. ``train.refresh_batch_norms`` sets its statistics after each epoch.
 
+    ``pool_fixed=True`` adds the mean state of the graph's fixed neurons to the pooled vector: on INRs
+    (probe features: the output neuron's values are the rendered image) mean and max over all neurons
+    dilute the one output neuron, and with it ng-gnn's INR test accuracy went from 0.592 to 0.662
+    (benchmarks/learning, README "Pool fixed"); on the CNN zoos it changed nothing.
+
     Returns ``(node embeddings (N, d), graph embeddings (B, out_dim))``."""
 
     def __init__(self, make_layer, layers: int, hidden: int, out_dim: int | None = None, pool_norm: str = "none",
-                 **features):
+                 pool_fixed: bool = False, **features):
         super().__init__()
         self.embed = InputEmbedding(hidden, **features)
         self.layers = nn.ModuleList(make_layer() for _ in range(layers))
+        self.pool_fixed = bool(pool_fixed)
+        hidden_pool = (3 if self.pool_fixed else 2) * hidden
         if pool_norm not in POOL_NORMS:
             raise ValueError(f"pool_norm must be one of {POOL_NORMS}, got {pool_norm!r}")
-        self.pool_norm = PoolBatchNorm(2 * hidden) if pool_norm == "batch" else nn.Identity()
-        self.readout = mlp(2 * hidden, hidden, out_dim or hidden)
+        self.pool_norm = PoolBatchNorm(hidden_pool) if pool_norm == "batch" else nn.Identity()
+        self.readout = mlp(hidden_pool, hidden, out_dim or hidden)
         self.out_dim = out_dim or hidden
 
     def forward(self, batch):
@@ -208,8 +215,17 @@ class LayeredEncoder(nn.Module):
         for layer in self.layers:
             h, e = layer(h, e, batch.edge_index)
         index, size = graph_index(batch)
-        return h, self.readout(self.pool_norm(pool(h, index, size)))
+        return h, self.readout(self.pool_norm(self.pooled(h, index, size, batch.node_pos)))
 
-    def read_out(self, h: torch.Tensor) -> torch.Tensor:
+    def pooled(self, h: torch.Tensor, index: torch.Tensor, size: int, node_pos: torch.Tensor) -> torch.Tensor:
+        """Mean and max over each graph's nodes; with ``pool_fixed``, also the mean over its fixed neurons
+        (``node_pos >= 0``: inputs and outputs, which no symmetry moves, so the readout stays invariant)."""
+        out = pool(h, index, size)
+        if not self.pool_fixed:
+            return out
+        fixed = node_pos >= 0
+        return torch.cat([out, scatter(h[fixed], index[fixed], dim=0, dim_size=size, reduce="mean")], -1)
+
+    def read_out(self, h: torch.Tensor, node_pos: torch.Tensor) -> torch.Tensor:
         """The graph embedding ``[1, out]`` of one graph's node states (streamed forwards)."""
-        return self.readout(self.pool_norm(pool(h, h.new_zeros(h.shape[0], dtype=torch.long), 1)))
+        return self.readout(self.pool_norm(self.pooled(h, h.new_zeros(h.shape[0], dtype=torch.long), 1, node_pos)))
