@@ -54,6 +54,17 @@ def test_generator_is_deterministic_and_converts(tmp_path, script, options, labe
         assert g.num_edges > 0
 
 
+def run_table(capsys, *paths) -> str:
+    """What ``table.py PATHS…`` prints."""
+    argv = sys.argv
+    sys.argv = ["table.py", *map(str, paths)]
+    try:
+        runpy.run_path(str(HERE / "table.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return capsys.readouterr().out
+
+
 def test_table_names_override_rows_and_keeps_them_out_of_the_goals(tmp_path, capsys):
     """Results of one population joined from several files: rows run with ``--set`` overrides are
     listed under their overrides, and the goal check reads only the default rows."""
@@ -64,13 +75,7 @@ def test_table_names_override_rows_and_keeps_them_out_of_the_goals(tmp_path, cap
             "n_test": 2, "epochs": 1}
     (tmp_path / "a.json").write_text(json.dumps({**base, "overrides": {}, "rows": [row("ng-gnn", 0.3), row("stats+gbt", 0.2)]}))
     (tmp_path / "b.json").write_text(json.dumps({**base, "overrides": {"sum_scaler": "log"}, "rows": [row("ng-gnn", 0.9)]}))
-    argv = sys.argv
-    sys.argv = ["table.py", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
-    try:
-        runpy.run_path(str(HERE / "table.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr().out
+    out = run_table(capsys, tmp_path / "a.json", tmp_path / "b.json")
     assert "| ng-gnn [sum_scaler=log] | 0.500 ± 0.000 | 0.900 ± 0.000 |" in out
     assert "(b) zoo: τ ≥ stats+gbt + 0.15 = 0.350 — ng-gnn 0.300: NOT met" in out
     assert "best of 1 configured run (chosen on this test split) ng-gnn [sum_scaler=log] 0.900: MET (+0.550)" in out
@@ -87,13 +92,7 @@ def test_table_checks_original_zoos_and_ignores_configured_baselines(tmp_path, c
                                                  "rows": [row("ng-gnn", 0.6, 6), row("stats+gbt", 0.3), row("deepsets", 0.4)]}))
     (tmp_path / "b.json").write_text(json.dumps({**base, "name": "zoo_original", "overrides": {"probes": 8},
                                                  "rows": [row("stats+gbt", 0.99)]}))
-    argv = sys.argv
-    sys.argv = ["table.py", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
-    try:
-        runpy.run_path(str(HERE / "table.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr().out
+    out = run_table(capsys, tmp_path / "a.json", tmp_path / "b.json")
     assert "(b) zoo_original: τ ≥ stats+gbt + 0.15 = 0.450 — ng-gnn 0.600: MET (+0.150); best encoder ng-gnn" in out
     assert "configured run" not in out
     assert "3 seeds (ng-gnn: 6)" in out

@@ -14,8 +14,9 @@ before the readout. At init it prints the scale of every input column after inpu
 ``TrainConfig`` fields (``lr=1e-3``, ``weight_decay=0``, ``hidden=64``…), ``FeatureConfig`` fields
 (``probes=16``, ``probe_inputs=uniform``; probes are attached as training does), and experiments the
 library does not have: ``warmup=N`` (linear warmup over N epochs, then the cosine), ``rx=ln|leaky``
-(the readout MLP with a LayerNorm before its SiLU, or LeakyReLU instead of SiLU), ``pool_out=1`` (the
-readout also gets the mean state of the network's output neurons), ``eps=…`` (AdamW's epsilon). Per snapshot it also prints the
+(the readout MLP with a LayerNorm before its SiLU, or LeakyReLU instead of SiLU), ``eps=…`` (AdamW's
+epsilon). The readout over the output neurons' states that ``pool_out=1`` once patched in is now the
+encoder option ``pool_fixed=True`` (it also averages the input neurons). Per snapshot it also prints the
 pooled vector's RMS, the readout's first-layer pre-activations (spread across graphs, fraction of units
 below -4 on every graph: dead) and the logits' std across graphs.
 """
@@ -98,7 +99,7 @@ def main():
     out_dim = len(classes) if classes else 1
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     enc_cfg = cfg.encoder_config()
-    enc_cfg.update({k: v for k, v in over.items() if not k.startswith("rn_") and k not in ("rx", "pool_out", "eps")})
+    enc_cfg.update({k: v for k, v in over.items() if not k.startswith("rn_") and k not in ("rx", "eps")})
     model = GraphModel.build(cfg.encoder, enc_cfg, head, out_dim, cfg.features, cfg.input_scaling,
                              readout_norm=cfg.readout_norm)
     if over.get("rx"):          # experiment: readout variants (ln: LayerNorm before the SiLU; leaky: LeakyReLU)
@@ -106,23 +107,6 @@ def main():
         act = torch.nn.LeakyReLU(0.1) if over["rx"] == "leaky" else torch.nn.SiLU()
         mid = [torch.nn.LayerNorm(ro[0].out_features)] if over["rx"] == "ln" else []
         model.encoder.readout = torch.nn.Sequential(ro[0], *mid, act, ro[2])
-    if over.get("pool_out"):    # experiment: readout also sees the mean state of the network's output neurons
-        import importlib
-        from torch_geometric.utils import scatter as _scatter
-        from nngraph.graph.vocab import ROLE_IDS
-        common = importlib.import_module(type(model.encoder).__module__.rsplit(".", 1)[0] + ".common")
-        enc_ = model.encoder
-        enc_.readout = common.mlp(3 * cfg.hidden, cfg.hidden, enc_.out_dim)
-
-        def fwd(batch):
-            h, e = enc_.embed(batch)
-            for layer in enc_.layers:
-                h, e = layer(h, e, batch.edge_index)
-            index, size = common.graph_index(batch)
-            out = batch.x[:, ROLE_IDS["output"]] > 0
-            po = _scatter(h[out], index[out], dim=0, dim_size=size, reduce="mean")
-            return h, enc_.readout(torch.cat([common.pool(h, index, size), po], -1))
-        enc_.forward = fwd
     g_tr = [e.graph for e in tr]
     g_te = [e.graph for e in te]
     cache = {i: featurize(g, cfg.features) for i, g in enumerate(g_tr)}

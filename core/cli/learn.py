@@ -8,16 +8,17 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..learn.featurize import FeatureConfig
+from ..learn.featurize import WEIGHT_SCALES, FeatureConfig
 from ..learn.train import TrainConfig
 from .app import cli, emit_json, err, out
 
 
 def _probe_inputs(ctx, param, value: str) -> str:
-    if value in ("normal", "uniform"):
+    from ..learn.probes import PROBE_INPUTS, is_probe_file
+    if value in PROBE_INPUTS:
         return value
-    if not value.endswith(".npz") or not Path(value).is_file():
-        raise click.BadParameter(f"{value!r} is neither normal, uniform nor an existing .npz file")
+    if not is_probe_file(value) or not Path(value).is_file():
+        raise click.BadParameter(f"{value!r} is neither {' nor '.join(PROBE_INPUTS)} nor an existing .npz file")
     return str(Path(value).resolve())
 
 
@@ -45,7 +46,7 @@ def _probe_inputs(ctx, param, value: str) -> str:
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
 @click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
               help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
-@click.option("--weight-scale", type=click.Choice(["none", "block", "graph", "fan_in"]),
+@click.option("--weight-scale", type=click.Choice(WEIGHT_SCALES),
               default=TrainConfig(target="").features.scale,
               show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
 @click.option("--sum-scaler", type=click.Choice(["linear", "log"]), default=TrainConfig.sum_scaler, show_default=True,

@@ -31,9 +31,11 @@ import numpy as np
 from ..graph.ir import NeuralGraph
 from ..graph.materialize import write_block_edges
 from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS, ROLE_IDS, ROLES
-from .probes import PROBE, PROBE_INPUTS
+from .probes import PROBE, PROBE_INPUTS, is_probe_file
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
+#: Edge-weight scalings (``FeatureConfig.scale``; the module docstring says what each does).
+WEIGHT_SCALES = ("none", "block", "graph", "fan_in")
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,11 @@ class FeatureConfig:
                                   # PATH.npz: samples from a file (learn.probes.load_probe_file)
 
     def __post_init__(self):
-        if self.probe_inputs not in PROBE_INPUTS and not str(self.probe_inputs).endswith(".npz"):
+        if self.probe_inputs not in PROBE_INPUTS and not is_probe_file(self.probe_inputs):
             raise ValueError(f"probe_inputs must be one of {', '.join(PROBE_INPUTS)} or an .npz file, "
                              f"got {self.probe_inputs!r}")
-        if self.scale not in ("none", "block", "graph", "fan_in"):
-            raise ValueError(f"FeatureConfig.scale must be none, block, graph or fan_in, got {self.scale!r}")
+        if self.scale not in WEIGHT_SCALES:
+            raise ValueError(f"FeatureConfig.scale must be one of {', '.join(WEIGHT_SCALES)}, got {self.scale!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
