@@ -14,11 +14,12 @@ from .app import cli, emit_json, err, out
 
 
 def _probe_inputs(ctx, param, value: str) -> str:
-    from ..learn.probes import PROBE_INPUTS, is_probe_file
+    from ..learn.probes import PROBE_INPUTS, is_probe_file, load_probe_file
     if value in PROBE_INPUTS:
         return value
     if not is_probe_file(value) or not Path(value).is_file():
         raise click.BadParameter(f"{value!r} is neither {' nor '.join(PROBE_INPUTS)} nor an existing .npz file")
+    load_probe_file(str(Path(value).resolve()))     # a bad file fails now, not after converting the dataset
     return str(Path(value).resolve())
 
 

@@ -59,8 +59,10 @@ def load_probe_file(path: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{path}: not a readable .npz of probe inputs ({type(e).__name__}: {e})") from None
+    except (OSError, ValueError, EOFError):
+        # numpy reports a file that is no zip of arrays as "pickled data": neither is read
+        raise InputError(f"{path}: not a readable .npz of probe inputs (a zip of plain arrays; "
+                         f"pickled objects are never loaded)") from None
     if not arrays:
         raise InputError(f"{path}: no arrays in the probe-input file")
     return arrays
