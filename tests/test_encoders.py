@@ -48,6 +48,11 @@ class TestDeepSets(EncoderConformance):
     config = {"hidden": 32}
 
 
+class TestDeepSetsPoolNorm(EncoderConformance):
+    encoder = "deepsets"
+    config = {"hidden": 32, "pool_norm": "batch"}
+
+
 def test_featurizer_is_symmetry_consistent():
     for g in example_graphs():
         sym = g.random_symmetry(5)

@@ -233,11 +233,19 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
     r = ngraph("train", zoo, "--target", "rms", "--rank-weight", "nan", "-o", tmp_path / "y.safetensors")
     assert r.returncode == 4 and "--rank-weight must be a finite number" in r.stderr
     assert not (tmp_path / "y.safetensors").exists()
-    from nngraph.learn.train import TrainConfig, check_config
+    from nngraph.learn.train import TrainConfig, check_config, pool_norm_for
     from nngraph.errors import InputError
     with pytest.raises(InputError, match="torchrun"):
         check_config(TrainConfig(target="y", pool_norm="batch"), world=2)
+    with pytest.raises(InputError, match="auto, none or batch"):
+        check_config(TrainConfig(target="y", pool_norm="layer"))
     check_config(TrainConfig(target="y", pool_norm="batch"), world=1)
+    # auto: deepsets' default is the batch norm, where a batch can be standardized; the others' is none
+    assert pool_norm_for(TrainConfig(target="y", encoder="deepsets")) == "batch"
+    assert pool_norm_for(TrainConfig(target="y", encoder="deepsets", batch_size=1)) == "none"
+    assert pool_norm_for(TrainConfig(target="y", encoder="deepsets"), world=2) == "none"
+    assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn")) == "none"
+    assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn", pool_norm="batch")) == "batch"
 
 
 def test_refresh_batch_norms_gives_exact_population_statistics():

@@ -92,14 +92,15 @@ def near_identical_population(root, n: int = 33):
                                for i, (g, y) in enumerate(zip(graphs, labels))])
 
 
-def test_pool_norm_fits_near_identical_networks(tmp_path):
+@pytest.mark.parametrize("encoder,pool_norm", [("ng-gnn", "batch"), ("deepsets", "auto")])
+def test_pool_norm_fits_near_identical_networks(tmp_path, encoder, pool_norm):
     """``pool_norm="batch"`` standardizes pooled vectors across the batch, so networks that differ by 2 %
     of their weights become separable; 33 graphs in batches of 16 also train the one-graph last batch
-    (normalized by the running statistics)."""
+    (normalized by the running statistics). deepsets has it by default (``pool_norm="auto"``)."""
     torch.set_num_threads(1)
     data = near_identical_population(tmp_path)
-    cfg = TrainConfig(target="label", task="classification", epochs=60, batch_size=16, device="cpu",
-                      pool_norm="batch")
+    cfg = TrainConfig(target="label", task="classification", encoder=encoder, epochs=60, batch_size=16,
+                      device="cpu", pool_norm=pool_norm)
     model, meta, history = train(data, cfg, progress=False)
     assert meta["encoder_config"]["pool_norm"] == "batch"
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model, meta)

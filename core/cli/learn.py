@@ -52,9 +52,10 @@ def _probe_inputs(ctx, param, value: str) -> str:
               show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
 @click.option("--sum-scaler", type=click.Choice(["linear", "log"]), default=TrainConfig.sum_scaler, show_default=True,
               help="ng-gnn's PNA sum: plain, or mean·log(1+degree) (networks of other widths).")
-@click.option("--pool-norm", type=click.Choice(["none", "batch"]), default=TrainConfig.pool_norm, show_default=True,
+@click.option("--pool-norm", type=click.Choice(["auto", "none", "batch"]), default=TrainConfig.pool_norm,
+              show_default=True,
               help="Standardize the pooled graph vector across each batch (populations of near-identical "
-                   "networks, e.g. INRs from one init).")
+                   "networks, e.g. INRs from one init); auto: on for deepsets, off for the others.")
 @click.option("--pool-fixed", is_flag=True,
               help="The readout also reads the mean state of the fixed (input/output) neurons (INRs with probes).")
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),

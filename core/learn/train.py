@@ -33,8 +33,8 @@ class TrainConfig:
     heads: int = 4                        # attention heads (ng-transformer)
     sum_scaler: str = "log"               # ng-gnn's PNA sum: log (mean · log(1 + degree)) | linear (plain sum);
                                           # log with fan-in scaling: benchmarks/learning, README "(b)"
-    pool_norm: str = "none"               # batch: BatchNorm of the pooled graph vector (message-passing encoders;
-                                          # fits populations of near-identical networks, a wash elsewhere)
+    pool_norm: str = "auto"               # batch: BatchNorm of the pooled graph vector (fits populations of
+                                          # near-identical networks); auto: the encoder's default (pool_norm_for)
     pool_fixed: bool = False              # the readout also gets the mean state of the fixed (input/output) neurons
                                           # (message-passing encoders; INRs with probes: README "Pool fixed")
     rank_weight: float = 1.0              # regression: weight of a pairwise ranking loss next to MSE (task_loss);
@@ -48,11 +48,28 @@ class TrainConfig:
     readout_norm: bool = True             # standardize the pooled vector by its training-set statistics (readout_stats)
     features: FeatureConfig = field(default_factory=lambda: FeatureConfig(scale="fan_in"))  # README "(b)": width
 
-    def encoder_config(self) -> dict:
-        """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``)."""
+    def encoder_config(self, world: int = 1) -> dict:
+        """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``).
+        ``world``: the number of training processes (``pool_norm="auto"`` depends on it)."""
         return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler,
-                "pool_norm": self.pool_norm,
+                "pool_norm": pool_norm_for(self, world),
                 **({"pool_fixed": True} if self.pool_fixed else {})}
+
+
+#: Encoders whose training default (``pool_norm="auto"``) is a batch norm of the pooled vector. deepsets
+#: cannot fit without it (train accuracy freq 0.62, tasks 0.29, README "Pool norm"); for ng-gnn and
+#: ng-transformer it was measured a wash across the suite, so they keep the identity.
+POOL_NORM_BY_DEFAULT = ("deepsets",)
+
+
+def pool_norm_for(cfg: "TrainConfig", world: int = 1) -> str:
+    """The pool norm an encoder is built with: ``cfg.pool_norm`` unless it is ``"auto"``, which is
+    ``"batch"`` for the encoders in :data:`POOL_NORM_BY_DEFAULT` when a batch can be standardized (batches
+    of at least two graphs, one process) and ``"none"`` otherwise."""
+    if cfg.pool_norm != "auto":
+        return cfg.pool_norm
+    usable = cfg.batch_size >= 2 and world == 1
+    return "batch" if usable and cfg.encoder in POOL_NORM_BY_DEFAULT else "none"
 
 
 def encode_labels(entries, cfg: TrainConfig, classes=None):
@@ -225,6 +242,8 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     norm across ``world`` > 1 processes (each rank would standardize by its own part of the batch)."""
     if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
         raise InputError(f"--rank-weight must be a finite number >= 0, got {cfg.rank_weight}")
+    if cfg.pool_norm not in ("auto", "none", "batch"):
+        raise InputError(f"--pool-norm must be auto, none or batch, got {cfg.pool_norm!r}")
     if cfg.pool_norm == "batch" and cfg.batch_size < 2:
         raise InputError("--pool-norm batch needs --batch-size >= 2 (it standardizes across a batch's graphs)")
     if cfg.pool_norm == "batch" and world > 1:
@@ -261,12 +280,13 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     head_config = {"dropout": cfg.dropout} if cfg.dropout > 0 else {}
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
-    model = GraphModel.build(cfg.encoder, cfg.encoder_config(), head, out_dim, cfg.features,
+    encoder_config = cfg.encoder_config(group.world if group else 1)
+    model = GraphModel.build(cfg.encoder, encoder_config, head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
-    if cfg.pool_norm != "none" and not isinstance(getattr(model.encoder, "pool_norm", None),
+    if cfg.pool_norm == "batch" and not isinstance(getattr(model.encoder, "pool_norm", None),
                                                   torch.nn.modules.batchnorm._BatchNorm):
         raise InputError(f"--pool-norm {cfg.pool_norm}: encoder {cfg.encoder!r} has no pooled vector to normalize "
-                         f"(ng-gnn and ng-transformer have)")
+                         f"(ng-gnn, ng-transformer and deepsets have)")
     if cfg.pool_fixed and not getattr(model.encoder, "pool_fixed", False):
         raise InputError(f"--pool-fixed: encoder {cfg.encoder!r} has no pooled vector to extend "
                          f"(ng-gnn and ng-transformer have)")
@@ -359,7 +379,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    meta = {"encoder": cfg.encoder, "encoder_config": cfg.encoder_config(), "head": head, "head_config": head_config,
+    meta = {"encoder": cfg.encoder, "encoder_config": encoder_config, "head": head, "head_config": head_config,
             "out_dim": out_dim, "task": cfg.task, "target": cfg.target, "classes": classes, "y_mean": mean,
             "y_std": std, "features": cfg.features.to_json(), "input_scaling": cfg.input_scaling,
             "readout_norm": readout_norm,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from .common import InputEmbedding, graph_index, mlp, split_first
+from .common import POOL_NORMS, InputEmbedding, PoolBatchNorm, graph_index, mlp, split_first
 
 
 class DeepSets(nn.Module):
@@ -20,12 +20,22 @@ class DeepSets(nn.Module):
     with :math:`\mathbf{h}, \mathbf{e}` the input embeddings. Node embeddings are the sums of
     :math:`\mathbf{z}` over each node's edges, both directions. Invariant to every permutation of
     nodes — a baseline that shows what message passing adds.
+
+    ``pool_norm="batch"`` puts a BatchNorm (:class:`~.common.PoolBatchNorm`) between the sum and
+    :math:`\rho`; training's default (``TrainConfig.pool_norm="auto"``) turns it on for this encoder.
+    Why: the sum over thousands of edges is one large common vector that differs between networks by
+    0.4 % (tasks population) to 1 % (INRs) of itself, and without the norm deepsets could not fit its
+    training sets (train accuracy, seed 0: freq 0.26, tasks 0.26; with it 0.99 and 1.00). The class
+    default stays ``"none"`` so that checkpoints written before the option load as they were trained.
     """
 
-    def __init__(self, hidden: int = 64, out_dim: int | None = None, **features):
+    def __init__(self, hidden: int = 64, out_dim: int | None = None, pool_norm: str = "none", **features):
         super().__init__()
+        if pool_norm not in POOL_NORMS:
+            raise ValueError(f"pool_norm must be one of {POOL_NORMS}, got {pool_norm!r}")
         self.embed = InputEmbedding(hidden, **features)
         self.phi = mlp(3 * hidden, hidden, hidden)
+        self.pool_norm = PoolBatchNorm(hidden) if pool_norm == "batch" else nn.Identity()
         self.rho = mlp(hidden, hidden, out_dim or hidden)
         self.out_dim = out_dim or hidden
 
@@ -36,7 +46,7 @@ class DeepSets(nn.Module):
         index, B = graph_index(batch)
         nodes = scatter(z, dst, dim=0, dim_size=h.shape[0], reduce="sum") + scatter(
             z, src, dim=0, dim_size=h.shape[0], reduce="sum")
-        return nodes, self.rho(scatter(z, index[src], dim=0, dim_size=B, reduce="sum"))
+        return nodes, self.rho(self.pool_norm(scatter(z, index[src], dim=0, dim_size=B, reduce="sum")))
 
     stream_passes = 1
 
@@ -58,4 +68,4 @@ class DeepSets(nn.Module):
             c.sum_to_dst(nodes, z)
             c.sum_to_src(nodes, z)
             total += z.reshape(-1, d).sum(0)
-        return nodes, self.rho(total.unsqueeze(0))
+        return nodes, self.rho(self.pool_norm(total.unsqueeze(0)))
