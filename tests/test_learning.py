@@ -244,6 +244,7 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets")) == "batch"
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets", batch_size=1)) == "none"
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets"), world=2) == "none"
+    assert pool_norm_for(TrainConfig(target="y", encoder="ng-transformer")) == "batch"
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn")) == "none"
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn", pool_norm="batch")) == "batch"
 

@@ -55,7 +55,7 @@ def _probe_inputs(ctx, param, value: str) -> str:
 @click.option("--pool-norm", type=click.Choice(["auto", "none", "batch"]), default=TrainConfig.pool_norm,
               show_default=True,
               help="Standardize the pooled graph vector across each batch (populations of near-identical "
-                   "networks, e.g. INRs from one init); auto: on for deepsets, off for the others.")
+                   "networks, e.g. INRs from one init); auto: on for deepsets and ng-transformer, off for the others.")
 @click.option("--pool-fixed", is_flag=True,
               help="The readout also reads the mean state of the fixed (input/output) neurons (INRs with probes).")
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),

@@ -187,8 +187,10 @@ class LayeredEncoder(nn.Module):
     the readout's units all die while the common part swings, and ng-gnn sat at chance on its training
     set (train accuracy 0.14); standardizing each pooled dimension across the batch takes the common part
     out (train 0.80; with 64 probe features test 0.500 against 0.462 without it). Across the other
-    populations it is a wash (ng-gnn, 3 seeds: −0.07 to +0.02, mean −0.005; README "Pool norm"), so it is
-    off by default. ``train.refresh_batch_norms`` sets its statistics after each epoch.
+    populations it is a wash for ng-gnn (3 seeds: −0.06 to +0.02; README "Pool norm"), so training leaves
+    it off there; ng-transformer gains with it and trains with it by default (``train.pool_norm_for``).
+    The class default is ``"none"`` so that older checkpoints load as they were trained.
+    ``train.refresh_batch_norms`` sets its statistics after each epoch.
 
     ``pool_fixed=True`` adds the mean state of the graph's fixed neurons to the pooled vector: on INRs
     (probe features: the output neuron's values are the rendered image) mean and max over all neurons
