@@ -133,6 +133,18 @@ def example_graphs(seed: int = 0) -> list:
     return out
 
 
+def with_random_probes(graphs: list, k: int = 3, seed: int = 0) -> list:
+    """``graphs`` with ``k`` random probe values on every neuron (``learn.probes.PROBE``), as probing a
+    runnable model would attach them: for encoder tests of probe features without model files."""
+    from .graph.ir import Param
+    from .learn.probes import PROBE
+    rng = np.random.default_rng(seed)
+    for g in graphs:
+        for s in g.sets.values():
+            s.arrays[PROBE] = Param(rng.standard_normal((s.size, k)).astype(np.float32))
+    return graphs
+
+
 def node_permutation(graph, symmetry) -> np.ndarray:
     """For the permuted graph's node i, the original node it came from."""
     offsets = graph.set_offsets()

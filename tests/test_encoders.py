@@ -9,8 +9,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_geometric")
 
 import nngraph  # noqa: E402
+from nngraph.learn.featurize import FeatureConfig, featurize, output_summary  # noqa: E402
 from nngraph.loader import registry  # noqa: E402
-from nngraph.testing import EncoderConformance, example_graphs  # noqa: E402
+from nngraph.testing import EncoderConformance, example_graphs, with_random_probes  # noqa: E402
 
 
 class TestNGGNN(EncoderConformance):
@@ -46,6 +47,29 @@ class TestStatNN(EncoderConformance):
 class TestDeepSets(EncoderConformance):
     encoder = "deepsets"
     config = {"hidden": 32}
+
+
+class _ProbeSummary(EncoderConformance):
+    """Graphs with probe values and the output summary columns (``FeatureConfig.probe_summary``)."""
+    features = FeatureConfig(probes=3, probe_summary=True)
+
+    def graphs(self):
+        return with_random_probes(example_graphs(), 3)
+
+    def _data(self, graph):
+        return featurize(graph, self.features)
+
+
+class TestNGGNNProbeSummary(_ProbeSummary):
+    encoder = "ng-gnn"
+    config = {"hidden": 32, "layers": 2, "node_dim": _ProbeSummary.features.node_dim,
+              "summary_dim": _ProbeSummary.features.summary_dim}
+
+
+class TestNGTransformerProbeSummary(_ProbeSummary):
+    encoder = "ng-transformer"
+    config = {"hidden": 32, "layers": 2, "heads": 4, "pool_norm": "batch",
+              "node_dim": _ProbeSummary.features.node_dim, "summary_dim": _ProbeSummary.features.summary_dim}
 
 
 class TestDeepSetsPoolNorm(EncoderConformance):
@@ -196,3 +220,26 @@ def test_fan_in_scaling_leaves_embeddings_at_their_scale():
 def test_pool_norm_rejects_unknown_values():
     with pytest.raises(ValueError, match="pool_norm"):
         registry().encoder("ng-gnn").factory(hidden=8, layers=1, pool_norm="layer")
+
+
+def test_output_summary_columns():
+    """Per output neuron: softmax probability across the set averaged over probes, fraction of probes it
+    wins, mean and std of its values; only output neurons get them, and they need probes."""
+    v = np.array([[0.0, 5.0], [0.0, 0.0]])          # probe 0: a tie (first wins), probe 1: neuron 0 wins
+    got = output_summary(v)
+    p1 = np.exp(5) / (np.exp(5) + 1)
+    np.testing.assert_allclose(got, [[(0.5 + p1) / 2, 1.0, 2.5, 2.5], [(0.5 + 1 - p1) / 2, 0.0, 0.0, 0.0]],
+                               rtol=1e-6)
+    config = FeatureConfig(probes=3, probe_summary=True)
+    g = with_random_probes(example_graphs(), 3)[0]
+    x = featurize(g, config).x.numpy()
+    assert x.shape[1] == FeatureConfig(probes=3).node_dim + 4 == config.node_dim
+    offsets = g.set_offsets()
+    for s in g.sets.values():
+        rows = x[offsets[s.name]:offsets[s.name] + s.size, -4:]
+        if s.role == "output":
+            np.testing.assert_allclose(rows, output_summary(s.arrays["probe"].data), rtol=1e-6)
+        else:
+            assert not rows.any(), s.name
+    with pytest.raises(ValueError, match="needs probes"):
+        FeatureConfig(probe_summary=True)

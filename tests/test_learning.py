@@ -207,6 +207,46 @@ def test_pool_norm_and_rank_weight_recorded_and_applied(zoo, tmp_path):
         assert r.returncode == 2 and not (tmp_path / "x.safetensors").exists()
 
 
+def test_probe_summary_trains_records_and_is_refused_where_it_cannot_work(zoo, tmp_path):
+    """--probe-summary adds the output-summary columns and readout (recorded in the checkpoint, which
+    evaluates); without --probes it is a usage error (exit 2), with an encoder that does not read it exit 4."""
+    ckpt = tmp_path / "s.safetensors"
+    r = ngraph("train", zoo, "--target", "rms", "--epochs", "2", "--hidden", "8", "--probes", "2",
+               "--probe-summary", "--threads", "1", "-o", ckpt, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from nngraph.learn.checkpoint import load_checkpoint
+    model, meta, _ = load_checkpoint(ckpt, "cpu")
+    assert meta["features"]["probe_summary"] is True and model.encoder.summary_dim == 4
+    r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "x.safetensors"
+    r = ngraph("train", zoo, "--target", "rms", "--probe-summary", "-o", out)
+    assert r.returncode == 2 and "--probes" in r.stderr and not out.exists()
+    r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--probes", "2", "--probe-summary",
+               "--encoder", "deepsets", "-o", out)
+    assert r.returncode == 4 and "--probe-summary" in r.stderr and not out.exists(), r.stderr
+
+
+def test_summary_readout_reads_the_output_neurons():
+    """The summary readout is in the graph embedding's path (its weights get gradient), and it reads only
+    output neurons: with every output neuron's summary set to zero, its weights get none."""
+    from torch_geometric.data import Batch
+    from nngraph.learn.featurize import FeatureConfig, featurize
+    from nngraph.loader import registry
+    from nngraph.testing import example_graphs, with_random_probes
+    config = FeatureConfig(probes=3, probe_summary=True)
+    torch.manual_seed(0)
+    model = registry().encoder("ng-gnn").factory(hidden=8, layers=1, node_dim=config.node_dim,
+                                                 summary_dim=config.summary_dim)
+    d = featurize(with_random_probes(example_graphs(), 3)[0], config)
+    model(Batch.from_data_list([d]))[1].sum().backward()
+    assert float(model.summary.weight.grad.abs().sum()) > 0
+    model.zero_grad()
+    d.x[:, -4:] = 0
+    model(Batch.from_data_list([d]))[1].sum().backward()
+    assert float(model.summary.weight.grad.abs().sum()) == 0
+
+
 def test_task_loss_rank_term():
     """MSE plus rank_weight × the mean softplus(−margin) over ordered pairs; tied pairs do not count."""
     import math

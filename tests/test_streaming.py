@@ -98,6 +98,18 @@ def test_streamed_equals_in_memory(graphs, name, cfg):
             _close(n2, n1)
 
 
+def test_probe_summary_streamed_equals_in_memory(graphs):
+    """The output-summary readout (``FeatureConfig.probe_summary``) reads the streamed node features."""
+    from nngraph.testing import with_random_probes
+    config = FeatureConfig(probes=3, probe_summary=True)
+    model = _encoder("ng-gnn", {"hidden": 16, "layers": 2, "node_dim": config.node_dim,
+                                "summary_dim": config.summary_dim})
+    for g in with_random_probes(example_graphs(), 3):
+        _, p1 = _in_memory(model, g, config)
+        _, p2 = model.forward_stream(GraphStream(g, config, chunk_edges=_chunks(g)[0]))
+        _close(p2, p1)
+
+
 @pytest.mark.parametrize("name,cfg", ENCODERS[1:2])
 def test_streamed_is_invariant(graphs, name, cfg):
     model = _encoder(name, cfg)

@@ -23,6 +23,12 @@ def _probe_inputs(ctx, param, value: str) -> str:
     return str(Path(value).resolve())
 
 
+def _features(probes: int, probe_inputs: str, scale: str, probe_summary: bool) -> FeatureConfig:
+    if probe_summary and not probes:
+        raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe values)")
+    return FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=scale, probe_summary=probe_summary)
+
+
 @cli.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--target", default="", help="Column of labels.csv to predict (not needed for --task embedding).")
@@ -61,6 +67,9 @@ def _probe_inputs(ctx, param, value: str) -> str:
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
               help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
                    "ordered pairs).")
+@click.option("--probe-summary", is_flag=True,
+              help="With --probes: the readout also gets what each network predicts on the probes (per output "
+                   "neuron: softmax probability, how often it wins, mean and spread of its values).")
 @click.option("--probe-inputs", default="normal", show_default=True, callback=_probe_inputs,
               help="Probe inputs: normal (the adapter's example inputs, standard normal floats), uniform (floats "
                    "from U(-1, 1): coordinate networks, inputs scaled to [-1, 1]) or FILE.npz (sample j of each "
@@ -71,7 +80,7 @@ def _probe_inputs(ctx, param, value: str) -> str:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per epoch, then the summary.")
 def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, layers, heads, dropout, val_fraction,
-          patience, no_input_scaling, probes, weight_scale, sum_scaler, pool_norm, pool_fixed, rank_weight, probe_inputs, threads, device, seed,
+          patience, no_input_scaling, probes, weight_scale, sum_scaler, pool_norm, pool_fixed, rank_weight, probe_summary, probe_inputs, threads, device, seed,
           output, as_json):
     """Train an encoder + head on DATASET (a folder with labels.csv); writes a checkpoint and a curve plot.
 
@@ -94,7 +103,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
                       batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
                       val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
                       sum_scaler=sum_scaler, pool_norm=pool_norm, pool_fixed=pool_fixed, rank_weight=rank_weight, device=device, seed=seed,
-                      features=FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=weight_scale))
+                      features=_features(probes, probe_inputs, weight_scale, probe_summary))
     world = os.environ.get("WORLD_SIZE", "1").strip()
     check_config(cfg, int(world) if world.isdigit() else 1)   # before hours of conversion (torchrun checks the rest)
     group = init_from_env(device)   # None without torchrun's variables: one process

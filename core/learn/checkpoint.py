@@ -34,8 +34,9 @@ class GraphModel:
               input_scaling: bool = False, head_config: dict | None = None, readout_norm: bool = False):
         import torch
         reg = registry()
-        enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim,
-                                           edge_dim=features.edge_dim, max_positions=features.max_positions)
+        summary = {"summary_dim": features.summary_dim} if features.summary_dim else {}   # older plugins never see it
+        enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim, edge_dim=features.edge_dim,
+                                           max_positions=features.max_positions, **summary)
         if input_scaling:
             attach_input_scales(enc, features)
         if readout_norm:

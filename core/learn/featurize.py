@@ -2,7 +2,8 @@
 
 Node features ``x``: one-hot role and activation, the per-neuron parameters in canonical slots
 (bias, norm scale/shift, running mean/variance, anything else averaged), depth relative to the
-graph's deepest set, and a fixed-neuron flag. Fixed neurons (network inputs and outputs) have an
+graph's deepest set, a fixed-neuron flag, then the probe features (``probes`` columns) and, with
+``probe_summary``, four columns of :func:`output_summary` on output neurons. Fixed neurons (network inputs and outputs) have an
 identity no symmetry moves; ``node_pos`` gives it (their index in their set, offset per set) so an
 encoder may learn a position embedding for them; it is -1 for permutable neurons.
 Edge features ``edge_attr``: the weight or kernel taps resampled to ``taps`` values, then a
@@ -34,6 +35,8 @@ from ..graph.vocab import ACTIVATION_IDS, ACTIVATIONS, EDGE_KIND_IDS, EDGE_KINDS
 from .probes import PROBE, PROBE_INPUTS, is_probe_file
 
 SLOTS = ("bias", "scale", "shift", "mean", "var", "other")
+#: What :func:`output_summary` gives each output neuron, in column order.
+SUMMARY_COLUMNS = ("mean_probability", "argmax_fraction", "mean_value", "std_value")
 #: Edge-weight scalings (``FeatureConfig.scale``; the module docstring says what each does).
 WEIGHT_SCALES = ("none", "block", "graph", "fan_in")
 
@@ -46,11 +49,15 @@ class FeatureConfig:
     probes: int = 0               # probe-feature columns: neuron outputs on fixed inputs (learn.probes)
     probe_inputs: str = "normal"  # normal: the adapter's example inputs; uniform: floats from U(-1, 1);
                                   # PATH.npz: samples from a file (learn.probes.load_probe_file)
+    probe_summary: bool = False   # output neurons also get what the network predicts on the probes
+                                  # (output_summary; needs probes)
 
     def __post_init__(self):
         if self.probe_inputs not in PROBE_INPUTS and not is_probe_file(self.probe_inputs):
             raise ValueError(f"probe_inputs must be one of {', '.join(PROBE_INPUTS)} or an .npz file, "
                              f"got {self.probe_inputs!r}")
+        if self.probe_summary and not self.probes:
+            raise ValueError("FeatureConfig.probe_summary needs probes > 0 (it summarizes the output probe values)")
         if self.scale not in WEIGHT_SCALES:
             raise ValueError(f"FeatureConfig.scale must be one of {', '.join(WEIGHT_SCALES)}, got {self.scale!r}")
 
@@ -59,7 +66,12 @@ class FeatureConfig:
 
     @property
     def node_dim(self) -> int:
-        return self.base_node_dim + self.probes
+        return self.base_node_dim + self.probes + self.summary_dim
+
+    @property
+    def summary_dim(self) -> int:
+        """Trailing columns of :func:`output_summary` (0 without ``probe_summary``)."""
+        return len(SUMMARY_COLUMNS) if self.probe_summary else 0
 
     @property
     def base_node_dim(self) -> int:
@@ -114,6 +126,27 @@ def fan_in_scales(graph: NeuralGraph) -> tuple[dict[int, float], dict[str, float
     return blocks, {k: float(np.sqrt(v)) for k, v in sets.items()}
 
 
+def output_summary(values: np.ndarray) -> np.ndarray:
+    """What a network predicts on its probes, per neuron of one output set: ``values [n, k]`` (neuron
+    ``i``'s output on probe ``j``) → ``[n, 4]`` (:data:`SUMMARY_COLUMNS`): its softmax probability across
+    the set, averaged over probes; the fraction of probes on which it is the set's largest; the mean and
+    the standard deviation of its values over probes.
+
+    Why: these are comparisons *across* output neurons (which class wins, how often) that message
+    passing and mean/max pooling do not learn from a few hundred networks. On the CNN zoos, gradient
+    boosting on this summary alone (16 uniform probes) ranks test accuracy at τ 0.825 against 0.700 for
+    the weight statistics: a collapsed network predicts one class whatever its input, and its accuracy is
+    that class's share of the test set; the spread over probes tells a collapsed network from a working one."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return np.zeros((v.shape[0], len(SUMMARY_COLUMNS)), np.float32)
+    e = np.exp(v - v.max(axis=0, keepdims=True))
+    prob = e / e.sum(axis=0, keepdims=True)
+    wins = np.zeros_like(v)
+    wins[v.argmax(axis=0), np.arange(v.shape[1])] = 1.0
+    return np.stack([prob.mean(1), wins.mean(1), v.mean(1), v.std(1)], axis=1).astype(np.float32)
+
+
 def node_features(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
     """``(x [N, node_dim] float32, node_pos [N] int64, node_depth [N] int64)`` (see the module
     docstring); shared by ``featurize`` and the streamed path (``nngraph.learn.stream``)."""
@@ -136,7 +169,10 @@ def node_features(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
         for key, p in s.arrays.items():
             if key == PROBE:
                 if config.probes:
-                    x[rows, config.base_node_dim:] = np.asarray(p.data, np.float32)[:, :config.probes]
+                    values = np.asarray(p.data, np.float32)[:, :config.probes]
+                    x[rows, config.base_node_dim:config.base_node_dim + config.probes] = values
+                    if config.probe_summary and s.role == "output":
+                        x[rows, config.base_node_dim + config.probes:] = output_summary(values)
                 continue
             k = SLOTS.index(_slot(key))
             v = np.asarray(p.data, np.float32).reshape(n, -1).mean(axis=1)

@@ -288,6 +288,9 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
                                                   torch.nn.modules.batchnorm._BatchNorm):
         raise InputError(f"--pool-norm {cfg.pool_norm}: encoder {cfg.encoder!r} has no pooled vector to normalize "
                          f"(ng-gnn, ng-transformer and deepsets have)")
+    if cfg.features.probe_summary and not getattr(model.encoder, "summary_dim", 0):
+        raise InputError(f"--probe-summary: encoder {cfg.encoder!r} does not read the output summary "
+                         f"(ng-gnn and ng-transformer do)")
     if cfg.pool_fixed and not getattr(model.encoder, "pool_fixed", False):
         raise InputError(f"--pool-fixed: encoder {cfg.encoder!r} has no pooled vector to extend "
                          f"(ng-gnn and ng-transformer have)")

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import scatter
 
-from nngraph.graph.vocab import EDGE_KINDS
+from nngraph.graph.vocab import EDGE_KINDS, ROLE_IDS
 from nngraph.learn.featurize import FeatureConfig
 
 DEFAULT = FeatureConfig()
@@ -197,15 +197,25 @@ class LayeredEncoder(nn.Module):
     dilute the one output neuron, and with it ng-gnn's INR test accuracy went from 0.592 to 0.662
     (benchmarks/learning, README "Pool fixed"); on the CNN zoos it changed nothing.
 
+    ``summary_dim`` > 0 (set from ``FeatureConfig.probe_summary``: the last ``summary_dim`` node columns
+    are ``featurize.output_summary``) adds :math:`\sum_{k} \psi(\mathbf{s}_k \,\|\, \mathbf{p}_k)` over the
+    fixed output neurons :math:`k`, with :math:`\mathbf{s}_k` the neuron's summary columns as input (not
+    after message passing) and :math:`\mathbf{p}_k` its position embedding: which output neuron wins on
+    the probes, read with that neuron's identity — what a collapsed classifier's accuracy is (README
+    "Probe summary").
+
     Returns ``(node embeddings (N, d), graph embeddings (B, out_dim))``."""
 
     def __init__(self, make_layer, layers: int, hidden: int, out_dim: int | None = None, pool_norm: str = "none",
-                 pool_fixed: bool = False, **features):
+                 pool_fixed: bool = False, summary_dim: int = 0, **features):
         super().__init__()
         self.embed = InputEmbedding(hidden, **features)
         self.layers = nn.ModuleList(make_layer() for _ in range(layers))
         self.pool_fixed = bool(pool_fixed)
-        hidden_pool = (3 if self.pool_fixed else 2) * hidden
+        self.summary_dim = int(summary_dim)
+        if self.summary_dim:
+            self.summary = nn.Linear(self.summary_dim, hidden)
+        hidden_pool = (3 if self.pool_fixed else 2) * hidden + (hidden if self.summary_dim else 0)
         if pool_norm not in POOL_NORMS:
             raise ValueError(f"pool_norm must be one of {POOL_NORMS}, got {pool_norm!r}")
         self.pool_norm = PoolBatchNorm(hidden_pool) if pool_norm == "batch" else nn.Identity()
@@ -217,17 +227,25 @@ class LayeredEncoder(nn.Module):
         for layer in self.layers:
             h, e = layer(h, e, batch.edge_index)
         index, size = graph_index(batch)
-        return h, self.readout(self.pool_norm(self.pooled(h, index, size, batch.node_pos)))
+        return h, self.readout(self.pool_norm(self.pooled(h, index, size, batch.node_pos, batch.x)))
 
-    def pooled(self, h: torch.Tensor, index: torch.Tensor, size: int, node_pos: torch.Tensor) -> torch.Tensor:
+    def pooled(self, h: torch.Tensor, index: torch.Tensor, size: int, node_pos: torch.Tensor,
+               x: torch.Tensor | None = None) -> torch.Tensor:
         """Mean and max over each graph's nodes; with ``pool_fixed``, also the mean over its fixed neurons
-        (``node_pos >= 0``: inputs and outputs, which no symmetry moves, so the readout stays invariant)."""
-        out = pool(h, index, size)
-        if not self.pool_fixed:
-            return out
+        (``node_pos >= 0``: inputs and outputs, which no symmetry moves, so the readout stays invariant);
+        with ``summary_dim``, the output neurons' summary read from the input features ``x``."""
+        parts = [pool(h, index, size)]
         fixed = node_pos >= 0
-        return torch.cat([out, scatter(h[fixed], index[fixed], dim=0, dim_size=size, reduce="mean")], -1)
+        if self.pool_fixed:
+            parts.append(scatter(h[fixed], index[fixed], dim=0, dim_size=size, reduce="mean"))
+        if self.summary_dim:
+            out = fixed & (x[:, ROLE_IDS["output"]] > 0)
+            z = self.summary(x[out, -self.summary_dim:]) * self.embed.position(node_pos[out])
+            parts.append(scatter(z, index[out], dim=0, dim_size=size, reduce="sum"))
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
-    def read_out(self, h: torch.Tensor, node_pos: torch.Tensor) -> torch.Tensor:
-        """The graph embedding ``[1, out]`` of one graph's node states (streamed forwards)."""
-        return self.readout(self.pool_norm(self.pooled(h, h.new_zeros(h.shape[0], dtype=torch.long), 1, node_pos)))
+    def read_out(self, h: torch.Tensor, node_pos: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The graph embedding ``[1, out]`` of one graph's node states (streamed forwards; ``x``: its input
+        node features, needed with ``summary_dim``)."""
+        index = h.new_zeros(h.shape[0], dtype=torch.long)
+        return self.readout(self.pool_norm(self.pooled(h, index, 1, node_pos, x)))

@@ -167,9 +167,10 @@ class NGGNNLayer(nn.Module):
 
 class NGGNN(LayeredEncoder):
     def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, norm: str = "none",
-                 sum_scaler: str = "linear", pool_norm: str = "none", pool_fixed: bool = False, **features):
+                 sum_scaler: str = "linear", pool_norm: str = "none", pool_fixed: bool = False, summary_dim: int = 0,
+                 **features):
         super().__init__(lambda: NGGNNLayer(hidden, norm, sum_scaler), layers, hidden, out_dim, pool_norm, pool_fixed,
-                         **features)
+                         summary_dim, **features)
 
     #: Edges per streamed chunk (``stream.encode_streamed``'s default for this encoder). Measured on
     #: the ``tiny`` scale checkpoint (18 M edges, hidden 32 × 2 layers, one thread), M edges per CPU
@@ -205,7 +206,7 @@ class NGGNN(LayeredEncoder):
                     fwd.merge(f)
                     bwd.merge(b)
             h = _node_update_in_slices(layer, h, fwd, bwd)
-        return h, self.read_out(h, stream.node_pos)
+        return h, self.read_out(h, stream.node_pos, stream.x)
 
     def _stream_pass(self, stream, L: int, terms: list[dict], h: torch.Tensor, share):
         """Layer L's message aggregates over the chunks of ``share`` (``stream.chunks``)."""
@@ -249,7 +250,7 @@ class NGGNN(LayeredEncoder):
                 bwd.add(chunk, mb)
                 del e, mf, mb
             h = layer.node_update(h, fwd.result(), bwd.result())
-        return h, self.read_out(h, stream.node_pos)
+        return h, self.read_out(h, stream.node_pos, stream.x)
 
 
 def _node_update_in_slices(layer: NGGNNLayer, h: torch.Tensor, fwd: StreamedPNA, bwd: StreamedPNA,
