@@ -219,17 +219,34 @@ def test_probe_summary_trains_records_and_is_refused_where_it_cannot_work(zoo, t
     assert meta["features"]["probe_summary"] is True and model.encoder.summary_dim == 4
     r = ngraph("evaluate", ckpt, zoo, "--split", "test", "--json")
     assert r.returncode == 0, r.stderr
+    # node embeddings (alignment by embedding) probe the model files as training did, or are refused
+    import nngraph
+    from nngraph.alignment.matching import node_embeddings
+    from nngraph.errors import InputError
+    paths = sorted(p for p in zoo.glob("m*.onnx"))[:2]
+    with pytest.raises(InputError, match="model files"):
+        node_embeddings(ckpt, [nngraph.convert(p) for p in paths], "cpu")
+    embs = node_embeddings(ckpt, [nngraph.convert(p) for p in paths], "cpu", paths=paths)
+    assert len(embs) == 2 and all(np.isfinite(e).all() for e in embs)
     out = tmp_path / "x.safetensors"
     r = ngraph("train", zoo, "--target", "rms", "--probe-summary", "-o", out)
     assert r.returncode == 2 and "--probes" in r.stderr and not out.exists()
     r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--probes", "2", "--probe-summary",
                "--encoder", "deepsets", "-o", out)
     assert r.returncode == 4 and "--probe-summary" in r.stderr and not out.exists(), r.stderr
+    from nngraph.errors import InputError, PluginError
+    from nngraph.learn.featurize import FeatureConfig
+    from nngraph.learn.train import TrainConfig, check_config
+    with pytest.raises(InputError, match="--probe-summary"):          # before any dataset is read
+        check_config(TrainConfig(target="y", encoder="statnn", features=FeatureConfig(probes=2, probe_summary=True)))
+    with pytest.raises(PluginError, match="no encoder named"):
+        check_config(TrainConfig(target="y", encoder="nope"))
 
 
 def test_summary_readout_reads_the_output_neurons():
     """The summary readout is in the graph embedding's path (its weights get gradient), and it reads only
-    output neurons: with every output neuron's summary set to zero, its weights get none."""
+    output neurons: with their summary columns zero and every other node's set to random values, its
+    weights get none."""
     from torch_geometric.data import Batch
     from nngraph.learn.featurize import FeatureConfig, featurize
     from nngraph.loader import registry
@@ -242,9 +259,30 @@ def test_summary_readout_reads_the_output_neurons():
     model(Batch.from_data_list([d]))[1].sum().backward()
     assert float(model.summary.weight.grad.abs().sum()) > 0
     model.zero_grad()
-    d.x[:, -4:] = 0
+    from nngraph.graph.vocab import ROLE_IDS
+    out = d.x[:, ROLE_IDS["output"]] > 0
+    assert 0 < int(out.sum()) < len(out)
+    d.x[:, -4:] = torch.randn(len(out), 4)
+    d.x[out, -4:] = 0
     model(Batch.from_data_list([d]))[1].sum().backward()
     assert float(model.summary.weight.grad.abs().sum()) == 0
+
+
+def test_feature_scales_survive_a_diverged_network():
+    """One network whose probe value is 3e19 (squared: beyond float32) leaves every scale finite and
+    positive, and the other columns' scales as they were without it."""
+    from nngraph.learn.featurize import FeatureConfig, feature_scales, featurize
+    from nngraph.testing import example_graphs, with_random_probes
+    config = FeatureConfig(probes=3, probe_summary=True)
+    datas = [featurize(g, config) for g in with_random_probes(example_graphs(), 3)]
+    calm, _ = feature_scales(datas, config)
+    datas[0].x[0, config.base_node_dim] = 3e19
+    node, edge = feature_scales(datas, config)
+    assert bool(torch.isfinite(node).all()) and bool((node > 0).all()) and bool((edge > 0).all())
+    nonzero = sum(int((d.x[:, config.base_node_dim] != 0).sum()) for d in datas)
+    assert float(node[config.base_node_dim]) == pytest.approx(np.sqrt(nonzero) / 3e19, rel=1e-3)
+    others = [c for c in range(config.node_dim) if c != config.base_node_dim]
+    assert torch.equal(node[others], calm[others])
 
 
 def test_task_loss_rank_term():
@@ -280,6 +318,11 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
     with pytest.raises(InputError, match="auto, none or batch"):
         check_config(TrainConfig(target="y", pool_norm="layer"))
     check_config(TrainConfig(target="y", pool_norm="batch"), world=1)
+    torch.manual_seed(0)                             # its throwaway encoder leaves the seeded stream alone
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_config(TrainConfig(target="y"))
+    assert torch.equal(torch.rand(3), expected)
     # auto: deepsets' default is the batch norm, where a batch can be standardized; the others' is none
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets")) == "batch"
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets", batch_size=1)) == "none"

@@ -122,16 +122,19 @@ def test_streamed_is_invariant(graphs, name, cfg):
         _close(n2, n1[node_permutation(g, sym)])
 
 
-def test_input_scales_match_the_pre_hook(graphs):
-    """A trained checkpoint's input scales reach the streamed features as the pre-hook applies them."""
-    model = GraphModel.build("ng-gnn", {"hidden": 16, "layers": 2}, "regression", 1, FeatureConfig(), True)
+@pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(probes=3, probe_summary=True)])
+def test_input_scales_match_the_pre_hook(graphs, config):
+    """A trained checkpoint's input scales reach the streamed features as the pre-hook applies them
+    (with the probe summary: also the summary columns the readout reads)."""
+    from nngraph.testing import with_random_probes
+    model = GraphModel.build("ng-gnn", {"hidden": 16, "layers": 2}, "regression", 1, config, True)
     enc = model.encoder.eval()
     gen = torch.Generator().manual_seed(1)
     enc.input_node_scale.copy_(torch.rand(enc.input_node_scale.shape, generator=gen) * 3)
     enc.input_edge_scale.copy_(torch.rand(enc.input_edge_scale.shape, generator=gen) * 5)
-    for g in graphs:
-        _, p1 = _in_memory(enc, g)
-        _, p2 = encode_streamed(enc, g, chunk_edges=_chunks(g)[0])
+    for g in (with_random_probes(example_graphs(), 3) if config.probes else graphs):
+        _, p1 = _in_memory(enc, g, config)
+        _, p2 = encode_streamed(enc, g, config, chunk_edges=_chunks(g)[0])
         _close(p2, p1)
 
 

@@ -12,8 +12,9 @@ Baselines: ``stats+gbt`` — per-depth weight statistics (``statnn.weight_statis
 scikit-learn gradient boosting; ``flat+linear`` — every weight and bias in graph order (zero-padded
 to the longest network) into logistic regression (classification) or ridge regression.
 ``--set`` overrides ``TrainConfig`` fields (``lr=1e-3``) or ``FeatureConfig`` fields (``probes=8``,
-``scale=block``) for every encoder (``pool_norm=batch`` only for ng-gnn, ng-transformer and deepsets:
-statnn refuses it, so pass ``--encoders``); the overrides are recorded in the JSON.
+``scale=block``) for every encoder (``pool_norm=batch`` only for ng-gnn, ng-transformer and deepsets,
+``pool_fixed`` and ``probe_summary`` only for ng-gnn and ng-transformer: the others refuse them, so pass
+``--encoders``); the overrides are recorded in the JSON.
 Throughput is training graphs/s (epochs × training networks / seconds, featurization included);
 peak memory is the process's resident-set high-water mark after each encoder (it only grows, so it
 bounds that encoder's peak from above). ``--out`` writes the summary (and every seed's numbers)

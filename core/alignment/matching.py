@@ -738,15 +738,19 @@ def _embedding_costs(graph: NeuralGraph, emb_a: np.ndarray, emb_b: np.ndarray, m
     return costs
 
 
-def node_embeddings(checkpoint, graphs: list[NeuralGraph], device: str = "auto") -> list[np.ndarray]:
+def node_embeddings(checkpoint, graphs: list[NeuralGraph], device: str = "auto", paths: list | None = None
+                    ) -> list[np.ndarray]:
     """Node embeddings ``[num_nodes, d]`` of each graph from a trained encoder checkpoint
-    (equivariant: permuting a network permutes its rows)."""
+    (equivariant: permuting a network permutes its rows). A checkpoint trained with probe features
+    probes the model files ``paths`` (one per graph) as training did; without them it is refused."""
     import torch
 
     from ..learn.featurize import FeatureConfig, featurize
     from ..learn.checkpoint import load_checkpoint
+    from ..learn.probes import attach_all
     model, meta, dev = load_checkpoint(checkpoint, device)
     features = FeatureConfig(**meta["features"])
+    attach_all(graphs, paths, features.probes, inputs=features.probe_inputs)
     out = []
     with torch.no_grad():
         for g in graphs:

@@ -48,7 +48,7 @@ def _align_all(adapter, paths: list[Path], graphs: list[NeuralGraph], method: st
     if method == "embedding":
         if checkpoint is None:
             raise InputError("--method embedding needs --checkpoint CKPT (a trained encoder, see `ngraph train`)")
-        embs = node_embeddings(checkpoint, graphs)
+        embs = node_embeddings(checkpoint, graphs, paths=paths)
     out = []
     for i in range(1, len(graphs)):
         if method == "activation":

@@ -90,7 +90,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     from ..learn.checkpoint import save_checkpoint
     from ..learn.dataset import load_dataset
     from ..learn.distributed import init_from_env, sync_dataset
-    from ..learn.train import check_config
+    from ..learn.train import check_config, pool_norm_for
     from ..learn.train import train as _train
 
     check_output(output)            # before hours of training, not after
@@ -110,6 +110,9 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if group:
         click.get_current_context().call_on_close(group.close)
     main = group is None or group.main
+    if group and main and pool_norm_for(cfg, group.world) != pool_norm_for(cfg):
+        err.print(f"note: --pool-norm auto is 'none' under torchrun with {group.world} processes ({encoder} "
+                  f"trains with 'batch' in one process: each rank would standardize by its own part of a batch)")
     data = load_dataset(dataset, progress=not as_json and err.is_terminal and main,
                         shard=group.shard if group else None,       # each rank converts and reads its shard
                         workers=max(1, (os.cpu_count() or 1) // group.local_world) if group else None)

@@ -26,6 +26,14 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def build_encoder(encoder: str, encoder_config: dict, features: FeatureConfig):
+    """The registered ``encoder`` with ``encoder_config`` and the input sizes of ``features``."""
+    summary = {"summary_dim": features.summary_dim} if features.summary_dim else {}   # older plugins never see it
+    return registry().encoder(encoder).factory(**encoder_config, node_dim=features.node_dim,
+                                               edge_dim=features.edge_dim, max_positions=features.max_positions,
+                                               **summary)
+
+
 class GraphModel:
     """Encoder + head as one torch module (built lazily so that importing this file is cheap)."""
 
@@ -34,9 +42,7 @@ class GraphModel:
               input_scaling: bool = False, head_config: dict | None = None, readout_norm: bool = False):
         import torch
         reg = registry()
-        summary = {"summary_dim": features.summary_dim} if features.summary_dim else {}   # older plugins never see it
-        enc = reg.encoder(encoder).factory(**encoder_config, node_dim=features.node_dim, edge_dim=features.edge_dim,
-                                           max_positions=features.max_positions, **summary)
+        enc = build_encoder(encoder, encoder_config, features)
         if input_scaling:
             attach_input_scales(enc, features)
         if readout_norm:

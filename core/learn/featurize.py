@@ -282,20 +282,24 @@ def feature_scales(datas, config: FeatureConfig = FeatureConfig(), reduce=None):
     if not datas and reduce is None:
         return node, edge
     cols = scaled_columns(config)
-    x = torch.cat([d.x[:, cols] for d in datas]) if datas else torch.zeros(0, len(cols))
-    nz, xx = (x != 0).sum(0), (x * x).sum(0)
-    taps = torch.cat([d.edge_attr[:, :config.taps] for d in datas]) if datas else torch.zeros(0, config.taps)
-    kind = torch.cat([d.edge_kind for d in datas]) if datas else torch.zeros(0, dtype=torch.long)
-    sq = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps * taps).sum(1))
-    cnt = torch.zeros(len(EDGE_KINDS)).index_add_(0, kind, (taps != 0).sum(1).float())
+    # float64 sums, one graph at a time: one diverged network's value of 3e19, squared in float32,
+    # overflowed to inf and made that column's scale 0 for every network
+    f64 = torch.float64
+    xx, nz = torch.zeros(len(cols), dtype=f64), torch.zeros(len(cols), dtype=f64)
+    sq, cnt = torch.zeros(len(EDGE_KINDS), dtype=f64), torch.zeros(len(EDGE_KINDS), dtype=f64)
+    for d in datas:
+        x = d.x[:, cols].to(f64)
+        xx += (x * x).sum(0)
+        nz += (x != 0).sum(0)
+        taps, kind = d.edge_attr[:, :config.taps].to(f64), d.edge_kind.long()
+        sq.index_add_(0, kind, (taps * taps).sum(1))
+        cnt.index_add_(0, kind, (taps != 0).sum(1).to(f64))
     if reduce is not None:
-        sums = reduce(torch.cat([xx.double(), nz.double(), sq.double(), cnt.double()]))
-        xx, nz, sq, cnt = (t.to(ref.dtype) for t, ref in zip(sums.split([len(xx), len(nz), len(sq), len(cnt)]),
-                                                             (xx, nz, sq, cnt)))
+        xx, nz, sq, cnt = reduce(torch.cat([xx, nz, sq, cnt])).split([len(xx), len(nz), len(sq), len(cnt)])
     rms = torch.sqrt(xx / nz.clamp(min=1))
-    node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms))
+    node[cols] = torch.where((nz > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), torch.ones_like(rms)).float()
     rms = torch.sqrt(sq / cnt.clamp(min=1))
-    edge = torch.where((cnt > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), edge)
+    edge = torch.where((cnt > 0) & (rms > 1e-12), 1 / rms.clamp(min=1e-12), edge.double()).float()
     return node, edge
 
 

@@ -15,7 +15,7 @@ from ..errors import InputError
 from .featurize import FeatureConfig, featurize
 from .probes import attach_all
 from ..graph.ir import NeuralGraph
-from .checkpoint import GraphModel, load_checkpoint, readout_module, resolve_device
+from .checkpoint import GraphModel, build_encoder, load_checkpoint, readout_module, resolve_device
 
 
 @dataclass
@@ -239,8 +239,9 @@ def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
 
 def check_config(cfg: TrainConfig, world: int = 1) -> None:
     """Refuse option combinations that cannot train, before any data is loaded (the CLI calls it first;
-    ``train`` again): a non-finite or negative rank weight, pool norm over batches of one graph, and pool
-    norm across ``world`` > 1 processes (each rank would standardize by its own part of the batch)."""
+    ``train`` again): a non-finite or negative rank weight, pool norm over batches of one graph, pool
+    norm across ``world`` > 1 processes (each rank would standardize by its own part of the batch), an
+    unknown encoder, and options the encoder does not implement (:func:`check_encoder`, on a fresh one)."""
     if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
         raise InputError(f"--rank-weight must be a finite number >= 0, got {cfg.rank_weight}")
     if cfg.pool_norm not in ("auto", "none", "batch"):
@@ -250,6 +251,25 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     if cfg.pool_norm == "batch" and world > 1:
         raise InputError("--pool-norm batch is not supported under torchrun (each rank would standardize "
                          "by its own part of the batch); train in one process or without it")
+    import torch
+    with torch.random.fork_rng(devices=[]):       # a throwaway encoder: the seeded init must not see it
+        check_encoder(cfg, build_encoder(cfg.encoder, cfg.encoder_config(world), cfg.features))
+
+
+def check_encoder(cfg: TrainConfig, encoder) -> None:
+    """Refuse options the built ``encoder`` does not implement: an encoder accepts and ignores options it
+    does not use (``EncoderSpec``), so an explicit request for one would otherwise be dropped silently."""
+    import torch
+    if cfg.pool_norm == "batch" and not isinstance(getattr(encoder, "pool_norm", None),
+                                                  torch.nn.modules.batchnorm._BatchNorm):
+        raise InputError(f"--pool-norm {cfg.pool_norm}: encoder {cfg.encoder!r} has no pooled vector to normalize "
+                         f"(ng-gnn, ng-transformer and deepsets have)")
+    if cfg.features.probe_summary and not getattr(encoder, "summary_dim", 0):
+        raise InputError(f"--probe-summary: encoder {cfg.encoder!r} does not read the output summary "
+                         f"(ng-gnn and ng-transformer do)")
+    if cfg.pool_fixed and not getattr(encoder, "pool_fixed", False):
+        raise InputError(f"--pool-fixed: encoder {cfg.encoder!r} has no pooled vector to extend "
+                         f"(ng-gnn and ng-transformer have)")
 
 
 def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None):
@@ -284,16 +304,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     encoder_config = cfg.encoder_config(group.world if group else 1)
     model = GraphModel.build(cfg.encoder, encoder_config, head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
-    if cfg.pool_norm == "batch" and not isinstance(getattr(model.encoder, "pool_norm", None),
-                                                  torch.nn.modules.batchnorm._BatchNorm):
-        raise InputError(f"--pool-norm {cfg.pool_norm}: encoder {cfg.encoder!r} has no pooled vector to normalize "
-                         f"(ng-gnn, ng-transformer and deepsets have)")
-    if cfg.features.probe_summary and not getattr(model.encoder, "summary_dim", 0):
-        raise InputError(f"--probe-summary: encoder {cfg.encoder!r} does not read the output summary "
-                         f"(ng-gnn and ng-transformer do)")
-    if cfg.pool_fixed and not getattr(model.encoder, "pool_fixed", False):
-        raise InputError(f"--pool-fixed: encoder {cfg.encoder!r} has no pooled vector to extend "
-                         f"(ng-gnn and ng-transformer have)")
+    check_encoder(cfg, model.encoder)
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
     if cfg.features.probes:
