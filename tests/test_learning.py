@@ -226,8 +226,10 @@ def test_probe_summary_trains_records_and_is_refused_where_it_cannot_work(zoo, t
     paths = sorted(p for p in zoo.glob("m*.onnx"))[:2]
     with pytest.raises(InputError, match="model files"):
         node_embeddings(ckpt, [nngraph.convert(p) for p in paths], "cpu")
-    embs = node_embeddings(ckpt, [nngraph.convert(p) for p in paths], "cpu", paths=paths)
+    graphs = [nngraph.convert(p) for p in paths]
+    embs = node_embeddings(ckpt, graphs, "cpu", paths=paths)
     assert len(embs) == 2 and all(np.isfinite(e).all() for e in embs)
+    assert not any("probe" in s.arrays for g in graphs for s in g.sets.values())   # the caller's graphs untouched
     out = tmp_path / "x.safetensors"
     r = ngraph("train", zoo, "--target", "rms", "--probe-summary", "-o", out)
     assert r.returncode == 2 and "--probes" in r.stderr and not out.exists()
@@ -282,6 +284,11 @@ def test_feature_scales_survive_a_diverged_network():
     nonzero = sum(int((d.x[:, config.base_node_dim] != 0).sum()) for d in datas)
     assert float(node[config.base_node_dim]) == pytest.approx(np.sqrt(nonzero) / 3e19, rel=1e-3)
     others = [c for c in range(config.node_dim) if c != config.base_node_dim]
+    assert torch.equal(node[others], calm[others])
+    datas[0].x[0, config.base_node_dim] = float("inf")             # a non-finite value is left out
+    datas[0].edge_attr[0, 0] = float("nan")
+    node, edge = feature_scales(datas, config)
+    assert bool(torch.isfinite(node).all()) and bool((node > 0).all()) and bool((edge > 0).all())
     assert torch.equal(node[others], calm[others])
 
 

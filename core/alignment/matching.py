@@ -742,20 +742,27 @@ def node_embeddings(checkpoint, graphs: list[NeuralGraph], device: str = "auto",
                     ) -> list[np.ndarray]:
     """Node embeddings ``[num_nodes, d]`` of each graph from a trained encoder checkpoint
     (equivariant: permuting a network permutes its rows). A checkpoint trained with probe features
-    probes the model files ``paths`` (one per graph) as training did; without them it is refused."""
+    probes the model files ``paths`` (one per graph) as training did; without them it is refused. The
+    probe values are taken off the graphs again (alignment itself reads only parameters)."""
     import torch
 
     from ..learn.featurize import FeatureConfig, featurize
     from ..learn.checkpoint import load_checkpoint
-    from ..learn.probes import attach_all
+    from ..learn.probes import PROBE, attach_all
     model, meta, dev = load_checkpoint(checkpoint, device)
     features = FeatureConfig(**meta["features"])
-    attach_all(graphs, paths, features.probes, inputs=features.probe_inputs)
+    bare = [g for g in graphs if not any(PROBE in s.arrays for s in g.sets.values())]
     out = []
-    with torch.no_grad():
-        for g in graphs:
-            h = model.encoder(featurize(g, features).to(dev))[0]
-            out.append(h.cpu().numpy())
+    try:
+        attach_all(graphs, paths, features.probes, inputs=features.probe_inputs)
+        with torch.no_grad():
+            for g in graphs:
+                h = model.encoder(featurize(g, features).to(dev))[0]
+                out.append(h.cpu().numpy())
+    finally:
+        for g in bare:
+            for s in g.sets.values():
+                s.arrays.pop(PROBE, None)
     return out
 
 

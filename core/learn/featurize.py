@@ -282,18 +282,21 @@ def feature_scales(datas, config: FeatureConfig = FeatureConfig(), reduce=None):
     if not datas and reduce is None:
         return node, edge
     cols = scaled_columns(config)
-    # float64 sums, one graph at a time: one diverged network's value of 3e19, squared in float32,
-    # overflowed to inf and made that column's scale 0 for every network
-    f64 = torch.float64
+    # float64 sums, one graph (and one slice of edges) at a time: one diverged network's value of 3e19,
+    # squared in float32, overflowed to inf and made that column's scale 0 for every network; non-finite
+    # values (inf/nan weights) are left out of the sums for the same reason
+    f64, step = torch.float64, 1 << 20
     xx, nz = torch.zeros(len(cols), dtype=f64), torch.zeros(len(cols), dtype=f64)
     sq, cnt = torch.zeros(len(EDGE_KINDS), dtype=f64), torch.zeros(len(EDGE_KINDS), dtype=f64)
+    finite = lambda t: torch.nan_to_num(t.to(f64), nan=0.0, posinf=0.0, neginf=0.0)  # noqa: E731
     for d in datas:
-        x = d.x[:, cols].to(f64)
+        x = finite(d.x[:, cols])
         xx += (x * x).sum(0)
         nz += (x != 0).sum(0)
-        taps, kind = d.edge_attr[:, :config.taps].to(f64), d.edge_kind.long()
-        sq.index_add_(0, kind, (taps * taps).sum(1))
-        cnt.index_add_(0, kind, (taps != 0).sum(1).to(f64))
+        for i in range(0, d.edge_attr.shape[0], step):
+            taps, kind = finite(d.edge_attr[i:i + step, :config.taps]), d.edge_kind[i:i + step].long()
+            sq.index_add_(0, kind, (taps * taps).sum(1))
+            cnt.index_add_(0, kind, (taps != 0).sum(1).to(f64))
     if reduce is not None:
         xx, nz, sq, cnt = reduce(torch.cat([xx, nz, sq, cnt])).split([len(xx), len(nz), len(sq), len(cnt)])
     rms = torch.sqrt(xx / nz.clamp(min=1))

@@ -252,7 +252,9 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
         raise InputError("--pool-norm batch is not supported under torchrun (each rank would standardize "
                          "by its own part of the batch); train in one process or without it")
     import torch
-    with torch.random.fork_rng(devices=[]):       # a throwaway encoder: the seeded init must not see it
+    # a throwaway encoder: the seeded init must not see it (CPU generator only: built-in encoders are
+    # built on CPU, and forking CUDA state would initialise CUDA here)
+    with torch.random.fork_rng(devices=[]):
         check_encoder(cfg, build_encoder(cfg.encoder, cfg.encoder_config(world), cfg.features))
 
 
