@@ -92,7 +92,11 @@ def test_table_checks_original_zoos_and_ignores_configured_baselines(tmp_path, c
                                                  "rows": [row("ng-gnn", 0.6, 6), row("stats+gbt", 0.3), row("deepsets", 0.4)]}))
     (tmp_path / "b.json").write_text(json.dumps({**base, "name": "zoo_original", "overrides": {"probes": 8},
                                                  "rows": [row("stats+gbt", 0.99)]}))
+    (tmp_path / "c.json").write_text(json.dumps({**base, "name": "zoo_s2", "overrides": {},
+                                                 "rows": [row("ng-gnn", 0.5), row("stats+gbt", 0.4)]}))
     out = run_table(capsys, tmp_path / "a.json", tmp_path / "b.json")
     assert "(b) zoo_original: τ ≥ stats+gbt + 0.15 = 0.450 — ng-gnn 0.600: MET (+0.150); best encoder ng-gnn" in out
-    assert "configured run" not in out
+    assert "configured run" not in out and "zoo_s2" not in out
+    out = run_table(capsys, tmp_path / "a.json", tmp_path / "c.json")           # the replicate zoo, when given
+    assert "(b) zoo_s2: τ ≥ stats+gbt + 0.15 = 0.550 — ng-gnn 0.500: NOT met (-0.050)" in out
     assert "3 seeds (ng-gnn: 6)" in out
