@@ -237,11 +237,10 @@ def _hold_out(tr: list, fraction: float, rng) -> tuple[list, list]:
     return [tr[i] for i in sorted(perm[n_va:])], [tr[i] for i in sorted(perm[:n_va])]
 
 
-def check_config(cfg: TrainConfig, world: int = 1) -> None:
-    """Refuse option combinations that cannot train, before any data is loaded (the CLI calls it first;
-    ``train`` again): a non-finite or negative rank weight, pool norm over batches of one graph, pool
-    norm across ``world`` > 1 processes (each rank would standardize by its own part of the batch), an
-    unknown encoder, and options the encoder does not implement (:func:`check_encoder`, on a fresh one)."""
+def check_options(cfg: TrainConfig, world: int = 1) -> None:
+    """Refuse option values that cannot train: a non-finite or negative rank weight, an unknown pool
+    norm, pool norm over batches of one graph, and pool norm across ``world`` > 1 processes (each rank
+    would standardize by its own part of the batch)."""
     if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
         raise InputError(f"--rank-weight must be a finite number >= 0, got {cfg.rank_weight}")
     if cfg.pool_norm not in ("auto", "none", "batch"):
@@ -251,6 +250,13 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     if cfg.pool_norm == "batch" and world > 1:
         raise InputError("--pool-norm batch is not supported under torchrun (each rank would standardize "
                          "by its own part of the batch); train in one process or without it")
+
+
+def check_config(cfg: TrainConfig, world: int = 1) -> None:
+    """Everything :func:`train` would refuse about ``cfg``, before any data is loaded (the CLI calls it
+    first): :func:`check_options`, an unknown encoder, and options the encoder does not implement
+    (:func:`check_encoder` on a throwaway one; ``train`` checks the model it builds instead)."""
+    check_options(cfg, world)
     import torch
     # a throwaway encoder: the seeded init must not see it (CPU generator only: built-in encoders are
     # built on CPU, and forking CUDA state would initialise CUDA here)
@@ -287,7 +293,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = group.device if group else resolve_device(cfg.device)
-    check_config(cfg, group.world if group else 1)
+    check_options(cfg, group.world if group else 1)
     rank_weight = cfg.rank_weight if cfg.task == "regression" else 0.0
     tr, va = dataset.split("train"), dataset.split("val")
     if not tr:

@@ -160,6 +160,14 @@ class StreamedPNA:
 POOL_NORMS = ("none", "batch")
 
 
+def pool_norm_layer(kind: str, width: int) -> nn.Module:
+    """The ``pool_norm`` option of an encoder with a pooled vector of ``width``: :class:`PoolBatchNorm`
+    for ``"batch"``, the identity for ``"none"``."""
+    if kind not in POOL_NORMS:
+        raise ValueError(f"pool_norm must be one of {POOL_NORMS}, got {kind!r}")
+    return PoolBatchNorm(width) if kind == "batch" else nn.Identity()
+
+
 class PoolBatchNorm(nn.BatchNorm1d):
     """BatchNorm of pooled graph vectors; a training batch of one graph (the last of an epoch) has no
     spread to standardize by, so it is normalized by the running statistics instead."""
@@ -198,9 +206,9 @@ class LayeredEncoder(nn.Module):
     (benchmarks/learning, README "Pool fixed"); on the CNN zoos it changed nothing.
 
     ``summary_dim`` > 0 (set from ``FeatureConfig.probe_summary``: the last ``summary_dim`` node columns
-    are ``featurize.output_summary``) adds :math:`\sum_{k} \psi(\mathbf{s}_k \,\|\, \mathbf{p}_k)` over the
-    fixed output neurons :math:`k`, with :math:`\mathbf{s}_k` the neuron's summary columns as input (not
-    after message passing) and :math:`\mathbf{p}_k` its position embedding: which output neuron wins on
+    are ``featurize.output_summary``) adds :math:`\sum_{k} (A \mathbf{s}_k + \mathbf{b}) \odot \mathbf{p}_k`
+    over the fixed output neurons :math:`k`, with :math:`\mathbf{s}_k` the neuron's summary columns as input
+    (not after message passing) and :math:`\mathbf{p}_k` its position embedding: which output neuron wins on
     the probes, read with that neuron's identity — what a collapsed classifier's accuracy is (README
     "Probe summary").
 
@@ -216,9 +224,7 @@ class LayeredEncoder(nn.Module):
         if self.summary_dim:
             self.summary = nn.Linear(self.summary_dim, hidden)
         hidden_pool = (3 if self.pool_fixed else 2) * hidden + (hidden if self.summary_dim else 0)
-        if pool_norm not in POOL_NORMS:
-            raise ValueError(f"pool_norm must be one of {POOL_NORMS}, got {pool_norm!r}")
-        self.pool_norm = PoolBatchNorm(hidden_pool) if pool_norm == "batch" else nn.Identity()
+        self.pool_norm = pool_norm_layer(pool_norm, hidden_pool)
         self.readout = mlp(hidden_pool, hidden, out_dim or hidden)
         self.out_dim = out_dim or hidden
 

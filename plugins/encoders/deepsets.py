@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from .common import POOL_NORMS, InputEmbedding, PoolBatchNorm, graph_index, mlp, split_first
+from .common import InputEmbedding, graph_index, mlp, pool_norm_layer, split_first
 
 
 class DeepSets(nn.Module):
@@ -31,11 +31,9 @@ class DeepSets(nn.Module):
 
     def __init__(self, hidden: int = 64, out_dim: int | None = None, pool_norm: str = "none", **features):
         super().__init__()
-        if pool_norm not in POOL_NORMS:
-            raise ValueError(f"pool_norm must be one of {POOL_NORMS}, got {pool_norm!r}")
         self.embed = InputEmbedding(hidden, **features)
         self.phi = mlp(3 * hidden, hidden, hidden)
-        self.pool_norm = PoolBatchNorm(hidden) if pool_norm == "batch" else nn.Identity()
+        self.pool_norm = pool_norm_layer(pool_norm, hidden)
         self.rho = mlp(hidden, hidden, out_dim or hidden)
         self.out_dim = out_dim or hidden
 
