@@ -87,11 +87,19 @@ class EncoderSpec:
     """A graph encoder: ``factory(**config)`` returns a ``torch.nn.Module`` mapping a PyG batch of
     featurized graphs to ``(node_embeddings, graph_embeddings)``. ``config`` includes ``hidden``
     (and ``layers`` where it applies) and the feature sizes ``node_dim``, ``edge_dim``,
-    ``max_positions``; accept and ignore what you do not use."""
+    ``max_positions``; accept and ignore what you do not use, and raise ``ValueError`` for values you
+    cannot take (``ngraph train`` reports it as bad input, the option names as its flags: ``heads`` →
+    ``--heads``).
+
+    ``auto_pool_norm`` is what training's ``pool_norm="auto"`` resolves to for this encoder
+    (``"none"`` or ``"batch"``, passed to the factory as ``pool_norm``) where a batch can be
+    standardized — batches of at least two graphs, one process; elsewhere ``"auto"`` is ``"none"``.
+    Set it to ``"batch"`` only if the encoder implements ``pool_norm="batch"``."""
 
     name: str
     factory: Callable[..., Any]
     description: str = ""
+    auto_pool_norm: str = "none"
 
 
 @dataclass(frozen=True)

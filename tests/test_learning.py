@@ -154,7 +154,8 @@ def test_train_progress_validation_and_early_stopping(zoo, tmp_path):
 def test_train_usage_errors(zoo, tmp_path):
     r = ngraph("train", zoo, "--target", "act", "--task", "classification", "--encoder", "ng-transformer",
                "--hidden", "10", "--heads", "4", "-o", tmp_path / "x.safetensors")
-    assert r.returncode == 4 and "--heads" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 4 and "--heads 4 must divide --hidden 10" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     r = ngraph("train", zoo, "--target", "act", "--val-fraction", "1.5", "-o", tmp_path / "x.safetensors")
     assert r.returncode == 2
 
@@ -337,6 +338,27 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-transformer")) == "batch"
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn")) == "none"
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn", pool_norm="batch")) == "batch"
+
+
+def test_auto_pool_norm_is_the_encoders_registration(install_plugin):
+    """``pool_norm="auto"`` reads ``EncoderSpec.auto_pool_norm``: a third party's encoder opts in by
+    name-free registration; an encoder refusing its options (ValueError) is bad input in the CLI's words."""
+    from nngraph.errors import InputError
+    from nngraph.learn.train import TrainConfig, check_config, pool_norm_for
+    from nngraph.plugins.encoders.ng_transformer import NGTransformer
+    assert pool_norm_for(TrainConfig(target="y", encoder="normed-sets")) == "none"      # not registered yet
+    install_plugin("poolnorm-nngraph", {"poolnorm": "poolnorm_nngraph"})
+    cfg = TrainConfig(target="y", encoder="normed-sets", hidden=8)
+    assert pool_norm_for(cfg) == "batch" and cfg.encoder_config()["pool_norm"] == "batch"
+    assert pool_norm_for(TrainConfig(target="y", encoder="normed-sets", batch_size=1)) == "none"
+    assert pool_norm_for(cfg, world=2) == "none"
+    check_config(cfg)                                      # built with the batch norm it asked for
+    with pytest.raises(ValueError, match="heads 3 must divide hidden 8"):
+        NGTransformer(hidden=8, heads=3)
+    with pytest.raises(InputError, match="^--heads 3 must divide --hidden 8$"):
+        check_config(TrainConfig(target="y", encoder="ng-transformer", hidden=8, heads=3))
+    with pytest.raises(InputError, match="--sum-scaler must be one of"):
+        check_config(TrainConfig(target="y", sum_scaler="cubic"))
 
 
 def test_refresh_batch_norms_gives_exact_population_statistics():

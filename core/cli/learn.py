@@ -61,7 +61,7 @@ def _features(probes: int, probe_inputs: str, scale: str, probe_summary: bool) -
 @click.option("--pool-norm", type=click.Choice(["auto", "none", "batch"]), default=TrainConfig.pool_norm,
               show_default=True,
               help="Standardize the pooled graph vector across each batch (populations of near-identical "
-                   "networks, e.g. INRs from one init); auto: on for deepsets and ng-transformer, off for the others.")
+                   "networks, e.g. INRs from one init); auto: the encoder's default (on for deepsets and ng-transformer, off for ng-gnn).")
 @click.option("--pool-fixed", is_flag=True,
               help="The readout also reads the mean state of the fixed (input/output) neurons (INRs with probes).")
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
@@ -94,8 +94,6 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     from ..learn.train import train as _train
 
     check_output(output)            # before hours of training, not after
-    if encoder == "ng-transformer" and hidden % heads:
-        raise InputError(f"--heads {heads} must divide --hidden {hidden}")
     if threads:
         import torch
         torch.set_num_threads(threads)

@@ -6,6 +6,7 @@ training loop, the metrics and the batch pipeline shared by training and inferen
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..errors import InputError
 from .featurize import FeatureConfig, featurize
 from .probes import attach_all
 from ..graph.ir import NeuralGraph
+from ..loader import registry
 from .checkpoint import GraphModel, build_encoder, load_checkpoint, readout_module, resolve_device
 
 
@@ -56,21 +58,16 @@ class TrainConfig:
                 **({"pool_fixed": True} if self.pool_fixed else {})}
 
 
-#: Encoders whose training default (``pool_norm="auto"``) is a batch norm of the pooled vector, measured
-#: across the learning suite (README "Pool norm"): deepsets cannot fit without it (train accuracy freq
-#: 0.62, tasks 0.29); ng-transformer could not fit inr (0.10) and gains test metric on six of eight
-#: populations (zoo_wide_original τ +0.12); for ng-gnn it is a wash (one population −0.06), so it keeps none.
-POOL_NORM_BY_DEFAULT = ("deepsets", "ng-transformer")
-
-
 def pool_norm_for(cfg: "TrainConfig", world: int = 1) -> str:
-    """The pool norm an encoder is built with: ``cfg.pool_norm`` unless it is ``"auto"``, which is
-    ``"batch"`` for the encoders in :data:`POOL_NORM_BY_DEFAULT` when a batch can be standardized (batches
-    of at least two graphs, one process) and ``"none"`` otherwise."""
+    """The pool norm an encoder is built with: ``cfg.pool_norm`` unless it is ``"auto"``, which is the
+    encoder's ``EncoderSpec.auto_pool_norm`` when a batch can be standardized (batches of at least two
+    graphs, one process) and ``"none"`` otherwise (also for an encoder that is not registered)."""
     if cfg.pool_norm != "auto":
         return cfg.pool_norm
-    usable = cfg.batch_size >= 2 and world == 1
-    return "batch" if usable and cfg.encoder in POOL_NORM_BY_DEFAULT else "none"
+    if cfg.batch_size < 2 or world != 1:
+        return "none"
+    spec = registry().encoders.get(cfg.encoder)
+    return spec.auto_pool_norm if spec is not None else "none"
 
 
 def encode_labels(entries, cfg: TrainConfig, classes=None):
@@ -258,10 +255,22 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     (:func:`check_encoder` on a throwaway one; ``train`` checks the model it builds instead)."""
     check_options(cfg, world)
     import torch
+    options = cfg.encoder_config(world)
     # a throwaway encoder: the seeded init must not see it (CPU generator only: built-in encoders are
     # built on CPU, and forking CUDA state would initialise CUDA here)
     with torch.random.fork_rng(devices=[]):
-        check_encoder(cfg, build_encoder(cfg.encoder, cfg.encoder_config(world), cfg.features))
+        try:
+            encoder = build_encoder(cfg.encoder, options, cfg.features)
+        except ValueError as e:                # option values the encoder refuses (EncoderSpec)
+            raise InputError(_as_flags(str(e), options)) from None
+    check_encoder(cfg, encoder)
+
+
+def _as_flags(message: str, options: dict) -> str:
+    """An encoder's refusal in ``ngraph train``'s words: its option names (``heads``, ``sum_scaler``)
+    as the flags that set them (``--heads``, ``--sum-scaler``)."""
+    names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
+    return re.sub(rf"\b({names})\b", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def check_encoder(cfg: TrainConfig, encoder) -> None:

@@ -15,6 +15,11 @@ from torch_geometric.utils import scatter, softmax
 from .common import LayeredEncoder, mlp
 
 
+def _check_heads(hidden: int, heads: int) -> None:
+    if heads < 1 or hidden % heads:
+        raise ValueError(f"heads {heads} must divide hidden {hidden}")
+
+
 class EdgeAttention(nn.Module):
     r"""Multi-head attention of each node over its incoming edges only.
 
@@ -32,6 +37,7 @@ class EdgeAttention(nn.Module):
 
     def __init__(self, hidden: int, heads: int):
         super().__init__()
+        _check_heads(hidden, heads)
         self.heads, self.dh = heads, hidden // heads
         self.q = nn.Linear(hidden, hidden)
         self.k = nn.Linear(2 * hidden, hidden)
@@ -83,4 +89,5 @@ class NGTransformerLayer(nn.Module):
 
 class NGTransformer(LayeredEncoder):
     def __init__(self, hidden: int = 64, layers: int = 3, heads: int = 4, out_dim: int | None = None, **features):
+        _check_heads(hidden, heads)
         super().__init__(lambda: NGTransformerLayer(hidden, heads), layers, hidden, out_dim, **features)
