@@ -158,6 +158,38 @@ def test_cli_align_activation_needs_data_and_different_widths_fail(mlp_onnx, tmp
     assert list(tmp_path.glob(".*")) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["narrow.onnx"]
 
 
+def test_failed_align_or_merge_leaves_the_output_folder_as_it_was(mlp_onnx, tmp_path, monkeypatch):
+    """A failure after the model was written (its check, an external-data file) publishes nothing:
+    an existing output keeps its bytes, and no staged file or folder is left beside it."""
+    import dataclasses
+
+    from nngraph.alignment import merge
+    from nngraph.errors import GraphError
+    _permuted_copy(mlp_onnx, tmp_path / "b.onnx", seed=3)
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def differs(*args, **kwargs):
+        raise GraphError("the aligned model differs from the original; nothing written")
+    with monkeypatch.context() as m:
+        m.setattr(merge, "_same_function", differs)
+        with pytest.raises(GraphError, match="differs"):
+            merge.align_files(mlp_onnx, tmp_path / "b.onnx", out)
+    onnx_adapter = find_adapter(mlp_onnx)
+
+    def export_with_data(source, params, staged):          # as a model above 2 GB is written
+        onnx_adapter.export(source, params, staged)
+        Path(f"{staged}.data").write_bytes(b"weights")
+    monkeypatch.setattr(merge, "find_adapter", lambda p, fmt: dataclasses.replace(onnx_adapter, export=export_with_data))
+    with pytest.raises(GraphError, match="external data"):
+        merge.merge_files([mlp_onnx, tmp_path / "b.onnx"], out)
+    assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == before
+    monkeypatch.undo()
+    merge.merge_files([mlp_onnx, tmp_path / "b.onnx"], out)                  # the control: it does publish
+    assert out.read_bytes() != b"previous" and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_merging_a_model_with_its_permuted_copy_gives_the_model_back(mlp_onnx, tmp_path):
     _permuted_copy(mlp_onnx, tmp_path / "b.onnx", seed=9)
     adapter = find_adapter(mlp_onnx)

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from nngraph.errors import GraphError
+from nngraph.files import atomic_output
 
 from .graphs import all_graphs
 from .reader import read_model
@@ -85,8 +86,6 @@ def inline_copy(model) -> onnx.ModelProto:
 def save_atomic(proto: onnx.ModelProto, out: str | os.PathLike) -> Path:
     """Write ``proto`` to ``out`` via a temporary file and a rename: never half a model.
     Above ~1.8 GB of weights they go to ``OUT.data`` beside it (protobuf's 2 GB limit)."""
-    from nngraph.graph.fileformat import atomic_output
-
     g = proto.graph
     out = Path(out)
     big = sum(t.ByteSize() for t in g.initializer) > EXTERNAL_ABOVE

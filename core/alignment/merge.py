@@ -7,6 +7,7 @@ the adapter's runtime before anything reaches the output path.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 from .matching import Alignment, align, check_compatible, interpolate, node_embeddings
 from ..api import find_adapter
 from ..errors import GraphError, InputError, PluginError
+from ..files import atomic_output
 from ..graph.ir import NeuralGraph
 from ..verify import compare_outputs, graph_depth, output_tolerance
 
@@ -101,11 +103,11 @@ def align_files(a: Path, b: Path, out: Path, method: str = "weight", *, data: In
         raise PluginError(f"adapter {adapter.name!r} cannot write or run models, so it cannot write aligned ones")
     alignment = _align_all(adapter, [a, b], graphs, method, data, checkpoint, seed)[0]
     feeds = _check_inputs(adapter, b, data, seed)
-    with tempfile.TemporaryDirectory(prefix=".nngraph-align-", dir=out.parent if str(out.parent) else ".") as tmp:
-        staged = Path(tmp) / f"aligned{b.suffix}"
+    with atomic_output(out) as final, _scratch(final) as tmp:
+        staged = tmp / f"aligned{b.suffix}"
         adapter.export(b, graphs[1].permute(alignment.symmetry).to_params(), staged)
         worst = _same_function(adapter, b, staged, feeds, graph_depth(graphs[1]))
-        _publish(staged, out)
+        _publish(staged, final)
     return AlignResult(alignment, out, worst)
 
 
@@ -143,23 +145,32 @@ def merge_files(paths: list[Path], out: Path, weights: list[float] | None = None
     aligned = [graphs[0]] + [g.permute(al.symmetry) for g, al in zip(graphs[1:], alignments)] if method else graphs
     merged = interpolate(aligned, weights)
     recalibrated = 0
-    with tempfile.TemporaryDirectory(prefix=".nngraph-merge-", dir=out.parent if str(out.parent) else ".") as tmp:
-        staged = Path(tmp) / f"merged{paths[0].suffix}"
+    with atomic_output(out) as final, _scratch(final) as tmp:
+        staged = tmp / f"merged{paths[0].suffix}"
         adapter.export(paths[0], merged, staged)
         if data is not None and adapter.recalibrate is not None:
-            final = Path(tmp) / f"recalibrated{paths[0].suffix}"
-            recalibrated = adapter.recalibrate(staged, data, final)
-            staged = final
-        _publish(staged, out)
+            recalibrated = adapter.recalibrate(staged, data, tmp / f"recalibrated{paths[0].suffix}")
+            staged = tmp / f"recalibrated{paths[0].suffix}"
+        _publish(staged, final)
     return MergeResult(out, weights, alignments, recalibrated)
 
 
-def _publish(staged: Path, out: Path) -> None:
-    """Move a finished model (and its external-data file, if any) into place."""
-    data = staged.parent / f"{staged.name}.data"
-    if data.exists():
+@contextlib.contextmanager
+def _scratch(final: Path):
+    """A folder beside ``final`` (``files.atomic_output``'s temporary path) to write and check models in,
+    removed afterwards: they keep their format's suffix (runtimes may read it), and files an adapter
+    writes beside a model (safetensors' config.json, ONNX external data) never reach the output folder."""
+    with tempfile.TemporaryDirectory(prefix=".nngraph-stage-", dir=final.parent) as tmp:
+        yield Path(tmp)
+
+
+def _publish(staged: Path, final: Path) -> None:
+    """Hand a checked model to ``atomic_output`` (``final``), which renames it onto the output on success.
+    One file is published: a model with an external-data file is refused (two renames are not atomic,
+    and its stored location would name the staged file)."""
+    if (staged.parent / f"{staged.name}.data").exists():
         raise GraphError("models above 2 GB cannot be aligned or merged yet (external data)")
-    os.replace(staged, out)
+    os.replace(staged, final)
 
 
 __all__ = ["AlignResult", "MergeResult", "align_files", "merge_files"]
