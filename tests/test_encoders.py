@@ -195,6 +195,26 @@ def test_fan_in_scaling_removes_width_from_weight_scale(tmp_path):
     assert rms[4] > 2 * rms[32]                     # what the option removes
 
 
+def test_column_helpers_name_the_columns_featurize_writes():
+    """role_column / activation_column / param_columns / summary_columns, the layout encoders read, are
+    where featurize puts each neuron's role, activation, bias and output summary."""
+    from nngraph.graph.vocab import ROLES
+    from nngraph.learn.featurize import activation_column, param_columns, role_column, summary_columns
+    from nngraph.learn.probes import PROBE
+    config = FeatureConfig(probes=3, probe_summary=True)
+    g = with_random_probes(example_graphs(), 3)[0]
+    x, offsets = featurize(g, config).x.numpy(), g.set_offsets()
+    assert x[:, :len(ROLES)].sum(1).tolist() == [1.0] * g.num_nodes
+    for s in g.sets.values():
+        rows = slice(offsets[s.name], offsets[s.name] + s.size)
+        assert (x[rows, role_column(s.role)] == 1).all() and (x[rows, activation_column(s.activation)] == 1).all()
+        bias = s.arrays["bias"].data if "bias" in s.arrays else np.zeros(s.size)
+        np.testing.assert_array_equal(x[rows, param_columns(config).start], bias)
+        summary = output_summary(s.arrays[PROBE].data[:, :3]) if s.role == "output" else np.zeros((s.size, 4))
+        np.testing.assert_allclose(x[rows, summary_columns(config.summary_dim)], summary, rtol=1e-6)
+    assert x[:, summary_columns(0)].shape[1] == 0
+
+
 def test_feature_config_rejects_unknown_scale():
     with pytest.raises(ValueError, match="fan_in"):
         nngraph.FeatureConfig(scale="width")

@@ -262,8 +262,8 @@ def test_summary_readout_reads_the_output_neurons():
     model(Batch.from_data_list([d]))[1].sum().backward()
     assert float(model.summary.weight.grad.abs().sum()) > 0
     model.zero_grad()
-    from nngraph.graph.vocab import ROLE_IDS
-    out = d.x[:, ROLE_IDS["output"]] > 0
+    from nngraph.learn.featurize import role_column
+    out = d.x[:, role_column("output")] > 0
     assert 0 < int(out.sum()) < len(out)
     d.x[:, -4:] = torch.randn(len(out), 4)
     d.x[out, -4:] = 0

@@ -75,8 +75,9 @@ class FeatureConfig:
 
     @property
     def base_node_dim(self) -> int:
-        """Columns before the probe features: roles, activation, parameter slots, depth, fixed."""
-        return len(ROLES) + len(ACTIVATIONS) + 1 + 2 * len(SLOTS) + 2
+        """Columns before the probe features: roles, activation, parameter slots (values, then flags),
+        depth, fixed."""
+        return param_columns().stop + len(SLOTS) + 2
 
     @property
     def edge_dim(self) -> int:
@@ -158,21 +159,21 @@ def node_features(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
     x = np.zeros((N, config.node_dim), np.float32)
     pos = np.full(N, -1, np.int64)
     depth = np.zeros(N, np.int64)
-    base = len(ROLES) + len(ACTIVATIONS) + 1
+    base = param_columns(config).start
     fixed_seen = 0
     set_fan = fan_in_scales(graph)[1] if config.scale == "fan_in" else {}
     for s in sets:
         o, n = offsets[s.name], s.size
         rows = slice(o, o + n)
-        x[rows, ROLE_IDS[s.role]] = 1
-        x[rows, len(ROLES) + ACTIVATION_IDS.get(s.activation, 0)] = 1
+        x[rows, role_column(s.role)] = 1
+        x[rows, activation_column(s.activation)] = 1
         for key, p in s.arrays.items():
             if key == PROBE:
                 if config.probes:
                     values = np.asarray(p.data, np.float32)[:, :config.probes]
                     x[rows, config.base_node_dim:config.base_node_dim + config.probes] = values
                     if config.probe_summary and s.role == "output":
-                        x[rows, config.base_node_dim + config.probes:] = output_summary(values)
+                        x[rows, summary_columns(config.summary_dim)] = output_summary(values)
                 continue
             k = SLOTS.index(_slot(key))
             v = np.asarray(p.data, np.float32).reshape(n, -1).mean(axis=1)
@@ -258,10 +259,28 @@ def featurize(graph: NeuralGraph, config: FeatureConfig = FeatureConfig()):
                 edge_depth=t(edge_depth), node_pos=t(pos), node_depth=t(depth), num_nodes=graph.num_nodes)
 
 
+def role_column(role: str) -> int:
+    """The node-feature column of the one-hot ``role`` (``graph.vocab.ROLES``: the first columns)."""
+    return ROLE_IDS[role]
+
+
+def activation_column(activation: str | None) -> int:
+    """The node-feature column of the one-hot ``activation``, after the roles; the first of them is
+    "none" (no activation, or one outside ``graph.vocab.ACTIVATIONS``)."""
+    return len(ROLES) + ACTIVATION_IDS.get(activation, 0)
+
+
 def param_columns(config: FeatureConfig = FeatureConfig()) -> slice:
-    """The node-feature columns holding per-neuron parameter values (one per slot)."""
-    base = len(ROLES) + len(ACTIVATIONS) + 1
-    return slice(base, base + len(SLOTS))
+    """The node-feature columns holding per-neuron parameter values (one per slot of :data:`SLOTS`), after
+    the role and activation one-hots; the next ``len(SLOTS)`` columns flag which slots a neuron has."""
+    start = len(ROLES) + 1 + len(ACTIVATIONS)
+    return slice(start, start + len(SLOTS))
+
+
+def summary_columns(summary_dim: int) -> slice:
+    """The node-feature columns of :func:`output_summary`: the last ``summary_dim`` ones
+    (``FeatureConfig.summary_dim``, which an encoder is given; none when it is 0)."""
+    return slice(-summary_dim, None) if summary_dim else slice(0, 0)
 
 
 def scaled_columns(config: FeatureConfig = FeatureConfig()) -> list[int]:

@@ -7,8 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import scatter
 
-from nngraph.graph.vocab import EDGE_KINDS, ROLE_IDS
-from nngraph.learn.featurize import FeatureConfig
+from nngraph.graph.vocab import EDGE_KINDS
+from nngraph.learn.featurize import FeatureConfig, role_column, summary_columns
 
 DEFAULT = FeatureConfig()
 
@@ -245,8 +245,8 @@ class LayeredEncoder(nn.Module):
         if self.pool_fixed:
             parts.append(scatter(h[fixed], index[fixed], dim=0, dim_size=size, reduce="mean"))
         if self.summary_dim:
-            out = fixed & (x[:, ROLE_IDS["output"]] > 0)
-            z = self.summary(x[out, -self.summary_dim:]) * self.embed.position(node_pos[out])
+            out = fixed & (x[:, role_column("output")] > 0)
+            z = self.summary(x[out, summary_columns(self.summary_dim)]) * self.embed.position(node_pos[out])
             parts.append(scatter(z, index[out], dim=0, dim_size=size, reduce="sum"))
         return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
