@@ -182,37 +182,69 @@ class PoolBatchNorm(nn.BatchNorm1d):
 
 
 class LayeredEncoder(nn.Module):
-    r"""Embed nodes and edges, run ``layers`` (each ``(h, e, edge_index) → (h, e)``), then pool
-    mean and max per graph and read out. The message-passing encoders differ only in their layer.
+    r"""The frame of the message-passing encoders, which differ only in their layer: embed nodes and
+    edges, run ``layers`` layers, pool each graph's node states and read out.
 
     .. math::
-        \mathbf{g} = \rho\Big(\operatorname{norm}\big(\operatorname{mean}_{i} \mathbf{h}^{(L)}_i \,\|\,
-            \max_{i} \mathbf{h}^{(L)}_i\big)\Big)
+        \mathbf{h}^{(0)}_i = \phi_x(\mathbf{x}_i) + [i \in F]\, \boldsymbol{\pi}_i, \qquad
+        \mathbf{e}^{(0)}_{ij} = \phi_e(\mathbf{a}_{ij}), \qquad
+        \big(\mathbf{h}^{(\ell)}, \mathbf{e}^{(\ell)}\big) = \operatorname{layer}_\ell\big(\mathbf{h}^{(\ell-1)},
+            \mathbf{e}^{(\ell-1)}\big)
 
-    ``pool_norm="batch"`` makes ``norm`` a BatchNorm over the graphs of a batch (running statistics at
-    evaluation; ``"none"``: the identity). Why: on a population whose networks share most of their
-    weights (INRs fitted from one init), the pooled vectors differ by a tiny part of their common value,
-    the readout's units all die while the common part swings, and ng-gnn sat at chance on its training
-    set (train accuracy 0.14); standardizing each pooled dimension across the batch takes the common part
-    out (train 0.80; with 64 probe features test 0.500 against 0.462 without it). Across the other
-    populations it is a wash for ng-gnn (3 seeds: −0.06 to +0.02; README "Pool norm"), so training leaves
-    it off there; ng-transformer gains with it and trains with it by default (its ``EncoderSpec.auto_pool_norm``).
-    The class default is ``"none"`` so that older checkpoints load as they were trained.
-    ``train.refresh_batch_norms`` sets its statistics after each epoch.
+        \mathbf{p} = \operatorname{mean}_{i} \mathbf{h}^{(L)}_i \,\|\, \max_{i} \mathbf{h}^{(L)}_i
+            \,\big[\|\, \operatorname{mean}_{i \in F} \mathbf{h}^{(L)}_i\big]
+            \,\Big[\|\, \sum_{k \in O} (A \mathbf{s}_k + \mathbf{c}) \odot \boldsymbol{\pi}_k\Big], \qquad
+        \mathbf{g} = \rho\big(\operatorname{norm}(\mathbf{p})\big)
 
-    ``pool_fixed=True`` adds the mean state of the graph's fixed neurons to the pooled vector: on INRs
-    (probe features: the output neuron's values are the rendered image) mean and max over all neurons
-    dilute the one output neuron, and with it ng-gnn's INR test accuracy went from 0.592 to 0.662
-    (benchmarks/learning, README "Pool fixed"); on the CNN zoos it changed nothing.
+    per graph, where :math:`\mathbf{x}, \mathbf{a}` are the node and edge features, :math:`F` the graph's
+    fixed neurons (inputs and outputs, ``node_pos >= 0``: no symmetry moves them), :math:`\boldsymbol{\pi}_i`
+    the learned embedding of fixed neuron :math:`i`'s position, :math:`\phi_x, \phi_e, \rho` two-layer SiLU
+    MLPs (:class:`InputEmbedding`), and the bracketed terms are present with ``pool_fixed`` and
+    ``summary_dim`` (below). Every pooling is invariant and touches fixed neurons only through their
+    positions, so with equivariant layers (both built-in ones) :math:`\mathbf{g}` is invariant to the
+    network's neuron symmetries.
 
-    ``summary_dim`` > 0 (set from ``FeatureConfig.probe_summary``: the last ``summary_dim`` node columns
-    are ``featurize.output_summary``) adds :math:`\sum_{k} (A \mathbf{s}_k + \mathbf{b}) \odot \mathbf{p}_k`
-    over the fixed output neurons :math:`k`, with :math:`\mathbf{s}_k` the neuron's summary columns as input
-    (not after message passing) and :math:`\mathbf{p}_k` its position embedding: which output neuron wins on
-    the probes, read with that neuron's identity — what a collapsed classifier's accuracy is (README
-    "Probe summary").
+    ``pool_norm="batch"`` makes ``norm`` a BatchNorm over the graphs of a batch (:class:`PoolBatchNorm`:
+    running statistics at evaluation, set by ``train.refresh_batch_norms`` after each epoch; ``"none"``:
+    the identity). Why: on a population whose networks share most of their weights (INRs fitted from one
+    init), the pooled vectors differ by a tiny part of their common value, the readout's units all die while
+    the common part swings, and ng-gnn sat at chance on its training set (train accuracy 0.14);
+    standardizing each pooled dimension across the batch takes the common part out (train 0.80; with 64
+    probe features test 0.500 against 0.462 without it). Across the other populations it is a wash for
+    ng-gnn (3 seeds: −0.06 to +0.02; README "Pool norm"), so training leaves it off there; ng-transformer
+    gains with it and trains with it by default (its ``EncoderSpec.auto_pool_norm``). The class default is
+    ``"none"`` so that older checkpoints load as they were trained.
 
-    Returns ``(node embeddings (N, d), graph embeddings (B, out_dim))``."""
+    ``pool_fixed=True`` adds the mean state of the graph's fixed neurons: on INRs (probe features: the
+    output neuron's values are the rendered image) mean and max over all neurons dilute the one output
+    neuron, and with it ng-gnn's INR test accuracy went from 0.592 to 0.662 (benchmarks/learning, README
+    "Pool fixed"); on the CNN zoos it changed nothing.
+
+    ``summary_dim`` > 0 (``FeatureConfig.probe_summary``: the node features end with
+    ``featurize.output_summary``) adds the sum over the fixed output neurons :math:`O` of the affine map
+    :math:`A \mathbf{s}_k + \mathbf{c}` of neuron :math:`k`'s summary columns :math:`\mathbf{s}_k` — read from
+    the input features, not after message passing — times its position embedding: which output neuron
+    wins on the probes, read with that neuron's identity, which is what a collapsed classifier's accuracy
+    is (README "Probe summary").
+
+    Args:
+        make_layer: builds one layer, a module ``(h, e, edge_index) → (h, e)`` keeping widths.
+        layers: :math:`L`.
+        hidden: width :math:`d` of node and edge states.
+        out_dim: width of :math:`\mathbf{g}` (default ``hidden``).
+        pool_norm: ``"none"`` (default) or ``"batch"``.
+        pool_fixed: add the fixed neurons' mean state to :math:`\mathbf{p}`.
+        summary_dim: number of trailing summary columns of :math:`\mathbf{x}` (0: no summary term).
+        **features: :class:`InputEmbedding`'s options (``node_dim``, ``edge_dim``, ``max_positions``, ...);
+            other encoder options are ignored.
+
+    Shapes:
+        input: a PyG batch of featurized graphs (``nngraph.learn.featurize``): ``x`` :math:`(N, F_x)`,
+        ``edge_attr`` :math:`(E, F_e)`, ``edge_index`` :math:`(2, E)` (row 0 the source neuron),
+        ``node_pos`` :math:`(N,)`, ``batch`` :math:`(N,)`.
+        output: node embeddings :math:`\mathbf{h}^{(L)}` :math:`(N, d)`, graph embeddings :math:`\mathbf{g}`
+        :math:`(B, \text{out\_dim})`.
+    """
 
     def __init__(self, make_layer, layers: int, hidden: int, out_dim: int | None = None, pool_norm: str = "none",
                  pool_fixed: bool = False, summary_dim: int = 0, **features):

@@ -11,22 +11,40 @@ from .common import InputEmbedding, graph_index, mlp, pool_norm_layer, split_fir
 
 
 class DeepSets(nn.Module):
-    r"""Edges as a set (Zaheer et al. 2017), structure ignored beyond each edge's endpoints:
+    r"""Edges as a set, from "Deep Sets" (Zaheer et al., NeurIPS 2017): each edge is encoded with its
+    endpoints' embeddings and nothing else, then summed.
 
     .. math::
-        \mathbf{z}_{ij} = \phi\big(\mathbf{h}_i \,\|\, \mathbf{h}_j \,\|\, \mathbf{e}_{ij}\big),
-        \qquad \mathbf{g} = \rho\Big(\sum_{(i,j)} \mathbf{z}_{ij}\Big)
+        \mathbf{z}_{ij} = \phi\big(\mathbf{h}_i \,\|\, \mathbf{h}_j \,\|\, \mathbf{e}_{ij}\big), \qquad
+        \mathbf{n}_v = \sum_{(v,j) \in \mathcal{E}} \mathbf{z}_{vj} + \sum_{(i,v) \in \mathcal{E}} \mathbf{z}_{iv},
+        \qquad
+        \mathbf{g} = \rho\Big(\operatorname{norm}\Big(\sum_{(i,j) \in \mathcal{E}} \mathbf{z}_{ij}\Big)\Big)
 
-    with :math:`\mathbf{h}, \mathbf{e}` the input embeddings. Node embeddings are the sums of
-    :math:`\mathbf{z}` over each node's edges, both directions. Invariant to every permutation of
-    nodes — a baseline that shows what message passing adds.
+    where :math:`\mathbf{h}, \mathbf{e}` are the input embeddings (:class:`~.common.InputEmbedding`: fixed
+    neurons add their position embedding), edge :math:`(i, j)` runs from neuron :math:`i` to :math:`j`, and
+    :math:`\phi, \rho` are two-layer SiLU MLPs. No message passes between edges: the baseline that shows
+    what message passing adds. :math:`\mathbf{g}` is invariant to any relabelling of the nodes.
 
-    ``pool_norm="batch"`` puts a BatchNorm (:class:`~.common.PoolBatchNorm`) between the sum and
-    :math:`\rho`; training's default (``TrainConfig.pool_norm="auto"``) turns it on for this encoder.
-    Why: the sum over thousands of edges is one large common vector that differs between networks by
-    0.4 % (tasks population) to 1 % (INRs) of itself, and without the norm deepsets could not fit its
-    training sets (train accuracy, seed 0: freq 0.26, tasks 0.26; with it 0.99 and 1.00). The class
-    default stays ``"none"`` so that checkpoints written before the option load as they were trained.
+    ``pool_norm="batch"`` makes ``norm`` a BatchNorm over the graphs of a batch
+    (:class:`~.common.PoolBatchNorm`; ``"none"``: the identity); training's ``pool_norm="auto"`` turns it on
+    for this encoder. Why: the sum over thousands of edges is one large common vector that differs between
+    networks by 0.4 % (tasks population) to 1 % (INRs) of itself, and without the norm deepsets could not
+    fit its training sets (train accuracy, seed 0: freq 0.26, tasks 0.26; with it 0.99 and 1.00). The
+    class default stays ``"none"`` so that checkpoints written before the option load as they were trained.
+
+    Args:
+        hidden: width :math:`d` of the embeddings and of :math:`\mathbf{z}`.
+        out_dim: width of :math:`\mathbf{g}` (default ``hidden``).
+        pool_norm: ``"none"`` (default) or ``"batch"``.
+        **features: :class:`~.common.InputEmbedding`'s options (``node_dim``, ``edge_dim``,
+            ``max_positions``, ...); other encoder options are ignored.
+
+    Shapes:
+        input: a PyG batch of featurized graphs (``nngraph.learn.featurize``): ``x`` :math:`(N, F_x)`,
+        ``edge_attr`` :math:`(E, F_e)`, ``edge_index`` :math:`(2, E)`, ``node_pos`` :math:`(N,)`, ``batch``
+        :math:`(N,)`.
+        output: node embeddings :math:`\mathbf{n}` :math:`(N, d)`, graph embeddings :math:`\mathbf{g}`
+        :math:`(B, \text{out\_dim})`.
     """
 
     def __init__(self, hidden: int = 64, out_dim: int | None = None, pool_norm: str = "none", **features):

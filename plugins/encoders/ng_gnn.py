@@ -166,6 +166,24 @@ class NGGNNLayer(nn.Module):
 
 
 class NGGNN(LayeredEncoder):
+    r"""The NG-GNN encoder (Kofinas et al., ICLR 2024): :class:`~.common.LayeredEncoder` with ``layers``
+    :class:`NGGNNLayer` layers — embed, pass messages along and against the network's direction with
+    edge updates, pool, read out.
+
+    Args:
+        hidden: width :math:`d` of node and edge states.
+        layers: number of layers.
+        out_dim: width of the graph embedding (default ``hidden``).
+        norm: ``"none"`` (default) or ``"layer"`` (:class:`NGGNNLayer`; the module docstring says why none).
+        sum_scaler: ``"linear"`` (default) or ``"log"`` (:class:`NGGNNLayer`).
+        pool_norm, pool_fixed, summary_dim: :class:`~.common.LayeredEncoder`'s readout options.
+        **features: :class:`~.common.InputEmbedding`'s input sizes; other encoder options are ignored.
+
+    Shapes: as :class:`~.common.LayeredEncoder`: node embeddings :math:`(N, d)`, graph embeddings
+    :math:`(B, \text{out\_dim})`. :meth:`forward_stream` computes the same from a ``stream.GraphStream``
+    of one graph, in memory independent of its edges.
+    """
+
     def __init__(self, hidden: int = 64, layers: int = 3, out_dim: int | None = None, norm: str = "none",
                  sum_scaler: str = "linear", pool_norm: str = "none", pool_fixed: bool = False, summary_dim: int = 0,
                  **features):

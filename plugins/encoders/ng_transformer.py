@@ -1,7 +1,9 @@
 """NG-Transformer: a relational transformer whose attention runs only along graph edges.
 
-Keys and values are built from the source node and the edge; each node attends over its
-incoming edges and, separately, its outgoing ones (softmax per node with
+The NG-T of Kofinas et al., "Graph Neural Networks for Learning Equivariant Representations of Neural
+Networks" (ICLR 2024), a relational transformer over the neural graph (after Diao & Loynd, ICLR 2023).
+Here queries come from a node, keys and values from the source node and the edge; each node attends
+over its incoming edges and, separately, its outgoing ones (softmax per node with
 ``torch_geometric.utils.softmax``): no N×N tensor is ever formed.
 """
 from __future__ import annotations
@@ -21,18 +23,29 @@ def _check_heads(hidden: int, heads: int) -> None:
 
 
 class EdgeAttention(nn.Module):
-    r"""Multi-head attention of each node over its incoming edges only.
+    r"""Multi-head attention of each node over its incoming edges only (the attention of
+    :class:`NGTransformerLayer`; Kofinas et al., ICLR 2024, NG-T):
 
     .. math::
-        \alpha_{ij} = \operatorname{softmax}_{i \in \mathcal{N}(j)}
-            \frac{(W_q \mathbf{h}_j)^\top W_k (\mathbf{h}_i \,\|\, \mathbf{e}_{ij})}{\sqrt{d_h}},
+        \alpha^{(m)}_{ij} = \operatorname{softmax}_{i \in \mathcal{N}(j)}
+            \frac{\big(Q^{(m)} \mathbf{h}_j\big)^\top K^{(m)} \big(\mathbf{h}_i \,\|\, \mathbf{e}_{ij}\big)}{\sqrt{d_h}},
         \qquad
-        \mathbf{a}_j = \sum_{i \in \mathcal{N}(j)} \alpha_{ij}\, W_v (\mathbf{h}_i \,\|\, \mathbf{e}_{ij})
+        \mathbf{a}_j = \big\|_{m=1}^{M} \sum_{i \in \mathcal{N}(j)} \alpha^{(m)}_{ij}\,
+            V^{(m)} \big(\mathbf{h}_i \,\|\, \mathbf{e}_{ij}\big)
 
-    per head (:math:`d_h` = hidden / heads). The softmax is over each target's edges
-    (``torch_geometric.utils.softmax``), so memory is :math:`O(E \cdot d)`, never :math:`N^2`.
+    for heads :math:`m = 1 \dots M` of width :math:`d_h = d / M`, where :math:`\mathcal{N}(j)` are the sources
+    of the edges into :math:`j` (``dst``), one term per edge, and :math:`Q, K, V` are affine (with bias). A
+    node without incoming edges gets 0. The softmax is over each target's edges
+    (``torch_geometric.utils.softmax``), so memory is :math:`O(E \cdot d)`, never :math:`O(N^2)`; calling it
+    with ``src`` and ``dst`` swapped attends over outgoing edges instead.
 
-    Shapes: ``h`` :math:`(N, d)`, ``e`` :math:`(E, d)`, ``src``/``dst`` :math:`(E,)` → :math:`(N, d)`.
+    Args:
+        hidden: width :math:`d` of node and edge states.
+        heads: :math:`M`; must divide ``hidden`` (``ValueError`` otherwise).
+
+    Shapes:
+        input: ``h`` :math:`(N, d)`, ``e`` :math:`(E, d)`, ``src``, ``dst`` :math:`(E,)`.
+        output: :math:`(N, d)`.
     """
 
     def __init__(self, hidden: int, heads: int):
@@ -54,20 +67,34 @@ class EdgeAttention(nn.Module):
 
 
 class NGTransformerLayer(nn.Module):
-    r"""One NG-Transformer layer: attention along and against the network's direction, a
-    feed-forward block, then an edge update (post-norm residuals).
+    r"""One NG-Transformer layer (Kofinas et al., ICLR 2024, NG-T): attention along and against the
+    network's direction, a feed-forward block, then an edge update, each a post-norm residual.
 
     .. math::
-        \mathbf{h} \leftarrow \operatorname{LN}\big(\mathbf{h} + W_o[\mathbf{a}^{\rightarrow}
-            \,\|\, \mathbf{a}^{\leftarrow}]\big), \qquad
-        \mathbf{h} \leftarrow \operatorname{LN}\big(\mathbf{h} + \phi_f(\mathbf{h})\big), \qquad
-        \mathbf{e}_{ij} \leftarrow \operatorname{LN}\big(\mathbf{e}_{ij} + \phi_e(\mathbf{h}_i \,\|\,
-            \mathbf{h}_j \,\|\, \mathbf{e}_{ij})\big)
+        \mathbf{h}' = \operatorname{LN}\big(\mathbf{h} + W_o\big[\mathbf{a}^{\rightarrow} \,\|\,
+            \mathbf{a}^{\leftarrow}\big] + \mathbf{b}_o\big), \qquad
+        \mathbf{h}'' = \operatorname{LN}\big(\mathbf{h}' + \phi_f(\mathbf{h}')\big)
 
-    :math:`\mathbf{a}^{\rightarrow}` is :class:`EdgeAttention` over incoming edges,
-    :math:`\mathbf{a}^{\leftarrow}` over outgoing ones (edges reversed).
+        \mathbf{e}'_{ij} = \operatorname{LN}\big(\mathbf{e}_{ij} + \phi_e(\mathbf{h}''_i \,\|\,
+            \mathbf{h}''_j \,\|\, \mathbf{e}_{ij})\big)
 
-    Shapes: as :class:`~nngraph.plugins.encoders.ng_gnn.NGGNNLayer`.
+    where edge :math:`(i, j)` runs from neuron :math:`i` to :math:`j`, :math:`\mathbf{a}^{\rightarrow}_j` is
+    :class:`EdgeAttention` of :math:`j` over its incoming edges (keys and values from their sources
+    :math:`\mathbf{h}_i` and :math:`\mathbf{e}_{ij}`), :math:`\mathbf{a}^{\leftarrow}_i` a second
+    :class:`EdgeAttention` of :math:`i` over its outgoing edges (keys and values from their targets
+    :math:`\mathbf{h}_j` and :math:`\mathbf{e}_{ij}`), :math:`\phi_f` a SiLU MLP of hidden width :math:`2d`,
+    :math:`\phi_e` a two-layer SiLU MLP, and each LN a separate LayerNorm. The edge update reads the
+    updated node states. Per-node and per-edge maps and per-node softmax aggregations: equivariant to any
+    node permutation.
+
+    Args:
+        hidden: width :math:`d` of node and edge states.
+        heads: attention heads; must divide ``hidden`` (``ValueError`` otherwise).
+
+    Shapes:
+        input: node states :math:`(N, d)`, edge states :math:`(E, d)`, ``edge_index`` :math:`(2, E)`
+        (row 0 the source neuron, row 1 the target).
+        output: :math:`(N, d)`, :math:`(E, d)`.
     """
 
     def __init__(self, hidden: int, heads: int):
@@ -88,6 +115,21 @@ class NGTransformerLayer(nn.Module):
 
 
 class NGTransformer(LayeredEncoder):
+    r"""The NG-Transformer encoder (Kofinas et al., ICLR 2024): :class:`~.common.LayeredEncoder` with
+    ``layers`` :class:`NGTransformerLayer` layers — embed, attend along edges, pool, read out.
+
+    Args:
+        hidden: width :math:`d` of node and edge states.
+        layers: number of layers.
+        heads: attention heads; must divide ``hidden`` (``ValueError`` otherwise).
+        out_dim: width of the graph embedding (default ``hidden``).
+        **features: :class:`~.common.LayeredEncoder`'s options (``pool_norm``, ``pool_fixed``,
+            ``summary_dim``) and its input sizes; other encoder options are ignored.
+
+    Shapes: as :class:`~.common.LayeredEncoder`: node embeddings :math:`(N, d)`, graph embeddings
+    :math:`(B, \text{out\_dim})`. No streamed forward.
+    """
+
     def __init__(self, hidden: int = 64, layers: int = 3, heads: int = 4, out_dim: int | None = None, **features):
         _check_heads(hidden, heads)
         super().__init__(lambda: NGTransformerLayer(hidden, heads), layers, hidden, out_dim, **features)

@@ -46,14 +46,34 @@ def _group_stats(values: torch.Tensor, group: torch.Tensor, groups: int) -> torc
 
 
 class StatNN(nn.Module):
-    r"""Per-depth weight statistics into an MLP (Unterthiner et al. 2020):
+    r"""Per-depth weight statistics into an MLP, after "Predicting Neural Network Accuracy from Weights"
+    (Unterthiner et al., 2020):
 
     .. math::
-        \mathbf{g} = \phi\big(\,\|_{d=0}^{D}\; [\mu, \sigma, q_0, q_{25}, q_{50}, q_{75}, q_{100}]
-            (\{w_{ij} : \operatorname{depth}(j) = d\}) \,\|\, [\mu, \sigma](\{b_j : \operatorname{depth}(j) = d\})\big)
+        \mathbf{g} = \phi\Big(\big\|_{d=0}^{D}\, [\mu, \sigma, q_{0}, q_{25}, q_{50}, q_{75}, q_{100}]
+            \big(W_d\big) \;\big\|\; \big\|_{d=0}^{D}\, [\mu, \sigma]\big(b_d\big)\Big),
+        \qquad \mathbf{n}_v = \mathbf{g}
 
-    (depths clipped to ``max_depth`` :math:`= D`). Statistics of multisets are invariant to any
-    neuron permutation by construction; the encoder sees no connectivity.
+    where :math:`W_d` is the multiset of the edges' first feature (the weight, or a kernel's first tap) over
+    the edges whose target neuron has depth :math:`d`, :math:`b_d` the bias feature of every neuron of
+    depth :math:`d` (0 where a neuron has none), depths clipped to :math:`D` = ``max_depth``, :math:`\sigma
+    = \sqrt{\operatorname{mean}(x^2) - \mu^2}`, :math:`q_p` the order statistic of rank
+    :math:`\operatorname{round}(p (n - 1) / 100)` (no interpolation), and every statistic of an empty
+    multiset 0; :math:`\phi` is a two-layer SiLU MLP. Statistics of multisets are invariant to any neuron
+    permutation by construction; the encoder sees no connectivity. Every node gets its graph's
+    embedding. Training standardizes :math:`\phi`'s input (``readout_name``).
+
+    Args:
+        hidden: hidden width of :math:`\phi`.
+        max_depth: :math:`D`; deeper neurons share the last bucket.
+        out_dim: width of :math:`\mathbf{g}` (default ``hidden``).
+        **features: ignored (other encoder options).
+
+    Shapes:
+        input: a PyG batch of featurized graphs: ``x`` :math:`(N, F_x)`, ``edge_attr`` :math:`(E, F_e)`,
+        ``edge_index`` :math:`(2, E)`, ``edge_depth`` :math:`(E,)`, ``node_depth`` :math:`(N,)`, ``batch``
+        :math:`(N,)`.
+        output: :math:`(N, \text{out\_dim})`, :math:`(B, \text{out\_dim})`.
     """
 
     readout_name = "net"     # its input has no learned part: standardized (checkpoint.attach_readout_norm)
