@@ -52,15 +52,15 @@ class Registry:
         return next((p for p in self.plugins if p.name == name), None)
 
     def adapter(self, name: str) -> hookspecs.AdapterSpec:
-        return self._get("adapter", self.adapters, name, "adapters")
+        return self._get("adapter", self.adapters, name)
 
     def encoder(self, name: str) -> hookspecs.EncoderSpec:
-        return self._get("encoder", self.encoders, name, "encoders")
+        return self._get("encoder", self.encoders, name)
 
     def head(self, name: str) -> hookspecs.HeadSpec:
-        return self._get("head", self.heads, name, "heads")
+        return self._get("head", self.heads, name)
 
-    def _get(self, what: str, table: dict, name: str, field_: str):
+    def _get(self, what: str, table: dict, name: str):
         if name in table:
             return table[name]
         info = self.plugin(name)

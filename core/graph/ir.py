@@ -419,7 +419,7 @@ class NeuralGraph:
             if w is not None and (w.ndim < 1 or w.shape[0] != src.size):
                 yield f"block {b.name!r}: weight {tuple(w.shape)} is not [{src.size}, …]"
         elif b.pattern == "index":
-            fixed = self._fixed_groups()
+            fixed = self.fixed_groups()
             idx = b.attrs.get("index")
             if idx is None or len(idx) != src.size or len(set(idx)) != src.size or not all(
                     0 <= i < tgt.size for i in idx):
@@ -427,7 +427,7 @@ class NeuralGraph:
             if gs.name not in fixed or gt.name not in fixed:
                 yield f"block {b.name!r} reorders neurons between sets that are not fixed"
         elif b.pattern == "opaque":
-            fixed = self._fixed_groups()
+            fixed = self.fixed_groups()
             if gs.name not in fixed or gt.name not in fixed:
                 yield f"block {b.name!r} carries opaque parameters between sets that are not fixed"
         elif b.pattern == "membership":
@@ -435,9 +435,6 @@ class NeuralGraph:
                 yield f"block {b.name!r}: {src.name!r} is not a child of {tgt.name!r}'s tie group"
             if w is not None:
                 yield f"block {b.name!r}: membership blocks carry no weight"
-
-    def _fixed_groups(self) -> set[str]:
-        return self.fixed_groups()
 
     def _accounting_problems(self) -> Iterator[str]:
         """Every element of every source tensor mapped exactly once. Uses the boxes the
