@@ -91,15 +91,18 @@ class EncoderSpec:
     cannot take (``ngraph train`` reports it as bad input, the option names as its flags: ``heads`` →
     ``--heads``).
 
-    ``auto_pool_norm`` is what training's ``pool_norm="auto"`` resolves to for this encoder
-    (``"none"`` or ``"batch"``, passed to the factory as ``pool_norm``) where a batch can be
-    standardized — batches of at least two graphs, one process; elsewhere ``"auto"`` is ``"none"``.
-    Set it to ``"batch"`` only if the encoder implements ``pool_norm="batch"``."""
+    ``train_defaults`` are the options this encoder trains with when the user leaves them unset
+    (``ngraph train``, :meth:`nngraph.learn.train.TrainConfig.for_encoder`): ``TrainConfig`` or
+    ``FeatureConfig`` field names and their values, e.g. ``{"pool_norm": "batch"}``, chosen from
+    measurements (``benchmarks/learning``). ``pool_norm`` is what ``pool_norm="auto"`` resolves to where a
+    batch can be standardized (batches of at least two graphs, one process; elsewhere ``"none"``): set
+    ``"batch"`` only if the encoder implements it. Probe features given here (``probes``) are optional: a
+    population that cannot be probed trains without them, with a note."""
 
     name: str
     factory: Callable[..., Any]
     description: str = ""
-    auto_pool_norm: str = "none"
+    train_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

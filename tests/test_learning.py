@@ -340,9 +340,9 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn", pool_norm="batch")) == "batch"
 
 
-def test_auto_pool_norm_is_the_encoders_registration(install_plugin):
-    """``pool_norm="auto"`` reads ``EncoderSpec.auto_pool_norm``: a third party's encoder opts in by
-    name-free registration; an encoder refusing its options (ValueError) is bad input in the CLI's words."""
+def test_training_defaults_are_the_encoders_registration(install_plugin):
+    """``pool_norm="auto"`` and ``TrainConfig.for_encoder`` read ``EncoderSpec.train_defaults``: a third
+    party's encoder opts in by name-free registration, options given win over them; an encoder refusing its options (ValueError) is bad input in the CLI's words."""
     from nngraph.errors import InputError
     from nngraph.learn.train import TrainConfig, check_config, pool_norm_for
     from nngraph.plugins.encoders.ng_transformer import NGTransformer
@@ -353,6 +353,9 @@ def test_auto_pool_norm_is_the_encoders_registration(install_plugin):
     assert pool_norm_for(TrainConfig(target="y", encoder="normed-sets", batch_size=1)) == "none"
     assert pool_norm_for(cfg, world=2) == "none"
     check_config(cfg)                                      # built with the batch norm it asked for
+    assert TrainConfig.for_encoder("y", "normed-sets").batch_size == 8
+    assert TrainConfig.for_encoder("y", "normed-sets", batch_size=4).batch_size == 4
+    assert TrainConfig.for_encoder("y", "statnn").batch_size == TrainConfig(target="y").batch_size
     with pytest.raises(ValueError, match="heads 3 must divide hidden 8"):
         NGTransformer(hidden=8, heads=3)
     with pytest.raises(InputError, match="^--heads 3 must divide --hidden 8$"):

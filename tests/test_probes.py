@@ -144,3 +144,59 @@ def test_probe_inputs_from_a_file_are_its_samples(tmp_path):
     r = ngraph("train", tmp_path, "--target", "y", "--probes", "2", "--probe-inputs", str(tmp_path / "none.npz"),
                "-o", tmp_path / "c.safetensors")
     assert r.returncode == 2 and not (tmp_path / "c.safetensors").exists()
+
+
+
+def _mlp_population(root, n: int = 10):
+    rows = []
+    for i in range(n):
+        mlp(root / f"m{i}.onnx", i, hidden=4 + i % 3)
+        rows.append({"model": f"m{i}.onnx", "split": "test" if i >= n - 2 else "train", "y": i % 2})
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _unrunnable(path):
+    """An MLP whose activation is a custom-domain op: it converts (the op's neurons pinned) but no runtime
+    here can run it, so it cannot be probed."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+             helper.make_node("Mystery", ["h"], ["r"], domain="com.acme"),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (6, 4)), ("w2", (2, 6)))]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)]),
+              path)
+
+
+def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path):
+    """ng-gnn's probe features are a training default, not a request: a population that can be probed
+    trains with them; one holding a network no runtime here can run trains without them, with a note
+    naming it, instead of being refused; asked for explicitly, they must work (exit 4 naming the file)."""
+    from nngraph.learn.checkpoint import load_checkpoint
+    from nngraph.learn.train import TrainConfig
+    cfg = TrainConfig.for_encoder("y", "ng-gnn")
+    assert cfg.features.probes > 0 and cfg.probes_optional
+    assert not TrainConfig.for_encoder("y", "ng-gnn", probes=cfg.features.probes).probes_optional
+    assert TrainConfig.for_encoder("y", "ng-gnn", probes=0).features.probes == 0
+    assert TrainConfig.for_encoder("y", "statnn").features.probes == 0
+    _mlp_population(tmp_path)
+    common = ("--target", "y", "--task", "classification", "--epochs", "1", "--hidden", "8", "--device", "cpu",
+              "--json")
+    r = ngraph("train", tmp_path, *common, "-o", tmp_path / "a.safetensors")
+    assert r.returncode == 0 and "note" not in r.stderr, r.stderr
+    assert load_checkpoint(tmp_path / "a.safetensors", "cpu")[1]["features"]["probes"] == cfg.features.probes
+    _unrunnable(tmp_path / "m3.onnx")                    # a training network
+    r = ngraph("train", tmp_path, *common, "-o", tmp_path / "b.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert "note: training without probe features" in r.stderr and "m3.onnx" in r.stderr
+    assert load_checkpoint(tmp_path / "b.safetensors", "cpu")[1]["features"]["probes"] == 0
+    r = ngraph("predict", tmp_path / "b.safetensors", tmp_path / "m3.onnx", "--json")
+    assert r.returncode == 0, r.stderr
+    r = ngraph("train", tmp_path, *common, "--probes", "2", "-o", tmp_path / "c.safetensors")
+    assert r.returncode == 4 and "m3.onnx" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "c.safetensors").exists()

@@ -7,7 +7,8 @@ outside baselines on one population of networks.
 
 DATASET is a folder made by one of the generators here (make_freq.py, make_tasks.py, make_inr.py,
 make_hetero.py) or by examples/make_zoo.py: labels.csv with a train/test split. Encoders train with
-the ``TrainConfig`` defaults (plus ``--epochs``); the metric is accuracy (classification) or Kendall τ (regression).
+the configuration ``ngraph train`` uses (``TrainConfig.for_encoder``: the encoder's training defaults,
+plus ``--epochs``); the metric is accuracy (classification) or Kendall τ (regression).
 Baselines: ``stats+gbt`` — per-depth weight statistics (``statnn.weight_statistics``) into
 scikit-learn gradient boosting; ``flat+linear`` — every weight and bias in graph order (zero-padded
 to the longest network) into logistic regression (classification) or ridge regression.
@@ -28,7 +29,6 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +59,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def make_config(target: str, task: str, encoder: str, epochs: int, seed: int, overrides: dict | None = None):
-    over = overrides or {}
-    feats = replace(TrainConfig(target=target).features,
-                    **{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
-    return TrainConfig(target=target, task=task, encoder=encoder, epochs=epochs, seed=seed, features=feats,
-                       **{k: v for k, v in over.items() if k in TrainConfig.__dataclass_fields__})
+    """The configuration ``ngraph train`` would use (the encoder's training defaults included), with
+    ``--epochs``, the seed and the ``--set`` overrides."""
+    return TrainConfig.for_encoder(target, encoder, task=task, epochs=epochs, seed=seed, **(overrides or {}))
 
 
 def run_encoder(data, target: str, task: str, encoder: str, epochs: int, seed: int, tmp: str,

@@ -8,25 +8,19 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..learn.featurize import WEIGHT_SCALES, FeatureConfig
+from ..learn.featurize import WEIGHT_SCALES
 from ..learn.train import TrainConfig
 from .app import cli, emit_json, err, out
 
 
-def _probe_inputs(ctx, param, value: str) -> str:
+def _probe_inputs(ctx, param, value: str | None) -> str | None:
     from ..learn.probes import PROBE_INPUTS, is_probe_file, load_probe_file
-    if value in PROBE_INPUTS:
+    if value is None or value in PROBE_INPUTS:
         return value
     if not is_probe_file(value) or not Path(value).is_file():
         raise click.BadParameter(f"{value!r} is neither {' nor '.join(PROBE_INPUTS)} nor an existing .npz file")
     load_probe_file(str(Path(value).resolve()))     # a bad file fails now, not after converting the dataset
     return str(Path(value).resolve())
-
-
-def _features(probes: int, probe_inputs: str, scale: str, probe_summary: bool) -> FeatureConfig:
-    if probe_summary and not probes:
-        raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe values)")
-    return FeatureConfig(probes=probes, probe_inputs=probe_inputs, scale=scale, probe_summary=probe_summary)
 
 
 @cli.command()
@@ -38,7 +32,8 @@ def _features(probes: int, probe_inputs: str, scale: str, probe_summary: bool) -
 @click.option("--head", default=None, help="Head plugin [default: the task's].")
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
-@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help=f"Graphs per batch [default: the encoder's; ng-gnn 16, others {TrainConfig.batch_size}].")
 @click.option("--hidden", default=TrainConfig.hidden, show_default=True, type=click.IntRange(1))
 @click.option("--layers", default=TrainConfig.layers, show_default=True, type=click.IntRange(1))
 @click.option("--heads", default=TrainConfig.heads, show_default=True, type=click.IntRange(1),
@@ -51,8 +46,9 @@ def _features(probes: int, probe_inputs: str, scale: str, probe_summary: bool) -
 @click.option("--patience", default=TrainConfig.patience, show_default=True, type=click.IntRange(0),
               help="Early stopping: stop after this many epochs without a lower validation loss, keep the best (0: off).")
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
-@click.option("--probes", default=0, show_default=True, type=click.IntRange(0),
-              help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files).")
+@click.option("--probes", default=None, type=click.IntRange(0),
+              help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files) "
+                   "[default: the encoder's; ng-gnn 64, where every network can be probed, others 0].")
 @click.option("--weight-scale", type=click.Choice(WEIGHT_SCALES),
               default=TrainConfig(target="").features.scale,
               show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
@@ -61,19 +57,22 @@ def _features(probes: int, probe_inputs: str, scale: str, probe_summary: bool) -
 @click.option("--pool-norm", type=click.Choice(["auto", "none", "batch"]), default=TrainConfig.pool_norm,
               show_default=True,
               help="Standardize the pooled graph vector across each batch (populations of near-identical "
-                   "networks, e.g. INRs from one init); auto: the encoder's default (on for deepsets and ng-transformer, off for ng-gnn).")
-@click.option("--pool-fixed", is_flag=True,
-              help="The readout also reads the mean state of the fixed (input/output) neurons (INRs with probes).")
+                   "networks, e.g. INRs from one init); auto: the encoder's default (batch for ng-gnn, "
+                   "ng-transformer and deepsets), none for batches of one graph and under torchrun.")
+@click.option("--pool-fixed/--no-pool-fixed", default=None,
+              help="The readout also reads the mean state of the fixed (input/output) neurons "
+                   "[default: the encoder's; on for ng-gnn].")
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
               help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
                    "ordered pairs).")
 @click.option("--probe-summary", is_flag=True,
               help="With --probes: the readout also gets what each network predicts on the probes (per output "
                    "neuron: softmax probability, how often it wins, mean and spread of its values).")
-@click.option("--probe-inputs", default="normal", show_default=True, callback=_probe_inputs,
+@click.option("--probe-inputs", default=None, callback=_probe_inputs,
               help="Probe inputs: normal (the adapter's example inputs, standard normal floats), uniform (floats "
                    "from U(-1, 1): coordinate networks, inputs scaled to [-1, 1]) or FILE.npz (sample j of each "
-                   "array, named after the model input, is probe j: e.g. images of the networks' own data).")
+                   "array, named after the model input, is probe j: e.g. images of the networks' own data) "
+                   "[default: the encoder's; ng-gnn uniform, others normal].")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
@@ -97,11 +96,20 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if threads:
         import torch
         torch.set_num_threads(threads)
-    cfg = TrainConfig(target=target, task=task, encoder=encoder, head=head, epochs=epochs, lr=lr,
-                      batch_size=batch_size, hidden=hidden, layers=layers, heads=heads, dropout=dropout,
-                      val_fraction=val_fraction, patience=patience, input_scaling=not no_input_scaling,
-                      sum_scaler=sum_scaler, pool_norm=pool_norm, pool_fixed=pool_fixed, rank_weight=rank_weight, device=device, seed=seed,
-                      features=_features(probes, probe_inputs, weight_scale, probe_summary))
+    if probe_summary and probes == 0:
+        raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe values)")
+    try:
+        cfg = TrainConfig.for_encoder(
+            target, encoder, task=task, head=head, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden,
+            layers=layers, heads=heads, dropout=dropout, val_fraction=val_fraction, patience=patience,
+            input_scaling=not no_input_scaling, sum_scaler=sum_scaler, pool_norm=pool_norm, pool_fixed=pool_fixed,
+            rank_weight=rank_weight, device=device, seed=seed, probes=probes, probe_inputs=probe_inputs,
+            scale=weight_scale, probe_summary=probe_summary or None)
+    except ValueError as e:
+        if probe_summary:           # FeatureConfig: a summary without probes (the encoder has no default probes)
+            raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe "
+                                   "values)") from None
+        raise InputError(str(e)) from None
     world = os.environ.get("WORLD_SIZE", "1").strip()
     check_config(cfg, int(world) if world.isdigit() else 1)   # before hours of conversion (torchrun checks the rest)
     group = init_from_env(device)   # None without torchrun's variables: one process
@@ -126,7 +134,8 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
         elif not interactive:
             click.echo(f"epoch {record['epoch']}/{epochs}  {_format_record(record)}", err=True)
 
-    model, meta, history = _train(data, cfg, progress=interactive, log=log if main else None, group=group)
+    model, meta, history = _train(data, cfg, progress=interactive, log=log if main else None, group=group,
+                                  note=(lambda message: err.print(f"note: {message}")) if main else None)
     if not main:
         group.finish()
         return

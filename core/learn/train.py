@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,33 @@ class TrainConfig:
     input_scaling: bool = True            # divide inputs by the training set's feature RMS (featurize.feature_scales)
     readout_norm: bool = True             # standardize the pooled vector by its training-set statistics (readout_stats)
     features: FeatureConfig = field(default_factory=lambda: FeatureConfig(scale="fan_in"))  # README "(b)": width
+    probes_optional: bool = False         # probe features are an encoder default, not a request: a population
+                                          # that cannot be probed trains without them (attach_training_probes)
+
+    @classmethod
+    def for_encoder(cls, target: str, encoder: str = "ng-gnn", **options) -> "TrainConfig":
+        """The configuration ``ngraph train`` trains with: ``options`` (``TrainConfig`` or ``FeatureConfig``
+        fields; ``None`` means unset) over the encoder's measured training defaults
+        (``EncoderSpec.train_defaults``) over the plain defaults of ``TrainConfig(target)``. A ``pool_norm``
+        default stays ``"auto"`` (:func:`pool_norm_for` reads it, and keeps it off where it cannot work);
+        ``probes`` from the defaults are optional (:attr:`probes_optional`) unless ``options`` ask for probes
+        or a probe summary."""
+        spec = registry().encoders.get(encoder)
+        defaults = {k: v for k, v in (spec.train_defaults if spec else {}).items() if k != "pool_norm"}
+        given = {k: v for k, v in options.items() if v is not None}
+        train_fields = set(cls.__dataclass_fields__) - {"target", "encoder", "features", "probes_optional"}
+        feature_fields = set(FeatureConfig.__dataclass_fields__)
+        for source, values in (("options", given), (f"encoder {encoder!r}'s train_defaults", defaults)):
+            unknown = sorted(set(values) - train_fields - feature_fields)
+            if unknown:
+                raise ValueError(f"{source}: {', '.join(unknown)} is no TrainConfig or FeatureConfig field")
+        merged = {**defaults, **given}
+        plain = cls(target=target)
+        features = replace(plain.features, **{k: v for k, v in merged.items() if k in feature_fields})
+        optional = bool(features.probes) and "probes" in defaults and "probes" not in given \
+            and not given.get("probe_summary")
+        return cls(target=target, encoder=encoder, features=features, probes_optional=optional,
+                   **{k: v for k, v in merged.items() if k in train_fields})
 
     def encoder_config(self, world: int = 1) -> dict:
         """Every encoder option; an encoder accepts and ignores those it does not use (``EncoderSpec``).
@@ -60,14 +87,15 @@ class TrainConfig:
 
 def pool_norm_for(cfg: "TrainConfig", world: int = 1) -> str:
     """The pool norm an encoder is built with: ``cfg.pool_norm`` unless it is ``"auto"``, which is the
-    encoder's ``EncoderSpec.auto_pool_norm`` when a batch can be standardized (batches of at least two
-    graphs, one process) and ``"none"`` otherwise (also for an encoder that is not registered)."""
+    ``pool_norm`` of the encoder's ``EncoderSpec.train_defaults`` where a batch can be standardized
+    (batches of at least two graphs, one process) and ``"none"`` otherwise (also for an encoder that is
+    not registered or has no such default)."""
     if cfg.pool_norm != "auto":
         return cfg.pool_norm
     if cfg.batch_size < 2 or world != 1:
         return "none"
     spec = registry().encoders.get(cfg.encoder)
-    return spec.auto_pool_norm if spec is not None else "none"
+    return spec.train_defaults.get("pool_norm", "none") if spec is not None else "none"
 
 
 def encode_labels(entries, cfg: TrainConfig, classes=None):
@@ -289,12 +317,43 @@ def check_encoder(cfg: TrainConfig, encoder) -> None:
                          f"(ng-gnn and ng-transformer have)")
 
 
-def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None):
+def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> TrainConfig:
+    """Attach ``cfg``'s probe features to the ``entries``' graphs; returns the configuration to train with.
+    Probes asked for must work (a network that cannot be probed is an error naming it). Probes that are an
+    encoder default (``cfg.probes_optional``) are dropped for the whole population, on every rank, when any
+    network cannot be probed (graphs without runnable model files, a model the runtime refuses): the
+    configuration comes back without them and ``note(reason)`` says why. Sound degradation: a default
+    feature never refuses a population the plain configuration trains on."""
+    if not cfg.features.probes:
+        return cfg
+    graphs, paths = [e.graph for e in entries], [e.path for e in entries]
+    if not cfg.probes_optional:
+        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+        return cfg
+    failure = None
+    try:
+        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+    except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
+        failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if group is not None:
+        import torch
+        if group.all_sum(torch.tensor([0.0 if failure is None else 1.0]))[0] > 0 and failure is None:
+            failure = "a network on another rank cannot be probed"
+    if failure is None:
+        return cfg
+    if note:
+        note(f"training without probe features (an {cfg.encoder} default): {failure}")
+    return replace(cfg, features=replace(cfg.features, probes=0, probe_summary=False), probes_optional=False)
+
+
+def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None, note=None):
     """Returns (model, meta, history). ``history`` has one record per epoch: ``train_loss``, the
     task's metric on the epoch's training batches (``train_accuracy`` / ``train_kendall_tau`` …, as
     trained, i.e. with dropout) and, with a validation set, ``val_loss`` and ``val_*`` metrics. With
     ``patience`` and a validation set, training stops after ``patience`` epochs without a lower
-    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch.
+    validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch,
+    ``note(message)`` for what changed the configuration (optional probes dropped:
+    :func:`attach_training_probes`).
     ``group`` (``distributed.init_from_env``): this process is one rank of a distributed run; the
     dataset holds only its shard's graphs (the others are None), the global batches are those of one
     process split by shard, and every rank computes the same history and weights."""
@@ -319,14 +378,12 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     encoder_config = cfg.encoder_config(group.world if group else 1)
+    cfg = attach_training_probes(cfg, tr + va, group, note)
     model = GraphModel.build(cfg.encoder, encoder_config, head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
     check_encoder(cfg, model.encoder)
     graphs_tr = [e.graph for e in tr]
     graphs_va = [e.graph for e in va if e.graph is not None]          # this rank's part when distributed
-    if cfg.features.probes:
-        attach_all(graphs_tr + [e.graph for e in va], [e.path for e in tr + va], cfg.features.probes,
-                   inputs=cfg.features.probe_inputs)
     cache_tr: dict = {i: featurize(g, cfg.features) for i, g in enumerate(graphs_tr) if g is not None}
     cache_va: dict = {}
     if cfg.input_scaling:

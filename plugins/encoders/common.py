@@ -212,7 +212,7 @@ class LayeredEncoder(nn.Module):
     standardizing each pooled dimension across the batch takes the common part out (train 0.80; with 64
     probe features test 0.500 against 0.462 without it). Across the other populations it is a wash for
     ng-gnn (3 seeds: −0.06 to +0.02; README "Pool norm"), so training leaves it off there; ng-transformer
-    gains with it and trains with it by default (its ``EncoderSpec.auto_pool_norm``). The class default is
+    gains with it and trains with it by default (its ``EncoderSpec.train_defaults``). The class default is
     ``"none"`` so that older checkpoints load as they were trained.
 
     ``pool_fixed=True`` adds the mean state of the graph's fixed neurons: on INRs (probe features: the

@@ -1,4 +1,5 @@
-"""A third-party encoder that opts into training's batch pool norm by default (``auto_pool_norm``)."""
+"""A third-party encoder with training defaults of its own (``EncoderSpec.train_defaults``): the batch pool
+norm and a batch size."""
 from nngraph.hookspecs import hookimpl
 
 
@@ -11,4 +12,4 @@ def make_encoder(**config):
 def nngraph_encoders():
     from nngraph.hookspecs import EncoderSpec
     return [EncoderSpec("normed-sets", factory=make_encoder, description="deepsets under another name (test plugin)",
-                        auto_pool_norm="batch")]
+                        train_defaults={"pool_norm": "batch", "batch_size": 8})]
