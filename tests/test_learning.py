@@ -232,8 +232,9 @@ def test_probe_summary_trains_records_and_is_refused_where_it_cannot_work(zoo, t
     assert len(embs) == 2 and all(np.isfinite(e).all() for e in embs)
     assert not any("probe" in s.arrays for g in graphs for s in g.sets.values())   # the caller's graphs untouched
     out = tmp_path / "x.safetensors"
-    r = ngraph("train", zoo, "--target", "rms", "--probe-summary", "-o", out)
-    assert r.returncode == 2 and "--probes" in r.stderr and not out.exists()
+    for no_probes in (["--probes", "0"], ["--encoder", "deepsets"]):     # deepsets has no default probes
+        r = ngraph("train", zoo, "--target", "rms", "--probe-summary", *no_probes, "-o", out)
+        assert r.returncode == 2 and "--probes" in r.stderr and not out.exists(), r.stderr
     r = ngraph("train", zoo, "--target", "rms", "--epochs", "1", "--probes", "2", "--probe-summary",
                "--encoder", "deepsets", "-o", out)
     assert r.returncode == 4 and "--probe-summary" in r.stderr and not out.exists(), r.stderr
@@ -331,12 +332,13 @@ def test_pool_norm_refused_where_it_cannot_work(zoo, tmp_path):
     torch.manual_seed(0)
     check_config(TrainConfig(target="y"))
     assert torch.equal(torch.rand(3), expected)
-    # auto: deepsets' default is the batch norm, where a batch can be standardized; the others' is none
+    # auto: the registered default (batch for ng-gnn, deepsets, ng-transformer) where a batch can be standardized
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets")) == "batch"
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets", batch_size=1)) == "none"
     assert pool_norm_for(TrainConfig(target="y", encoder="deepsets"), world=2) == "none"
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-transformer")) == "batch"
-    assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn")) == "none"
+    assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn")) == "batch"
+    assert pool_norm_for(TrainConfig(target="y", encoder="statnn")) == "none"
     assert pool_norm_for(TrainConfig(target="y", encoder="ng-gnn", pool_norm="batch")) == "batch"
 
 

@@ -1,6 +1,7 @@
 """Run ONNX models in onnxruntime, and draw valid random inputs for them."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Mapping
 
@@ -29,6 +30,27 @@ def session(path: Path, proto=None):
         except Exception:  # noqa: BLE001 - report the original failure
             pass
     raise InputError(f"{path}: onnxruntime cannot load the model ({str(error).splitlines()[0]})") from None
+
+
+#: Models up to this file size keep their sessions between calls (:func:`reused_session`); larger ones
+#: are loaded per call, so that no large model stays in memory after its last use.
+REUSE_BELOW_BYTES = 256 << 20
+
+
+def reused_session(path: Path, outputs: tuple[str, ...] = ()):
+    """:func:`session` for the model at ``path`` (with ``outputs`` as extra graph outputs), reused while
+    the file is unchanged: probe features run a model on ``k`` inputs in a row (its example inputs, then
+    its intermediate values), which built 2k sessions before. Small models only (:data:`REUSE_BELOW_BYTES`);
+    two are kept (the plain and the probing session of the model at hand)."""
+    stat = Path(path).stat()
+    if stat.st_size >= REUSE_BELOW_BYTES:
+        return session(path, _with_outputs(path, list(outputs)) if outputs else None)
+    return _session_for(str(path), stat.st_size, stat.st_mtime_ns, outputs)
+
+
+@functools.lru_cache(maxsize=2)
+def _session_for(path: str, size: int, mtime_ns: int, outputs: tuple[str, ...]):
+    return session(Path(path), _with_outputs(Path(path), list(outputs)) if outputs else None)
 
 
 def _upgraded(path: Path, proto) -> bytes | None:
@@ -110,7 +132,7 @@ def example_inputs(path: Path, seed: int = 0, dynamic: int | None = None) -> dic
     """Random inputs from the declared types: dynamic dims become ``dynamic`` (by default the
     first of :data:`DYNAMIC_SIZES` the model runs with), floats are standard normal, integer
     ids cover the rows of the table they index, masks are ones."""
-    sess = session(path)
+    sess = reused_session(path)
     if dynamic is not None or all(isinstance(d, int) and d > 0 for i in sess.get_inputs() for d in i.shape):
         return _example_inputs(path, sess, seed, dynamic or DYNAMIC_SIZES[0])
     import onnxruntime as ort
@@ -182,7 +204,7 @@ def activations(path: Path, probes: Mapping[str, list], inputs: Mapping[str, np.
     """Each probed neuron set's outputs as ``[samples, neurons]`` (batch, tokens and space all
     count as samples; at most ``max_samples`` rows, drawn without replacement)."""
     names = sorted({v for v, _ in probes.values()})
-    sess = session(path, _with_outputs(path, names))
+    sess = reused_session(path, tuple(names))
     values = dict(zip(names, _run(sess, path, names, _feeds(sess, path, inputs))))
     rng = np.random.default_rng(seed)
     out = {}
