@@ -188,8 +188,11 @@ def run_reference(entries, target: str, args) -> dict:
 
 def run_ours(data, target: str, args) -> dict:
     from nngraph.learn.train import TrainConfig, train
+    # architecture for architecture: the reference has no pool norm and no probe features, so neither has
+    # ours here (TrainConfig's plain features; pool_norm="none" where "auto" would give ng-gnn's default)
     cfg = TrainConfig(target=target, task="classification", encoder="ng-gnn", epochs=args.epochs,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size, seed=args.seed,
+                      pool_norm="none",
                       device="cpu" if args.device == "auto" else args.device)
     start, cpu = time.perf_counter(), time.process_time()
     model, meta, history = train(data, cfg, progress=False)

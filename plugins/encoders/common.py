@@ -210,10 +210,11 @@ class LayeredEncoder(nn.Module):
     init), the pooled vectors differ by a tiny part of their common value, the readout's units all die while
     the common part swings, and ng-gnn sat at chance on its training set (train accuracy 0.14);
     standardizing each pooled dimension across the batch takes the common part out (train 0.80; with 64
-    probe features test 0.500 against 0.462 without it). Across the other populations it is a wash for
-    ng-gnn (3 seeds: −0.06 to +0.02; README "Pool norm"), so training leaves it off there; ng-transformer
-    gains with it and trains with it by default (its ``EncoderSpec.train_defaults``). The class default is
-    ``"none"`` so that older checkpoints load as they were trained.
+    probe features test 0.500 against 0.462 without it). Alone, across the other populations, it is a wash
+    for ng-gnn (3 seeds: −0.06 to +0.02; README "Pool norm"); with probe features and ``pool_fixed`` it is
+    part of ng-gnn's training defaults, as it is of ng-transformer's and deepsets' (their
+    ``EncoderSpec.train_defaults``). The class default is ``"none"`` so that older checkpoints load as they
+    were trained.
 
     ``pool_fixed=True`` adds the mean state of the graph's fixed neurons: on INRs (probe features: the
     output neuron's values are the rendered image) mean and max over all neurons dilute the one output
