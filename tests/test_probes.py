@@ -200,3 +200,21 @@ def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path
     r = ngraph("train", tmp_path, *common, "--probes", "2", "-o", tmp_path / "c.safetensors")
     assert r.returncode == 4 and "m3.onnx" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_default_probes_skip_networks_that_training_streams(tmp_path, monkeypatch):
+    """Default probes run only on networks below the streaming size (probing runs a model k times);
+    explicit probes run on any."""
+    from types import SimpleNamespace
+    from nngraph.learn import train as train_module
+    from nngraph.learn.train import TrainConfig, attach_training_probes
+    mlp(tmp_path / "m.onnx", 0)
+    entries = [SimpleNamespace(graph=nngraph.convert(tmp_path / "m.onnx"), path=tmp_path / "m.onnx")]
+    monkeypatch.setattr(train_module, "STREAM_EDGES", entries[0].graph.num_edges)
+    notes = []
+    cfg = attach_training_probes(TrainConfig.for_encoder("y"), entries, note=notes.append)
+    assert cfg.features.probes == 0 and len(notes) == 1 and "m.onnx has" in notes[0] and "--probes N" in notes[0]
+    assert "probe" not in next(iter(entries[0].graph.sets.values())).arrays
+    cfg = attach_training_probes(TrainConfig.for_encoder("y", probes=3), entries, note=notes.append)
+    assert cfg.features.probes == 3 and len(notes) == 1
+    assert next(iter(entries[0].graph.sets.values())).arrays["probe"].data.shape[1] == 3

@@ -321,7 +321,9 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
     """Attach ``cfg``'s probe features to the ``entries``' graphs; returns the configuration to train with.
     Probes asked for must work (a network that cannot be probed is an error naming it). Probes that are an
     encoder default (``cfg.probes_optional``) are dropped for the whole population, on every rank, when any
-    network cannot be probed (graphs without runnable model files, a model the runtime refuses): the
+    network cannot be probed (graphs without runnable model files, a model the runtime refuses) or is one
+    that training streams (``STREAM_EDGES`` edges or more: running it k times could take longer than the
+    training itself): the
     configuration comes back without them and ``note(reason)`` says why. Sound degradation: a default
     feature never refuses a population the plain configuration trains on."""
     if not cfg.features.probes:
@@ -330,11 +332,14 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
     if not cfg.probes_optional:
         attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
         return cfg
-    failure = None
-    try:
-        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
-    except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
-        failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+    failure = next((f"{p} has {g.num_edges} edges (default probes run on networks of fewer than "
+                    f"{STREAM_EDGES}: --probes N probes anyway)" for g, p in zip(graphs, paths)
+                    if g is not None and g.num_edges >= STREAM_EDGES), None)
+    if failure is None:
+        try:
+            attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+        except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
+            failure = str(e).splitlines()[0] if str(e) else type(e).__name__
     if group is not None:
         import torch
         if group.all_sum(torch.tensor([0.0 if failure is None else 1.0]))[0] > 0 and failure is None:
