@@ -92,9 +92,10 @@ class EncoderSpec:
     ``--heads``).
 
     ``train_defaults`` are the options this encoder trains with when the user leaves them unset
-    (``ngraph train``, :meth:`nngraph.learn.train.TrainConfig.for_encoder`): ``TrainConfig`` or
-    ``FeatureConfig`` field names and their values, e.g. ``{"pool_norm": "batch"}``, chosen from
-    measurements (``benchmarks/learning``). ``pool_norm`` is what ``pool_norm="auto"`` resolves to where a
+    (``ngraph train``, :meth:`nngraph.learn.train.TrainConfig.for_encoder`), e.g. ``{"pool_norm":
+    "batch"}``, chosen from measurements (``benchmarks/learning``); the keys an encoder may set are
+    ``nngraph.learn.train.TRAIN_DEFAULT_KEYS`` (``pool_norm``, ``pool_fixed``, ``batch_size``, ``probes``,
+    ``probe_inputs``). ``pool_norm`` is what ``pool_norm="auto"`` resolves to where a
     batch can be standardized (batches of at least two graphs, one process; elsewhere ``"none"``): set
     ``"batch"`` only if the encoder implements it. Probe features given here (``probes``) are optional: a
     population that cannot be probed trains without them, with a note."""

@@ -218,3 +218,18 @@ def test_default_probes_skip_networks_that_training_streams(tmp_path, monkeypatc
     cfg = attach_training_probes(TrainConfig.for_encoder("y", probes=3), entries, note=notes.append)
     assert cfg.features.probes == 3 and len(notes) == 1
     assert next(iter(entries[0].graph.sets.values())).arrays["probe"].data.shape[1] == 3
+
+
+def test_probing_reuses_a_small_models_session_until_the_file_changes(tmp_path):
+    from nngraph.adapters.onnx.runtime import reused_session
+    path = tmp_path / "m.onnx"
+    mlp(path, 0)
+    first = reused_session(path)
+    assert reused_session(path) is first and reused_session(tmp_path / "." / "m.onnx") is first
+    mlp(tmp_path / "n.onnx", 1)
+    (tmp_path / "n.onnx").replace(path)                    # another model under the same name
+    assert reused_session(path) is not first
+    big = tmp_path / "ext.onnx"                             # weights in a side file: never kept
+    onnx.save(onnx.load(str(path)), str(big), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    assert reused_session(big) is not reused_session(big)

@@ -40,17 +40,30 @@ REUSE_BELOW_BYTES = 256 << 20
 def reused_session(path: Path, outputs: tuple[str, ...] = ()):
     """:func:`session` for the model at ``path`` (with ``outputs`` as extra graph outputs), reused while
     the file is unchanged: probe features run a model on ``k`` inputs in a row (its example inputs, then
-    its intermediate values), which built 2k sessions before. Small models only (:data:`REUSE_BELOW_BYTES`);
-    two are kept (the plain and the probing session of the model at hand)."""
-    stat = Path(path).stat()
-    if stat.st_size >= REUSE_BELOW_BYTES:
+    its intermediate values), which built 2k sessions before. Small self-contained models only (under
+    :data:`REUSE_BELOW_BYTES`, no external data); two are kept (the plain and the probing session of the
+    model at hand)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if stat.st_size >= REUSE_BELOW_BYTES or _has_external_data(str(path), stamp):
         return session(path, _with_outputs(path, list(outputs)) if outputs else None)
-    return _session_for(str(path), stat.st_size, stat.st_mtime_ns, outputs)
+    return _session_for(str(path), stamp, outputs)
 
 
 @functools.lru_cache(maxsize=2)
-def _session_for(path: str, size: int, mtime_ns: int, outputs: tuple[str, ...]):
+def _session_for(path: str, stamp: tuple, outputs: tuple[str, ...]):
     return session(Path(path), _with_outputs(Path(path), list(outputs)) if outputs else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _has_external_data(path: str, stamp: tuple) -> bool:
+    """Whether any initializer of the model lives in another file (its size is not the file's)."""
+    from onnx import TensorProto
+    from .graphs import all_graphs
+    from .reader import read_model
+    return any(t.data_location == TensorProto.EXTERNAL
+               for g in all_graphs(read_model(path).proto.graph) for t in g.initializer)
 
 
 def _upgraded(path: Path, proto) -> bytes | None:

@@ -68,13 +68,14 @@ def run_encoder(data, target: str, task: str, encoder: str, epochs: int, seed: i
                 overrides: dict | None = None) -> dict:
     cfg = make_config(target, task, encoder, epochs, seed, overrides)
     start = time.perf_counter()
-    model, meta, history = train(data, cfg, progress=False)
+    model, meta, history = train(data, cfg, progress=False, note=lambda m: print(f"note: {m}", file=sys.stderr))
     seconds = time.perf_counter() - start
     path = save_checkpoint(f"{tmp}/{encoder}.safetensors", model, meta)
     key = PRIMARY[task]
     return {"train": evaluate(path, data, "train")[key], "test": evaluate(path, data, "test")[key],
             "graphs_per_s": len(data.split("train")) * len(history) / seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "probes": meta["features"]["probes"]}        # what it trained with (default probes may be dropped)
 
 
 def _features(entries):

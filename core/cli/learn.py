@@ -33,7 +33,7 @@ def _probe_inputs(ctx, param, value: str | None) -> str | None:
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
 @click.option("--batch-size", default=None, type=click.IntRange(1),
-              help=f"Graphs per batch [default: the encoder's; ng-gnn 16, others {TrainConfig.batch_size}].")
+              help=f"Graphs per batch [default: the encoder's; {TrainConfig.batch_size} for the built-in ones].")
 @click.option("--hidden", default=TrainConfig.hidden, show_default=True, type=click.IntRange(1))
 @click.option("--layers", default=TrainConfig.layers, show_default=True, type=click.IntRange(1))
 @click.option("--heads", default=TrainConfig.heads, show_default=True, type=click.IntRange(1),

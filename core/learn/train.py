@@ -56,24 +56,29 @@ class TrainConfig:
     def for_encoder(cls, target: str, encoder: str = "ng-gnn", **options) -> "TrainConfig":
         """The configuration ``ngraph train`` trains with: ``options`` (``TrainConfig`` or ``FeatureConfig``
         fields; ``None`` means unset) over the encoder's measured training defaults
-        (``EncoderSpec.train_defaults``) over the plain defaults of ``TrainConfig(target)``. A ``pool_norm``
-        default stays ``"auto"`` (:func:`pool_norm_for` reads it, and keeps it off where it cannot work);
-        ``probes`` from the defaults are optional (:attr:`probes_optional`) unless ``options`` ask for probes
-        or a probe summary."""
+        (``EncoderSpec.train_defaults``, keys :data:`TRAIN_DEFAULT_KEYS`) over the plain defaults of
+        ``TrainConfig(target)``. A ``pool_norm`` default stays ``"auto"`` (:func:`pool_norm_for` reads it,
+        and keeps it off where it cannot work); ``probes`` from the defaults are optional
+        (:attr:`probes_optional`) unless ``options`` set any probe option (``probes``, ``probe_inputs``,
+        ``probe_summary``)."""
         spec = registry().encoders.get(encoder)
-        defaults = {k: v for k, v in (spec.train_defaults if spec else {}).items() if k != "pool_norm"}
+        registered = dict(spec.train_defaults) if spec else {}
+        unknown = sorted(set(registered) - set(TRAIN_DEFAULT_KEYS))
+        if unknown:
+            raise ValueError(f"encoder {encoder!r}'s train_defaults: {', '.join(unknown)} cannot be an encoder "
+                             f"default (allowed: {', '.join(TRAIN_DEFAULT_KEYS)})")
+        defaults = {k: v for k, v in registered.items() if k != "pool_norm"}
         given = {k: v for k, v in options.items() if v is not None}
         train_fields = set(cls.__dataclass_fields__) - {"target", "encoder", "features", "probes_optional"}
         feature_fields = set(FeatureConfig.__dataclass_fields__)
-        for source, values in (("options", given), (f"encoder {encoder!r}'s train_defaults", defaults)):
-            unknown = sorted(set(values) - train_fields - feature_fields)
-            if unknown:
-                raise ValueError(f"{source}: {', '.join(unknown)} is no TrainConfig or FeatureConfig field")
+        unknown = sorted(set(given) - train_fields - feature_fields)
+        if unknown:
+            raise ValueError(f"options: {', '.join(unknown)} is no TrainConfig or FeatureConfig field")
         merged = {**defaults, **given}
         plain = cls(target=target)
         features = replace(plain.features, **{k: v for k, v in merged.items() if k in feature_fields})
-        optional = bool(features.probes) and "probes" in defaults and "probes" not in given \
-            and not given.get("probe_summary")
+        asked = any(k in given for k in ("probes", "probe_inputs", "probe_summary"))
+        optional = bool(features.probes) and "probes" in defaults and not asked
         return cls(target=target, encoder=encoder, features=features, probes_optional=optional,
                    **{k: v for k, v in merged.items() if k in train_fields})
 
@@ -83,6 +88,11 @@ class TrainConfig:
         return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "sum_scaler": self.sum_scaler,
                 "pool_norm": pool_norm_for(self, world),
                 **({"pool_fixed": True} if self.pool_fixed else {})}
+
+
+#: The options an encoder may default (``EncoderSpec.train_defaults``): those ``ngraph train`` leaves
+#: unset unless given. The others (lr, hidden, …) are the same for every encoder.
+TRAIN_DEFAULT_KEYS = ("pool_norm", "pool_fixed", "batch_size", "probes", "probe_inputs")
 
 
 def pool_norm_for(cfg: "TrainConfig", world: int = 1) -> str:
@@ -317,8 +327,17 @@ def check_encoder(cfg: TrainConfig, encoder) -> None:
                          f"(ng-gnn and ng-transformer have)")
 
 
+def attach_probes_quietly(graphs, paths, cfg: TrainConfig) -> None:
+    """:func:`probes.attach_all` with torch's CPU generator forked: probing runs before the model is built,
+    and an adapter that draws from torch's global stream must not change the seeded initial weights."""
+    import torch
+    with torch.random.fork_rng(devices=[]):
+        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+
+
 def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> TrainConfig:
-    """Attach ``cfg``'s probe features to the ``entries``' graphs; returns the configuration to train with.
+    """Attach ``cfg``'s probe features to the ``entries``' graphs (every split: a test network that cannot
+    be probed would fail evaluation later); returns the configuration to train with.
     Probes asked for must work (a network that cannot be probed is an error naming it). Probes that are an
     encoder default (``cfg.probes_optional``) are dropped for the whole population, on every rank, when any
     network cannot be probed (graphs without runnable model files, a model the runtime refuses) or is one
@@ -330,14 +349,14 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
         return cfg
     graphs, paths = [e.graph for e in entries], [e.path for e in entries]
     if not cfg.probes_optional:
-        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+        attach_probes_quietly(graphs, paths, cfg)
         return cfg
     failure = next((f"{p} has {g.num_edges} edges (default probes run on networks of fewer than "
                     f"{STREAM_EDGES}: --probes N probes anyway)" for g, p in zip(graphs, paths)
                     if g is not None and g.num_edges >= STREAM_EDGES), None)
     if failure is None:
         try:
-            attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+            attach_probes_quietly(graphs, paths, cfg)
         except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
             failure = str(e).splitlines()[0] if str(e) else type(e).__name__
     if group is not None:
@@ -383,7 +402,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     encoder_config = cfg.encoder_config(group.world if group else 1)
-    cfg = attach_training_probes(cfg, tr + va, group, note)
+    cfg = attach_training_probes(cfg, dataset.entries, group, note)
     model = GraphModel.build(cfg.encoder, encoder_config, head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
     check_encoder(cfg, model.encoder)
