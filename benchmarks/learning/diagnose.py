@@ -75,12 +75,10 @@ def main():
         except json.JSONDecodeError:
             over[k] = v
     from nngraph.learn.featurize import FeatureConfig
-    from dataclasses import replace
-    feats = replace(T.TrainConfig(target=args.target).features,
-                    **{k: v for k, v in over.items() if k in FeatureConfig.__dataclass_fields__})
-    cfg = T.TrainConfig(target=args.target, task=args.task, encoder=args.encoder, epochs=args.epochs,
-                        seed=args.seed, device="cpu", features=feats, **{k: v for k, v in over.items()
-                                                                         if k in T.TrainConfig.__dataclass_fields__})
+    cfg = T.TrainConfig.for_encoder(     # as `ngraph train` configures it: the encoder's training defaults
+        args.target, args.encoder, task=args.task, epochs=args.epochs, seed=args.seed, device="cpu",
+        **{k: v for k, v in over.items() if k in T.TrainConfig.__dataclass_fields__
+           or k in FeatureConfig.__dataclass_fields__})
     over = {k: v for k, v in over.items() if k not in T.TrainConfig.__dataclass_fields__
             and k not in FeatureConfig.__dataclass_fields__}
     data = load_dataset(args.dataset, progress=False)
