@@ -100,3 +100,23 @@ def test_table_checks_original_zoos_and_ignores_configured_baselines(tmp_path, c
     out = run_table(capsys, tmp_path / "a.json", tmp_path / "c.json")           # the replicate zoo, when given
     assert "(b) zoo_s2: τ ≥ stats+gbt + 0.15 = 0.550 — ng-gnn 0.500: NOT met (-0.050)" in out
     assert "3 seeds (ng-gnn: 6)" in out
+
+
+def test_table_pools_goal_b_over_the_zoo_recipes_populations(tmp_path, capsys):
+    """Goal (b) over zoo and its replicates: τ averaged with each population's test networks as weights,
+    for the default encoder and stats+gbt; nothing pooled from one population alone."""
+    import json
+    row = lambda m, t: {"method": m, "seeds": 3, "train": 0.5, "train_std": 0, "test": t, "test_std": 0,  # noqa: E731
+                        "graphs_per_s": 1, "peak_rss_mib": 1}
+    base = {"target": "test_acc", "task": "regression", "metric": "kendall_tau", "n_train": 8, "epochs": 1,
+            "overrides": {}}
+    (tmp_path / "a.json").write_text(json.dumps({**base, "name": "zoo", "n_test": 40,
+                                                 "rows": [row("ng-gnn", 0.8), row("stats+gbt", 0.7)]}))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "name": "zoo_s3", "n_test": 120,
+                                                 "rows": [row("ng-gnn", 0.6), row("stats+gbt", 0.4)]}))
+    out = run_table(capsys, tmp_path / "a.json")
+    assert "pooled" not in out
+    out = run_table(capsys, tmp_path / "a.json", tmp_path / "b.json")
+    # ng-gnn (40·0.8 + 120·0.6)/160 = 0.650; bar (40·0.7 + 120·0.4)/160 + 0.15 = 0.625
+    assert "(b) pooled over zoo, zoo_s3 (160 test networks, τ weighted by them): τ ≥ stats+gbt + 0.15 = 0.625 " \
+           "— ng-gnn 0.650: MET (+0.025)" in out
