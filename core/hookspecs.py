@@ -95,7 +95,7 @@ class EncoderSpec:
     (``ngraph train``, :meth:`nngraph.learn.train.TrainConfig.for_encoder`), e.g. ``{"pool_norm":
     "batch"}``, chosen from measurements (``benchmarks/learning``); the keys an encoder may set are
     ``nngraph.learn.train.TRAIN_DEFAULT_KEYS`` (``pool_norm``, ``pool_fixed``, ``batch_size``, ``probes``,
-    ``probe_inputs``). ``pool_norm`` is what ``pool_norm="auto"`` resolves to where a
+    ``probe_inputs``, ``probe_summary``). ``pool_norm`` is what ``pool_norm="auto"`` resolves to where a
     batch can be standardized (batches of at least two graphs, one process; elsewhere ``"none"``): set
     ``"batch"`` only if the encoder implements it. Probe features given here (``probes``) are optional: a
     population that cannot be probed trains without them, with a note."""

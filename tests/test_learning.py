@@ -193,11 +193,13 @@ def test_pool_norm_and_rank_weight_recorded_and_applied(zoo, tmp_path):
     --rank-weight reaches the recorded config; evaluate loads and runs it; bad values exit 2."""
     ckpt = tmp_path / "p.safetensors"
     r = ngraph("train", zoo, "--target", "rms", "--epochs", "2", "--hidden", "8", "--pool-norm", "batch",
-               "--pool-fixed", "--rank-weight", "0.5", "--threads", "1", "-o", ckpt, "--device", "cpu")
+               "--pool-fixed", "--no-probe-summary", "--rank-weight", "0.5", "--threads", "1", "-o", ckpt,
+               "--device", "cpu")
     assert r.returncode == 0, r.stderr
     from nngraph.learn.checkpoint import load_checkpoint
     model, meta, _ = load_checkpoint(ckpt, "cpu")
     assert meta["encoder_config"]["pool_norm"] == "batch" and meta["config"]["rank_weight"] == 0.5
+    assert not meta["features"]["probe_summary"] and meta["features"]["probes"] == 64     # only what was asked
     assert meta["encoder_config"]["pool_fixed"] is True and model.encoder.readout[0].in_features == 3 * 8
     norm = model.encoder.pool_norm
     assert int(norm.num_batches_tracked) > 0 and float(norm.running_var.sum()) != float(norm.running_var.numel())

@@ -183,6 +183,9 @@ def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path
     assert cfg.features.probes > 0 and cfg.probes_optional
     assert not TrainConfig.for_encoder("y", "ng-gnn", probes=cfg.features.probes).probes_optional
     assert TrainConfig.for_encoder("y", "ng-gnn", probes=0).features.probes == 0
+    assert not TrainConfig.for_encoder("y", "ng-gnn", probes=0).features.probe_summary   # follows the probes
+    assert TrainConfig.for_encoder("y", "ng-gnn", probe_summary=False).probes_optional
+    assert not TrainConfig.for_encoder("y", "ng-gnn", probe_summary=True).probes_optional
     assert TrainConfig.for_encoder("y", "statnn").features.probes == 0
     _mlp_population(tmp_path)
     common = ("--target", "y", "--task", "classification", "--epochs", "1", "--hidden", "8", "--device", "cpu",
@@ -194,7 +197,8 @@ def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path
     r = ngraph("train", tmp_path, *common, "-o", tmp_path / "b.safetensors")
     assert r.returncode == 0, r.stderr
     assert "note: training without probe features" in r.stderr and "m3.onnx" in r.stderr
-    assert load_checkpoint(tmp_path / "b.safetensors", "cpu")[1]["features"]["probes"] == 0
+    features = load_checkpoint(tmp_path / "b.safetensors", "cpu")[1]["features"]
+    assert features["probes"] == 0 and not features["probe_summary"]
     r = ngraph("predict", tmp_path / "b.safetensors", tmp_path / "m3.onnx", "--json")
     assert r.returncode == 0, r.stderr
     r = ngraph("train", tmp_path, *common, "--probes", "2", "-o", tmp_path / "c.safetensors")

@@ -65,7 +65,7 @@ def _probe_inputs(ctx, param, value: str | None) -> str | None:
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
               help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
                    "ordered pairs).")
-@click.option("--probe-summary", is_flag=True,
+@click.option("--probe-summary/--no-probe-summary", default=None,
               help="With --probes: the readout also gets what each network predicts on the probes (per output "
                    "neuron: softmax probability, how often it wins, mean and spread of its values).")
 @click.option("--probe-inputs", default=None, callback=_probe_inputs,
@@ -104,7 +104,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
             layers=layers, heads=heads, dropout=dropout, val_fraction=val_fraction, patience=patience,
             input_scaling=not no_input_scaling, sum_scaler=sum_scaler, pool_norm=pool_norm, pool_fixed=pool_fixed,
             rank_weight=rank_weight, device=device, seed=seed, probes=probes, probe_inputs=probe_inputs,
-            scale=weight_scale, probe_summary=probe_summary or None)
+            scale=weight_scale, probe_summary=probe_summary)
     except ValueError as e:
         if probe_summary:           # FeatureConfig: a summary without probes (the encoder has no default probes)
             raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe "

@@ -59,8 +59,8 @@ class TrainConfig:
         (``EncoderSpec.train_defaults``, keys :data:`TRAIN_DEFAULT_KEYS`) over the plain defaults of
         ``TrainConfig(target)``. A ``pool_norm`` default stays ``"auto"`` (:func:`pool_norm_for` reads it,
         and keeps it off where it cannot work); ``probes`` from the defaults are optional
-        (:attr:`probes_optional`) unless ``options`` set any probe option (``probes``, ``probe_inputs``,
-        ``probe_summary``)."""
+        (:attr:`probes_optional`) unless ``options`` ask for probes (``probes``, ``probe_inputs``, or
+        ``probe_summary=True``); a ``probe_summary`` default is dropped with the probes it summarizes."""
         spec = registry().encoders.get(encoder)
         registered = dict(spec.train_defaults) if spec else {}
         unknown = sorted(set(registered) - set(TRAIN_DEFAULT_KEYS))
@@ -76,8 +76,10 @@ class TrainConfig:
             raise ValueError(f"options: {', '.join(unknown)} is no TrainConfig or FeatureConfig field")
         merged = {**defaults, **given}
         plain = cls(target=target)
+        if "probe_summary" not in given and not merged.get("probes", plain.features.probes):
+            merged.pop("probe_summary", None)          # a default summary follows the probes it summarizes
         features = replace(plain.features, **{k: v for k, v in merged.items() if k in feature_fields})
-        asked = any(k in given for k in ("probes", "probe_inputs", "probe_summary"))
+        asked = "probes" in given or "probe_inputs" in given or bool(given.get("probe_summary"))
         optional = bool(features.probes) and "probes" in defaults and not asked
         return cls(target=target, encoder=encoder, features=features, probes_optional=optional,
                    **{k: v for k, v in merged.items() if k in train_fields})
@@ -92,7 +94,7 @@ class TrainConfig:
 
 #: The options an encoder may default (``EncoderSpec.train_defaults``): those ``ngraph train`` leaves
 #: unset unless given. The others (lr, hidden, …) are the same for every encoder.
-TRAIN_DEFAULT_KEYS = ("pool_norm", "pool_fixed", "batch_size", "probes", "probe_inputs")
+TRAIN_DEFAULT_KEYS = ("pool_norm", "pool_fixed", "batch_size", "probes", "probe_inputs", "probe_summary")
 
 
 def pool_norm_for(cfg: "TrainConfig", world: int = 1) -> str:

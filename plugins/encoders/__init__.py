@@ -39,7 +39,8 @@ def _deepsets(**config):
 #: zoo_original τ +0.04; within a seed spread on the other five (hetero −0.02, 6 seeds). Batches of 16 gained
 #: on the INRs (0.66 / 0.66) but lost on zoo_wide_original (τ 0.465 against 0.515, 6 seeds); without the pool
 #: norm the INRs reached only 0.51 / 0.40.
-NG_GNN_DEFAULTS = MappingProxyType({"probes": 64, "probe_inputs": "uniform", "pool_fixed": True, "pool_norm": "batch"})
+NG_GNN_DEFAULTS = MappingProxyType({"probes": 64, "probe_inputs": "uniform", "probe_summary": True,
+                                    "pool_fixed": True, "pool_norm": "batch"})
 
 
 @hookimpl
