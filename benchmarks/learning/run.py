@@ -51,6 +51,9 @@ def parse_overrides(pairs: list[str]) -> dict:
         if not sep or key == "features" or (key not in TrainConfig.__dataclass_fields__
                                              and key not in FeatureConfig.__dataclass_fields__):
             raise SystemExit(f"--set {kv!r}: expected key=value with a TrainConfig or FeatureConfig field")
+        if value in ("True", "False"):            # Python spelling: "False" must not stay a truthy string
+            out[key] = value == "True"
+            continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
