@@ -36,7 +36,7 @@ def _deepsets(**config):
 #: probed trains without them), their per-output-neuron summary in the readout, the fixed neurons' mean
 #: state in the readout, and the pool norm. Chosen across the learning suite (ng-gnn, test metric, 3–6 seeds;
 #: README "Latest changes"): without the summary, INRs 0.13 → 0.64 / 0.09 → 0.60 (it could not fit them:
-#: train 0.13), freq 0.950 → 1.000, the zoos within a seed spread; the summary then gained on 9 of 12
+#: train 0.13), freq 0.950 → 1.000, the zoos within a seed spread; the summary then gained on 7 of 12
 #: populations (zoo_original τ 0.577 → 0.696, zoo_wide_original 0.515 → 0.657, hetero 0.558 → 0.702, the
 #: trainable zoo recipe pooled over 240 test networks 0.748 → 0.778) and lost on inr (0.642 → 0.575, one
 #: seed), zoo_s2 (−0.021) and tasks (−0.017). Batches of 16 and dropping the pool norm were measured and lost.
