@@ -47,7 +47,7 @@ def reused_session(path: Path, outputs: tuple[str, ...] = ()):
     stat = path.stat()
     stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     if stat.st_size >= REUSE_BELOW_BYTES or _has_external_data(str(path), stamp):
-        return session(path, _with_outputs(path, list(outputs)) if outputs else None)
+        return _session_for.__wrapped__(str(path), stamp, outputs)
     return _session_for(str(path), stamp, outputs)
 
 
@@ -107,7 +107,15 @@ _ORT_TYPES = {
 
 def _id_ranges(path: Path) -> dict[str, int]:
     """For integer inputs that index a lookup table (directly or through casts and reshapes),
-    the number of rows of that table: ids drawn below it are valid."""
+    the number of rows of that table: ids drawn below it are valid. Read once per version of the file
+    (probing draws k example inputs in a row)."""
+    stat = Path(path).stat()
+    return dict(_id_ranges_of(str(Path(path).resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                                                          stat.st_ino)))
+
+
+@functools.lru_cache(maxsize=8)
+def _id_ranges_of(path: str, stamp: tuple) -> dict[str, int]:
     from .reader import read_model
 
     g = read_model(path).graph        # corrupt protobuf: InputError (exit 4); weights stay in the file

@@ -49,13 +49,6 @@ def goals(docs: dict[str, dict]) -> list[str]:
         found = [(test(pop, e), e) for e in ENCODERS if test(pop, e) is not None]
         return max(found) if found else (None, None)
 
-    def verdict(value, bar) -> str:
-        if value is None or bar is None:
-            return "not measured"
-        # 1e-9: a mean of accuracies (multiples of 1/n) equal to the bar must not miss it by float rounding
-        diff = 0.0 if abs(value - bar) < 1e-9 else value - bar
-        return f"{'MET' if diff >= 0 else 'NOT met'} ({diff:+.3f})"
-
     def configured(pop: str, bar) -> str:
         """The best ``--set`` row of the population, if any: reported, never taken for the default."""
         rows = [r for r in docs.get(pop, {}).get("rows", []) if r["method"].split(" [")[0] in ENCODERS
@@ -92,6 +85,14 @@ def goals(docs: dict[str, dict]) -> list[str]:
     return lines + ([pooled] if pooled else []) + [f"{pop}: not measured (no results file)" for pop in missing]
 
 
+def verdict(value, bar) -> str:
+    if value is None or bar is None:
+        return "not measured"
+    # 1e-9: a mean of accuracies (multiples of 1/n) equal to the bar must not miss it by float rounding
+    diff = 0.0 if abs(value - bar) < 1e-9 else value - bar
+    return f"{'MET' if diff >= 0 else 'NOT met'} ({diff:+.3f})"
+
+
 def pooled_line(docs: dict[str, dict], pops) -> str:
     """Goal (b) over every given population of one recipe: τ averaged over populations weighted by their
     test networks, for the default encoder and stats+gbt — one 40-network split moves the bar by ±0.1."""
@@ -105,9 +106,8 @@ def pooled_line(docs: dict[str, dict], pops) -> str:
     def mean(method):
         return sum(w * row(p, method)["test"] for w, p in zip(weights, have)) / sum(weights)
     v, bar = mean(DEFAULT), mean("stats+gbt") + 0.15
-    diff = v - bar
     return (f"(b) pooled over {', '.join(have)} ({sum(weights)} test networks, τ weighted by them): τ ≥ stats+gbt "
-            f"+ 0.15 = {_f(bar)} — {DEFAULT} {_f(v)}: {'MET' if diff >= 0 else 'NOT met'} ({diff:+.3f})")
+            f"+ 0.15 = {_f(bar)} — {DEFAULT} {_f(v)}: {verdict(v, bar)}")
 
 
 def tag_overrides(doc: dict) -> None:

@@ -96,8 +96,6 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if threads:
         import torch
         torch.set_num_threads(threads)
-    if probe_summary and probes == 0:
-        raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe values)")
     try:
         cfg = TrainConfig.for_encoder(
             target, encoder, task=task, head=head, epochs=epochs, lr=lr, batch_size=batch_size, hidden=hidden,
@@ -106,7 +104,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
             rank_weight=rank_weight, device=device, seed=seed, probes=probes, probe_inputs=probe_inputs,
             scale=weight_scale, probe_summary=probe_summary)
     except ValueError as e:
-        if probe_summary:           # FeatureConfig: a summary without probes (the encoder has no default probes)
+        if "probe_summary" in str(e):   # FeatureConfig: a summary without probes (--probes 0, or none by default)
             raise click.UsageError("--probe-summary needs --probes N (it summarizes the output neurons' probe "
                                    "values)") from None
         raise InputError(str(e)) from None
