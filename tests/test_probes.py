@@ -206,6 +206,44 @@ def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path
     assert not (tmp_path / "c.safetensors").exists()
 
 
+def test_probes_asked_for_fail_on_every_rank_when_one_rank_cannot_probe(tmp_path):
+    """Under torchrun every rank hears of a probing failure before raising (one rank raising alone would
+    leave the others waiting in the next collective); the rank that failed names its file."""
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+
+    from nngraph.errors import InputError
+    from nngraph.learn.train import TrainConfig, attach_training_probes
+
+    class Group:                     # all_sum over this rank and one other, whose flag is ``other``
+        def __init__(self, other):
+            self.other, self.calls = other, 0
+
+        def all_sum(self, t):
+            self.calls += 1
+            return t + self.other
+
+    mlp(tmp_path / "m.onnx", 0)
+    _unrunnable(tmp_path / "bad.onnx")
+    good = [SimpleNamespace(graph=nngraph.convert(tmp_path / "m.onnx"), path=tmp_path / "m.onnx")]
+    bad = [SimpleNamespace(graph=nngraph.convert(tmp_path / "bad.onnx"), path=tmp_path / "bad.onnx")]
+    asked = TrainConfig.for_encoder("y", probes=2)
+    group = Group(torch.tensor([1.0]))
+    with pytest.raises(InputError, match="another rank"):
+        attach_training_probes(asked, good, group)
+    assert group.calls == 1
+    group = Group(torch.tensor([0.0]))
+    with pytest.raises(Exception, match="bad.onnx"):
+        attach_training_probes(asked, bad, group)
+    assert group.calls == 1                                  # it took part before raising
+    assert attach_training_probes(asked, good, Group(torch.tensor([0.0]))).features.probes == 2
+    notes = []                                               # default probes: dropped on every rank instead
+    cfg = attach_training_probes(TrainConfig.for_encoder("y"), good, Group(torch.tensor([1.0])), notes.append)
+    assert cfg.features.probes == 0 and "another rank" in notes[0]
+
+
 def test_default_probes_skip_networks_that_training_streams(tmp_path, monkeypatch):
     """Default probes run only on networks below the streaming size (probing runs a model k times);
     explicit probes run on any."""

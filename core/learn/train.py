@@ -337,10 +337,20 @@ def attach_probes_quietly(graphs, paths, cfg: TrainConfig) -> None:
         attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
 
 
+def _any_rank(group, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank of ``group`` (this process's ``flag`` without one). Every rank
+    must call it: a rank that failed and returned alone would leave the others waiting in a collective."""
+    if group is None:
+        return flag
+    import torch
+    return bool(group.all_sum(torch.tensor([1.0 if flag else 0.0]))[0] > 0)
+
+
 def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> TrainConfig:
     """Attach ``cfg``'s probe features to the ``entries``' graphs (every split: a test network that cannot
     be probed would fail evaluation later); returns the configuration to train with.
-    Probes asked for must work (a network that cannot be probed is an error naming it). Probes that are an
+    Probes asked for must work (a network that cannot be probed is an error naming it, raised on every rank
+    of ``group``: the others say another rank failed). Probes that are an
     encoder default (``cfg.probes_optional``) are dropped for the whole population, on every rank, when any
     network cannot be probed (graphs without runnable model files, a model the runtime refuses) or is one
     that training streams (``STREAM_EDGES`` edges or more: running it k times could take longer than the
@@ -351,7 +361,15 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
         return cfg
     graphs, paths = [e.graph for e in entries], [e.path for e in entries]
     if not cfg.probes_optional:
-        attach_probes_quietly(graphs, paths, cfg)
+        error = None
+        try:
+            attach_probes_quietly(graphs, paths, cfg)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every rank has heard of it
+            error = e
+        if _any_rank(group, error is not None) and error is None:
+            error = InputError("probe features: a network on another rank cannot be probed")
+        if error is not None:
+            raise error
         return cfg
     failure = next((f"{p} has {g.num_edges} edges (default probes run on networks of fewer than "
                     f"{STREAM_EDGES}: --probes N probes anyway)" for g, p in zip(graphs, paths)
@@ -361,10 +379,8 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
             attach_probes_quietly(graphs, paths, cfg)
         except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
             failure = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if group is not None:
-        import torch
-        if group.all_sum(torch.tensor([0.0 if failure is None else 1.0]))[0] > 0 and failure is None:
-            failure = "a network on another rank cannot be probed"
+    if _any_rank(group, failure is not None) and failure is None:
+        failure = "a network on another rank cannot be probed"
     if failure is None:
         return cfg
     if note:
