@@ -187,6 +187,12 @@ def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path
     assert TrainConfig.for_encoder("y", "ng-gnn", probe_summary=False).probes_optional
     assert not TrainConfig.for_encoder("y", "ng-gnn", probe_summary=True).probes_optional
     assert TrainConfig.for_encoder("y", "statnn").features.probes == 0
+    tr = TrainConfig.for_encoder("y", "ng-transformer")      # the other message-passing encoder: the same
+    assert (tr.features.probes, tr.features.probe_summary, tr.pool_fixed, tr.probes_optional) == (
+        cfg.features.probes, True, True, True)
+    ds = TrainConfig.for_encoder("y", "deepsets")             # probes, but no summary or fixed pool to read them
+    assert (ds.features.probes, ds.features.probe_summary, ds.pool_fixed, ds.probes_optional) == (
+        cfg.features.probes, False, False, True)
     _mlp_population(tmp_path)
     common = ("--target", "y", "--task", "classification", "--epochs", "1", "--hidden", "8", "--device", "cpu",
               "--json")

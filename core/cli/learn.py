@@ -48,7 +48,8 @@ def _probe_inputs(ctx, param, value: str | None) -> str | None:
 @click.option("--no-input-scaling", is_flag=True, help="Feed raw weights (no per-dataset RMS scaling).")
 @click.option("--probes", default=None, type=click.IntRange(0),
               help="Probe features: each neuron's output on this many fixed inputs (needs runnable model files) "
-                   "[default: the encoder's; ng-gnn 64, where every network can be probed, others 0].")
+                   "[default: the encoder's; 64 for ng-gnn, ng-transformer and deepsets where every network can be "
+                   "probed, 0 for statnn].")
 @click.option("--weight-scale", type=click.Choice(WEIGHT_SCALES),
               default=TrainConfig(target="").features.scale,
               show_default=True, help="Edge-weight scaling: fan_in multiplies by √fan-in (networks of other widths).")
@@ -61,18 +62,19 @@ def _probe_inputs(ctx, param, value: str | None) -> str | None:
                    "ng-transformer and deepsets), none for batches of one graph and under torchrun.")
 @click.option("--pool-fixed/--no-pool-fixed", default=None,
               help="The readout also reads the mean state of the fixed (input/output) neurons "
-                   "[default: the encoder's; on for ng-gnn].")
+                   "[default: the encoder's; on for ng-gnn and ng-transformer].")
 @click.option("--rank-weight", default=TrainConfig.rank_weight, show_default=True, type=click.FloatRange(0),
               help="Regression: add this times a pairwise ranking loss to the squared error (Kendall τ counts "
                    "ordered pairs).")
 @click.option("--probe-summary/--no-probe-summary", default=None,
               help="With --probes: the readout also gets what each network predicts on the probes (per output "
-                   "neuron: softmax probability, how often it wins, mean and spread of its values).")
+                   "neuron: softmax probability, how often it wins, mean and spread of its values) "
+                   "[default: the encoder's; on for ng-gnn and ng-transformer when they probe].")
 @click.option("--probe-inputs", default=None, callback=_probe_inputs,
               help="Probe inputs: normal (the adapter's example inputs, standard normal floats), uniform (floats "
                    "from U(-1, 1): coordinate networks, inputs scaled to [-1, 1]) or FILE.npz (sample j of each "
                    "array, named after the model input, is probe j: e.g. images of the networks' own data) "
-                   "[default: the encoder's; ng-gnn uniform, others normal].")
+                   "[default: the encoder's; uniform for the built-in ones that probe].")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")
