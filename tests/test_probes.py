@@ -241,7 +241,7 @@ def test_probes_asked_for_fail_on_every_rank_when_one_rank_cannot_probe(tmp_path
         attach_training_probes(asked, good, group)
     assert group.calls == 1
     group = Group(torch.tensor([0.0]))
-    with pytest.raises(Exception, match="bad.onnx"):
+    with pytest.raises(InputError, match="bad.onnx"):
         attach_training_probes(asked, bad, group)
     assert group.calls == 1                                  # it took part before raising
     assert attach_training_probes(asked, good, Group(torch.tensor([0.0]))).features.probes == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 
 import numpy as np
@@ -85,10 +86,7 @@ def main():
     tr, te = data.split("train"), data.split("test")
     if args.n_train:
         tr = tr[:args.n_train]
-    if cfg.features.probes:
-        from nngraph.learn.probes import attach_all
-        attach_all([e.graph for e in tr + te], [e.path for e in tr + te], cfg.features.probes,
-                   inputs=cfg.features.probe_inputs)
+    cfg = T.attach_training_probes(cfg, tr + te, note=lambda m: print(f"note: {m}", file=sys.stderr))
     y_tr, classes = T.encode_labels(tr, cfg)
     y_te, _ = T.encode_labels(te, cfg, classes)
     torch.manual_seed(cfg.seed)

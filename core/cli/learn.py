@@ -74,7 +74,7 @@ def _probe_inputs(ctx, param, value: str | None) -> str | None:
               help="Probe inputs: normal (the adapter's example inputs, standard normal floats), uniform (floats "
                    "from U(-1, 1): coordinate networks, inputs scaled to [-1, 1]) or FILE.npz (sample j of each "
                    "array, named after the model input, is probe j: e.g. images of the networks' own data) "
-                   "[default: the encoder's; uniform for the built-in ones that probe].")
+                   "[default: the encoder's; uniform for ng-gnn, ng-transformer and deepsets, normal otherwise].")
 @click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads for torch [default: torch's choice].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: initialization, batches, sampled symmetries.")

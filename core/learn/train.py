@@ -349,14 +349,14 @@ def _any_rank(group, flag: bool) -> bool:
 def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> TrainConfig:
     """Attach ``cfg``'s probe features to the ``entries``' graphs (every split: a test network that cannot
     be probed would fail evaluation later); returns the configuration to train with.
-    Probes asked for must work (a network that cannot be probed is an error naming it, raised on every rank
-    of ``group``: the others say another rank failed). Probes that are an
-    encoder default (``cfg.probes_optional``) are dropped for the whole population, on every rank, when any
-    network cannot be probed (graphs without runnable model files, a model the runtime refuses) or is one
-    that training streams (``STREAM_EDGES`` edges or more: running it k times could take longer than the
-    training itself): the
-    configuration comes back without them and ``note(reason)`` says why. Sound degradation: a default
-    feature never refuses a population the plain configuration trains on."""
+
+    Probes asked for must work: a network that cannot be probed is an error naming it, raised on every rank
+    of ``group`` (the others say another rank failed). Probes that are an encoder default
+    (``cfg.probes_optional``) are dropped for the whole population, on every rank, when any network cannot
+    be probed (graphs without runnable model files, a model the runtime refuses) or is one that training
+    streams (``STREAM_EDGES`` edges or more: running it k times could take longer than the training
+    itself): the configuration comes back without them and ``note(reason)`` says why. Sound degradation:
+    a default feature never refuses a population the plain configuration trains on."""
     if not cfg.features.probes:
         return cfg
     graphs, paths = [e.graph for e in entries], [e.path for e in entries]

@@ -2,8 +2,13 @@
 
     python collapsed.py ZOO_DIR SEED [EPOCHS] [key=value ...]   # TrainConfig.for_encoder options
 """
-import sys, tempfile, numpy as np, torch
+import sys
+import tempfile
+
+import numpy as np
+import torch
 from scipy.stats import kendalltau
+
 from nngraph.learn.dataset import load_dataset
 from nngraph.learn.checkpoint import save_checkpoint
 from nngraph.learn.train import TrainConfig, train, predict

@@ -1,20 +1,24 @@
 """Gradient boosting (3 seeds) on the 64-probe output summary, the weight statistics, and both: test τ.
 
-    python gbt_summary.py ZOO_DIR     # run from the repository root
+    python gbt_summary.py ZOO_DIR
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import kendalltau
 from sklearn.ensemble import GradientBoostingRegressor
+from torch_geometric.data import Batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))      # benchmarks/learning: run._features
-from run import _features  # noqa: E402
+from nngraph import featurize
+from nngraph.learn.dataset import load_dataset
+from nngraph.learn.featurize import output_summary
+from nngraph.learn.probes import PROBE, attach_probes
+from nngraph.plugins.encoders.statnn import weight_statistics
 
-from nngraph.learn.dataset import load_dataset  # noqa: E402
-from nngraph.learn.featurize import output_summary  # noqa: E402
-from nngraph.learn.probes import PROBE, attach_probes  # noqa: E402
+
+def statistics(entries):
+    """The suite's stats+gbt features (run.py): per-depth weight statistics of the plain featurization."""
+    return weight_statistics(Batch.from_data_list([featurize(e.graph) for e in entries])).numpy()
 
 
 def summary(entries):
@@ -30,7 +34,7 @@ data = load_dataset(sys.argv[1], progress=False)
 tr, te = data.split("train"), data.split("test")
 y_tr = np.array([float(e.row["test_acc"]) for e in tr])
 y_te = np.array([float(e.row["test_acc"]) for e in te])
-(s_tr, _), (s_te, _) = _features(tr), _features(te)
+s_tr, s_te = statistics(tr), statistics(te)
 m_tr, m_te = summary(tr), summary(te)
 for name, a, b in (("weight statistics", s_tr, s_te), ("summary", m_tr, m_te),
                    ("both", np.hstack([s_tr, m_tr]), np.hstack([s_te, m_te]))):
