@@ -198,11 +198,16 @@ def test_default_probes_are_dropped_where_a_population_cannot_be_probed(tmp_path
               "--json")
     r = ngraph("train", tmp_path, *common, "-o", tmp_path / "a.safetensors")
     assert r.returncode == 0 and "note" not in r.stderr, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["setup"] == {      # the summary says which defaults applied
+        "probes": cfg.features.probes, "probe_inputs": "uniform", "probe_summary": True, "pool_norm": "batch",
+        "pool_fixed": True}
     assert load_checkpoint(tmp_path / "a.safetensors", "cpu")[1]["features"]["probes"] == cfg.features.probes
     _unrunnable(tmp_path / "m3.onnx")                    # a training network
     r = ngraph("train", tmp_path, *common, "-o", tmp_path / "b.safetensors")
     assert r.returncode == 0, r.stderr
     assert "note: training without probe features" in r.stderr and "m3.onnx" in r.stderr
+    setup = json.loads(r.stdout.splitlines()[-1])["setup"]
+    assert (setup["probes"], setup["probe_summary"], setup["pool_fixed"]) == (0, False, True)
     features = load_checkpoint(tmp_path / "b.safetensors", "cpu")[1]["features"]
     assert features["probes"] == 0 and not features["probe_summary"]
     r = ngraph("predict", tmp_path / "b.safetensors", tmp_path / "m3.onnx", "--json")

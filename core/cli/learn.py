@@ -143,9 +143,10 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     plot = _plot_history(history, output.with_suffix(".png"))
     if group:
         group.finish()
+    setup = _training_setup(meta)
     summary = {"checkpoint": str(output), "models": len(data.entries), "skipped": len(data.failed),
                "epochs_run": len(history), "best_epoch": meta["best_epoch"],
-               "final": _rounded(history[meta["best_epoch"] - 1]), "plot": plot}
+               "final": _rounded(history[meta["best_epoch"] - 1]), "setup": setup, "plot": plot}
     if group:
         summary["processes"] = group.world
     if as_json:
@@ -158,6 +159,27 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
         which = "best" if meta["best_epoch"] != len(history) else "last"
         out.print(f"  {which} epoch {meta['best_epoch']}/{len(history)}: "
                   f"{_format_record(history[meta['best_epoch'] - 1])}", soft_wrap=True, highlight=False)
+        out.print(f"  {_describe_setup(setup)}", soft_wrap=True, highlight=False)
+
+
+def _training_setup(meta: dict) -> dict:
+    """What the model was trained with among the options an encoder may default (the probes, their
+    inputs and summary, the pool norm, the fixed-neuron pool), as recorded in the checkpoint: the user sees
+    which defaults applied, and whether optional probes were dropped."""
+    features, encoder = meta["features"], meta["encoder_config"]
+    probes = int(features.get("probes") or 0)
+    return {"probes": probes, "probe_inputs": features.get("probe_inputs") if probes else None,
+            "probe_summary": bool(features.get("probe_summary")), "pool_norm": encoder.get("pool_norm", "none"),
+            "pool_fixed": bool(encoder.get("pool_fixed", False))}
+
+
+def _describe_setup(setup: dict) -> str:
+    parts = [f"{setup['probes']} probe features ({setup['probe_inputs']})"
+             + (" and their summary" if setup["probe_summary"] else "") if setup["probes"] else "no probe features",
+             f"pool norm {setup['pool_norm']}"]
+    if setup["pool_fixed"]:
+        parts.append("--pool-fixed")
+    return "trained with " + ", ".join(parts)
 
 
 def _shard(ctx, param, value):
