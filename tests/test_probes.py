@@ -255,6 +255,17 @@ def test_probes_asked_for_fail_on_every_rank_when_one_rank_cannot_probe(tmp_path
     assert cfg.features.probes == 0 and "another rank" in notes[0]
 
 
+def test_attach_all_reports_progress_per_network(tmp_path):
+    """Probing runs every model once per probe: ``advance`` ticks once per entry (a progress bar for large
+    zoos), shard placeholders (``None``) included so a bar reaches its total."""
+    from nngraph.learn.probes import attach_all
+    mlp(tmp_path / "m.onnx", 0)
+    ticks = []
+    attach_all([nngraph.convert(tmp_path / "m.onnx"), None], [tmp_path / "m.onnx", None], 2,
+               advance=lambda: ticks.append(1))
+    assert len(ticks) == 2
+
+
 def test_default_probes_skip_networks_that_training_streams(tmp_path, monkeypatch):
     """Default probes run only on networks below the streaming size (probing runs a model k times);
     explicit probes run on any."""

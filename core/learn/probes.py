@@ -138,8 +138,10 @@ def attach_probes(graph: NeuralGraph, path: str | Path, k: int, seed: int = 0, i
     return graph
 
 
-def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0, inputs: str = "normal") -> None:
-    """:func:`attach_probes` for each graph (``None`` entries skipped); ``paths`` are required."""
+def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0, inputs: str = "normal",
+               advance=None) -> None:
+    """:func:`attach_probes` for each graph (``None`` entries skipped); ``paths`` are required.
+    ``advance()`` is called after each graph (a progress bar: probing runs each model ``k`` times)."""
     if k <= 0:
         return
     if paths is None or len(paths) != len(graphs):
@@ -147,3 +149,5 @@ def attach_all(graphs: list, paths: list | None, k: int, seed: int = 0, inputs: 
     for g, p in zip(graphs, paths):
         if g is not None:
             attach_probes(g, p, k, seed, inputs)
+        if advance is not None:
+            advance()

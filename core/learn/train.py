@@ -329,12 +329,16 @@ def check_encoder(cfg: TrainConfig, encoder) -> None:
                          f"(ng-gnn and ng-transformer have)")
 
 
-def attach_probes_quietly(graphs, paths, cfg: TrainConfig) -> None:
+def attach_probes_quietly(graphs, paths, cfg: TrainConfig, progress: bool = False) -> None:
     """:func:`probes.attach_all` with torch's CPU generator forked: probing runs before the model is built,
-    and an adapter that draws from torch's global stream must not change the seeded initial weights."""
+    and an adapter that draws from torch's global stream must not change the seeded initial weights.
+    ``progress``: a progress bar on the terminal (each model runs once per probe: a large zoo takes minutes)."""
     import torch
-    with torch.random.fork_rng(devices=[]):
-        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs)
+    from rich.progress import Progress
+    with torch.random.fork_rng(devices=[]), Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(f"probing {len(graphs)} networks ({cfg.features.probes} inputs each)", total=len(graphs))
+        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs,
+                   advance=lambda: bar.advance(task))
 
 
 def _any_rank(group, flag: bool) -> bool:
@@ -346,7 +350,7 @@ def _any_rank(group, flag: bool) -> bool:
     return bool(group.all_sum(torch.tensor([1.0 if flag else 0.0]))[0] > 0)
 
 
-def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> TrainConfig:
+def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None, progress: bool = False) -> TrainConfig:
     """Attach ``cfg``'s probe features to the ``entries``' graphs (every split: a test network that cannot
     be probed would fail evaluation later); returns the configuration to train with.
 
@@ -363,7 +367,7 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
     if not cfg.probes_optional:
         error = None
         try:
-            attach_probes_quietly(graphs, paths, cfg)
+            attach_probes_quietly(graphs, paths, cfg, progress)
         except Exception as e:  # noqa: BLE001 - re-raised below, after every rank has heard of it
             error = e
         if _any_rank(group, error is not None) and error is None:
@@ -376,7 +380,7 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None) -> 
                     if g is not None and g.num_edges >= STREAM_EDGES), None)
     if failure is None:
         try:
-            attach_probes_quietly(graphs, paths, cfg)
+            attach_probes_quietly(graphs, paths, cfg, progress)
         except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
             failure = str(e).splitlines()[0] if str(e) else type(e).__name__
     if _any_rank(group, failure is not None) and failure is None:
@@ -420,7 +424,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     encoder_config = cfg.encoder_config(group.world if group else 1)
-    cfg = attach_training_probes(cfg, dataset.entries, group, note)
+    cfg = attach_training_probes(cfg, dataset.entries, group, note, progress)
     model = GraphModel.build(cfg.encoder, encoder_config, head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
     check_encoder(cfg, model.encoder)
