@@ -421,3 +421,18 @@ def test_non_finite_regression_target_is_refused(zoo, tmp_path):
     r = ngraph("train", root, "--target", "rms", "--epochs", "1", "-o", tmp_path / "x.safetensors")
     assert r.returncode == 4 and "not finite" in r.stderr and "m0.onnx" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_ticker_prints_progress_of_long_work_only():
+    """Not on a terminal, conversion and probing report ``label: done/total, t s`` every few seconds;
+    work shorter than the interval prints nothing, and a job that reported ends with its total."""
+    from nngraph.learn.progress import Ticker
+    lines = []
+    quiet = Ticker("probing 3 networks", 3, lines.append, every_s=3600)
+    for _ in range(3):
+        quiet.advance()
+    assert lines == []
+    loud = Ticker("converting 3 models", 3, lines.append, every_s=0)
+    for _ in range(3):
+        loud.advance()
+    assert len(lines) == 3 and lines[-1].startswith("converting 3 models: 3/3, ")

@@ -119,7 +119,8 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     if group and main and pool_norm_for(cfg, group.world) != pool_norm_for(cfg):
         err.print(f"note: --pool-norm auto is 'none' under torchrun with {group.world} processes ({encoder} "
                   f"trains with 'batch' in one process: each rank would standardize by its own part of a batch)")
-    data = load_dataset(dataset, progress=not as_json and err.is_terminal and main,
+    status = _status_lines() if main else None
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal and main, status=status,
                         shard=group.shard if group else None,       # each rank converts and reads its shard
                         workers=max(1, (os.cpu_count() or 1) // group.local_world) if group else None)
     if group:
@@ -135,7 +136,8 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
             click.echo(f"epoch {record['epoch']}/{epochs}  {_format_record(record)}", err=True)
 
     model, meta, history = _train(data, cfg, progress=interactive, log=log if main else None, group=group,
-                                  note=(lambda message: err.print(f"note: {message}")) if main else None)
+                                  note=(lambda message: err.print(f"note: {message}")) if main else None,
+                                  status=status)
     if not main:
         group.finish()
         return
@@ -160,6 +162,11 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
         out.print(f"  {which} epoch {meta['best_epoch']}/{len(history)}: "
                   f"{_format_record(history[meta['best_epoch'] - 1])}", soft_wrap=True, highlight=False)
         out.print(f"  {_describe_setup(setup)}", soft_wrap=True, highlight=False)
+
+
+def _status_lines():
+    """Progress lines on stderr for long conversions and probing when not on a terminal (a bar when it is)."""
+    return None if err.is_terminal else (lambda line: err.print(line, highlight=False))
 
 
 def _training_setup(meta: dict) -> dict:
@@ -213,7 +220,8 @@ def prepare(dataset, shard, as_list, workers, as_json):
             if held:
                 click.echo(row["model"])
         return
-    data = load_dataset(dataset, workers=workers or None, progress=not as_json and err.is_terminal, shard=shard)
+    data = load_dataset(dataset, workers=workers or None, progress=not as_json and err.is_terminal, shard=shard,
+                        status=_status_lines())
     ready = sum(1 for e in data.entries if e.graph is not None)
     which = f"shard {shard[0]}/{shard[1]}" if shard else "all"
     if as_json:
@@ -276,7 +284,7 @@ def evaluate(checkpoint, dataset, split, device, as_json):
     from ..learn.dataset import load_dataset
     from ..learn.train import evaluate as _evaluate
 
-    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal, status=_status_lines())
     result = _evaluate(checkpoint, data, None if split == "all" else split, device)
     if as_json:
         emit_json(result)
@@ -334,7 +342,7 @@ def embed(checkpoint, dataset, output, device, stream, workers, as_json):
     from ..learn.train import embed as _embed
 
     check_output(output)
-    data = load_dataset(dataset, progress=not as_json and err.is_terminal)
+    data = load_dataset(dataset, progress=not as_json and err.is_terminal, status=_status_lines())
     vectors = _embed(checkpoint, [e.graph for e in data.entries], device, paths=[e.path for e in data.entries],
                      stream=stream, progress=True, workers=workers)
     names = np.array([e.row["model"] for e in data.entries])

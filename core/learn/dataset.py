@@ -99,8 +99,10 @@ def _convert_one(root: str, rel: str) -> tuple[str, str | None]:
 
 
 def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progress: bool = True,
-                 shard: tuple[int, int] | None = None) -> ModelDataset:
-    """With ``shard=(i, n)`` only that shard's models are read; the other rows are entries with ``graph=None``."""
+                 shard: tuple[int, int] | None = None, status=None) -> ModelDataset:
+    """With ``shard=(i, n)`` only that shard's models are read; the other rows are entries with ``graph=None``.
+    ``progress``: a progress bar while converting; ``status(line)``: progress lines instead (not on a
+    terminal; :class:`~.progress.Ticker`)."""
     root = Path(folder)
     rows = read_labels(root)
     root_resolved = root.resolve()
@@ -122,6 +124,8 @@ def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progr
     if todo:
         from rich.progress import Progress
         workers = workers or min(len(todo), os.cpu_count() or 1)
+        from .progress import Ticker
+        ticker = Ticker(f"converting {len(todo)} models", len(todo), status or (lambda line: None))
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"converting {len(todo)} models", total=len(todo))
             if workers > 1:
@@ -132,12 +136,14 @@ def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progr
                         if err:
                             errors[rel] = err
                         bar.advance(task)
+                        ticker.advance()
             else:
                 for e in todo:
                     rel, err = _convert_one(str(root), str(e.path.relative_to(root_resolved)))
                     if err:
                         errors[rel] = err
                     bar.advance(task)
+                    ticker.advance()
     from ..graph.fileformat import load
     local_ids, kept = {id(e) for e in local}, []
     for e in entries:

@@ -329,16 +329,24 @@ def check_encoder(cfg: TrainConfig, encoder) -> None:
                          f"(ng-gnn and ng-transformer have)")
 
 
-def attach_probes_quietly(graphs, paths, cfg: TrainConfig, progress: bool = False) -> None:
+def attach_probes_quietly(graphs, paths, cfg: TrainConfig, progress: bool = False, status=None) -> None:
     """:func:`probes.attach_all` with torch's CPU generator forked: probing runs before the model is built,
     and an adapter that draws from torch's global stream must not change the seeded initial weights.
-    ``progress``: a progress bar on the terminal (each model runs once per probe: a large zoo takes minutes)."""
+    ``progress``: a progress bar on the terminal (each model runs once per probe: a large zoo takes minutes);
+    ``status(line)``: progress lines instead (:class:`~.progress.Ticker`)."""
     import torch
     from rich.progress import Progress
+
+    from .progress import Ticker
+    label = f"probing {len(graphs)} networks ({cfg.features.probes} inputs each)"
+    ticker = Ticker(label, len(graphs), status or (lambda line: None))
     with torch.random.fork_rng(devices=[]), Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(f"probing {len(graphs)} networks ({cfg.features.probes} inputs each)", total=len(graphs))
-        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs,
-                   advance=lambda: bar.advance(task))
+        task = bar.add_task(label, total=len(graphs))
+
+        def advance():
+            bar.advance(task)
+            ticker.advance()
+        attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs, advance=advance)
 
 
 def _any_rank(group, flag: bool) -> bool:
@@ -350,7 +358,8 @@ def _any_rank(group, flag: bool) -> bool:
     return bool(group.all_sum(torch.tensor([1.0 if flag else 0.0]))[0] > 0)
 
 
-def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None, progress: bool = False) -> TrainConfig:
+def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None, progress: bool = False,
+                           status=None) -> TrainConfig:
     """Attach ``cfg``'s probe features to the ``entries``' graphs (every split: a test network that cannot
     be probed would fail evaluation later); returns the configuration to train with.
 
@@ -367,7 +376,7 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None, pro
     if not cfg.probes_optional:
         error = None
         try:
-            attach_probes_quietly(graphs, paths, cfg, progress)
+            attach_probes_quietly(graphs, paths, cfg, progress, status)
         except Exception as e:  # noqa: BLE001 - re-raised below, after every rank has heard of it
             error = e
         if _any_rank(group, error is not None) and error is None:
@@ -380,7 +389,7 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None, pro
                     if g is not None and g.num_edges >= STREAM_EDGES), None)
     if failure is None:
         try:
-            attach_probes_quietly(graphs, paths, cfg, progress)
+            attach_probes_quietly(graphs, paths, cfg, progress, status)
         except Exception as e:  # noqa: BLE001 - an optional feature: any failure drops it, with the reason
             failure = str(e).splitlines()[0] if str(e) else type(e).__name__
     if _any_rank(group, failure is not None) and failure is None:
@@ -392,12 +401,13 @@ def attach_training_probes(cfg: TrainConfig, entries, group=None, note=None, pro
     return replace(cfg, features=replace(cfg.features, probes=0, probe_summary=False), probes_optional=False)
 
 
-def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None, note=None):
+def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None, note=None, status=None):
     """Returns (model, meta, history). ``history`` has one record per epoch: ``train_loss``, the
     task's metric on the epoch's training batches (``train_accuracy`` / ``train_kendall_tau`` …, as
     trained, i.e. with dropout) and, with a validation set, ``val_loss`` and ``val_*`` metrics. With
     ``patience`` and a validation set, training stops after ``patience`` epochs without a lower
     validation loss and the best epoch's weights are returned. ``log(record)`` is called per epoch,
+    ``status(line)``: progress lines while the networks are probed, for runs not on a terminal.
     ``note(message)`` for what changed the configuration (optional probes dropped:
     :func:`attach_training_probes`).
     ``group`` (``distributed.init_from_env``): this process is one rank of a distributed run; the
@@ -424,7 +434,7 @@ def train(dataset, cfg: TrainConfig, progress: bool = True, log=None, group=None
     out_dim = len(classes) if classes else (32 if cfg.task == "embedding" else 1)
     mean, std = (float(y_tr.mean()), float(y_tr.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
     encoder_config = cfg.encoder_config(group.world if group else 1)
-    cfg = attach_training_probes(cfg, dataset.entries, group, note, progress)
+    cfg = attach_training_probes(cfg, dataset.entries, group, note, progress, status)
     model = GraphModel.build(cfg.encoder, encoder_config, head, out_dim, cfg.features,
                              cfg.input_scaling, head_config, cfg.readout_norm).to(device)
     check_encoder(cfg, model.encoder)
