@@ -44,11 +44,17 @@ def reused_session(path: Path, outputs: tuple[str, ...] = ()):
     :data:`REUSE_BELOW_BYTES`, no external data); two are kept (the plain and the probing session of the
     model at hand)."""
     path = Path(path).resolve()
-    stat = path.stat()
-    stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-    if stat.st_size >= REUSE_BELOW_BYTES or _has_external_data(str(path), stamp):
+    stamp = file_stamp(path)
+    if stamp[0] >= REUSE_BELOW_BYTES or _has_external_data(str(path), stamp):
         return _session_for.__wrapped__(str(path), stamp, outputs)
     return _session_for(str(path), stamp, outputs)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int]:
+    """(size, mtime, ctime, inode) of ``path``: what caches keyed by a model file compare, so a file
+    replaced under the same name (same size and mtime, say) is read again."""
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
 @functools.lru_cache(maxsize=2)
@@ -109,9 +115,7 @@ def _id_ranges(path: Path) -> dict[str, int]:
     """For integer inputs that index a lookup table (directly or through casts and reshapes),
     the number of rows of that table: ids drawn below it are valid. Read once per version of the file
     (probing draws k example inputs in a row)."""
-    stat = Path(path).stat()
-    return dict(_id_ranges_of(str(Path(path).resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
-                                                          stat.st_ino)))
+    return dict(_id_ranges_of(str(Path(path).resolve()), file_stamp(path)))
 
 
 @functools.lru_cache(maxsize=8)

@@ -122,12 +122,9 @@ def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progr
     todo = [e for e in local if not _cache_path(root, e.path).exists()]
     errors: dict[str, str] = {}
     if todo:
-        from rich.progress import Progress
+        from .progress import tracked
         workers = workers or min(len(todo), os.cpu_count() or 1)
-        from .progress import Ticker
-        ticker = Ticker(f"converting {len(todo)} models", len(todo), status or (lambda line: None))
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(f"converting {len(todo)} models", total=len(todo))
+        with tracked(f"converting {len(todo)} models", len(todo), progress, status) as advance:
             if workers > 1:
                 with ProcessPoolExecutor(workers) as pool:
                     futures = [pool.submit(_convert_one, str(root), str(e.path.relative_to(root_resolved))) for e in todo]
@@ -135,15 +132,13 @@ def load_dataset(folder: str | os.PathLike, *, workers: int | None = None, progr
                         rel, err = fut.result()
                         if err:
                             errors[rel] = err
-                        bar.advance(task)
-                        ticker.advance()
+                        advance()
             else:
                 for e in todo:
                     rel, err = _convert_one(str(root), str(e.path.relative_to(root_resolved)))
                     if err:
                         errors[rel] = err
-                    bar.advance(task)
-                    ticker.advance()
+                    advance()
     from ..graph.fileformat import load
     local_ids, kept = {id(e) for e in local}, []
     for e in entries:

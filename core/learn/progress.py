@@ -6,6 +6,7 @@ and a log (CI, a batch job, ``| tee``) gets these lines, none at all for work sh
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 
 class Ticker:
@@ -23,3 +24,19 @@ class Ticker:
         if now - self.last >= self.every_s or (self.reported and self.done >= self.total):
             self.last, self.reported = now, True
             self.report(f"{self.label}: {self.done}/{self.total}, {now - self.start:.0f} s")
+
+
+@contextmanager
+def tracked(label: str, total: int, bar: bool = False, status=None):
+    """Progress of one job of ``total`` units: a rich bar on the terminal when ``bar``, and ``status(line)``
+    lines (:class:`Ticker`) when given; yields the ``advance()`` to call after each unit."""
+    from rich.progress import Progress
+    ticker = Ticker(label, total, status) if status else None
+    with Progress(transient=True, disable=not bar) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance() -> None:
+            progress.advance(task)
+            if ticker is not None:
+                ticker.advance()
+        yield advance

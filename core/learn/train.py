@@ -335,17 +335,10 @@ def attach_probes_quietly(graphs, paths, cfg: TrainConfig, progress: bool = Fals
     ``progress``: a progress bar on the terminal (each model runs once per probe: a large zoo takes minutes);
     ``status(line)``: progress lines instead (:class:`~.progress.Ticker`)."""
     import torch
-    from rich.progress import Progress
 
-    from .progress import Ticker
+    from .progress import tracked
     label = f"probing {len(graphs)} networks ({cfg.features.probes} inputs each)"
-    ticker = Ticker(label, len(graphs), status or (lambda line: None))
-    with torch.random.fork_rng(devices=[]), Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(label, total=len(graphs))
-
-        def advance():
-            bar.advance(task)
-            ticker.advance()
+    with torch.random.fork_rng(devices=[]), tracked(label, len(graphs), progress, status) as advance:
         attach_all(graphs, paths, cfg.features.probes, inputs=cfg.features.probe_inputs, advance=advance)
 
 
