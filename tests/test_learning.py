@@ -436,3 +436,31 @@ def test_ticker_prints_progress_of_long_work_only():
     for _ in range(3):
         loud.advance()
     assert len(lines) == 3 and lines[-1].startswith("converting 3 models: 3/3, ")
+
+
+def test_labels_csv_from_a_spreadsheet_reads_as_meant(zoo, tmp_path):
+    """A byte-order mark, spaces around column names and 'Test' for 'test' (a spreadsheet's CSV) put no
+    row out of its split; a split train does not know is named in a note, not dropped in silence; a
+    file that is not UTF-8 is one line, exit 4."""
+    import shutil
+
+    from nngraph.learn.dataset import read_labels, unknown_splits
+    root = tmp_path / "z"
+    shutil.copytree(zoo, root, ignore=shutil.ignore_patterns(".nngraph-cache"))
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    lines = ["model , split,rms ,act"]
+    for i, r in enumerate(rows):
+        split = {"test": " Test", "train": "TRAIN"}[r["split"]] if i != 3 else "ood"
+        lines.append(f"{r['model']},{split},{r['rms']},{r['act']}")
+    (root / "labels.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
+    read = read_labels(root)
+    assert [r["model"] for r in read] == [r["model"] for r in rows]
+    assert [r["split"] for r in read] == [r["split"] if i != 3 else "ood" for i, r in enumerate(rows)]
+    assert unknown_splits(read) == {"ood": 1}
+    r = ngraph("train", root, "--target", "rms", "--epochs", "1", "-o", tmp_path / "x.safetensors", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "not trained on: 1 in 'ood'" in r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["models"] == len(rows) - 1    # all but broken.onnx
+    (root / "labels.csv").write_bytes(b"model,rms\n\xff\xfe.onnx,1\n")
+    r = ngraph("train", root, "--target", "rms", "--epochs", "1", "-o", tmp_path / "y.safetensors")
+    assert r.returncode == 4 and "not UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1

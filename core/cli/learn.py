@@ -89,7 +89,7 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
     Under torchrun: one rank per process, each reading its shard of DATASET; rank 0 alone writes."""
     from ..files import check_output
     from ..learn.checkpoint import save_checkpoint
-    from ..learn.dataset import load_dataset
+    from ..learn.dataset import load_dataset, unknown_splits
     from ..learn.distributed import init_from_env, sync_dataset
     from ..learn.train import check_config, pool_norm_for
     from ..learn.train import train as _train
@@ -127,6 +127,10 @@ def train(dataset, target, task, encoder, head, epochs, lr, batch_size, hidden, 
         sync_dataset(data, group)               # drops what failed on any rank, everywhere
     for name, why in data.failed if main else ():
         err.print(f"[yellow]skipped[/] {name}: {why}")
+    unused = unknown_splits(data.entries) if main else {}
+    if unused:
+        named = ", ".join(f"{n} in '{s}'" if s else f"{n} with an empty split" for s, n in sorted(unused.items()))
+        err.print(f"note: labels.csv rows outside train/val/test are not trained on: {named}", highlight=False)
     interactive = not as_json and err.is_terminal and main
 
     def log(record):

@@ -64,16 +64,45 @@ def shard_rows(rows: list[dict], shard: tuple[int, int] | None) -> list[bool]:
     return held
 
 
+#: The splits training and evaluation know (``labels.csv``'s ``split`` column; other names are kept for
+#: ``ngraph evaluate --split NAME`` but train on nothing).
+SPLITS = ("train", "val", "test")
+
+
 def read_labels(folder: str | os.PathLike) -> list[dict]:
-    """The rows of ``folder/labels.csv`` (checked: a ``model`` column)."""
+    """The rows of ``folder/labels.csv`` (checked: a ``model`` column). Written by hand or by a spreadsheet,
+    a CSV may carry a byte-order mark, spaces around its column names and capitalized split names
+    (``Test``): all read as meant, so no row silently falls out of its split."""
     labels = Path(folder) / "labels.csv"
     if not labels.is_file():
         raise InputError(f"{folder}: no labels.csv (a 'model' column with relative paths, optional 'split', targets)")
-    with open(labels, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(labels, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{labels}: not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise InputError(f"{labels}: not a CSV file ({e})") from None
     if not rows or "model" not in rows[0]:
         raise InputError(f"{labels}: needs a 'model' column")
+    for row in rows:
+        row.pop(None, None)                 # cells past the header: no column to name them
+        if isinstance(row.get("split"), str):
+            row["split"] = row["split"].strip().lower()
     return rows
+
+
+def unknown_splits(rows) -> dict[str, int]:
+    """How many rows (entries or ``labels.csv`` rows) name each split outside :data:`SPLITS`: training uses
+    none of them, so ``ngraph train`` says so rather than dropping them silently."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        row = getattr(row, "row", row)
+        if "split" in row and row["split"] not in SPLITS:
+            counts[row["split"]] = counts.get(row["split"], 0) + 1
+    return counts
 
 
 def _cache_path(root: Path, model: Path) -> Path:
