@@ -464,3 +464,15 @@ def test_labels_csv_from_a_spreadsheet_reads_as_meant(zoo, tmp_path):
     (root / "labels.csv").write_bytes(b"model,rms\n\xff\xfe.onnx,1\n")
     r = ngraph("train", root, "--target", "rms", "--epochs", "1", "-o", tmp_path / "y.safetensors")
     assert r.returncode == 4 and "not UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_non_numeric_regression_target_names_its_models():
+    from types import SimpleNamespace
+
+    from nngraph.errors import InputError
+    from nngraph.learn.train import TrainConfig, encode_labels
+    entries = [SimpleNamespace(row={"model": f"m{i}.onnx", "y": v}) for i, v in enumerate(["0.5", "abc", "1e-3"])]
+    with pytest.raises(InputError, match=r"not numeric for m1.onnx \('abc'\)"):
+        encode_labels(entries, TrainConfig(target="y"))
+    entries[1].row["y"] = "2"
+    assert encode_labels(entries, TrainConfig(target="y"))[0].tolist() == pytest.approx([0.5, 2.0, 1e-3])

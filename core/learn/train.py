@@ -118,10 +118,16 @@ def encode_labels(entries, cfg: TrainConfig, classes=None):
     if cfg.task == "classification":
         classes = classes or sorted(set(raw))
         return np.array([classes.index(v) if v in classes else -1 for v in raw]), classes
-    try:
-        values = np.array([float(v) for v in raw], np.float32)
-    except ValueError as e:
-        raise InputError(f"target {cfg.target!r} is not numeric ({e}); use --task classification") from None
+    def number(v):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    values = [number(v) for v in raw]
+    if None in values:
+        bad = [f"{e.row['model']} ({v!r})" for e, v, x in zip(entries, raw, values) if x is None][:5]
+        raise InputError(f"target {cfg.target!r} is not numeric for {', '.join(bad)}; use --task classification")
+    values = np.array(values, np.float32)
     if not np.isfinite(values).all():
         bad = [e.row["model"] for e, v in zip(entries, values) if not np.isfinite(v)][:5]
         raise InputError(f"target {cfg.target!r} is not finite (nan/inf, or beyond float32) for {bad}")
