@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 from pathlib import Path
 
@@ -83,8 +84,10 @@ def test_wrong_attention_tie_is_caught(tmp_path):
     assert not np.allclose(a, b, atol=1e-3)
 
 
-def test_parameter_inputs_need_values(tmp_path):
-    """Weights fed as graph inputs (allowed before IR 4): convert asks for their values; verify binds them."""
+def test_parameter_inputs_without_values_pin_their_layer(tmp_path):
+    """Weights fed as graph inputs (allowed before IR 4) are not in the file: convert keeps the rest of the
+    model and pins the layer that reads them, the reason naming the input and ``--inputs`` (``--strict``
+    refuses); given with ``--inputs`` they are parameters like any other; verify binds them."""
     from conftest import EXAMPLES, ngraph
     m = onnx.load(EXAMPLES / "mlp.onnx")
     w = next(t for t in m.graph.initializer if t.name == "2.weight")
@@ -92,15 +95,33 @@ def test_parameter_inputs_need_values(tmp_path):
     m.graph.initializer.remove(w)
     path = tmp_path / "fed.onnx"
     onnx.save(m, path)
-    r = ngraph("convert", path, "-o", tmp_path / "r.ngraph")
-    assert r.returncode == 4 and "hold parameters" in r.stderr and "2.weight" in r.stderr
-    assert not (tmp_path / "r.ngraph").exists()
+    r = ngraph("convert", path, "-o", tmp_path / "r.ngraph", "--json")
+    assert r.returncode == 0, r.stderr
+    (pin,) = json.loads(r.stdout)["pins"]
+    assert pin["op"] == "Gemm" and "'2.weight'" in pin["reason"] and "--inputs" in pin["reason"]
+    assert nngraph.load(tmp_path / "r.ngraph").coverage == 1.0
+    r = ngraph("convert", path, "-o", tmp_path / "s.ngraph", "--strict")
+    assert r.returncode == 4 and "2.weight" in r.stderr and not (tmp_path / "s.ngraph").exists()
     feeds = example_inputs(path)
     np.savez(tmp_path / "in.npz", **feeds)
     r = ngraph("convert", path, "-o", tmp_path / "r.ngraph", "--inputs", tmp_path / "in.npz", "--json")
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pins"] == [] and json.loads(r.stdout)["free_fraction"] == 1.0
     report = verify(path, trials=2)
     assert report.ok and report.coverage == 1.0, report.problems
+
+
+def test_product_of_two_inputs_from_the_onnx_test_data_converts_and_verifies():
+    """onnx's own ``test_operator_addmm`` (opset 6, IR 3): Gemm of two graph inputs plus a third, no
+    weights in the file. It used to be refused as 'weights fed as inputs'; now the Gemms are pinned, and
+    verify (which binds the inputs as weights) runs its round trip through the opset-7 upgrade."""
+    path = Path(onnx.__file__).parent / "backend/test/data/pytorch-operator/test_operator_addmm/model.onnx"
+    if not path.is_file():
+        pytest.skip("this onnx build ships no backend test data")
+    graph = nngraph.convert(path)
+    assert graph.coverage == 1.0 and {p["op"] for p in graph.meta["pins"]} == {"Gemm"}
+    report = verify(path, trials=1)
+    assert report.ok, report.problems
 
 
 TORCH = Path(__file__).parent / "fixtures" / "torch"

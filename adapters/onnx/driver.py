@@ -61,7 +61,7 @@ def lower_model(model: OnnxModel, rules: RuleTable, fold: Fold, bind: dict[str, 
         for node in sub.node:
             for i in node.input:
                 consumers.setdefault(i, []).append(node)
-    pinned: dict[int, str] = {}
+    pinned: dict[int, str] = _runtime_weight_pins(model, consumers, bind)
     while True:
         ctx = LoweringContext(model, NeuralGraph(), shapes=shapes, types=types, consumers=consumers, rules=rules,
                               fold=fold, pinned=pinned, strict=strict)
@@ -94,14 +94,11 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
                 ctx.leaves[inp.name] = arr
                 ctx.values[inp.name] = Const(arr, Origin(inp.name))
                 graph.meta.setdefault("bound_inputs", []).append(inp.name)
-            else:
-                unbound.append(inp.name)
-            continue
+                continue
+            unbound.append(inp.name)             # pinned where it is read (_runtime_weight_pins): data here
         _add_input(ctx, inp)
     if unbound:
-        raise UnsupportedModelError(
-            f"{model.path}: graph input(s) {', '.join(unbound[:5])}{' …' if len(unbound) > 5 else ''} "
-            f"hold parameters (they feed weight slots); give their values with --inputs FILE.npz")
+        graph.meta["runtime_weight_inputs"] = unbound
 
     ctx.walk(g.node)
     mark_outputs(ctx)
@@ -116,13 +113,32 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
 def _is_parameter_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> bool:
     """A graph input without an initializer that is only read in parameter slots (a weight
     fed at run time, allowed before IR version 4) is a parameter, not data."""
-    name = inp.name
+    return _reads_as_parameter(inp, ctx.consumers)
+
+
+def _reads_as_parameter(inp: onnx.ValueInfoProto, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
     t = inp.type.tensor_type
     if t.elem_type and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).kind != "f":
         return False
-    uses = ctx.consumers.get(name, [])
+    uses = consumers.get(inp.name, [])
     return bool(uses) and all(
-        any(i == name and k in PARAM_SLOTS.get(n.op_type, ()) for k, i in enumerate(n.input)) for n in uses)
+        any(i == inp.name and k in PARAM_SLOTS.get(n.op_type, ()) for k, i in enumerate(n.input)) for n in uses)
+
+
+def _runtime_weight_pins(model: OnnxModel, consumers: dict, bind: dict | None) -> dict[int, str]:
+    """Pins for the nodes that read a weight fed at run time and not given with ``bind`` (``--inputs``).
+    Its values are not in the file: such an input may be a weight (old exporters) or data (``A @ B`` of two
+    inputs), and either way the node cannot be read as a layer. Pinning it keeps the rest of the model
+    instead of refusing it, and the reason says how to supply the values."""
+    init_names = {t.name for t in model.graph.initializer}
+    pins: dict[int, str] = {}
+    for inp in model.graph.input:
+        if inp.name in init_names or (bind is not None and inp.name in bind) or not _reads_as_parameter(inp, consumers):
+            continue
+        for node in consumers[inp.name]:
+            pins.setdefault(id(node), f"weight slot fed at run time by graph input {inp.name!r} "
+                                      f"(its values: --inputs FILE.npz)")
+    return pins
 
 
 

@@ -57,8 +57,12 @@ def export(source: str | os.PathLike, params: Mapping[str, np.ndarray], out: str
         if missing:
             raise GraphError(f"{source}: no tensor named {missing[0]!r} to replace")
         for i in [i for i in g.input if i.name in remaining and i.name not in found]:    # parameters fed as inputs
-            g.input.remove(i)
-            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(remaining[i.name]), i.name))
+            t = numpy_helper.from_array(np.ascontiguousarray(remaining[i.name]), i.name)
+            g.initializer.append(t)
+            if proto.ir_version < 4:
+                _declare_input(g, t)     # the input stays, declaring the initializer (opset upgraders need it)
+            else:
+                g.input.remove(i)
     return save_atomic(proto, out)
 
 
