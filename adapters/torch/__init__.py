@@ -236,6 +236,10 @@ def convert(path: Path, bind=None, example_inputs: Sequence | None = None, **opt
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001
+            if type(e).__name__ == "UnpicklingError":     # torch's message goes on to say how to unpickle it
+                raise InputError(f"{path}: not a tensors-only checkpoint: it pickles Python objects (a whole "
+                                 f"module?), which are never unpickled here; save its state_dict(), or export "
+                                 f"it to ONNX or torch.export") from None
             raise InputError(f"{path}: not a tensors-only checkpoint ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]})") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
