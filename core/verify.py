@@ -8,6 +8,7 @@ for bit.
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -157,7 +158,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     max_abs = max_rel = 0.0
     moved: list[int] = []
     changed: list[int] = []
-    with tempfile.TemporaryDirectory(prefix="nngraph-verify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nngraph-verify-") as tmp, _named_after(path, tmp):
         same = Path(tmp) / f"roundtrip{path.suffix}"
         adapter.export(path, params, same)
         if graph.meta.get("bound_inputs"):
@@ -208,3 +209,17 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
                         roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved,
                         tensors_changed=changed, problems=problems, free_fraction=graph.free_fraction,
                         pins=list(graph.meta.get("pins", [])), rtol=rtol if rtol is not None else RTOL)
+
+
+@contextmanager
+def _named_after(path: Path, tmp: str):
+    """An error about one of verify's temporary copies (written back, permuted, randomized) names the
+    model the user gave, and which copy failed; the temporary folder is gone by the time it is read."""
+    try:
+        yield
+    except InputError as e:
+        message = str(e)
+        if not message.startswith(tmp):
+            raise
+        copy, _, rest = message[len(tmp):].lstrip("/").partition(": ")
+        raise InputError(f"{path}: its copy {Path(copy).stem!r} (parameters written back by verify): {rest}") from None
