@@ -105,6 +105,23 @@ def test_verify_without_config_is_a_clear_error():
     assert "config.json" in r.stderr and "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("change, command", [
+    ({"architectures": 10 ** 30}, "convert"),               # was an internal TypeError (fuzz, config-json)
+    ({"partial_rotary_factor": "half"}, "convert"),
+    ({"vocab_size": 10 ** 30}, "verify"),                   # no range to draw token ids from
+    ({"vocab_size": 2 ** 30}, "verify"),                    # transformers refuses the mismatched embedding
+])
+def test_hostile_config_values_are_one_line_errors(tmp_path, change, command):
+    shutil.copytree(ST / "gpt2", tmp_path / "g")
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    (tmp_path / "g" / "config.json").write_text(json.dumps({**cfg, **change}))
+    extra = ["-o", str(tmp_path / "x.ngraph")] if command == "convert" else ["--trials", "1"]
+    r = ngraph(command, str(tmp_path / "g" / "model.safetensors"), *extra)
+    assert r.returncode in (3, 4), r.stderr
+    assert "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "x.ngraph").exists()
+
+
 # ------------------------------------------------------------------ LLM layouts (issue 12)
 LLMS = {"tinyllama": "model.safetensors.index.json", "mistral_mqa": "model.safetensors",
         "qwen2": "model.safetensors", "phi3": "model.safetensors", "llama_fp8": "model.safetensors"}

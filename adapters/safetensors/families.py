@@ -330,7 +330,7 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
     rotary_dims = 0
     if fam.rotary:
         d = head_dim or (g.sets[stream].size // heads)
-        rotary_dims = int(d * _partial_rotary(cfg))
+        rotary_dims = int(d * _partial_rotary(cfg, path))
     for i in range(layers):
         L = fam.layer.format(i=i)
         if fam.norm_first:
@@ -381,12 +381,16 @@ def is_causal_lm(cfg: dict) -> bool:
     return any(str(a).endswith(CAUSAL_SUFFIXES) for a in cfg.get("architectures") or [])
 
 
-def _partial_rotary(cfg: dict) -> float:
+def _partial_rotary(cfg: dict, path: Path) -> float:
     """Fraction of each head's dimensions that rotary embeddings rotate (top level or in
     ``rope_parameters`` / ``rope_scaling``, as transformers versions write it)."""
     for where in (cfg, cfg.get("rope_parameters") or {}, cfg.get("rope_scaling") or {}):
         if isinstance(where, dict) and where.get("partial_rotary_factor") is not None:
-            return float(where["partial_rotary_factor"])
+            f = where["partial_rotary_factor"]
+            if type(f) not in (int, float) or not 0 <= f <= 1:
+                raise UnsupportedModelError(f"{path}: config.json: partial_rotary_factor {f!r} is not a "
+                                            f"fraction between 0 and 1")
+            return float(f)
     return 1.0
 
 
@@ -419,7 +423,11 @@ def hf_run(path: Path, inputs):
             auto = transformers.AutoModelForCausalLM if is_causal_lm(cfg) else transformers.AutoModel
             # computed in float32 whatever the stored dtype (bf16, fp16, fp8 upcast exactly), so
             # a permutation's different summation order stays at float32 rounding
-            model, info = auto.from_pretrained(tmp, output_loading_info=True, dtype=torch.float32)
+            try:
+                model, info = auto.from_pretrained(tmp, output_loading_info=True, dtype=torch.float32)
+            except (RuntimeError, ValueError, TypeError, KeyError, OSError) as e:   # config and tensors disagree
+                raise UnsupportedModelError(f"{path}: transformers cannot build the model from config.json and this "
+                                            f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         model = model.eval()
     if info.get("unexpected_keys") or info.get("missing_keys"):
         raise UnsupportedModelError(f"{path}: checkpoint and model disagree: "
@@ -431,11 +439,23 @@ def hf_run(path: Path, inputs):
     return {"last_hidden_state": out.last_hidden_state.float().numpy()}
 
 
+#: Largest image side and channel count example inputs are drawn for (a config may claim anything).
+MAX_EXAMPLE_IMAGE, MAX_EXAMPLE_CHANNELS = 4096, 64
+
+
 def hf_example_inputs(path: Path, seed: int = 0):
-    import json
-    cfg = json.loads((path.parent / "config.json").read_text())
+    from nngraph.errors import InputError
+    from nngraph.graph.headers import read_config
+    config = path.parent / "config.json"
+    cfg = read_config(config.read_bytes(), str(config))       # schema-checked: sizes are positive integers
     rng = np.random.default_rng(seed)
     if cfg.get("model_type") == "vit":
-        size = int(cfg.get("image_size", 224))
-        return {"pixel_values": rng.standard_normal((2, int(cfg.get("num_channels", 3)), size, size)).astype(np.float32)}
-    return {"input_ids": rng.integers(0, int(cfg["vocab_size"]), (2, 8)).astype(np.int64)}
+        size, channels = cfg.get("image_size") or 224, cfg.get("num_channels") or 3
+        if size > MAX_EXAMPLE_IMAGE or channels > MAX_EXAMPLE_CHANNELS:
+            raise InputError(f"{config}: image_size {size} / num_channels {channels} is too large to draw example "
+                             f"inputs for; pass --inputs")
+        return {"pixel_values": rng.standard_normal((2, channels, size, size)).astype(np.float32)}
+    if not cfg.get("vocab_size") or cfg["vocab_size"] > 2 ** 31:
+        raise InputError(f"{config}: vocab_size {cfg.get('vocab_size')} gives no range to draw example token ids "
+                         f"from; pass --inputs")
+    return {"input_ids": rng.integers(0, cfg["vocab_size"], (2, 8)).astype(np.int64)}

@@ -147,7 +147,9 @@ def loads(data: bytes | str, where: str) -> Any:
 CONFIG_SIZES = ("n_head", "num_attention_heads", "num_key_value_heads", "n_layer", "num_hidden_layers",
                 "hidden_size", "n_embd", "intermediate_size", "n_inner", "vocab_size", "type_vocab_size",
                 "n_positions", "max_position_embeddings", "image_size", "patch_size", "num_channels", "head_dim")
-CONFIG_SCHEMA = Fields({}, {"model_type": str, **{k: Opt(POS) for k in CONFIG_SIZES}})
+CONFIG_SCHEMA = Fields({}, {"model_type": str, **{k: Opt(POS) for k in CONFIG_SIZES},
+                            "architectures": Opt(ListOf(str)), "partial_rotary_factor": Opt(float),
+                            "rope_parameters": Opt(dict), "rope_scaling": Opt(dict)})
 
 
 def read_config(data: bytes | str, where: str) -> dict:
