@@ -88,7 +88,9 @@ HF_FAMILIES = ["bert", "distilbert", "roberta", "albert", "electra", "gpt2", "gp
                # positions with offset, squeeze-excitation, grouped convs, conv-attention hybrids,
                # spatial-reduction attention, layer scale, relative position tables, CLIP's quick-gelu
                "deberta_v2", "mpnet", "opt", "bloom", "phi", "gemma", "efficientnet", "regnet", "mobilevit",
-               "segformer", "dinov2", "beit", "clip_vision"]
+               "segformer", "dinov2", "beit", "clip_vision",
+               # partial rotary (a quarter of each head rotated, the rest passed through); interleaved rotary
+               "gpt_neox", "stablelm", "gptj"]
 HF_MODES = ["dynamo18", "dynamo23", "ts17dyn", "ts14"]
 # dynamo with dynamic batch/sequence dims (torch.export symbolic shapes), for a few families
 HF_EXTRA_MODES = {f: ["dynamo18dyn"] for f in ("bert", "gpt2", "llama", "vit", "resnet", "whisperenc")}
@@ -439,6 +441,16 @@ def _build(fam: str):
     if fam == "phi":
         return tf.PhiForCausalLM(tf.PhiConfig(num_key_value_heads=4, partial_rotary_factor=0.5, use_cache=False,
                                               **txt)), text, text_dyn
+    if fam == "gpt_neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                      num_attention_heads=4, intermediate_size=64, rotary_pct=0.25,
+                                                      max_position_embeddings=64, use_cache=False)), text, text_dyn
+    if fam == "stablelm":
+        return tf.StableLmForCausalLM(tf.StableLmConfig(num_key_value_heads=4, partial_rotary_factor=0.25,
+                                                        use_cache=False, **txt)), text, text_dyn
+    if fam == "gptj":
+        return tf.GPTJForCausalLM(tf.GPTJConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                                                rotary_dim=4, n_positions=64, use_cache=False)), text, text_dyn
     if fam == "gemma":
         return tf.GemmaForCausalLM(tf.GemmaConfig(num_key_value_heads=4, head_dim=8, use_cache=False, **txt)), \
             text, text_dyn

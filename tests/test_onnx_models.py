@@ -206,3 +206,14 @@ def test_a_failing_verify_copy_is_reported_under_the_models_name(tmp_path):
     with pytest.raises(InputError, match="^other.onnx: bad$"):
         with _named_after(Path("model.onnx"), tmp):
             raise InputError("other.onnx: bad")
+
+
+def test_partial_rotary_keeps_heads_free():
+    """Phi rotates half of each head (rotate_half inside that half) and passes the other half through:
+    the part of a part, put back by two Concats, pins nothing (it pinned 11 nodes per layer); head
+    dimensions stay in place and whole heads permute."""
+    g = nngraph.convert(HF / "phi_dynamo18.onnx")
+    assert g.meta["pins"] == [] and g.coverage == 1.0
+    queries = [s for s in g.sets.values() if s.role == "query"]
+    assert len(queries) == 2 and all(g.groups[q.group].rigid for q in queries)
+    assert g.free_fraction > 0.85          # 0.497 before

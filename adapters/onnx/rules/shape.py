@@ -619,12 +619,14 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     rank = first.rank
     axis = ctx.attr(node, "axis") % rank
     if axis == first.axis and first.heads:      # rotary halves put back together (in some order)
-        width = ctx.size(first) // first.heads[1]
-        if len(acts) == len(vals) and all(a.sets == first.sets and a.heads == first.heads and a.part for a in acts) \
-                and sorted(p for a in acts for p in range(*a.part)) == list(range(width)):
-            ctx.set_output(node, first.but(part=None, stage="out"))
-            return
-        raise ctx.fail(node, "concatenates inside attention heads")
+        part = _joined_part(ctx, acts, len(vals))
+        if part is False:
+            raise ctx.fail(node, "concatenates inside attention heads")
+        if all(a.sets == first.sets for a in acts):
+            ctx.set_output(node, first.but(part=part, stage="out"))
+        else:       # partial rotary: the rotated part (a new tied set) and the rest of the heads
+            ctx.set_output(node, combine(ctx, node, [a.but(part=None) for a in acts]).but(part=part))
+        return
     if any(a.heads or a.rank != rank or a.seg_axis is not None for a in acts):
         raise ctx.fail(node, "concatenates head-split, stacked or differently ranked activations")
     if axis == first.axis:
@@ -740,14 +742,15 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     out = x
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         ax %= x.rank
-        if ax == x.axis and x.heads:             # within heads: rotary halves
-            width = ctx.size(x) // x.heads[1]
+        if ax == x.axis and x.heads:             # within heads: rotary halves, of all or (partial rotary) part of a head
+            lo, hi = out.part or (0, ctx.size(x) // x.heads[1])
+            width = hi - lo
             st, en = max(0, st + width if st < 0 else min(st, width)), max(0, en + width if en < 0 else min(en, width))
-            if sp != 1 or x.part is not None or len(x.sets) != 1:
-                raise ctx.fail(node, "slices inside attention heads twice or with a stride")
+            if sp != 1 or len(x.sets) != 1:
+                raise ctx.fail(node, "slices inside attention heads with a stride")
             if (st, en) != (0, width):
                 ctx.graph.groups[ctx.graph.sets[x.set].group].rigid = True
-                out = out.but(part=(st, en))
+                out = out.but(part=(lo + st, lo + min(en, width)) if en > st else (lo + st, lo + st))
             continue
         if ax == x.axis:
             n = ctx.size(x)
@@ -761,6 +764,24 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         elif x.seg_axis is not None and ax == x.seg_axis:     # some directions of a bidirectional layer
             out = _select_directions(ctx, node, out, range(len(x.sets))[st:en:sp])
     ctx.set_output(node, out)
+
+
+def _joined_part(ctx: LoweringContext, acts: list[Act], n_inputs: int):
+    """The part of every head that a Concat of head parts covers: ``None`` for whole heads, ``(lo, hi)``
+    for a contiguous range (partial rotary: the rotated dimensions, put back from their halves), or
+    ``False`` when the pieces are not disjoint parts of one contiguous range, or come from sets that do
+    not move together. The group is rigid (the Slice that cut the parts made it so): dimensions keep
+    their places inside a head, so the order of the pieces does not matter; heads permute as wholes."""
+    first = acts[0]
+    groups = {ctx.graph.sets[s].group for a in acts for s in a.sets}
+    if len(acts) != n_inputs or len(groups) != 1 or any(
+            a.heads != first.heads or not a.part or len(a.sets) != len(first.sets) for a in acts):
+        return False
+    dims = sorted(d for a in acts for d in range(*a.part))
+    if not dims or dims != list(range(dims[0], dims[-1] + 1)):
+        return False
+    width = ctx.size(first) // first.heads[1]
+    return None if (dims[0], dims[-1] + 1) == (0, width) else (dims[0], dims[-1] + 1)
 
 
 def _rotated_half(ctx: LoweringContext, name: str) -> bool:
