@@ -11,7 +11,7 @@ Four sources:
 * ``onnx``: the model files the installed ``onnx`` package ships for its backend tests — the nine
   ``light_*`` zoo networks (weights made by ConstantOfShape, so they are constant) and a selection
   of the PyTorch-converted single-module models (opset 6, real weights).
-* ``hf``: Hugging Face ``transformers`` models (33 families) built from tiny configs with random
+* ``hf``: Hugging Face ``transformers`` models (38 families) built from tiny configs with random
   weights, each exported four ways: dynamo at opset 18 and 23 (static shapes), TorchScript
   (``dynamo=False``) at opset 17 with dynamic batch/sequence axes and at opset 14 static; six
   families also by dynamo with ``dynamic_shapes``. Text models take ``input_ids`` and
