@@ -69,6 +69,11 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
         mid = _product_groups(sm, dm)
     if mid is None and (1 in sm or 1 in dm):
         mid = _groups_without_units(sm, dm)
+    if mid is None:
+        mid = _leading_unknown_groups(sm, dm)
+    if mid is None:
+        mid = _leading_unknown_groups(dm, sm)
+        mid = [(b, a) for a, b in mid] if mid is not None else None
     if mid is None and (len(dm) == 1 or len(sm) == 1 or (head or tail)):
         # one side a single axis (a merge or split), or axes that cannot be told apart between
         # equal leading / trailing axes (row-major order keeps those): the middle as one group
@@ -77,6 +82,24 @@ def _groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
         return None
     shifted = [(range(a.start + i, a.stop + i), range(b.start + i, b.stop + i)) for a, b in mid]
     return head + shifted + tail
+
+
+def _leading_unknown_groups(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
+    """``[B, T, 4, 8] → [?, 32]`` (a dynamic export flattening the rows: the leading target dim is
+    computed at run time): the trailing source axes whose static product the rest of the target
+    holds map onto it (row-major order keeps such a run together), the axes before them onto the
+    unknown dim."""
+    if len(dst) < 2 or isinstance(dst[0], int):
+        return None
+    rest = _prod(dst[1:])
+    if rest is None:
+        return None
+    k = next((k for k in range(1, len(src)) if _prod(src[k:]) == rest), None)
+    inner = _product_groups(src[k:], dst[1:]) if k is not None else None
+    if inner is None:
+        return None
+    return [(range(0, k), range(0, 1))] + [(range(a.start + k, a.stop + k), range(b.start + 1, b.stop + 1))
+                                           for a, b in inner]
 
 
 def _groups_without_units(src: tuple, dst: tuple) -> list[tuple[range, range]] | None:
@@ -179,7 +202,7 @@ def _known_axes(x, shape: tuple | None) -> tuple | None:
         return shape
     known = {x.unit: 1} if x.unit is not None else {}
     if x.heads:
-        known[x.heads[0]] = x.heads[1]
+        known[x.heads[0]] = x.heads[1] * x.heads_outer
     return tuple(known.get(k, d) if not isinstance(d, int) else d for k, d in enumerate(shape))
 
 
@@ -211,7 +234,7 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
         elif isinstance(x, Act) and x.rank == len(shape) and x.heads and x.seg_axis is None and x.inner == 1 \
                 and x.rep is None and x.part is None:
             ha, H = x.heads
-            shape = tuple(H if k == ha and not isinstance(d, int) else ctx.size(x) // H
+            shape = tuple(H * x.heads_outer if k == ha and not isinstance(d, int) else ctx.size(x) // H
                           if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(shape))
         start = ctx.attr(node, "start", 0)
         end = ctx.attr(node, "end", None)
@@ -373,7 +396,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     n = ctx.size(x)
     if src is not None and x.rank == len(src) and x.seg_axis is None:   # what tracking knows beats a symbol
         src = tuple(n if k == x.axis and not isinstance(d, int) and not x.heads else
-                    x.heads[1] if x.heads and k == x.heads[0] and not isinstance(d, int) else
+                    x.heads[1] * x.heads_outer if x.heads and k == x.heads[0] and not isinstance(d, int) else
                     n // x.heads[1] if x.heads and k == x.axis and not isinstance(d, int) else d
                     for k, d in enumerate(src))
     dst = _target_shape(ctx, node, src)
@@ -411,7 +434,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tuple, dst: tuple, n: int) -> None:
     if x.heads:                       # the tracked layout knows these sizes even when inference does not
-        src = tuple(d if isinstance(d, int) else x.heads[1] if k == x.heads[0] else n // x.heads[1]
+        src = tuple(d if isinstance(d, int) else x.heads[1] * x.heads_outer if k == x.heads[0] else n // x.heads[1]
                     if k == x.axis else d for k, d in enumerate(src))
     groups = _groups(src, dst)
     if groups is None:
@@ -441,6 +464,7 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
         if new is None:
             raise ctx.fail(node, f"reshapes {src} to {dst}, splitting the heads axis")
         heads = (new, H)
+        x = x.but(heads_outer=dst[new] // H if isinstance(dst[new], int) and dst[new] % H == 0 else 1)
     sg, dg = g_axis
     if len(dg) > 1 and sum(1 for k in dg if dst[k] != 1) == 1:
         dg = [k for k in dg if dst[k] != 1]          # unit axes split off around it do not matter …
