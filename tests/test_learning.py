@@ -447,7 +447,8 @@ def test_labels_csv_from_a_spreadsheet_reads_as_meant(zoo, tmp_path):
     from nngraph.learn.dataset import read_labels, unknown_splits
     root = tmp_path / "z"
     shutil.copytree(zoo, root, ignore=shutil.ignore_patterns(".nngraph-cache"))
-    rows = list(csv.DictReader(open(root / "labels.csv")))
+    with open(root / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
     lines = ["model , split,rms ,act"]
     for i, r in enumerate(rows):
         split = {"test": " Test", "train": "TRAIN"}[r["split"]] if i != 3 else "ood"
@@ -461,6 +462,11 @@ def test_labels_csv_from_a_spreadsheet_reads_as_meant(zoo, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "not trained on: 1 in 'ood'" in r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["models"] == len(rows) - 1    # all but broken.onnx
+    r = ngraph("evaluate", tmp_path / "x.safetensors", root, "--split", "OOD", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["n"] == 1, r.stderr      # split names match in any case
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "labels.csv").write_text("model,split,rms\nm0.onnx,train,1\nm1.onnx\n")
+    assert unknown_splits(read_labels(tmp_path / "short")) == {"": 1}        # a short row: no split cell
     (root / "labels.csv").write_bytes(b"model,rms\n\xff\xfe.onnx,1\n")
     r = ngraph("train", root, "--target", "rms", "--epochs", "1", "-o", tmp_path / "y.safetensors")
     assert r.returncode == 4 and "not UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -226,3 +226,86 @@ def test_dynamic_shape_dynamo_export_keeps_attention_free():
     g = nngraph.convert(HF / "gpt2_dynamo18dynamic.onnx")
     assert g.meta["pins"] == [] and g.coverage == 1.0
     assert g.free_fraction > 0.8
+
+
+def _one_projection_two_head_views(path, swap: bool):
+    """x → p = x·W viewed as 6 heads of 4 (attention with q = p) and as 2 heads of 12, where every
+    12-dim head is multiplied by a table over positions and dims (``swap``: its 4-dim thirds put back
+    rotated by Slice + Concat instead); both views summed. Only whole 12-dim heads may move with their
+    4-dim blocks in place: a rigid 2-head view over a free 6-head partition was a wrong claim."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    B, T, D = 1, 4, 24
+    nodes, inits = [], []
+
+    def const(a):
+        inits.append(numpy_helper.from_array(np.asarray(a, np.int64 if np.asarray(a).dtype.kind in "iu"
+                                                        else np.float32), f"c{len(inits)}"))
+        return inits[-1].name
+
+    def op(kind, ins, **kw):
+        nodes.append(helper.make_node(kind, ins, [f"v{len(nodes)}"], **kw))
+        return nodes[-1].output[0]
+
+    def lin(x):
+        return op("MatMul", [x, const(rng.standard_normal((D, D)) / 4)])
+
+    def heads(x, H):
+        return op("Transpose", [op("Reshape", [x, const([B, T, H, D // H])])], perm=[0, 2, 1, 3])
+
+    def merge(x):
+        return op("Reshape", [op("Transpose", [x], perm=[0, 2, 1, 3]), const([B, T, D])])
+
+    p = lin("x")
+    q, k, v = heads(p, 6), heads(lin("x"), 6), heads(lin("x"), 6)
+    scores = op("Softmax", [op("MatMul", [q, op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1)
+    attn = lin(merge(op("MatMul", [scores, v])))
+    y = heads(p, 2)
+    if swap:
+        cut = lambda a, b: op("Slice", [y, const([a]), const([b]), const([-1])])  # noqa: E731
+        y = op("Concat", [cut(4, 12), cut(0, 4)], axis=-1)
+    else:
+        y = op("Mul", [y, const(rng.standard_normal((T, D // 2)))])
+    out = lin(op("Add", [attn, op("Add", [p, merge(y)])]))
+    graph = helper.make_graph(nodes, "two_views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, T, D])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [B, T, D])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_head_dims_stay_in_place_across_two_head_views(tmp_path, swap):
+    report = verify(_one_projection_two_head_views(tmp_path / "m.onnx", swap), trials=5)
+    assert report.ok, report.problems
+    assert any(report.groups_moved)      # heads still permute: the test is not vacuous
+
+
+def test_batchnorm_scale_fed_as_input_pins_the_norm(tmp_path):
+    """The case the old exporters made (BatchNormalization's scale a graph input, no initializer): without
+    its value the norm is pinned, the reason naming the input (a 1-D input once reached the data-input
+    path and crashed); with --inputs it is a parameter."""
+    from onnx import TensorProto, helper, numpy_helper
+    from conftest import ngraph
+    rng = np.random.default_rng(0)
+    init = lambda a, n: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"]),
+             helper.make_node("Relu", ["b"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[1, 1])]
+    inits = [init(rng.standard_normal((4, 2, 3, 3)), "w"), init(rng.standard_normal(4), "beta"),
+             init(rng.standard_normal(4), "mean"), init(rng.random(4) + 0.5, "var"),
+             init(rng.standard_normal((3, 4, 1, 1)), "w2")]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5]),
+                                            helper.make_tensor_value_info("gamma", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])], inits)
+    path = tmp_path / "bn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    r = ngraph("convert", path, "-o", tmp_path / "bn.ngraph", "--json")
+    assert r.returncode == 0, r.stderr
+    (pin,) = json.loads(r.stdout)["pins"]
+    assert pin["op"] == "BatchNormalization" and "'gamma'" in pin["reason"]
+    np.savez(tmp_path / "in.npz", gamma=rng.random(4).astype(np.float32) + 0.5)
+    r = ngraph("convert", path, "-o", tmp_path / "bn.ngraph", "--inputs", tmp_path / "in.npz", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["pins"] == [], r.stderr

@@ -467,6 +467,18 @@ class LoweringContext:
         except GraphError as e:
             raise UnsupportedModelError(f"{self.model.path}: {e}") from None
 
+    def keep_head_dims(self, x) -> None:
+        """Head dimensions of ``x`` keep their places (rotary tables, slices inside heads): rigid up to the
+        partition into ``x``'s heads, including any finer partition of the same neurons in between (the
+        same projection also split into smaller heads elsewhere), so only whole heads move."""
+        H = x.heads[1]
+        for s in x.sets:
+            top = self.blocks_of(s, H) if H > 1 else None
+            g = self.graph.groups[self.graph.sets[s].group]
+            while g is not None and g.name != top:
+                g.rigid = True
+                g = self.graph.groups.get(g.parent) if g.parent else None
+
     def split_set(self, set_name: str, sizes: list[int]) -> list[str]:
         """Split ``set_name`` into consecutive parts of ``sizes`` (a fused QKV projection, a
         channel split, a residual added to part of the channels) and return the parts' names.

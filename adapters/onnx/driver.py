@@ -84,7 +84,6 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
     })
     ctx.add_initializers(g)
     init_names = {t.name for t in g.initializer}
-    unbound: list[str] = []
     for inp in g.input:
         if inp.name in init_names:
             continue
@@ -94,11 +93,10 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
                 ctx.leaves[inp.name] = arr
                 ctx.values[inp.name] = Const(arr, Origin(inp.name))
                 graph.meta.setdefault("bound_inputs", []).append(inp.name)
-                continue
-            unbound.append(inp.name)             # pinned where it is read (_runtime_weight_pins): data here
+            else:       # no value: the nodes reading it are pinned (_runtime_weight_pins), it has no neurons
+                ctx.values[inp.name] = AUX
+            continue
         _add_input(ctx, inp)
-    if unbound:
-        graph.meta["runtime_weight_inputs"] = unbound
 
     ctx.walk(g.node)
     mark_outputs(ctx)

@@ -239,7 +239,8 @@ class NeuralGraph:
                     while name in self.groups:
                         i += 1
                         name = f"{base}#{i}"
-                self.add_group(name, k, parent=parent.name if parent is not None else None)
+                # a rigid group keeps its places inside the new blocks too (rotary heads split finer later)
+                self.add_group(name, k, parent=parent.name if parent is not None else None).rigid = child.rigid
                 child.parent = name
                 return name
             raise GraphError(f"{set_name!r} would need both {parent.size} and {k} channel blocks; "

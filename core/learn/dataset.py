@@ -39,6 +39,7 @@ class ModelDataset:
     def split(self, name: str | None) -> list[Entry]:
         if name is None:
             return list(self.entries)
+        name = name.strip().lower()             # as read_labels reads the split column
         if not any("split" in e.row for e in self.entries):
             return list(self.entries) if name in ("train", "all") else []
         return [e for e in self.entries if e.row.get("split", "train") == name]
@@ -89,8 +90,8 @@ def read_labels(folder: str | os.PathLike) -> list[dict]:
         raise InputError(f"{labels}: needs a 'model' column")
     for row in rows:
         row.pop(None, None)                 # cells past the header: no column to name them
-        if isinstance(row.get("split"), str):
-            row["split"] = row["split"].strip().lower()
+        if "split" in row:                  # a short row has None there
+            row["split"] = (row["split"] or "").strip().lower()
     return rows
 
 

@@ -298,8 +298,7 @@ def _runtime_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, name: st
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
     if full[x.heads[0]] != 1:
         return False
-    for s in x.sets:
-        ctx.graph.groups[ctx.graph.sets[s].group].rigid = True
+    ctx.keep_head_dims(x)
     ctx.set_output(node, x)
     return True
 
@@ -316,8 +315,7 @@ def _rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, c: Const) -> boo
     width = (x.part[1] - x.part[0]) if x.part else ctx.size(x) // x.heads[1]
     if shape[x.axis] not in (1, width):
         return False
-    for s in x.sets:
-        ctx.graph.groups[ctx.graph.sets[s].group].rigid = True
+    ctx.keep_head_dims(x)
     ctx.buffer(c, "rotary position table")
     ctx.set_output(node, x)
     return True

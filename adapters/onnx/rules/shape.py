@@ -770,10 +770,12 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             lo, hi = out.part or (0, ctx.size(x) // x.heads[1])
             width = hi - lo
             st, en = max(0, st + width if st < 0 else min(st, width)), max(0, en + width if en < 0 else min(en, width))
-            if sp != 1 or len(x.sets) != 1:
+            if sp != 1:
                 raise ctx.fail(node, "slices inside attention heads with a stride")
+            if len(x.sets) != 1:
+                raise ctx.fail(node, "slices inside the heads of several concatenated sets")
             if (st, en) != (0, width):
-                ctx.graph.groups[ctx.graph.sets[x.set].group].rigid = True
+                ctx.keep_head_dims(x)
                 out = out.but(part=(lo + st, lo + min(en, width)) if en > st else (lo + st, lo + st))
             continue
         if ax == x.axis:
