@@ -228,11 +228,12 @@ def test_dynamic_shape_dynamo_export_keeps_attention_free():
     assert g.free_fraction > 0.8
 
 
-def _one_projection_two_head_views(path, swap: bool):
+def _one_projection_two_head_views(path, swap: bool, view_first: bool):
     """x → p = x·W viewed as 6 heads of 4 (attention with q = p) and as 2 heads of 12, where every
     12-dim head is multiplied by a table over positions and dims (``swap``: its 4-dim thirds put back
-    rotated by Slice + Concat instead); both views summed. Only whole 12-dim heads may move with their
-    4-dim blocks in place: a rigid 2-head view over a free 6-head partition was a wrong claim."""
+    rotated by Slice + Concat instead); both views summed (``view_first``: the 2-head view lowered
+    before the attention splits p finer). Only whole 12-dim heads may move with their 4-dim blocks in
+    place: a rigid 2-head view over a free 6-head partition was a wrong claim, in either order."""
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     B, T, D = 1, 4, 24
@@ -256,17 +257,26 @@ def _one_projection_two_head_views(path, swap: bool):
     def merge(x):
         return op("Reshape", [op("Transpose", [x], perm=[0, 2, 1, 3]), const([B, T, D])])
 
+    def attention(p):
+        q, k, v = heads(p, 6), heads(lin("x"), 6), heads(lin("x"), 6)
+        scores = op("Softmax", [op("MatMul", [q, op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1)
+        return lin(merge(op("MatMul", [scores, v])))
+
+    def view(p):
+        y = heads(p, 2)
+        if swap:
+            cut = lambda a, b: op("Slice", [y, const([a]), const([b]), const([-1])])  # noqa: E731
+            return merge(op("Concat", [cut(4, 12), cut(0, 4)], axis=-1))
+        return merge(op("Mul", [y, const(rng.standard_normal((T, D // 2)))]))
+
     p = lin("x")
-    q, k, v = heads(p, 6), heads(lin("x"), 6), heads(lin("x"), 6)
-    scores = op("Softmax", [op("MatMul", [q, op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1)
-    attn = lin(merge(op("MatMul", [scores, v])))
-    y = heads(p, 2)
-    if swap:
-        cut = lambda a, b: op("Slice", [y, const([a]), const([b]), const([-1])])  # noqa: E731
-        y = op("Concat", [cut(4, 12), cut(0, 4)], axis=-1)
+    if view_first:
+        y = view(p)
+        attn = attention(p)
     else:
-        y = op("Mul", [y, const(rng.standard_normal((T, D // 2)))])
-    out = lin(op("Add", [attn, op("Add", [p, merge(y)])]))
+        attn = attention(p)
+        y = view(p)
+    out = lin(op("Add", [attn, op("Add", [p, y])]))
     graph = helper.make_graph(nodes, "two_views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, T, D])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, [B, T, D])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -275,9 +285,10 @@ def _one_projection_two_head_views(path, swap: bool):
     return path
 
 
+@pytest.mark.parametrize("view_first", [False, True])
 @pytest.mark.parametrize("swap", [False, True])
-def test_head_dims_stay_in_place_across_two_head_views(tmp_path, swap):
-    report = verify(_one_projection_two_head_views(tmp_path / "m.onnx", swap), trials=5)
+def test_head_dims_stay_in_place_across_two_head_views(tmp_path, swap, view_first):
+    report = verify(_one_projection_two_head_views(tmp_path / "m.onnx", swap, view_first), trials=5)
     assert report.ok, report.problems
     assert any(report.groups_moved)      # heads still permute: the test is not vacuous
 

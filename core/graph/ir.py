@@ -239,8 +239,10 @@ class NeuralGraph:
                     while name in self.groups:
                         i += 1
                         name = f"{base}#{i}"
-                # a rigid group keeps its places inside the new blocks too (rotary heads split finer later)
-                self.add_group(name, k, parent=parent.name if parent is not None else None).rigid = child.rigid
+                new = self.add_group(name, k, parent=parent.name if parent is not None else None)
+                # spliced between a rigid group and the parent it was rigid in: the new blocks lie inside
+                # that parent's blocks, where nothing may move (a rotated 2-head view, then 6 heads)
+                new.rigid = child.rigid and parent is not None
                 child.parent = name
                 return name
             raise GraphError(f"{set_name!r} would need both {parent.size} and {k} channel blocks; "
