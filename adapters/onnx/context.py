@@ -587,6 +587,48 @@ class LoweringContext:
                 self.values[key] = v.but(sets=tuple(parts[v.sets[0]]), slots=(slots, blocks))
         return parts[set_name]
 
+    def split_heads(self, set_name: str, heads: int, sizes: list[int], reading: str) -> list[str]:
+        """Split ``set_name`` — ``heads`` heads whose dimensions are themselves laid out as consecutive
+        pieces of ``sizes`` (a fused QKV projection viewed as ``[B, T, H, 3·d]`` and split along the last
+        axis: GPT-NeoX/Pythia) — into one set per piece, piece c holding dimensions c of every head.
+        After the split the pieces are what separate q, k and v projections would have been: the
+        attention rules tie them (and their heads) as usual. Rows are taken with exact ``take`` origins.
+        Refused (before anything changes) when the group has structure the pieces cannot carry: tied
+        sets, channel groups, blocks between its neurons, or a value still to be read (other than
+        ``reading``, the value being split) that carries the whole set."""
+        g = self.graph
+        gname = g.sets[set_name].group
+        group = g.groups[gname]
+        members = [t for t in g.sets.values() if t.group == gname]
+        width = sum(sizes)
+        why = None
+        if group.size != heads * width or len(members) != 1:
+            why = f"{group.size} neurons are not {heads} heads of {width}" if len(members) == 1 else "it is tied"
+        parent = g.groups.get(group.parent) if group.parent else None
+        if parent is not None and (parent.size != heads or parent.parent is not None or parent.fixed or group.rigid
+                                   or any(x.parent == parent.name for x in g.groups.values() if x.name != gname)):
+            why = why or "its heads are tied to other structure"
+        if any(x.parent == gname for x in g.groups.values()):
+            why = why or "it is split into channel groups"
+        why = why or self._uncuttable_block({set_name}, single_tap=True)
+        dead = [k for k, v in self.values.items() if isinstance(v, Act) and set_name in v.sets and k != reading]
+        if not why and not all(self._dead(k) for k in dead):
+            why = "a value carrying the whole projection is read later"
+        if why:
+            raise UnsupportedModelError(f"{self.model.path}: cannot split the heads of {set_name!r} into pieces "
+                                        f"of {sizes} ({why})")
+        offsets = np.cumsum([0, *sizes])
+        cuts = [(f"piece{c}", heads * size,
+                 lambda p, axis, ix=(np.arange(heads)[:, None] * width + offsets[c] + np.arange(size)[None, :])
+                 .reshape(-1): _take_param(p, axis, ix))
+                for c, size in enumerate(sizes)]
+        parts = self._replace_group(members, cuts)[set_name]
+        if parent is not None:
+            del g.groups[parent.name]
+        for k in dead:
+            self.values[k] = AUX
+        return parts
+
     def _dead(self, name: str) -> bool:
         """Whether value ``name`` is read by no node still to be lowered (every reader has its
         outputs already) and is no graph output."""

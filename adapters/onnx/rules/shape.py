@@ -723,6 +723,8 @@ def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         for i in range(len(node.output)):
             ctx.set_output(node, x, i)
         return
+    if x.heads and x.inner == 1 and len(x.sets) == 1 and x.part is None and not x.repeated and x.unit is None:
+        return _split_inside_heads(ctx, node, x)
     if x.heads or x.inner != 1:
         raise ctx.fail(node, "splits a head-split or flattened neuron axis")
     n = ctx.size(x)
@@ -790,6 +792,25 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         elif x.seg_axis is not None and ax == x.seg_axis:     # some directions of a bidirectional layer
             out = _select_directions(ctx, node, out, range(len(x.sets))[st:en:sp])
     ctx.set_output(node, out)
+
+
+def _split_inside_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act) -> None:
+    """``q, k, v = qkv.view(B, T, H, 3·d).chunk(3, -1)``: each head's dimensions cut into pieces, piece c
+    of every head becoming a set of its own (:meth:`~LoweringContext.split_heads`), split into the same
+    heads."""
+    H = x.heads[1]
+    width = ctx.size(x) // H
+    sizes = _ints(ctx, node, 1, "split")
+    if sizes is None:
+        k = int(ctx.attr(node, "num_outputs", len(node.output)))
+        step = -(-width // k)
+        sizes = [min(step, width - i * step) for i in range(k)]
+    if sum(sizes) != width or len(sizes) != len(node.output) or min(sizes) < 1:
+        raise ctx.fail(node, f"splits heads of {width} into {sizes}")
+    parts = ctx.split_heads(x.set, H, sizes, node.input[0])
+    for i, part in enumerate(parts):
+        ctx.blocks_of(part, H)
+        ctx.set_output(node, x.but(sets=(part,), part=None), i)
 
 
 def _joined_part(ctx: LoweringContext, acts: list[Act], n_inputs: int):
