@@ -38,6 +38,9 @@ class VerifyReport:
     free_fraction: float = 1.0                                  # hidden neurons some symmetry moves
     pins: list[dict] = field(default_factory=list)              # what the converter could not follow
     rtol: float = RTOL              # the tolerance used (see output_tolerance)
+    #: graph inputs read as weights (old exporters) that verify bound to the feeds (example inputs or
+    #: --inputs) to run the model: `ngraph convert` without --inputs pins the layers reading them instead
+    bound_inputs: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -208,7 +211,8 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     return VerifyReport(ok=not problems, trials=trials, max_abs_diff=max_abs, max_rel_diff=max_rel,
                         roundtrip_exact=roundtrip, coverage=graph.coverage, groups_moved=moved,
                         tensors_changed=changed, problems=problems, free_fraction=graph.free_fraction,
-                        pins=list(graph.meta.get("pins", [])), rtol=rtol if rtol is not None else RTOL)
+                        pins=list(graph.meta.get("pins", [])), rtol=rtol if rtol is not None else RTOL,
+                        bound_inputs=list(graph.meta.get("bound_inputs", [])))
 
 
 @contextmanager

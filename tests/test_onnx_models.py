@@ -109,6 +109,7 @@ def test_parameter_inputs_without_values_pin_their_layer(tmp_path):
     assert json.loads(r.stdout)["pins"] == [] and json.loads(r.stdout)["free_fraction"] == 1.0
     report = verify(path, trials=2)
     assert report.ok and report.coverage == 1.0, report.problems
+    assert report.bound_inputs == ["2.weight"]        # verify ran a different graph from convert's: it says so
 
 
 def test_product_of_two_inputs_from_the_onnx_test_data_converts_and_verifies():

@@ -153,6 +153,9 @@ def verify(model: Path, inputs: Path | None, trials: int, fmt: str | None, seed:
                   f"(relative {report.max_rel_diff:.3g}), round trip {'exact' if report.roundtrip_exact else 'NOT exact'}, "
                   f"coverage {report.coverage:.4f}")
         _print_symmetry({"free_fraction": report.free_fraction, "pins": report.pins})
+        if report.bound_inputs:
+            out.print(f"  graph inputs read as weights, bound to the {'--inputs' if inputs else 'example'} values: "
+                      f"{escape(', '.join(report.bound_inputs))} (convert pins their layers without --inputs)")
         if not tested:
             out.print("  no random symmetry changed any weight (no free neurons, or constant weights): the "
                       "permutation test was vacuous; rerun with --randomize")
