@@ -473,7 +473,10 @@ class LoweringContext:
         same projection also split into smaller heads elsewhere), so only whole heads move."""
         H = x.heads[1]
         for s in x.sets:
-            top = self.blocks_of(s, H) if H > 1 else None
+            if H == 1:                  # one head: no dimension may move, whatever partition comes later
+                self.graph.fix(s)
+                continue
+            top = self.blocks_of(s, H)
             g = self.graph.groups[self.graph.sets[s].group]
             while g is not None and g.name != top:
                 g.rigid = True
@@ -614,6 +617,10 @@ class LoweringContext:
         dead = [k for k, v in self.values.items() if isinstance(v, Act) and set_name in v.sets and k != reading]
         if not why and not all(self._dead(k) for k in dead):
             why = "a value carrying the whole projection is read later"
+        pending = [n for n in self.consumers.get(reading, []) if not all(o in self.values for o in n.output if o)]
+        if not why and (len(pending) > 1 or any(o.name == reading for sub in all_graphs(self.model.graph)
+                                                for o in sub.output)):
+            why = "the head-split view is read by another node too, or is a graph output"
         if why:
             raise UnsupportedModelError(f"{self.model.path}: cannot split the heads of {set_name!r} into pieces "
                                         f"of {sizes} ({why})")

@@ -151,8 +151,9 @@ class Act:
     rep: tuple[int, int] | None = None       # (axis, r): heads copied r times along axis (before the merge)
     slots: tuple[int, int] | None = None     # (r, G): r sets of G heads interleaved (grouped-query attention)
     unit: int | None = None                  # a unit axis a reshape put right before the neuron axis: one head
-    heads_outer: int = 1                     # heads merged into an outer axis (the batch) of this many per head:
-                                             # that axis holds heads_outer · H entries (dynamic exports read it as a symbol)
+    heads_outer: int | None = 1              # the heads axis holds heads_outer · H entries: 1 = heads only, B when
+                                             # folded into the batch ([B·H, T, d]), None = unknown (then a symbolic
+                                             # size there is not replaced by what tracking knows)
 
     @property
     def repeated(self) -> bool:

@@ -241,7 +241,9 @@ class NeuralGraph:
                         name = f"{base}#{i}"
                 new = self.add_group(name, k, parent=parent.name if parent is not None else None)
                 # spliced between a rigid group and the parent it was rigid in: the new blocks lie inside
-                # that parent's blocks, where nothing may move (a rotated 2-head view, then 6 heads)
+                # that parent's blocks, where nothing may move (a rotated 2-head view, then 6 heads). A new
+                # root above a rigid root is not rigid: such roots are the query slots split_slots makes,
+                # partitioned next; a genuinely immovable set is fixed instead (keep_head_dims, one head)
                 new.rigid = child.rigid and parent is not None
                 child.parent = name
                 return name

@@ -197,11 +197,12 @@ def _target_shape_inner(ctx: LoweringContext, node: onnx.NodeProto, src: tuple |
 
 def _known_axes(x, shape: tuple | None) -> tuple | None:
     """``shape`` (inferred, maybe symbolic) with the sizes tracking knows of ``x``'s heads axis
-    and its ``unit`` axis (multi-query keys reshaped with a -1 heads dim: inference has a symbol)."""
+    (``heads_outer · H`` entries: heads folded into a symbolic batch are B·H, not H; left symbolic when
+    unknown) and its ``unit`` axis (multi-query keys reshaped with a -1 heads dim: inference has a symbol)."""
     if not isinstance(x, Act) or shape is None or x.rank != len(shape):
         return shape
     known = {x.unit: 1} if x.unit is not None else {}
-    if x.heads:
+    if x.heads and x.heads_outer is not None:
         known[x.heads[0]] = x.heads[1] * x.heads_outer
     return tuple(known.get(k, d) if not isinstance(d, int) else d for k, d in enumerate(shape))
 
@@ -234,7 +235,8 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
         elif isinstance(x, Act) and x.rank == len(shape) and x.heads and x.seg_axis is None and x.inner == 1 \
                 and x.rep is None and x.part is None:
             ha, H = x.heads
-            shape = tuple(H * x.heads_outer if k == ha and not isinstance(d, int) else ctx.size(x) // H
+            outer = x.heads_outer
+            shape = tuple(H * outer if k == ha and not isinstance(d, int) and outer is not None else ctx.size(x) // H
                           if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(shape))
         start = ctx.attr(node, "start", 0)
         end = ctx.attr(node, "end", None)
@@ -396,9 +398,8 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     n = ctx.size(x)
     if src is not None and x.rank == len(src) and x.seg_axis is None:   # what tracking knows beats a symbol
         src = tuple(n if k == x.axis and not isinstance(d, int) and not x.heads else
-                    x.heads[1] * x.heads_outer if x.heads and k == x.heads[0] and not isinstance(d, int) else
                     n // x.heads[1] if x.heads and k == x.axis and not isinstance(d, int) else d
-                    for k, d in enumerate(src))
+                    for k, d in enumerate(src))         # (the heads axis: _known_axes)
     dst = _target_shape(ctx, node, src)
     if x.seg_axis is not None:
         groups = _groups(src, dst) if src is not None and dst is not None else None
@@ -434,8 +435,9 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tuple, dst: tuple, n: int) -> None:
     if x.heads:                       # the tracked layout knows these sizes even when inference does not
-        src = tuple(d if isinstance(d, int) else x.heads[1] * x.heads_outer if k == x.heads[0] else n // x.heads[1]
-                    if k == x.axis else d for k, d in enumerate(src))
+        outer = x.heads_outer
+        src = tuple(d if isinstance(d, int) else (d if outer is None else x.heads[1] * outer) if k == x.heads[0]
+                    else n // x.heads[1] if k == x.axis else d for k, d in enumerate(src))
     groups = _groups(src, dst)
     if groups is None:
         raise ctx.fail(node, f"reshapes {src} to {dst} in a way that cannot be followed")
@@ -454,7 +456,7 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
             x = x.but(rep=None)
         elif g_head == g_axis:                     # heads and their dims regrouped together
             sg, dg = g_axis
-            if len(dg) == 1 and list(sg) == [ha, x.axis]:
+            if len(dg) == 1 and list(sg) == [ha, x.axis] and x.heads_outer == 1:
                 ctx.set_output(node, x.but(axis=dg[0], rank=len(dst), heads=None))     # merged back
                 return
             if len(dg) == 1 and list(sg) == [x.axis, ha] and len(x.sets) == 1 and x.slots is None:
@@ -464,7 +466,9 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
         if new is None:
             raise ctx.fail(node, f"reshapes {src} to {dst}, splitting the heads axis")
         heads = (new, H)
-        x = x.but(heads_outer=dst[new] // H if isinstance(dst[new], int) and dst[new] % H == 0 else 1)
+        alone = [k for k in g_head[0] if src[k] != 1] == [ha]      # the heads axis mapped on its own: same entries
+        outer = dst[new] // H if isinstance(dst[new], int) and dst[new] % H == 0 else x.heads_outer if alone else None
+        x = x.but(heads_outer=outer)
     sg, dg = g_axis
     if len(dg) > 1 and sum(1 for k in dg if dst[k] != 1) == 1:
         dg = [k for k in dg if dst[k] != 1]          # unit axes split off around it do not matter …
@@ -504,7 +508,8 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
         if not (isinstance(outer, int) and isinstance(merged, int)) or merged == outer * H:
             x = as_one_set(ctx, node, x)
             ctx.blocks_of(x.set, H)
-            ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
+            ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H),
+                                       heads_outer=merged // H if isinstance(merged, int) else None))
             return
     raise ctx.fail(node, f"reshapes {src} to {dst}, mixing the {n}-neuron axis {x.axis} with others")
 
