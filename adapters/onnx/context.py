@@ -609,6 +609,7 @@ class LoweringContext:
             why = f"{group.size} neurons are not {heads} heads of {width}" if len(members) == 1 else "it is tied"
         parent = g.groups.get(group.parent) if group.parent else None
         if parent is not None and (parent.size != heads or parent.parent is not None or parent.fixed or group.rigid
+                                   or any(t.group == parent.name for t in g.sets.values())
                                    or any(x.parent == parent.name for x in g.groups.values() if x.name != gname)):
             why = why or "its heads are tied to other structure"
         if any(x.parent == gname for x in g.groups.values()):
