@@ -124,7 +124,8 @@ def test_hostile_config_values_are_one_line_errors(tmp_path, change, command):
 
 # ------------------------------------------------------------------ LLM layouts (issue 12)
 LLMS = {"tinyllama": "model.safetensors.index.json", "mistral_mqa": "model.safetensors",
-        "qwen2": "model.safetensors", "phi3": "model.safetensors", "llama_fp8": "model.safetensors"}
+        "qwen2": "model.safetensors", "phi3": "model.safetensors", "llama_fp8": "model.safetensors",
+        "gpt_neox": "model.safetensors"}
 
 
 @pytest.mark.parametrize("name", LLMS)
@@ -133,7 +134,8 @@ def test_llm_layout_structure(name):
     cfg = json.loads((ST / name / "config.json").read_text())
     g = nngraph.convert(ST / name / LLMS[name])
     assert g.coverage == 1.0 and g.meta["model_type"] == cfg["model_type"]
-    H, G = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    H = cfg["num_attention_heads"]
+    G = cfg.get("num_key_value_heads", H)                    # GPT-NeoX: multi-head attention
     heads = g.sets["layers.0.heads"]
     assert heads.size == G and g.groups[heads.group].parent is None
     slots = [s for s in g.sets if s.startswith("layers.0.q") and not s.endswith("/pass")]
@@ -154,6 +156,10 @@ def test_llm_layout_structure(name):
         assert g.groups[g.sets["layers.0.q0/rot"].group].rigid
         assert not g.groups[g.sets["layers.0.q0/pass"].group].rigid
         assert g.sets["layers.0.q0/rot"].size == g.sets["layers.0.q0/pass"].size == G * 4
+    if name == "gpt_neox":                                    # parallel residual: the MLP's norm reads x
+        norm2 = next(b for b in g.blocks if b.target == "layers.1.norm2")
+        assert norm2.source == "layers.0.residual2" and "embed_out.weight" in g.sources
+        assert g.sets["layers.0.q/rot"].size == H * 2 and g.sets["layers.0.q/pass"].size == H * 6
     if name == "tinyllama":
         index = json.loads((ST / name / LLMS[name]).read_text())
         assert len(set(index["weight_map"].values())) == 3 and "lm_head.weight" in g.sources
@@ -165,6 +171,23 @@ def test_llm_layout_verifies_with_transformers(name):
     report = verify(ST / name / LLMS[name], trials=2)
     assert report.ok and report.roundtrip_exact and report.coverage == 1.0, report.problems
     assert all(report.groups_moved)
+
+
+def test_gpt_neox_sequential_residual_and_old_config_keys(tmp_path):
+    """use_parallel_residual false (the MLP reads the attention's residual) and Pythia's older config.json
+    (rotary_pct at the top level instead of rope_parameters): both verify through transformers."""
+    pytest.importorskip("transformers")
+    shutil.copytree(ST / "gpt_neox", tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["use_parallel_residual"] = False
+    factor = cfg.pop("rope_parameters", {}).get("partial_rotary_factor")
+    cfg["rotary_pct"] = factor
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    g = nngraph.convert(tmp_path / "m" / "model.safetensors")
+    assert next(b for b in g.blocks if b.target == "layers.0.norm2").source == "layers.0.residual1"
+    assert g.sets["layers.0.q/rot"].size == 4 * 2                  # rotary_pct 0.25 of 8 dims, 4 heads
+    report = verify(tmp_path / "m" / "model.safetensors", trials=2)
+    assert report.ok and all(report.groups_moved), report.problems
 
 
 def test_tinyllama_cli_convert_and_verify(tmp_path):

@@ -48,6 +48,10 @@ class Family:
     rotary: bool = False
     ignore: tuple[str, ...] = field(default_factory=tuple)
     kv_heads_key: str | None = None   # grouped-query attention: number of key/value heads
+    qkv_per_head: bool = False    # fused qkv rows laid out per head, [H, 3, d] (GPT-NeoX), not [q; k; v]
+    parallel_key: str | None = None   # config flag (default true) for attention and MLP both reading the
+                                      # layer input, summed into the stream (GPT-NeoX, GPT-J)
+    lm_head: str = "lm_head"      # the output projection of a causal LM (GPT-NeoX: embed_out)
 
 
 FAMILIES = {
@@ -85,6 +89,13 @@ FAMILIES["phi3"] = Family(("model.", ""), "layers.{i}.", "num_hidden_layers", "n
                           {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}, {"word": "embed_tokens"},
                           final_norm="norm", norm_kind="rms", activation="swish", rotary=True,
                           ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads")
+FAMILIES["gpt_neox"] = Family(("gpt_neox.", ""), "layers.{i}.", "num_hidden_layers", "num_attention_heads", True,
+                              {"qkv": "attention.query_key_value", "o": "attention.dense"},
+                              ("input_layernorm", "post_attention_layernorm"),
+                              {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"}, {"word": "embed_in"},
+                              final_norm="final_layer_norm", rotary=True, qkv_per_head=True,
+                              parallel_key="use_parallel_residual", lm_head="embed_out",
+                              ignore=("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"))
 #: ``architectures`` entries whose checkpoints end in a language-model head (``lm_head``)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -173,7 +184,7 @@ class _Builder:
             k = self.linear(L + a["qkv"], src, f"{L}k", "key", rows=(D, 2 * D))
             v = self.linear(L + a["qkv"], src, f"{L}v", "value", rows=(2 * D, 3 * D))
             return self._heads_mha(L, q, k, v, heads)
-        H, G = heads, kv_heads
+        H, G = heads, (heads if fam.qkv_per_head else kv_heads)
         if G < 1 or H % G:
             raise UnsupportedModelError(f"{self.path}: {H} query heads cannot share {G} key/value heads")
         qmod, kmod, vmod = (a["qkv"],) * 3 if "qkv" in a else (a["q"], a["k"], a["v"])
@@ -184,10 +195,16 @@ class _Builder:
         off = {"q": 0, "k": H * d, "v": H * d + G * d} if "qkv" in a else {"q": 0, "k": 0, "v": 0}
         for m, n, key in ((qmod, H, "q"), (kmod, G, "k"), (vmod, G, "v")):
             total = self.shape(f"{L}{m}.weight")[0]
-            if off[key] + n * d > total or ("qkv" not in a and total != n * d):
+            if off[key] + n * d > total or ("qkv" not in a and total != n * d) or (fam.qkv_per_head and total != 3 * H * d):
                 raise UnsupportedModelError(f"{self.path}: {L}{m}.weight has {total} outputs, expected "
                                             f"{n} heads of {d} (config heads/key_value_heads/head_dim)")
         r = H // G
+
+        def rows(key: str, slot: int, lo: int, hi: int) -> tuple:
+            """The ``heads`` argument of :meth:`linear` for q (query slot ``slot``), k or v, dims lo:hi."""
+            if fam.qkv_per_head:            # [H, 3, d]: q, k, v are slots 0, 1, 2 of every head
+                return 0, H, 3, d, "qkv".index(key), lo, hi
+            return off[key], G, r if key == "q" else 1, d, slot, lo, hi
         if r == 1 and rotary_dims in (0, d) and "qkv" not in a:   # multi-head attention as before
             q = self.linear(L + qmod, src, f"{L}q", "query")
             k = self.linear(L + kmod, src, f"{L}k", "key")
@@ -198,8 +215,8 @@ class _Builder:
         for lo, hi in parts:
             tag = "" if len(parts) == 1 else ("/rot" if lo == 0 and rotary_dims else "/pass")
             qs = [self.linear(L + qmod, src, f"{L}q{j if r > 1 else ''}{tag}", "query",
-                              heads=(off["q"], G, r, d, j, lo, hi)) for j in range(r)]
-            k = self.linear(L + kmod, src, f"{L}k{tag}", "key", heads=(off["k"], G, 1, d, 0, lo, hi))
+                              heads=rows("q", j, lo, hi)) for j in range(r)]
+            k = self.linear(L + kmod, src, f"{L}k{tag}", "key", heads=rows("k", 0, lo, hi))
             g.groups[g.sets[qs[0]].group].parent = hs.group
             for q in qs:
                 g.tie(qs[0], q)
@@ -209,7 +226,7 @@ class _Builder:
             for j, q in enumerate(qs):
                 g.add_block(f"{q}/qk", q, k, "attention")
                 g.add_block(f"{q}/head", q, hs.name, "head")
-        v = self.linear(L + vmod, src, f"{L}v", "value", heads=(off["v"], G, 1, d, 0, 0, d))
+        v = self.linear(L + vmod, src, f"{L}v", "value", heads=rows("v", 0, 0, d))
         g.groups[g.sets[v].group].parent = hs.group
         g.add_block(f"{L}v/head", v, hs.name, "head")
         self.depth += 1
@@ -337,7 +354,8 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
             n1 = b.norm(L + fam.norms[0], stream, f"{L}norm1")
             o = b.attention(i, n1, heads, kv_heads, head_dim, rotary_dims)
             r1 = b.add(o, stream, f"{L}residual1")
-            n2 = b.norm(L + fam.norms[1], r1, f"{L}norm2")
+            parallel = fam.parallel_key is not None and cfg.get(fam.parallel_key, True)
+            n2 = b.norm(L + fam.norms[1], stream if parallel else r1, f"{L}norm2")   # parallel: both read x
             stream = b.add(b.ffn(i, n2), r1, f"{L}residual2")
         else:
             o = b.attention(i, stream, heads, kv_heads, head_dim, rotary_dims)
@@ -345,21 +363,22 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
             stream = b.norm(L + fam.norms[1], b.add(b.ffn(i, n1), n1, f"{L}residual2"), f"{L}norm2")
     if fam.final_norm and b.has(f"{fam.final_norm}.weight"):
         stream = b.norm(fam.final_norm, stream, "final_norm")
-    if is_causal_lm(cfg) or "lm_head.weight" in tensors:
+    head = fam.lm_head
+    if is_causal_lm(cfg) or f"{head}.weight" in tensors:
         # the residual stream is no output any more: only the logits (vocabulary order) are fixed
         b.depth += 1
-        if "lm_head.weight" in tensors:                               # untied
-            w = b.param("lm_head.weight", absolute=True)
+        if f"{head}.weight" in tensors:                               # untied
+            w = b.param(f"{head}.weight", absolute=True)
         elif "word" in emb and cfg.get("tie_word_embeddings", True):  # tied: the embedding table, shared
             key = b.prefix + emb["word"] + ".weight"
             w = Param(tensors[key], Origin(key), shared=True)
         else:
-            raise UnsupportedModelError(f"{path}: a causal LM checkpoint without lm_head.weight and with "
+            raise UnsupportedModelError(f"{path}: a causal LM checkpoint without {head}.weight and with "
                                         f"untied word embeddings (tie_word_embeddings false)")
         logits = g.add_set("logits", w.shape[0], "output", depth=b.depth, fixed=True)
         g.add_block("lm_head", stream, logits.name, "dense", w)
-        if "lm_head.bias" in tensors:
-            logits.arrays["bias"] = b.param("lm_head.bias", absolute=True)
+        if f"{head}.bias" in tensors:
+            logits.arrays["bias"] = b.param(f"{head}.bias", absolute=True)
     else:
         g.sets[stream].role = "output"
         g.fix(stream)
@@ -384,9 +403,10 @@ def is_causal_lm(cfg: dict) -> bool:
 def _partial_rotary(cfg: dict, path: Path) -> float:
     """Fraction of each head's dimensions that rotary embeddings rotate (top level or in
     ``rope_parameters`` / ``rope_scaling``, as transformers versions write it)."""
-    for where in (cfg, cfg.get("rope_parameters") or {}, cfg.get("rope_scaling") or {}):
-        if isinstance(where, dict) and where.get("partial_rotary_factor") is not None:
-            f = where["partial_rotary_factor"]
+    for where, key in ((cfg, "partial_rotary_factor"), (cfg.get("rope_parameters") or {}, "partial_rotary_factor"),
+                       (cfg.get("rope_scaling") or {}, "partial_rotary_factor"), (cfg, "rotary_pct")):  # GPT-NeoX
+        if isinstance(where, dict) and where.get(key) is not None:
+            f = where[key]
             if type(f) not in (int, float) or not 0 <= f <= 1:
                 raise UnsupportedModelError(f"{path}: config.json: partial_rotary_factor {f!r} is not a "
                                             f"fraction between 0 and 1")

@@ -149,6 +149,7 @@ CONFIG_SIZES = ("n_head", "num_attention_heads", "num_key_value_heads", "n_layer
                 "n_positions", "max_position_embeddings", "image_size", "patch_size", "num_channels", "head_dim")
 CONFIG_SCHEMA = Fields({}, {"model_type": str, **{k: Opt(POS) for k in CONFIG_SIZES},
                             "architectures": Opt(ListOf(str)), "partial_rotary_factor": Opt(float),
+                            "rotary_pct": Opt(float), "use_parallel_residual": Opt(bool),
                             "rope_parameters": Opt(dict), "rope_scaling": Opt(dict)})
 
 
