@@ -173,19 +173,40 @@ def test_llm_layout_verifies_with_transformers(name):
     assert all(report.groups_moved)
 
 
-def test_gpt_neox_sequential_residual_and_old_config_keys(tmp_path):
-    """use_parallel_residual false (the MLP reads the attention's residual) and Pythia's older config.json
-    (rotary_pct at the top level instead of rope_parameters): both verify through transformers."""
+def _neox_sequential_old_keys(cfg, tensors):
+    cfg["use_parallel_residual"] = False               # the MLP reads the attention's residual
+    cfg["rotary_pct"] = cfg.pop("rope_parameters", {}).get("partial_rotary_factor")   # older config.json
+
+
+def _neox_odd_rotary(cfg, tensors):
+    cfg.pop("rope_parameters", None)
+    cfg["rotary_pct"] = 0.375                          # 3 of 8 dims: transformers rotates 4 (pairs)
+
+
+def _neox_disagreeing_keys(cfg, tensors):
+    cfg["partial_rotary_factor"] = 0.0                 # GPT-NeoX reads rope_parameters' 0.25, not this
+
+
+def _neox_lm_head_name(cfg, tensors):
+    tensors["lm_head.weight"] = tensors.pop("embed_out.weight")    # state_dict() of transformers 5
+
+
+@pytest.mark.parametrize("change", [_neox_sequential_old_keys, _neox_odd_rotary, _neox_disagreeing_keys,
+                                    _neox_lm_head_name])
+def test_gpt_neox_variants_verify(tmp_path, change):
+    """Config and naming variants of the GPT-NeoX layout: each converts and verifies through transformers
+    (an odd rotated count and keys that disagree once claimed a rotated dimension free)."""
     pytest.importorskip("transformers")
+    from safetensors.numpy import load_file, save_file
     shutil.copytree(ST / "gpt_neox", tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    cfg["use_parallel_residual"] = False
-    factor = cfg.pop("rope_parameters", {}).get("partial_rotary_factor")
-    cfg["rotary_pct"] = factor
+    tensors = load_file(tmp_path / "m" / "model.safetensors")
+    change(cfg, tensors)
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    save_file(tensors, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
     g = nngraph.convert(tmp_path / "m" / "model.safetensors")
-    assert next(b for b in g.blocks if b.target == "layers.0.norm2").source == "layers.0.residual1"
-    assert g.sets["layers.0.q/rot"].size == 4 * 2                  # rotary_pct 0.25 of 8 dims, 4 heads
+    norm2 = next(b for b in g.blocks if b.target == "layers.0.norm2").source
+    assert norm2 == ("layers.0.residual1" if cfg.get("use_parallel_residual") is False else "word")
     report = verify(tmp_path / "m" / "model.safetensors", trials=2)
     assert report.ok and all(report.groups_moved), report.problems
 

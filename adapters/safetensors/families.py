@@ -1,6 +1,6 @@
 """Hugging Face transformer families from ``config.json``: a table of tensor names per family,
 heads from ``num_attention_heads``, and each family's block layout (post-norm BERT, pre-norm
-GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Phi-3). Every tensor must find its place, else the
+GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Phi-3 / GPT-NeoX). Every tensor must find its place, else the
 conversion stops naming the ones left over.
 
 Grouped-query attention (``num_key_value_heads`` G < H query heads, r = H / G): query head
@@ -51,7 +51,8 @@ class Family:
     qkv_per_head: bool = False    # fused qkv rows laid out per head, [H, 3, d] (GPT-NeoX), not [q; k; v]
     parallel_key: str | None = None   # config flag (default true) for attention and MLP both reading the
                                       # layer input, summed into the stream (GPT-NeoX, GPT-J)
-    lm_head: str = "lm_head"      # the output projection of a causal LM (GPT-NeoX: embed_out)
+    lm_head: tuple[str, ...] = ("lm_head",)   # names of a causal LM's output projection (GPT-NeoX: embed_out)
+    rotary_default: float = 1.0   # the rotated fraction of a head when config.json names none (GPT-NeoX: 0.25)
 
 
 FAMILIES = {
@@ -94,9 +95,10 @@ FAMILIES["gpt_neox"] = Family(("gpt_neox.", ""), "layers.{i}.", "num_hidden_laye
                               ("input_layernorm", "post_attention_layernorm"),
                               {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"}, {"word": "embed_in"},
                               final_norm="final_layer_norm", rotary=True, qkv_per_head=True,
-                              parallel_key="use_parallel_residual", lm_head="embed_out",
+                              parallel_key="use_parallel_residual", lm_head=("embed_out", "lm_head"),
+                              rotary_default=0.25,
                               ignore=("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"))
-#: ``architectures`` entries whose checkpoints end in a language-model head (``lm_head``)
+#: ``architectures`` entries whose checkpoints end in a language-model head (``Family.lm_head``)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -184,7 +186,7 @@ class _Builder:
             k = self.linear(L + a["qkv"], src, f"{L}k", "key", rows=(D, 2 * D))
             v = self.linear(L + a["qkv"], src, f"{L}v", "value", rows=(2 * D, 3 * D))
             return self._heads_mha(L, q, k, v, heads)
-        H, G = heads, (heads if fam.qkv_per_head else kv_heads)
+        H, G = heads, kv_heads
         if G < 1 or H % G:
             raise UnsupportedModelError(f"{self.path}: {H} query heads cannot share {G} key/value heads")
         qmod, kmod, vmod = (a["qkv"],) * 3 if "qkv" in a else (a["q"], a["k"], a["v"])
@@ -195,7 +197,10 @@ class _Builder:
         off = {"q": 0, "k": H * d, "v": H * d + G * d} if "qkv" in a else {"q": 0, "k": 0, "v": 0}
         for m, n, key in ((qmod, H, "q"), (kmod, G, "k"), (vmod, G, "v")):
             total = self.shape(f"{L}{m}.weight")[0]
-            if off[key] + n * d > total or ("qkv" not in a and total != n * d) or (fam.qkv_per_head and total != 3 * H * d):
+            if fam.qkv_per_head and total != 3 * H * d:
+                raise UnsupportedModelError(f"{self.path}: {L}{m}.weight has {total} outputs, expected 3·{H}·{d} = "
+                                            f"{3 * H * d} ([heads, q/k/v, head_dim]; config heads/head_dim)")
+            if off[key] + n * d > total or ("qkv" not in a and total != n * d):
                 raise UnsupportedModelError(f"{self.path}: {L}{m}.weight has {total} outputs, expected "
                                             f"{n} heads of {d} (config heads/key_value_heads/head_dim)")
         r = H // G
@@ -283,7 +288,8 @@ class _Builder:
 def _head_steps(offset: int, G: int, r: int, d: int, slot: int, lo: int, hi: int, fan_in: int):
     """Origin steps (weight [rows, in], bias [rows]) selecting query slot ``slot`` and head
     dimensions ``lo:hi`` of G·r heads of d rows starting at row ``offset``: rows
-    ``offset + (g·r + slot)·d + lo … hi`` for every g, as [G·(hi − lo), in]."""
+    ``offset + (g·r + slot)·d + lo … hi`` for every g, as [G·(hi − lo), in]. GPT-NeoX's per-head
+    fused qkv ``[H, 3, d]`` is the same layout with G = H and r = 3 slots: q, k, v."""
     n = G * r * d
     w = [("slice", 0, offset, offset + n)]
     b = [("slice", 0, offset, offset + n)]
@@ -347,14 +353,15 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
     rotary_dims = 0
     if fam.rotary:
         d = head_dim or (g.sets[stream].size // heads)
-        rotary_dims = int(d * _partial_rotary(cfg, path))
+        rotary_dims = int(d * _partial_rotary(cfg, path, fam.rotary_default))
+        rotary_dims = min(d, rotary_dims + rotary_dims % 2)      # rotated in pairs: transformers rounds up
     for i in range(layers):
         L = fam.layer.format(i=i)
         if fam.norm_first:
             n1 = b.norm(L + fam.norms[0], stream, f"{L}norm1")
             o = b.attention(i, n1, heads, kv_heads, head_dim, rotary_dims)
             r1 = b.add(o, stream, f"{L}residual1")
-            parallel = fam.parallel_key is not None and cfg.get(fam.parallel_key, True)
+            parallel = fam.parallel_key is not None and cfg.get(fam.parallel_key) is not False   # null: default
             n2 = b.norm(L + fam.norms[1], stream if parallel else r1, f"{L}norm2")   # parallel: both read x
             stream = b.add(b.ffn(i, n2), r1, f"{L}residual2")
         else:
@@ -363,7 +370,7 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
             stream = b.norm(L + fam.norms[1], b.add(b.ffn(i, n1), n1, f"{L}residual2"), f"{L}norm2")
     if fam.final_norm and b.has(f"{fam.final_norm}.weight"):
         stream = b.norm(fam.final_norm, stream, "final_norm")
-    head = fam.lm_head
+    head = next((h for h in fam.lm_head if f"{h}.weight" in tensors), fam.lm_head[0])
     if is_causal_lm(cfg) or f"{head}.weight" in tensors:
         # the residual stream is no output any more: only the logits (vocabulary order) are fixed
         b.depth += 1
@@ -400,18 +407,20 @@ def is_causal_lm(cfg: dict) -> bool:
     return any(str(a).endswith(CAUSAL_SUFFIXES) for a in cfg.get("architectures") or [])
 
 
-def _partial_rotary(cfg: dict, path: Path) -> float:
-    """Fraction of each head's dimensions that rotary embeddings rotate (top level or in
-    ``rope_parameters`` / ``rope_scaling``, as transformers versions write it)."""
+def _partial_rotary(cfg: dict, path: Path, default: float = 1.0) -> float:
+    """Fraction of each head's dimensions that rotary embeddings rotate, wherever transformers versions
+    and families write it (top level, ``rope_parameters`` / ``rope_scaling``, GPT-NeoX's ``rotary_pct``).
+    Families read these places in different orders, so where several disagree the largest is taken:
+    keeping more dimensions in place never claims a symmetry that is not there."""
+    found = []
     for where, key in ((cfg, "partial_rotary_factor"), (cfg.get("rope_parameters") or {}, "partial_rotary_factor"),
-                       (cfg.get("rope_scaling") or {}, "partial_rotary_factor"), (cfg, "rotary_pct")):  # GPT-NeoX
+                       (cfg.get("rope_scaling") or {}, "partial_rotary_factor"), (cfg, "rotary_pct")):
         if isinstance(where, dict) and where.get(key) is not None:
             f = where[key]
             if type(f) not in (int, float) or not 0 <= f <= 1:
-                raise UnsupportedModelError(f"{path}: config.json: partial_rotary_factor {f!r} is not a "
-                                            f"fraction between 0 and 1")
-            return float(f)
-    return 1.0
+                raise UnsupportedModelError(f"{path}: config.json: {key} {f!r} is not a fraction between 0 and 1")
+            found.append(float(f))
+    return max(found) if found else default
 
 
 def hf_run(path: Path, inputs):
@@ -445,7 +454,8 @@ def hf_run(path: Path, inputs):
             # a permutation's different summation order stays at float32 rounding
             try:
                 model, info = auto.from_pretrained(tmp, output_loading_info=True, dtype=torch.float32)
-            except (RuntimeError, ValueError, TypeError, KeyError, OSError) as e:   # config and tensors disagree
+            except Exception as e:  # noqa: BLE001 - config and tensors disagree, or a config value transformers
+                #                    refuses (its own validation errors derive from Exception alone)
                 raise UnsupportedModelError(f"{path}: transformers cannot build the model from config.json and this "
                                             f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         model = model.eval()
