@@ -125,7 +125,8 @@ def test_hostile_config_values_are_one_line_errors(tmp_path, change, command):
 # ------------------------------------------------------------------ LLM layouts (issue 12)
 LLMS = {"tinyllama": "model.safetensors.index.json", "mistral_mqa": "model.safetensors",
         "qwen2": "model.safetensors", "phi3": "model.safetensors", "llama_fp8": "model.safetensors",
-        "gpt_neox": "model.safetensors"}
+        "gpt_neox": "model.safetensors", "gemma": "model.safetensors", "stablelm": "model.safetensors",
+        "phi": "model.safetensors"}
 
 
 @pytest.mark.parametrize("name", LLMS)
@@ -160,6 +161,9 @@ def test_llm_layout_structure(name):
         norm2 = next(b for b in g.blocks if b.target == "layers.1.norm2")
         assert norm2.source == "layers.0.residual2" and "embed_out.weight" in g.sources
         assert g.sets["layers.0.q/rot"].size == H * 2 and g.sets["layers.0.q/pass"].size == H * 6
+    if name in ("stablelm", "phi"):                         # parallel residual off one norm: no second norm
+        assert "layers.0.norm2" not in g.sets
+        assert {b.source for b in g.blocks if b.target in ("layers.0.up", "layers.0.gate")} == {"layers.0.norm1"}
     if name == "tinyllama":
         index = json.loads((ST / name / LLMS[name]).read_text())
         assert len(set(index["weight_map"].values())) == 3 and "lm_head.weight" in g.sources

@@ -1,6 +1,7 @@
 """Hugging Face transformer families from ``config.json``: a table of tensor names per family,
 heads from ``num_attention_heads``, and each family's block layout (post-norm BERT, pre-norm
-GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Phi-3 / GPT-NeoX). Every tensor must find its place, else the
+GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Gemma / StableLM / Phi / Phi-3 / GPT-NeoX). Every tensor must find its
+place, else the
 conversion stops naming the ones left over.
 
 Grouped-query attention (``num_key_value_heads`` G < H query heads, r = H / G): query head
@@ -18,7 +19,7 @@ dimensions (d!^G) are kept. Partial rotary (``partial_rotary_factor``) splits Q/
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -49,8 +50,9 @@ class Family:
     ignore: tuple[str, ...] = field(default_factory=tuple)
     kv_heads_key: str | None = None   # grouped-query attention: number of key/value heads
     qkv_per_head: bool = False    # fused qkv rows laid out per head, [H, 3, d] (GPT-NeoX), not [q; k; v]
-    parallel_key: str | None = None   # config flag (default true) for attention and MLP both reading the
-                                      # layer input, summed into the stream (GPT-NeoX, GPT-J)
+    parallel_key: str | None = None   # config flag for attention and MLP both reading the layer input,
+    parallel_default: bool = False    # summed into the stream (GPT-NeoX, StableLM; Phi always); without a
+                                      # second norm (norms[1] "" or absent) the MLP reads the first norm's output
     lm_head: tuple[str, ...] = ("lm_head",)   # names of a causal LM's output projection (GPT-NeoX: embed_out)
     rotary_default: float = 1.0   # the rotated fraction of a head when config.json names none (GPT-NeoX: 0.25)
 
@@ -95,9 +97,17 @@ FAMILIES["gpt_neox"] = Family(("gpt_neox.", ""), "layers.{i}.", "num_hidden_laye
                               ("input_layernorm", "post_attention_layernorm"),
                               {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"}, {"word": "embed_in"},
                               final_norm="final_layer_norm", rotary=True, qkv_per_head=True,
-                              parallel_key="use_parallel_residual", lm_head=("embed_out", "lm_head"),
+                              parallel_key="use_parallel_residual", parallel_default=True,
+                              lm_head=("embed_out", "lm_head"),
                               rotary_default=0.25,
                               ignore=("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"))
+FAMILIES["gemma"] = replace(FAMILIES["llama"], activation="gelu")        # RMSNorm scales (1 + w): same symmetry
+FAMILIES["stablelm"] = replace(FAMILIES["llama"], norm_kind="ln", parallel_key="use_parallel_residual")
+FAMILIES["phi"] = Family(("model.", ""), "layers.{i}.", "num_hidden_layers", "num_attention_heads", True,
+                         {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                          "o": "self_attn.dense"}, ("input_layernorm", ""), {"up": "mlp.fc1", "down": "mlp.fc2"},
+                         {"word": "embed_tokens"}, final_norm="final_layernorm", rotary=True, parallel_default=True,
+                         ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads")
 #: ``architectures`` entries whose checkpoints end in a language-model head (``Family.lm_head``)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -361,8 +371,12 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
             n1 = b.norm(L + fam.norms[0], stream, f"{L}norm1")
             o = b.attention(i, n1, heads, kv_heads, head_dim, rotary_dims)
             r1 = b.add(o, stream, f"{L}residual1")
-            parallel = fam.parallel_key is not None and cfg.get(fam.parallel_key) is not False   # null: default
-            n2 = b.norm(L + fam.norms[1], stream if parallel else r1, f"{L}norm2")   # parallel: both read x
+            flag = cfg.get(fam.parallel_key) if fam.parallel_key else None
+            parallel = fam.parallel_default if flag is None else bool(flag)
+            if parallel and not (fam.norms[1] and b.has(f"{L}{fam.norms[1]}.weight")):
+                n2 = n1                                            # one norm feeds attention and MLP (Phi)
+            else:
+                n2 = b.norm(L + fam.norms[1], stream if parallel else r1, f"{L}norm2")   # parallel: both read x
             stream = b.add(b.ffn(i, n2), r1, f"{L}residual2")
         else:
             o = b.attention(i, stream, heads, kv_heads, head_dim, rotary_dims)
