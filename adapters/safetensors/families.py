@@ -1,8 +1,7 @@
 """Hugging Face transformer families from ``config.json``: a table of tensor names per family,
 heads from ``num_attention_heads``, and each family's block layout (post-norm BERT, pre-norm
-GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Gemma / StableLM / Phi / Phi-3 / GPT-NeoX). Every tensor must find its
-place, else the
-conversion stops naming the ones left over.
+GPT-2 / ViT / LLaMA / Mistral / Qwen2 / Gemma / StableLM / Phi / Phi-3 / GPT-NeoX). Every tensor
+must find its place, else the conversion stops naming the ones left over.
 
 Grouped-query attention (``num_key_value_heads`` G < H query heads, r = H / G): query head
 ``g·r + i`` reads key/value head ``g``. The symmetry that really is there: key/value heads
