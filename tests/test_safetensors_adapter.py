@@ -215,6 +215,31 @@ def test_gpt_neox_variants_verify(tmp_path, change):
     assert report.ok and all(report.groups_moved), report.problems
 
 
+def test_whole_head_rotary_families_ignore_a_rotary_fraction(tmp_path):
+    """transformers' Gemma (like LLaMA and Qwen2) rotates whole heads whatever partial_rotary_factor says:
+    reading it declared the unrotated half free (verify failed, relative 1.3)."""
+    pytest.importorskip("transformers")
+    shutil.copytree(ST / "gemma", tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["partial_rotary_factor"] = 0.5
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    g = nngraph.convert(tmp_path / "m" / "model.safetensors")
+    assert not [s for s in g.sets if s.endswith("/pass")]
+    report = verify(tmp_path / "m" / "model.safetensors", trials=2)
+    assert report.ok, report.problems
+
+
+def test_gpt_neox_without_its_second_norm_is_refused(tmp_path):
+    """GPT-NeoX's parallel branches read two norms; a checkpoint lacking one is refused, naming it."""
+    from safetensors.numpy import load_file, save_file
+    shutil.copytree(ST / "gpt_neox", tmp_path / "m")
+    tensors = {k: v for k, v in load_file(tmp_path / "m" / "model.safetensors").items()
+               if "post_attention_layernorm" not in k}
+    save_file(tensors, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    r = ngraph("convert", str(tmp_path / "m" / "model.safetensors"), "-o", str(tmp_path / "x.ngraph"))
+    assert r.returncode == 4 and "post_attention_layernorm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_tinyllama_cli_convert_and_verify(tmp_path):
     pytest.importorskip("transformers")
     path = ST / "tinyllama" / LLMS["tinyllama"]

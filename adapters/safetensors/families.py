@@ -49,9 +49,12 @@ class Family:
     ignore: tuple[str, ...] = field(default_factory=tuple)
     kv_heads_key: str | None = None   # grouped-query attention: number of key/value heads
     qkv_per_head: bool = False    # fused qkv rows laid out per head, [H, 3, d] (GPT-NeoX), not [q; k; v]
-    parallel_key: str | None = None   # config flag for attention and MLP both reading the layer input,
-    parallel_default: bool = False    # summed into the stream (GPT-NeoX, StableLM; Phi always); without a
-                                      # second norm (norms[1] "" or absent) the MLP reads the first norm's output
+    # parallel residual: attention and MLP both read the layer input and are summed into the stream
+    parallel_key: str | None = None   # the config flag that turns it on (GPT-NeoX, StableLM) …
+    parallel_default: bool = False    # … and its value when absent (Phi: always parallel, no flag)
+    parallel_one_norm: bool = False   # parallel branches read one norm (StableLM, Phi); else two (GPT-NeoX)
+    partial_rotary: bool = False      # reads config.json's rotated fraction; other families rotate whole heads
+                                      # whatever it says (transformers' LLaMA/Qwen2/Gemma ignore it)
     lm_head: tuple[str, ...] = ("lm_head",)   # names of a causal LM's output projection (GPT-NeoX: embed_out)
     rotary_default: float = 1.0   # the rotated fraction of a head when config.json names none (GPT-NeoX: 0.25)
 
@@ -90,22 +93,24 @@ FAMILIES["phi3"] = Family(("model.", ""), "layers.{i}.", "num_hidden_layers", "n
                           ("input_layernorm", "post_attention_layernorm"),
                           {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}, {"word": "embed_tokens"},
                           final_norm="norm", norm_kind="rms", activation="swish", rotary=True,
-                          ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads")
+                          partial_rotary=True, ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads")
 FAMILIES["gpt_neox"] = Family(("gpt_neox.", ""), "layers.{i}.", "num_hidden_layers", "num_attention_heads", True,
                               {"qkv": "attention.query_key_value", "o": "attention.dense"},
                               ("input_layernorm", "post_attention_layernorm"),
                               {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"}, {"word": "embed_in"},
-                              final_norm="final_layer_norm", rotary=True, qkv_per_head=True,
+                              final_norm="final_layer_norm", rotary=True, partial_rotary=True, qkv_per_head=True,
                               parallel_key="use_parallel_residual", parallel_default=True,
                               lm_head=("embed_out", "lm_head"),
                               rotary_default=0.25,
                               ignore=("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"))
 FAMILIES["gemma"] = replace(FAMILIES["llama"], activation="gelu")        # RMSNorm scales (1 + w): same symmetry
-FAMILIES["stablelm"] = replace(FAMILIES["llama"], norm_kind="ln", parallel_key="use_parallel_residual")
+FAMILIES["stablelm"] = replace(FAMILIES["llama"], norm_kind="ln", parallel_key="use_parallel_residual",
+                               parallel_one_norm=True, partial_rotary=True)
 FAMILIES["phi"] = Family(("model.", ""), "layers.{i}.", "num_hidden_layers", "num_attention_heads", True,
                          {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
                           "o": "self_attn.dense"}, ("input_layernorm", ""), {"up": "mlp.fc1", "down": "mlp.fc2"},
-                         {"word": "embed_tokens"}, final_norm="final_layernorm", rotary=True, parallel_default=True,
+                         {"word": "embed_tokens"}, final_norm="final_layernorm", rotary=True, partial_rotary=True,
+                         parallel_default=True, parallel_one_norm=True,
                          ignore=("rotary_emb.inv_freq",), kv_heads_key="num_key_value_heads")
 #: ``architectures`` entries whose checkpoints end in a language-model head (``Family.lm_head``)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -186,7 +191,9 @@ class _Builder:
         self.g.add_block(label, tokens.name, s.name, "embedding", w)
         return label
 
-    def attention(self, i: int, src: str, heads: int, kv_heads: int, head_dim: int | None, rotary_dims: int) -> str:
+    def attention(self, i: int, src: str, heads: int, kv_heads: int, head_dim: int | None, rotary: float) -> str:
+        """Layer ``i``'s attention from ``src``; ``rotary``: the fraction of each head rotary embeddings
+        rotate (its dimensions stay in place), counted on the head width the tensors give."""
         fam, L, g = self.fam, self.fam.layer.format(i=i), self.g
         a = fam.attn
         if fam.transposed:                                         # GPT-2: fused [in, 3·out], heads = kv heads
@@ -213,6 +220,8 @@ class _Builder:
                 raise UnsupportedModelError(f"{self.path}: {L}{m}.weight has {total} outputs, expected "
                                             f"{n} heads of {d} (config heads/key_value_heads/head_dim)")
         r = H // G
+        rotary_dims = int(d * rotary)
+        rotary_dims = min(d, rotary_dims + rotary_dims % 2)      # rotated in pairs: transformers rounds up
 
         def rows(key: str, slot: int, lo: int, hi: int) -> tuple:
             """The ``heads`` argument of :meth:`linear` for q (query slot ``slot``), k or v, dims lo:hi."""
@@ -359,26 +368,22 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
         head_dim = int(cfg["head_dim"]) if cfg.get("head_dim") else None
     except (KeyError, TypeError, ValueError) as e:
         raise UnsupportedModelError(f"{path}: config.json lacks a usable {e} for a {model_type} model") from None
-    rotary_dims = 0
-    if fam.rotary:
-        d = head_dim or (g.sets[stream].size // heads)
-        rotary_dims = int(d * _partial_rotary(cfg, path, fam.rotary_default))
-        rotary_dims = min(d, rotary_dims + rotary_dims % 2)      # rotated in pairs: transformers rounds up
+    rotary = (_partial_rotary(cfg, path, fam.rotary_default) if fam.partial_rotary else 1.0) if fam.rotary else 0.0
     for i in range(layers):
         L = fam.layer.format(i=i)
         if fam.norm_first:
             n1 = b.norm(L + fam.norms[0], stream, f"{L}norm1")
-            o = b.attention(i, n1, heads, kv_heads, head_dim, rotary_dims)
+            o = b.attention(i, n1, heads, kv_heads, head_dim, rotary)
             r1 = b.add(o, stream, f"{L}residual1")
             flag = cfg.get(fam.parallel_key) if fam.parallel_key else None
             parallel = fam.parallel_default if flag is None else bool(flag)
-            if parallel and not (fam.norms[1] and b.has(f"{L}{fam.norms[1]}.weight")):
-                n2 = n1                                            # one norm feeds attention and MLP (Phi)
+            if parallel and fam.parallel_one_norm:
+                n2 = n1                                            # one norm feeds attention and MLP
             else:
                 n2 = b.norm(L + fam.norms[1], stream if parallel else r1, f"{L}norm2")   # parallel: both read x
             stream = b.add(b.ffn(i, n2), r1, f"{L}residual2")
         else:
-            o = b.attention(i, stream, heads, kv_heads, head_dim, rotary_dims)
+            o = b.attention(i, stream, heads, kv_heads, head_dim, rotary)
             n1 = b.norm(L + fam.norms[0], b.add(o, stream, f"{L}residual1"), f"{L}norm1")
             stream = b.norm(L + fam.norms[1], b.add(b.ffn(i, n1), n1, f"{L}residual2"), f"{L}norm2")
     if fam.final_norm and b.has(f"{fam.final_norm}.weight"):
@@ -474,9 +479,13 @@ def hf_run(path: Path, inputs):
         model = model.eval()
     if info.get("unexpected_keys") or info.get("missing_keys"):
         raise UnsupportedModelError(f"{path}: checkpoint and model disagree: "
-                                    f"{(info.get('unexpected_keys') or info.get('missing_keys'))[:5]}")
-    with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+                                    f"{sorted(info.get('unexpected_keys') or info.get('missing_keys'))[:5]}")
+    try:
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    except Exception as e:  # noqa: BLE001 - a config transformers builds but cannot run (odd rotary slices)
+        raise UnsupportedModelError(f"{path}: transformers cannot run the model config.json describes "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if hasattr(out, "logits"):
         return {"logits": out.logits.float().numpy()}
     return {"last_hidden_state": out.last_hidden_state.float().numpy()}
