@@ -161,7 +161,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
     max_abs = max_rel = 0.0
     moved: list[int] = []
     changed: list[int] = []
-    with tempfile.TemporaryDirectory(prefix="nngraph-verify-") as tmp, _named_after(path, tmp):
+    with tempfile.TemporaryDirectory(prefix="nngraph-verify-") as tmp, errors_named_after(path, tmp):
         same = Path(tmp) / f"roundtrip{path.suffix}"
         adapter.export(path, params, same)
         if graph.meta.get("bound_inputs"):
@@ -216,7 +216,7 @@ def verify(path: str | Path, *, format: str | None = None, trials: int = 3, inpu
 
 
 @contextmanager
-def _named_after(path: Path, tmp: str):
+def errors_named_after(path: Path, tmp: str):
     """An error about one of verify's temporary copies (written back, permuted, randomized) names the
     model the user gave, and which copy failed; the temporary folder is gone by the time it is read."""
     try:

@@ -197,15 +197,15 @@ def test_a_failing_verify_copy_is_reported_under_the_models_name(tmp_path):
     """verify runs temporary copies of the model (parameters written back, permuted); onnxruntime failing on
     one must name the user's file and the copy, not a path in a temporary folder that no longer exists."""
     from nngraph.errors import InputError
-    from nngraph.verify import _named_after
+    from nngraph.verify import errors_named_after
     tmp = str(tmp_path / "nngraph-verify-x")
     with pytest.raises(InputError) as e:
-        with _named_after(Path("model.onnx"), tmp):
+        with errors_named_after(Path("model.onnx"), tmp):
             raise InputError(f"{tmp}/roundtrip.onnx: onnxruntime cannot load the model (NOT_IMPLEMENTED)")
     assert str(e.value) == ("model.onnx: its copy 'roundtrip' (parameters written back by verify): "
                             "onnxruntime cannot load the model (NOT_IMPLEMENTED)")
     with pytest.raises(InputError, match="^other.onnx: bad$"):
-        with _named_after(Path("model.onnx"), tmp):
+        with errors_named_after(Path("model.onnx"), tmp):
             raise InputError("other.onnx: bad")
 
 

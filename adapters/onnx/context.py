@@ -554,9 +554,7 @@ class LoweringContext:
         if n % H:
             why = f"{n} neurons are not {H} heads"
         parent = g.groups.get(group.parent) if group.parent else None
-        if parent is not None and (parent.size != H or parent.parent is not None or parent.fixed
-                                   or any(t.group == parent.name for t in g.sets.values())
-                                   or any(x.parent == parent.name for x in g.groups.values() if x.name != gname)):
+        if not self._own_heads(gname, H):
             why = "its heads are tied to other structure"
         if any(x.parent == gname for x in g.groups.values()):
             why = "it is split into channel groups"
@@ -608,9 +606,7 @@ class LoweringContext:
         if group.size != heads * width or len(members) != 1:
             why = f"{group.size} neurons are not {heads} heads of {width}" if len(members) == 1 else "it is tied"
         parent = g.groups.get(group.parent) if group.parent else None
-        if parent is not None and (parent.size != heads or parent.parent is not None or parent.fixed or group.rigid
-                                   or any(t.group == parent.name for t in g.sets.values())
-                                   or any(x.parent == parent.name for x in g.groups.values() if x.name != gname)):
+        if not self._own_heads(gname, heads) or (parent is not None and group.rigid):
             why = why or "its heads are tied to other structure"
         if any(x.parent == gname for x in g.groups.values()):
             why = why or "it is split into channel groups"
@@ -636,6 +632,16 @@ class LoweringContext:
         for k in dead:
             self.values[k] = AUX
         return parts
+
+    def _own_heads(self, gname: str, heads: int) -> bool:
+        """Whether group ``gname``'s parent, if any, is its own partition into ``heads`` heads and nothing
+        else's (no parent above it, not fixed, no set or other group in it): what a split of the group
+        (:meth:`split_slots`, :meth:`split_heads`) may drop and rebuild for the parts."""
+        g = self.graph
+        parent = g.groups.get(g.groups[gname].parent) if g.groups[gname].parent else None
+        return parent is None or (parent.size == heads and parent.parent is None and not parent.fixed
+                                  and not any(t.group == parent.name for t in g.sets.values())
+                                  and not any(x.parent == parent.name for x in g.groups.values() if x.name != gname))
 
     def _dead(self, name: str) -> bool:
         """Whether value ``name`` is read by no node still to be lowered (every reader has its

@@ -87,7 +87,7 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
     for inp in g.input:
         if inp.name in init_names:
             continue
-        if _is_parameter_input(ctx, inp):
+        if _reads_as_parameter(inp, ctx.consumers):
             if bind is not None and inp.name in bind:
                 arr = np.asarray(bind[inp.name])
                 ctx.leaves[inp.name] = arr
@@ -108,13 +108,9 @@ def _lower_once(ctx: LoweringContext, bind: dict[str, np.ndarray] | None) -> Neu
     return graph
 
 
-def _is_parameter_input(ctx: LoweringContext, inp: onnx.ValueInfoProto) -> bool:
+def _reads_as_parameter(inp: onnx.ValueInfoProto, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
     """A graph input without an initializer that is only read in parameter slots (a weight
     fed at run time, allowed before IR version 4) is a parameter, not data."""
-    return _reads_as_parameter(inp, ctx.consumers)
-
-
-def _reads_as_parameter(inp: onnx.ValueInfoProto, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
     t = inp.type.tensor_type
     if t.elem_type and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).kind != "f":
         return False

@@ -369,14 +369,14 @@ def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> Neural
     except (KeyError, TypeError, ValueError) as e:
         raise UnsupportedModelError(f"{path}: config.json lacks a usable {e} for a {model_type} model") from None
     rotary = (_partial_rotary(cfg, path, fam.rotary_default) if fam.partial_rotary else 1.0) if fam.rotary else 0.0
+    flag = cfg.get(fam.parallel_key) if fam.parallel_key else None
+    parallel = fam.parallel_default if flag is None else bool(flag)     # attention and MLP both read the input
     for i in range(layers):
         L = fam.layer.format(i=i)
         if fam.norm_first:
             n1 = b.norm(L + fam.norms[0], stream, f"{L}norm1")
             o = b.attention(i, n1, heads, kv_heads, head_dim, rotary)
             r1 = b.add(o, stream, f"{L}residual1")
-            flag = cfg.get(fam.parallel_key) if fam.parallel_key else None
-            parallel = fam.parallel_default if flag is None else bool(flag)
             if parallel and fam.parallel_one_norm:
                 n2 = n1                                            # one norm feeds attention and MLP
             else:

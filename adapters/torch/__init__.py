@@ -9,11 +9,10 @@ every ``torch.load`` runs with ``weights_only=True``.
 """
 from __future__ import annotations
 
-import pickle
-
 import contextlib
 import copy
 import io
+import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -238,11 +237,11 @@ def convert(path: Path, bind=None, example_inputs: Sequence | None = None, **opt
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001
-            if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e).upper():   # torch's text says how to unpickle it
-                raise InputError(f"{path}: not a tensors-only checkpoint: it pickles Python objects (a whole "
-                                 f"module?), which are never unpickled here; save its state_dict(), or export "
-                                 f"it to ONNX or torch.export") from None
-            if isinstance(e, pickle.UnpicklingError):         # corrupt or hostile: never loaded in full here
+            if isinstance(e, pickle.UnpicklingError):         # never loaded in full here (torch's text says how)
+                if "GLOBAL" in str(e).upper():
+                    raise InputError(f"{path}: not a tensors-only checkpoint: it pickles Python objects (a whole "
+                                     f"module?), which are never unpickled here; save its state_dict(), or export "
+                                     f"it to ONNX or torch.export") from None
                 raise InputError(f"{path}: not a tensors-only checkpoint (its pickle does not load as plain "
                                  f"tensors)") from None
             raise InputError(f"{path}: not a tensors-only checkpoint ({type(e).__name__}: "

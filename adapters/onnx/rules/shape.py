@@ -733,11 +733,7 @@ def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x.heads or x.inner != 1:
         raise ctx.fail(node, "splits a head-split or flattened neuron axis")
     n = ctx.size(x)
-    sizes = _ints(ctx, node, 1, "split")
-    if sizes is None:
-        k = int(ctx.attr(node, "num_outputs", len(node.output)))
-        step = -(-n // k)
-        sizes = [min(step, n - i * step) for i in range(k)]
+    sizes = _split_sizes(ctx, node, n)
     offset = 0
     for i, size in enumerate(sizes):
         ctx.set_output(node, _select(ctx, node, ctx.values[node.input[0]], offset, offset + size), i)
@@ -799,17 +795,24 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.set_output(node, out)
 
 
+def _split_sizes(ctx: LoweringContext, node: onnx.NodeProto, n: int) -> list[int]:
+    """A Split's piece sizes over ``n``: its ``split`` input or attribute, else equal pieces (the last
+    smaller) for its outputs or ``num_outputs``."""
+    sizes = _ints(ctx, node, 1, "split")
+    if sizes is None:
+        k = int(ctx.attr(node, "num_outputs", len(node.output)))
+        step = -(-n // k)
+        sizes = [min(step, n - i * step) for i in range(k)]
+    return sizes
+
+
 def _split_inside_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act) -> None:
     """``q, k, v = qkv.view(B, T, H, 3·d).chunk(3, -1)``: each head's dimensions cut into pieces, piece c
     of every head becoming a set of its own (:meth:`~LoweringContext.split_heads`), split into the same
     heads."""
     H = x.heads[1]
     width = ctx.size(x) // H
-    sizes = _ints(ctx, node, 1, "split")
-    if sizes is None:
-        k = int(ctx.attr(node, "num_outputs", len(node.output)))
-        step = -(-width // k)
-        sizes = [min(step, width - i * step) for i in range(k)]
+    sizes = _split_sizes(ctx, node, width)
     if sum(sizes) != width or len(sizes) != len(node.output) or min(sizes) < 1:
         raise ctx.fail(node, f"splits heads of {width} into {sizes}")
     parts = ctx.split_heads(x.set, H, sizes, node.input[0])
