@@ -1,4 +1,4 @@
-"""Test τ of single seeds, of seed ensembles (mean prediction) and of rank blends with stats+gbt, and τ
+"""Train and test τ of single seeds, of seed ensembles (mean prediction) and of rank blends with stats+gbt, and τ
 among collapsed (test accuracy < 0.105) and trained networks, from preds.py files.
 
     python ensembles.py PREFIX NAME [NAME ...]   # reads PREFIX_NAME.npz, PREFIX_gbt.npz
@@ -16,7 +16,8 @@ for name in sys.argv[2:]:
     preds = [g[f"te{s}"] for s in range(k)]
     col = y < 0.105
     tau = lambda p, m=slice(None): kendalltau(y[m], p[m])[0]  # noqa: E731
-    line = (f"{name}: {k} seeds, single {np.mean([tau(p) for p in preds]):.3f} (collapsed "
+    train = np.mean([kendalltau(g["y_tr"], g[f"tr{s}"])[0] for s in range(k)])
+    line = (f"{name}: {k} seeds, train {train:.3f}, test single {np.mean([tau(p) for p in preds]):.3f} (collapsed "
             f"{np.mean([tau(p, col) for p in preds]):.3f}, trained {np.mean([tau(p, ~col) for p in preds]):.3f})")
     if k >= 3:
         line += f", ensemble of 3 {np.mean([tau(np.mean(preds[a:a + 3], 0)) for a in range(0, k - 2, 3)]):.3f}"
