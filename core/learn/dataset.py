@@ -86,8 +86,10 @@ def read_labels(folder: str | os.PathLike) -> list[dict]:
         raise InputError(f"{labels}: not UTF-8 text (byte {e.start})") from None
     except csv.Error as e:
         raise InputError(f"{labels}: not a CSV file ({e})") from None
-    if not rows or "model" not in rows[0]:
+    if "model" not in (reader.fieldnames or []):
         raise InputError(f"{labels}: needs a 'model' column")
+    if not rows:
+        raise InputError(f"{labels}: has a header but no rows (one per model)")
     for row in rows:
         row.pop(None, None)                 # cells past the header: no column to name them
         if "split" in row:                  # a short row has None there
