@@ -3,7 +3,11 @@
 read twice, a one-head key rotated before the same projection is split into heads elsewhere."""
 from __future__ import annotations
 
+import collections
+
+import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from nngraph.verify import verify
 from onnxbuild import Builder
@@ -79,3 +83,73 @@ def test_layout_converts_and_verifies(tmp_path, make):
     report = verify(make(tmp_path / "m.onnx"), trials=5)
     assert report.ok, report.problems
     assert report.coverage == 1.0
+
+
+def _const_node(b: Builder, values) -> str:
+    """An int64 Constant *node* (not an initializer): TorchScript writes them just before their reader,
+    after earlier nodes that a rule may inspect ahead of time."""
+    return b.op("Constant", [], value=numpy_helper.from_array(np.asarray(values, np.int64)))
+
+
+def chunked_heads(path, pieces: tuple = (4, 4, 4), rejoin: bool = False):
+    """A fused projection viewed as [B, H, T, 3·4] and cut by Slices (TorchScript's ``chunk(3, -1)``),
+    their bounds computed from Shape with Constant nodes that come after the first Slice. ``rejoin``:
+    two pieces, the second passed through a Relu and concatenated back (partial rotary's shape: the
+    pieces stay parts of one set)."""
+    b = Builder(5)
+    width = sum(pieces)
+    view = b.T(b.reshape(b.lin("x", D, H * width), [1, 4, H, width]), [0, 2, 1, 3])
+    last = b.dim(view, 3)
+    cuts, start = [], b.const([0])
+    for i, size in enumerate(pieces):
+        end = b.op("Mul", [b.op("Div", [last, _const_node(b, [width])]), _const_node(b, [sum(pieces[:i + 1])])])
+        cuts.append(b.op("Slice", [view, start, end, _const_node(b, [-1])]))
+        start = end
+    if rejoin:
+        head = b.op("Concat", [cuts[0], b.op("Relu", [cuts[1]])], axis=-1)
+        o = b.attention(head, b.T(head, [0, 1, 3, 2]), head)
+        width_out = width
+    else:
+        q, k, v = cuts
+        o = b.attention(q, b.T(k, [0, 1, 3, 2]), v)
+        width_out = pieces[2]
+    z = b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, H * width_out])
+    return b.save(path, [("x", [1, 4, D])], b.lin(z, H * width_out, D), [1, 4, D])
+
+
+def slice_with_runtime_axes(path):
+    """A Slice of the neuron axis whose ``axes`` operand is computed (rank − 1): it is not axis 0."""
+    b = Builder(6)
+    p = b.lin("x", D, D)
+    axis = b.op("Sub", [b.op("Shape", [b.op("Shape", [p])]), b.const([1])])
+    s = b.op("Slice", [p, b.const([0]), b.const([8]), axis])
+    return b.save(path, [("x", [1, 4, D])], b.lin(s, 8, D), [1, 4, D])
+
+
+@pytest.mark.parametrize("make", [
+    chunked_heads, lambda p: chunked_heads(p, (4, 4, 6)), lambda p: chunked_heads(p, (6, 6), True),
+    slice_with_runtime_axes,
+], ids=["chunk-as-slices", "uneven-chunk", "pieces-rejoined", "slice-runtime-axes"])
+def test_slice_layouts_convert_and_verify(tmp_path, make):
+    report = verify(make(tmp_path / "m.onnx"), trials=5)
+    assert report.ok, report.problems
+    assert report.coverage == 1.0
+
+
+def test_chunk_as_slices_splits_q_k_v(tmp_path):
+    """The three Slices of a TorchScript ``chunk`` split the projection into q, k and v sets (each head's
+    pieces), so the heads stay free instead of the projection being pinned."""
+    import nngraph
+    g = nngraph.convert(chunked_heads(tmp_path / "m.onnx"))
+    assert g.meta["pins"] == []
+    roles = collections.Counter(s.role for s in g.sets.values())
+    assert roles["query"] == roles["key"] == roles["value"] == 1
+
+
+def test_rejoined_pieces_stay_one_set(tmp_path):
+    """Pieces that meet again in a Concat (through a Relu here) are parts of one head, not projections
+    of their own: the projection is not split."""
+    import nngraph
+    g = nngraph.convert(chunked_heads(tmp_path / "m.onnx", (6, 6), rejoin=True))
+    assert not any("[piece" in s.name for s in g.sets.values())
+    assert nngraph.convert(chunked_heads(tmp_path / "n.onnx")).sets.keys() & {"v0[piece0]", "v0[piece2]"}

@@ -588,7 +588,8 @@ class LoweringContext:
                 self.values[key] = v.but(sets=tuple(parts[v.sets[0]]), slots=(slots, blocks))
         return parts[set_name]
 
-    def split_heads(self, set_name: str, heads: int, sizes: list[int], reading: str) -> list[str]:
+    def split_heads(self, set_name: str, heads: int, sizes: list[int], reading: str,
+                    readers: tuple = ()) -> list[str]:
         """Split ``set_name`` — ``heads`` heads whose dimensions are themselves laid out as consecutive
         pieces of ``sizes`` (a fused QKV projection viewed as ``[B, T, H, 3·d]`` and split along the last
         axis: GPT-NeoX/Pythia) — into one set per piece, piece c holding dimensions c of every head.
@@ -596,7 +597,8 @@ class LoweringContext:
         attention rules tie them (and their heads) as usual. Rows are taken with exact ``take`` origins.
         Refused (before anything changes) when the group has structure the pieces cannot carry: tied
         sets, channel groups, blocks between its neurons, or a value still to be read (other than
-        ``reading``, the value being split) that carries the whole set."""
+        ``reading``, the value being split) that carries the whole set, or a node other than the one
+        splitting it (or ``readers``, the nodes that cut it together) still to read ``reading``."""
         g = self.graph
         gname = g.sets[set_name].group
         group = g.groups[gname]
@@ -614,7 +616,8 @@ class LoweringContext:
         dead = [k for k, v in self.values.items() if isinstance(v, Act) and set_name in v.sets and k != reading]
         if not why and not all(self._dead(k) for k in dead):
             why = "a value carrying the whole projection is read later"
-        pending = [n for n in self.consumers.get(reading, []) if not all(o in self.values for o in n.output if o)]
+        pending = [n for n in self.consumers.get(reading, []) if not all(o in self.values for o in n.output if o)
+                   and not any(n is r for r in readers[1:])]
         if not why and (len(pending) > 1 or any(o.name == reading for sub in all_graphs(self.model.graph)
                                                 for o in sub.output)):
             why = "the head-split view is read by another node too, or is a graph output"

@@ -194,7 +194,7 @@ def fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list:
     """Values for ``node``'s outputs, given that all its inputs are constants."""
     if node.op_type == "Constant":
         name = node.output[0]
-        value = _constant_value(ctx, node)
+        value = constant_value(ctx, node)
         if value.dtype.kind == "f" and value.size > 1:
             ctx.leaves[name] = value
             return [Const(value, Origin(name))]
@@ -224,7 +224,8 @@ def fold(ctx: LoweringContext, node: onnx.NodeProto, ins: list) -> list:
     return outs
 
 
-def _constant_value(ctx: LoweringContext, node: onnx.NodeProto) -> np.ndarray:
+def constant_value(ctx: LoweringContext, node: onnx.NodeProto) -> np.ndarray:
+    """The tensor a Constant node holds, whichever of its value attributes it uses."""
     a = node.attribute[0]
     if a.name == "value":
         return numpy_helper.to_array(a.t)

@@ -5,7 +5,10 @@ ReduceProd → Concat).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -80,9 +83,14 @@ def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
     """Static shapes (and element kinds: "f", "i" …) of every value inference can tell."""
     shapes, types = _infer_shapes_once(model.proto)
     consts = _shape_constants(model.proto, shapes)
-    targets = {n.input[1] for n in model.graph.node if n.op_type in ("Reshape", "Expand", "Tile") and len(n.input) > 1}
+    # every shape-valued operand ONNX inference could not compute: reshape, expand and tile targets, slice
+    # bounds (TorchScript exports `chunk` as Slice ends computed from Shape → Gather → Div), split
+    # sizes, pads, axes; fed back as constants so that the outputs they shape get static shapes
+    targets = {i for n in model.graph.node for i in n.input[1:]} | {n.input[0] for n in model.graph.node
+                                                                   if n.op_type in ("ConstantOfShape", "Range") and n.input}
     fill = {k: v for k, v in consts.items() if k in targets}
-    if fill:      # tell ONNX inference the reshape targets it could not compute, and infer again
+    proto = model.proto
+    if fill:      # tell ONNX inference the values it could not compute, and infer again
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
         for name, value in fill.items():
@@ -91,36 +99,51 @@ def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
         del proto.graph.node[:]
         proto.graph.node.extend(keep)
         again, again_types = _infer_shapes_once(proto)
-        types = {**again_types, **types}
-        for k, v in again.items():
-            if k not in shapes or (not all(isinstance(d, int) for d in shapes[k]) and all(isinstance(d, int) for d in v)):
-                shapes[k] = v
+        _merge(shapes, types, again, again_types)
+    # onnxruntime's symbolic inference carries symbolic sizes through reshapes and products where ONNX's
+    # renames them (a sequence length stays "seq" through attention, so a dynamic-shape export's
+    # `[B, T, H, d] → [B, T, -1]` is followable; a pooled CNN keeps its batch). Without merging symbols it
+    # assumes nothing and refuses what it cannot finish. Run once, where ONNX's left a size unknown, and
+    # not on graphs that resize (its Resize inference simplifies symbolic image sizes for 1–2 s, and on
+    # the detection models of benchmarks/models/corpus it then fails anyway).
+    if not _has_contrib_ops(proto) and not any(n.op_type in ("Resize", "Upsample") for n in proto.graph.node) \
+            and any(not isinstance(d, int) for v in shapes.values() for d in v):
+        symbolic = _symbolic(proto, merge=False)
+        if symbolic is not None:
+            _merge(shapes, types, *_read_shapes(symbolic), prefer_new=True)
     return shapes, types
 
 
+def _merge(shapes: dict, types: dict, new: dict, new_types: dict, prefer_new: bool = False) -> None:
+    """Take ``new``'s shape of a value where it knows more sizes as numbers (or as many, ``prefer_new``).
+    Symbol names from different inferences never clash (onnxruntime's refuses ONNX's ``unk__``), so
+    equal names still mean equal sizes."""
+    for k, v in new_types.items():
+        types.setdefault(k, v)
+    for k, v in new.items():
+        old = shapes.get(k)
+        known = lambda dims: sum(isinstance(d, int) for d in dims)  # noqa: E731
+        if old is None or len(old) != len(v) and prefer_new or len(old) == len(v) and (
+                known(v) > known(old) or prefer_new and known(v) == known(old)):
+            shapes[k] = v
+
+
 def _infer_shapes_once(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, str]]:
-    """Static shapes of every value ONNX shape inference can tell (weights are not needed)."""
-    model = OnnxModel(Path("."), proto)
+    """Static shapes of every value ONNX shape inference can tell (weights are not needed); for graphs
+    with onnxruntime's contrib ops (fused attention, norms), which ONNX's cannot read, onnxruntime's
+    symbolic inference, merging symbols (assuming broadcast sizes equal) only where it must."""
     inferred = None
-    if any(n.domain == "com.microsoft" for n in model.graph.node):
-        # onnxruntime's symbolic inference knows its contrib ops (fused attention, norms); when it
-        # cannot finish it saves sym_shape_infer_temp.onnx into the cwd: run it in a temporary one
-        # (the cwd is process-wide; parallel conversions run in processes, not threads)
-        with tempfile.TemporaryDirectory(prefix="nngraph-shapes-") as tmp:
-            cwd = os.getcwd()
-            try:
-                os.chdir(tmp)
-                from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-                inferred = SymbolicShapeInference.infer_shapes(_with_static_batch(model.proto), auto_merge=True)
-            except Exception:  # noqa: BLE001
-                inferred = None
-            finally:
-                os.chdir(cwd)
+    if _has_contrib_ops(proto):
+        inferred = _symbolic(proto, merge=False) or _symbolic(proto, merge=True)
     if inferred is None:
         try:
-            inferred = onnx.shape_inference.infer_shapes(_with_static_batch(model.proto), data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(_with_static_batch(proto), data_prop=True)
         except Exception:  # noqa: BLE001 - inference is best effort; rules that need shapes say so
-            inferred = model.proto
+            inferred = proto
+    return _read_shapes(inferred)
+
+
+def _read_shapes(inferred: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, str]]:
     shapes: dict[str, tuple] = {}
     types: dict[str, str] = {}
     for g in all_graphs(inferred.graph):
@@ -134,6 +157,40 @@ def _infer_shapes_once(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[s
         for t in g.initializer:
             shapes[t.name] = tuple(t.dims)
     return shapes, types
+
+
+def _has_contrib_ops(proto: onnx.ModelProto) -> bool:
+    return any(n.domain == "com.microsoft" for n in proto.graph.node)
+
+
+@functools.lru_cache(maxsize=1)
+def _symbolic_inference():
+    """onnxruntime's ``SymbolicShapeInference``, loaded from its file: importing it as
+    ``onnxruntime.tools.symbolic_shape_infer`` runs ``onnxruntime.tools``' ``__init__``, which imports torch
+    (a second per conversion)."""
+    loaded = sys.modules.get("onnxruntime.tools.symbolic_shape_infer")
+    if loaded is None:
+        spec = importlib.util.find_spec("onnxruntime")
+        path = Path(spec.origin).parent / "tools" / "symbolic_shape_infer.py"
+        module_spec = importlib.util.spec_from_file_location("nngraph_ort_symbolic_shape_infer", path)
+        loaded = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(loaded)
+    return loaded.SymbolicShapeInference
+
+
+def _symbolic(proto: onnx.ModelProto, merge: bool) -> onnx.ModelProto | None:
+    """onnxruntime's symbolic shape inference, or None where it fails. When it cannot finish it saves
+    sym_shape_infer_temp.onnx into the cwd: it runs in a temporary one (the cwd is process-wide; parallel
+    conversions run in processes, not threads)."""
+    with tempfile.TemporaryDirectory(prefix="nngraph-shapes-") as tmp:
+        cwd = os.getcwd()
+        try:
+            os.chdir(tmp)
+            return _symbolic_inference().infer_shapes(_with_static_batch(proto), auto_merge=merge)
+        except Exception:  # noqa: BLE001 - best effort: ONNX's inference is the fallback
+            return None
+        finally:
+            os.chdir(cwd)
 
 
 def _elem_kind(elem_type: int) -> str:

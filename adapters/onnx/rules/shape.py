@@ -9,6 +9,7 @@ import onnx
 from nngraph.errors import UnsupportedModelError
 
 from ..context import LoweringContext
+from ..folding import constant_value
 from ..registry import rule
 from ..shapes import BATCH
 from ..values import AUX, Act, Const, Scores, Stat
@@ -218,6 +219,12 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
     if node is None or depth > 8:
         return None
     op = node.op_type
+    if op == "Constant":                # not lowered yet: later in the graph than the node asking
+        try:
+            v = np.asarray(constant_value(ctx, node))
+        except (UnsupportedModelError, ValueError, TypeError):
+            return None
+        return [int(a) for a in v.reshape(-1)] if v.dtype.kind in "iu" and v.size <= 64 else None
     if op == "Concat":
         parts = [_partial_vector(ctx, i, depth + 1) or [None] * _length(ctx, i) for i in node.input]
         return None if any(p is None or None in p and len(p) == 0 for p in parts) else [v for p in parts for v in p]
@@ -233,10 +240,11 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
                 and not isinstance(shape[x.axis], int):
             shape = tuple(ctx.size(x) if k == x.axis else d for k, d in enumerate(shape))   # tracking knows it
         elif isinstance(x, Act) and x.rank == len(shape) and x.heads and x.seg_axis is None and x.inner == 1 \
-                and x.rep is None and x.part is None:
+                and x.rep is None:
             ha, H = x.heads
             outer = x.heads_outer
-            shape = tuple(H * outer if k == ha and not isinstance(d, int) and outer is not None else ctx.size(x) // H
+            width = x.part[1] - x.part[0] if x.part else ctx.size(x) // H      # a part: rotary's dimensions
+            shape = tuple(H * outer if k == ha and not isinstance(d, int) and outer is not None else width
                           if k == x.axis and not isinstance(d, int) else d for k, d in enumerate(shape))
         start = ctx.attr(node, "start", 0)
         end = ctx.attr(node, "end", None)
@@ -740,8 +748,98 @@ def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         offset += size
 
 
+def _slice_bounds(ctx: LoweringContext, node: onnx.NodeProto) -> tuple:
+    """A Slice's ``(starts, ends, axes, steps)``, bounds ``None`` where they are not known here; bounds
+    an exporter computes from shapes (rotate_half's ``x.shape[-1] // 2``, TorchScript's ``chunk``) are
+    followed through the arithmetic."""
+    def operand(k: int, attr: str):
+        v = _ints(ctx, node, k, attr)
+        if v is None and len(node.input) > k and node.input[k]:
+            v = _partial_vector(ctx, node.input[k])
+            v = v if v is not None and all(isinstance(a, int) for a in v) else None
+        return v
+
+    starts, ends = operand(1, "starts"), operand(2, "ends")
+    axes, steps = operand(3, "axes"), operand(4, "steps")
+    given = [len(node.input) > k and bool(node.input[k]) or ctx.attr(node, a) is not None
+             for k, a in ((3, "axes"), (4, "steps"))]
+    if given[0] and axes is None or given[1] and steps is None:     # which axes, or how far apart: unknown
+        return None, None, [], []
+    axes = axes if given[0] else list(range(len(starts or [])))
+    steps = steps if given[1] else [1] * len(axes)
+    return starts, ends, axes, steps
+
+
+def _chunk_of_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act) -> list | None:
+    """The Slices that together cut every head of ``x`` into consecutive pieces, as TorchScript exports
+    ``q, k, v = qkv.view(B, T, H, 3·d).chunk(3, -1)`` (GPT-NeoX; dynamo writes one Split,
+    :func:`_split_inside_heads`): ``[(start, end, slice node)]`` in order, or None. Not when the pieces
+    meet again in a Concat (partial rotary cuts a head into the rotated and the passed dimensions and
+    puts them back: those stay parts of one set)."""
+    if not (x.heads and x.inner == 1 and len(x.sets) == 1 and x.part is None and not x.repeated and x.unit is None):
+        return None
+    width = ctx.size(x) // x.heads[1]
+    pieces = []
+    for n in ctx.consumers.get(node.input[0], []):
+        if n.op_type in ("Shape", "Size"):
+            continue
+        if n.op_type != "Slice" or n.input[0] != node.input[0]:
+            return None
+        starts, ends, axes, steps = _slice_bounds(ctx, n)
+        if starts is None or ends is None or len(axes) != 1 or axes[0] % x.rank != x.axis or steps != [1]:
+            return None
+        st, en = (max(0, v + width if v < 0 else min(v, width)) for v in (starts[0], ends[0]))
+        pieces.append((st, en, n))
+    pieces.sort(key=lambda p: p[0])
+    if len(pieces) < 2 or pieces[0][0] != 0 or pieces[-1][1] != width or any(
+            a[1] != b[0] or a[0] >= a[1] for a, b in zip(pieces, pieces[1:] + [(width, width, None)])):
+        return None
+    return None if _rejoined(ctx, [p[2].output[0] for p in pieces]) else pieces
+
+
+#: Where :func:`_rejoined` stops: ops where a chunk's pieces meet as different operands (scores, weighted
+#: values), not as one activation, and ops that read only a shape (reshape targets computed from q and k).
+PRODUCTS = frozenset({"MatMul", "Gemm", "Einsum", "Conv", "Attention", "MultiHeadAttention", "Softmax",
+                      "Shape", "Size"})
+
+
+def _rejoined(ctx: LoweringContext, names: list[str], depth: int = 24) -> bool:
+    """Whether a Concat reads values derived from two or more of ``names`` within ``depth`` steps short
+    of a product (the pieces of a partial-rotary head meeting again; q, k and v meet only in products)."""
+    reached: dict[int, set] = {}
+    frontier = [(name, i) for i, name in enumerate(names)]
+    for _ in range(depth):
+        nxt = []
+        for name, i in frontier:
+            for n in ctx.consumers.get(name, []):
+                seen = reached.setdefault(id(n), set())
+                if i in seen:
+                    continue
+                seen.add(i)
+                if n.op_type == "Concat" and len(seen) > 1:
+                    return True
+                if n.op_type not in PRODUCTS:
+                    nxt += [(o, i) for o in n.output if o]
+        if not nxt:
+            return False
+        frontier = nxt
+    return False
+
+
+def _split_chunk(ctx: LoweringContext, x: Act, pieces: list, reading: str) -> None:
+    """Every head of ``x`` cut into ``pieces`` by as many Slices: each piece a set of its own, as a
+    Split of the heads makes them (:func:`_split_inside_heads`); all the Slices' outputs set at once."""
+    readers = tuple(p[2] for p in pieces)
+    parts = ctx.split_heads(x.set, x.heads[1], [en - st for st, en, _ in pieces], reading, readers)
+    for part, (_, _, n) in zip(parts, pieces):
+        ctx.blocks_of(part, x.heads[1])
+        ctx.set_output(n, x.but(sets=(part,), part=None))
+
+
 @rule("Slice")
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if node.output[0] in ctx.values:       # lowered with the other pieces of its chunk (_split_chunk)
+        return
     c = ctx.const(node.input[0])
     if c is not None:     # bounds known only at run time: a table cut to the sequence length
         ctx.set_output(node, c if c.is_float and c.origin is not None else AUX)
@@ -751,14 +849,7 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.act(node.input[0])
     if x is None or x.rank is None:
         raise ctx.fail(node, "input is not a tracked activation")
-    starts, ends = _ints(ctx, node, 1, "starts"), _ints(ctx, node, 2, "ends")
-    if starts is None or ends is None and len(node.input) > 2:      # bounds computed from shapes (rotate_half)
-        computed = [_partial_vector(ctx, node.input[k]) if len(node.input) > k and node.input[k] else None
-                    for k in (1, 2)]
-        if all(c is not None and all(isinstance(v, int) for v in c) for c in computed):
-            starts, ends = computed
-    axes = _ints(ctx, node, 3, "axes") or list(range(len(starts or [])))
-    steps = _ints(ctx, node, 4, "steps") or [1] * len(axes)
+    starts, ends, axes, steps = _slice_bounds(ctx, node)
     if starts is None or ends is None:
         if x.axis in [a % x.rank for a in (axes or [])] or not axes:
             raise ctx.fail(node, "slices the neuron axis with non-constant bounds")
@@ -775,6 +866,9 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             st, en = max(0, st + width if st < 0 else min(st, width)), max(0, en + width if en < 0 else min(en, width))
             if sp != 1:
                 raise ctx.fail(node, "slices inside attention heads with a stride")
+            pieces = _chunk_of_heads(ctx, node, x) if len(starts) == 1 else None
+            if pieces:
+                return _split_chunk(ctx, x, pieces, node.input[0])
             if len(x.sets) != 1:
                 raise ctx.fail(node, "slices inside the heads of several concatenated sets")
             if (st, en) != (0, width):
