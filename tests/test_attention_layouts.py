@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from nngraph.verify import verify
-from onnxbuild import Builder
+from onnxbuild import BIG, Builder
 
 H, d = 2, 8
 D = H * d
@@ -153,3 +153,74 @@ def test_rejoined_pieces_stay_one_set(tmp_path):
     g = nngraph.convert(chunked_heads(tmp_path / "m.onnx", (6, 6), rejoin=True))
     assert not any("[piece" in s.name for s in g.sets.values())
     assert nngraph.convert(chunked_heads(tmp_path / "n.onnx")).sets.keys() & {"v0[piece0]", "v0[piece2]"}
+
+
+def rotate_every_two(path, leak: bool = False, across_heads: bool = False):
+    """Attention whose q and k go through GPT-J's rotate_every_two (strided slices of the head dimensions,
+    one negated, stacked on a new last axis and flattened back) before a position table. ``leak``: one
+    strided slice also feeds the output (outside the rotation); ``across_heads``: the two halves are
+    stacked along the heads axis instead, which mixes heads."""
+    b = Builder(12)
+    table = b.const(b.rng.standard_normal((1, 4, 1, d)))
+
+    def rotated(y):
+        x1 = b.op("Slice", [y, b.const([0]), b.const([BIG]), b.const([3]), b.const([2])])
+        x2 = b.op("Slice", [y, b.const([1]), b.const([BIG]), b.const([3]), b.const([2])])
+        axis = 2 if across_heads else -1
+        st = b.op("Concat", [b.op("Unsqueeze", [b.op("Neg", [x2]), b.const([axis])]),
+                             b.op("Unsqueeze", [x1, b.const([axis])])], axis=axis)
+        r = b.reshape(st, [1, 4, H, d])
+        return b.op("Add", [b.op("Mul", [y, table]), b.op("Mul", [r, table])]), x1
+
+    q, leaked = rotated(b.reshape(b.lin("x", D, D), [1, 4, H, d]))
+    k, _ = rotated(b.reshape(b.lin("x", D, D), [1, 4, H, d]))
+    v = b.reshape(b.lin("x", D, D), [1, 4, H, d])
+    o = b.attention(b.T(q, [0, 2, 1, 3]), b.T(k, [0, 2, 3, 1]), b.T(v, [0, 2, 1, 3]))
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
+    if leak:
+        z = b.op("Add", [z, b.lin(b.reshape(leaked, [1, 4, D // 2]), D // 2, D)])
+    return b.save(path, [("x", [1, 4, D])], z, [1, 4, D])
+
+
+@pytest.mark.parametrize("leak,across", [(False, False), (True, False), (False, True)],
+                         ids=["rotation", "slice-read-outside", "stacked-across-heads"])
+def test_head_local_rotation_converts_and_verifies(tmp_path, leak, across):
+    import nngraph
+    path = rotate_every_two(tmp_path / "m.onnx", leak, across)
+    report = verify(path, trials=5)
+    assert report.ok, report.problems
+    g = nngraph.convert(path)
+    assert (g.meta["pins"] == []) == (not leak and not across)
+
+
+def gathered_table(path, per_head: bool = False):
+    """q and k scaled by rows of a position table gathered at run time (GPT-J's ``embed_positions`` indexed
+    by positions in a dynamic export): a table shared by all heads (its columns and the head dimensions
+    stay put, heads still permute), or with ``per_head`` a table with a column per dimension of every head
+    (reshaped into heads: a parameter whose columns move with the heads)."""
+    b = Builder(14)
+    B0, T0 = b.dim("x", 0), b.dim("x", 1)
+    pos = b.op("Range", [b.const(0), b.op("Squeeze", [T0, b.const([0])]), b.const(1)])
+    rows = b.op("Gather", [b.const(b.rng.standard_normal((64, D if per_head else d))), pos], axis=0)
+    table = b.reshape(rows, b.cat([[1], T0, [H, d]])) if per_head else b.op("Unsqueeze", [rows, b.const([0, 2])])
+
+    def heads(y):
+        return b.reshape(y, b.cat([B0, T0, [H, d]]))
+
+    q, k, v = (heads(b.lin("x", D, D)) for _ in range(3))
+    q, k = b.op("Mul", [q, table]), b.op("Mul", [k, table])
+    o = b.attention(b.T(q, [0, 2, 1, 3]), b.T(k, [0, 2, 3, 1]), b.T(v, [0, 2, 1, 3]))
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), b.cat([B0, T0, [D]])), D, D)
+    return b.save(path, [("x", ["batch", "seq", D])], z, ["batch", "seq", D])
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["shared-table", "per-head-table"])
+def test_gathered_position_table_converts_and_verifies(tmp_path, per_head):
+    import nngraph
+    path = gathered_table(tmp_path / "m.onnx", per_head)
+    report = verify(path, trials=5)
+    assert report.ok, report.problems
+    g = nngraph.convert(path)
+    fixed = {x.name for x in g.symmetry_groups() if x.fixed}
+    assert any(s.role == "head" and s.group not in fixed for s in g.sets.values())
+    assert any("position table" in p["reason"] for p in g.meta["pins"]) == (not per_head)

@@ -109,6 +109,8 @@ class LoweringContext:
     pinned: dict[int, str] = field(default_factory=dict)              # id(node) → why it cannot be followed
     pins: list[dict] = field(default_factory=list)                     # what was pinned, for the report
     strict: bool = False                                               # refuse instead of pinning
+    ahead: set[int] = field(default_factory=set)                       # id(node) of nodes a rule lowered with
+                                                                       # an earlier one (lower_ahead): skipped
     _names: set[str] = field(default_factory=set)
     _producers: dict | None = None
     signals: set[str] = field(default_factory=set)                    # inputs with no feature axis (raw audio)
@@ -144,6 +146,8 @@ class LoweringContext:
                 for name, value in zip(node.output, folded):
                     if name:
                         self.values[name] = value
+                continue
+            if id(node) in self.ahead:
                 continue
             if id(node) in self.pinned:
                 self.lower_opaque(node, self.pinned[id(node)])
@@ -457,6 +461,14 @@ class LoweringContext:
         omitted). Outputs a rule leaves unset become :data:`~nngraph.adapters.onnx.values.AUX`."""
         if index < len(node.output) and node.output[index]:
             self.values[node.output[index]] = value
+
+    def lower_ahead(self, node: onnx.NodeProto, values: list) -> None:
+        """Lower ``node`` now, from a rule lowering an earlier node that reads what ``node`` reads (the other
+        Slices of a chunk, the rest of a head-local rotation): its outputs get ``values`` and the walk skips it."""
+        self.ahead.add(id(node))
+        for name, value in zip(node.output, values):
+            if name:
+                self.values[name] = value
 
     def blocks_of(self, set_name: str, k: int) -> str:
         """The tie group of ``k`` blocks that ``set_name``'s group is partitioned into (created or

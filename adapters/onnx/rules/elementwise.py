@@ -173,6 +173,8 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, x)
         return
     if isinstance(a, Act) and isinstance(b, Act):
+        if _gathered_rotary(ctx, node, a, b) or _gathered_rotary(ctx, node, b, a):
+            return
         return combine(ctx, node, [a, b])
     if isinstance(a, Scores) or isinstance(b, Scores):
         return _with_scores(ctx, node, a if isinstance(a, Scores) else b, b if isinstance(a, Scores) else a)
@@ -298,6 +300,25 @@ def _runtime_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, name: st
     full = (1,) * (x.rank - len(shape)) + tuple(shape)
     if full[x.heads[0]] != 1:
         return False
+    ctx.keep_head_dims(x)
+    ctx.set_output(node, x)
+    return True
+
+
+def _gathered_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, t: Act) -> bool:
+    """q·cos where cos is a row of a position table gathered at run time (GPT-J's ``embed_positions`` indexed by
+    position ids in a dynamic export): an activation without heads, one value per head dimension, shared by
+    all heads. The table's columns must then stay put (pinned) and so must the head dimensions (the group
+    becomes rigid); heads still permute."""
+    x = x.one_head()
+    if node.op_type != "Mul" or not x.heads or t.heads or x.rank is None or t.rank != x.rank or t.axis != x.axis \
+            or t.seg_axis is not None:
+        return False
+    shape = ctx.shape(node.input[1] if ctx.values.get(node.input[1]) is t else node.input[0])
+    width = (x.part[1] - x.part[0]) if x.part else ctx.size(x) // x.heads[1]
+    if shape is None or len(shape) != x.rank or shape[x.heads[0]] != 1 or ctx.size(t) * t.inner != width:
+        return False
+    ctx.pin(node, t.sets, "a position table gathered at run time scales the head dimensions (its columns stay put)")
     ctx.keep_head_dims(x)
     ctx.set_output(node, x)
     return True

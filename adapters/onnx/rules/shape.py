@@ -826,6 +826,94 @@ def _rejoined(ctx: LoweringContext, names: list[str], depth: int = 24) -> bool:
     return False
 
 
+#: Ops of a head-local region (:func:`_head_local_region`): they select, negate, stack or regroup values
+#: along the trailing (within-head) axes only; ``Shape``/``Size`` may read a region's values (reshape targets).
+HEAD_LOCAL = frozenset({"Slice", "Neg", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Identity"})
+SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
+def _head_local_region(ctx: LoweringContext, name: str, x: Act, limit: int = 24) -> tuple | None:
+    """GPT-J's rotate_every_two: ``x[..., ::2]`` and ``x[..., 1::2]``, one negated, stacked on a new last axis
+    and flattened back to the shape of ``x``. Found as the nodes that read ``x`` with strided Slices and what
+    they feed through :data:`HEAD_LOCAL` ops that touch only the axes from ``x``'s dimension axis on (the last),
+    up to one value shaped like ``x``: ``(nodes, exit)``, or None when anything else reads inside, an op
+    touches a leading axis, or the shapes are not known. Such a region computes, for every batch entry,
+    position and head alike, a function of that head's dimensions only: heads may still permute, as wholes."""
+    lead = x.axis
+    if not x.heads or x.heads[0] >= lead or x.rank is None or lead != x.rank - 1:
+        return None
+    shape = ctx.shape(name)
+    if shape is None or len(shape) != x.rank:
+        return None
+    width = x.part[1] - x.part[0] if x.part else ctx.size(x) // x.heads[1]
+    nodes, inside, exits = [], {name}, []
+    frontier = [n for n in ctx.consumers.get(name, []) if n.op_type == "Slice" and n.input[0] == name
+                and (_slice_bounds(ctx, n)[3] or [1]) != [1]]
+    seen: set[int] = set()
+    while frontier:
+        n = frontier.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op_type not in HEAD_LOCAL or len(nodes) >= limit or not _touches_trailing(ctx, n, lead):
+            return None
+        nodes.append(n)
+        out = n.output[0]
+        inside.add(out)
+        o_shape = ctx.shape(out)
+        if o_shape is not None and len(o_shape) == x.rank and o_shape[-1] == width and n.op_type in ("Reshape", "Concat") \
+                and _same_dims(o_shape[:lead], shape[:lead]):
+            exits.append(out)
+            continue
+        for m in ctx.consumers.get(out, []):
+            if m.op_type not in SHAPE_READERS:
+                frontier.append(m)
+    if len(exits) != 1 or any(m is not None and id(m) not in seen and m.op_type not in SHAPE_READERS
+                              for n in nodes for o in n.output if o != exits[0] for m in ctx.consumers.get(o, [None])):
+        return None
+    if not all(n.input[0] in inside and (n.op_type != "Concat" or all(i in inside for i in n.input)) for n in nodes):
+        return None             # data from outside the region enters it
+    return nodes, exits[0]
+
+
+def _same_dims(a: tuple, b: tuple) -> bool:
+    """Equal sizes axis by axis: equal numbers, or equal symbolic names."""
+    return len(a) == len(b) and all(u is not None and u == v for u, v in zip(a, b))
+
+
+def _touches_trailing(ctx: LoweringContext, n: onnx.NodeProto, lead: int) -> bool:
+    """Whether ``n`` (a :data:`HEAD_LOCAL` op) leaves the ``lead`` leading axes of its input as they are."""
+    op = n.op_type
+    rank = len(ctx.shape(n.input[0]) or ())
+    if op in ("Neg", "Identity"):
+        return True
+    if op == "Slice":
+        starts, ends, axes, _ = _slice_bounds(ctx, n)
+        return starts is not None and ends is not None and bool(axes) and all(a % rank >= lead for a in axes)
+    if op == "Concat":
+        return rank > 0 and ctx.attr(n, "axis") % rank >= lead
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = _ints(ctx, n, 1, "axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            axes = _partial_vector(ctx, n.input[1])
+        out_rank = len(ctx.shape(n.output[0]) or ())
+        return bool(axes) and all(isinstance(a, int) and a % (out_rank if op == "Unsqueeze" else rank) >= lead
+                                  for a in axes)
+    if op == "Reshape":
+        src, dst = ctx.shape(n.input[0]), ctx.shape(n.output[0])
+        return src is not None and dst is not None and _same_dims(src[:lead], dst[:lead])
+    return False
+
+
+def _lower_head_local(ctx: LoweringContext, x: Act, nodes: list, exit_name: str) -> None:
+    """A head-local region (:func:`_head_local_region`) lowered as a whole: its result is ``x`` again (the same
+    dimensions of the same heads, moved and negated inside each head), whose dimensions keep their places
+    (the group becomes rigid); the values inside are read only by the region and by Shape."""
+    ctx.keep_head_dims(x)
+    for n in nodes:
+        ctx.lower_ahead(n, [x if o == exit_name else AUX for o in n.output])
+
+
 def _split_chunk(ctx: LoweringContext, x: Act, pieces: list, reading: str) -> None:
     """Every head of ``x`` cut into ``pieces`` by as many Slices: each piece a set of its own, as a
     Split of the heads makes them (:func:`_split_inside_heads`); all the Slices' outputs set at once."""
@@ -833,13 +921,11 @@ def _split_chunk(ctx: LoweringContext, x: Act, pieces: list, reading: str) -> No
     parts = ctx.split_heads(x.set, x.heads[1], [en - st for st, en, _ in pieces], reading, readers)
     for part, (_, _, n) in zip(parts, pieces):
         ctx.blocks_of(part, x.heads[1])
-        ctx.set_output(n, x.but(sets=(part,), part=None))
+        ctx.lower_ahead(n, [x.but(sets=(part,), part=None)])
 
 
 @rule("Slice")
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if node.output[0] in ctx.values:       # lowered with the other pieces of its chunk (_split_chunk)
-        return
     c = ctx.const(node.input[0])
     if c is not None:     # bounds known only at run time: a table cut to the sequence length
         ctx.set_output(node, c if c.is_float and c.origin is not None else AUX)
@@ -865,7 +951,10 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             width = hi - lo
             st, en = max(0, st + width if st < 0 else min(st, width)), max(0, en + width if en < 0 else min(en, width))
             if sp != 1:
-                raise ctx.fail(node, "slices inside attention heads with a stride")
+                region = _head_local_region(ctx, node.input[0], x)
+                if region is None:
+                    raise ctx.fail(node, "slices inside attention heads with a stride")
+                return _lower_head_local(ctx, x, *region)
             pieces = _chunk_of_heads(ctx, node, x) if len(starts) == 1 else None
             if pieces:
                 return _split_chunk(ctx, x, pieces, node.input[0])
