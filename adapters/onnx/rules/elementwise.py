@@ -259,7 +259,15 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
                              and ((1,) * (scores.rank - other.data.ndim) + other.data.shape)[scores.head_axis] != 1):
         raise ctx.fail(node, "a per-head term is added to the scores of grouped-query attention (its heads "
                              "nodes are the key/value heads)")
-    if isinstance(other, Act):
+    if isinstance(other, Scores):      # two layers' scores summed (q1·k1ᵀ + q2·k2ᵀ): one permutation of heads
+        if other.heads_set != scores.heads_set and (
+                scores.heads_set is None or other.heads_set is None or scores.heads != other.heads
+                or scores.head_axis - scores.rank != other.head_axis - other.rank
+                or scores.slots != 1 or other.slots != 1):
+            raise ctx.fail(node, "combines the scores of two attentions whose heads cannot be matched")
+        if other.heads_set != scores.heads_set:
+            g.tie(other.heads_set, scores.heads_set)
+    elif isinstance(other, Act):
         shift = scores.rank - (other.rank or 0)
         if scores.heads_set is None or other.axis + shift != scores.head_axis or ctx.size(other) != scores.heads \
                 or len(other.sets) != 1 or other.heads or other.inner != 1:
@@ -287,6 +295,42 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
                              and shape[scores.head_axis - scores.rank] not in (1,)):
             raise ctx.fail(node, "run-time data that may vary across heads is added to the attention scores")
     ctx.set_output(node, scores)
+
+
+def scores_with(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, vals: list, names: list,
+                axis: int | None = None) -> Scores:
+    """``scores`` combined, by an n-ary op (Sum, Max, Where, Concat along ``axis`` …), with the other
+    operands ``vals`` (named ``names``): other attentions' scores share one permutation of heads (their
+    heads sets are tied); constants and run-time data must not vary across heads. Anything else is refused."""
+    g = ctx.graph
+    ha = scores.head_axis - scores.rank if scores.head_axis is not None else None
+    if axis is not None and ha is not None and axis - scores.rank == ha:
+        raise ctx.fail(node, "concatenates attention scores along their heads")
+    for v, name in zip(vals, names):
+        if v is scores or not name:
+            continue
+        if isinstance(v, Scores):
+            if v.heads_set != scores.heads_set and (
+                    scores.heads_set is None or v.heads_set is None or scores.heads != v.heads or v.head_axis is None
+                    or ha != v.head_axis - v.rank or scores.slots != 1 or v.slots != 1):
+                raise ctx.fail(node, "combines the scores of two attentions whose heads cannot be matched")
+            if v.heads_set != scores.heads_set:
+                g.tie(v.heads_set, scores.heads_set)
+        elif isinstance(v, Const):
+            if ha is not None and scores.heads > 1 and v.data.size > 1 and v.value.min() != v.value.max():
+                shape = (1,) * (scores.rank - v.data.ndim) + tuple(v.data.shape)
+                if len(shape) != scores.rank or shape[ha] != 1:
+                    raise ctx.fail(node, "combines attention scores with a constant that varies across heads")
+            ctx.buffer(v, "attention mask or scale")
+        elif v is AUX:
+            if ha is not None and scores.heads > 1:
+                shape = ctx.varying_shape(name)
+                if shape is None or (len(shape) >= -ha and shape[ha] not in (1,)):
+                    raise ctx.fail(node, "run-time data that may vary across heads is combined with the "
+                                         "attention scores")
+        else:
+            raise ctx.fail(node, "combines attention scores with an activation or statistic")
+    return scores
 
 
 def _runtime_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, name: str) -> bool:
@@ -347,6 +391,10 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """Sum / Max / Min / Mean of activations."""
     vals = [ctx.values.get(i) for i in node.input]
     acts = [v for v in vals if isinstance(v, Act)]
+    scores = next((v for v in vals if isinstance(v, Scores)), None)
+    if scores is not None and not acts:     # scores summed (or maxed) with other scores, masks
+        ctx.set_output(node, scores_with(ctx, node, scores, vals, list(node.input)))
+        return
     if not acts:                    # shape arithmetic, statistics
         ctx.set_output(node, next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
         return
@@ -383,6 +431,11 @@ def lower_where(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, _runtime_mix(ctx, node, list(node.input)))
         return
     x = acts[0]
+    if isinstance(x, Scores) or any(isinstance(v, Scores) for v in acts):
+        if not isinstance(x, Scores):
+            raise ctx.fail(node, "selects between attention scores and an activation")
+        ctx.set_output(node, scores_with(ctx, node, x, [ctx.values.get(i) for i in node.input], list(node.input)))
+        return
     if isinstance(x, Act):   # the condition and the other branch must not vary along the neurons
         for name, v in zip(node.input, [ctx.values.get(i) for i in node.input]):
             if v is AUX and _varies_along_neurons(ctx, name, x):

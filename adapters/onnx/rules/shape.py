@@ -14,6 +14,7 @@ from ..registry import rule
 from ..shapes import BATCH
 from ..values import AUX, Act, Const, Scores, Stat
 from .common import as_one_set, combine, tied_copy
+from .elementwise import scores_with
 from .embedding import lower_embedding
 
 
@@ -649,6 +650,10 @@ def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     vals = [ctx.values.get(i) for i in node.input]
     acts = [v for v in vals if isinstance(v, Act)]
+    scores = next((v for v in vals if isinstance(v, Scores)), None)
+    if scores is not None and not acts:     # scores of several attentions side by side
+        ctx.set_output(node, scores_with(ctx, node, scores, vals, list(node.input), axis=ctx.attr(node, "axis")))
+        return
     if not acts:
         ctx.set_output(node, next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
         return
