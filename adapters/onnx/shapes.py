@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -86,8 +86,9 @@ def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
     # every shape-valued operand ONNX inference could not compute: reshape, expand and tile targets, slice
     # bounds (TorchScript exports `chunk` as Slice ends computed from Shape → Gather → Div), split
     # sizes, pads, axes; fed back as constants so that the outputs they shape get static shapes
-    targets = {i for n in model.graph.node for i in n.input[1:]} | {n.input[0] for n in model.graph.node
-                                                                   if n.op_type in ("ConstantOfShape", "Range") and n.input}
+    nodes = model.graph.node
+    targets = {i for n in nodes for i in n.input[1:]} | {n.input[0] for n in nodes
+                                                        if n.op_type in ("ConstantOfShape", "Range") and n.input}
     fill = {k: v for k, v in consts.items() if k in targets}
     proto = model.proto
     if fill:      # tell ONNX inference the values it could not compute, and infer again
@@ -168,14 +169,34 @@ def _symbolic_inference():
     """onnxruntime's ``SymbolicShapeInference``, loaded from its file: importing it as
     ``onnxruntime.tools.symbolic_shape_infer`` runs ``onnxruntime.tools``' ``__init__``, which imports torch
     (a second per conversion)."""
-    loaded = sys.modules.get("onnxruntime.tools.symbolic_shape_infer")
-    if loaded is None:
-        spec = importlib.util.find_spec("onnxruntime")
-        path = Path(spec.origin).parent / "tools" / "symbolic_shape_infer.py"
-        module_spec = importlib.util.spec_from_file_location("nngraph_ort_symbolic_shape_infer", path)
-        loaded = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(loaded)
-    return loaded.SymbolicShapeInference
+    # a private copy of the module, always: its class is replaced below (its static infer_shapes names
+    # the module's global), which must not change onnxruntime's own module for anyone else
+    spec = importlib.util.find_spec("onnxruntime")
+    path = Path(spec.origin).parent / "tools" / "symbolic_shape_infer.py"
+    module_spec = importlib.util.spec_from_file_location("nngraph_ort_symbolic_shape_infer", path)
+    loaded = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(loaded)
+    if hasattr(loaded, "logger"):      # "unsupported broadcast …": expected where sizes stay unknown
+        loaded.logger.setLevel(logging.ERROR)
+    base = loaded.SymbolicShapeInference
+
+    class Sound(base):
+        """Equal of sizes decided only where sympy can tell (``seq`` ≠ -1: sizes are not negative).
+        onnxruntime's compares expressions structurally, so ``Equal(seq, 4)`` was False, and a size
+        computed by ``Where(Equal(T, 4), 2, 4)`` became a wrong number (a reshape then claimed 4 heads
+        where there are 2)."""
+
+        def _infer_symbolic_compute_ops(self, node):  # noqa: N802
+            super()._infer_symbolic_compute_ops(node)
+            if node.op_type == "Equal" and node.output[0] in self.sympy_data_:
+                values = self._get_int_or_float_values(node, broadcast=True)
+                pairs = list(zip(*values)) if any(isinstance(v, list) for v in values) else [tuple(values)]
+                decided = all(loaded.sympy.Eq(a, b) in (loaded.sympy.true, loaded.sympy.false) for a, b in pairs)
+                if not decided:
+                    del self.sympy_data_[node.output[0]]
+
+    loaded.SymbolicShapeInference = Sound
+    return Sound
 
 
 def _symbolic(proto: onnx.ModelProto, merge: bool) -> onnx.ModelProto | None:
