@@ -224,3 +224,23 @@ def test_gathered_position_table_converts_and_verifies(tmp_path, per_head):
     fixed = {x.name for x in g.symmetry_groups() if x.fixed}
     assert any(s.role == "head" and s.group not in fixed for s in g.sets.values())
     assert any("position table" in p["reason"] for p in g.meta["pins"]) == (not per_head)
+
+
+def slots_of_heads(path, picks=(0, 1, 2)):
+    """A fused projection viewed as [1, T, H, 3, d] and q, k, v taken by Gather along the 3-axis (Bloom);
+    ``picks`` other than one of each slot (a slot read twice) must not split it."""
+    b = Builder(21)
+    view = b.reshape(b.lin("x", D, H * 3 * d), [1, 4, H, 3, d])
+    q, k, v = (b.T(b.op("Gather", [view, b.const(np.int64(c))], axis=3), [0, 2, 1, 3]) for c in picks)
+    o = b.attention(q, b.T(k, [0, 1, 3, 2]), v)
+    z = b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D])
+    return b.save(path, [("x", [1, 4, D])], b.lin(z, D, D), [1, 4, D])
+
+
+@pytest.mark.parametrize("picks", [(0, 1, 2), (2, 0, 1), (0, 1, 1)], ids=["qkv", "kvq", "slot-twice"])
+def test_slots_of_heads_convert_and_verify(tmp_path, picks):
+    import nngraph
+    path = slots_of_heads(tmp_path / "m.onnx", picks)
+    report = verify(path, trials=5)
+    assert report.ok, report.problems
+    assert (nngraph.convert(path).meta["pins"] == []) == (sorted(picks) == [0, 1, 2])

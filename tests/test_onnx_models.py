@@ -334,6 +334,22 @@ def test_fused_qkv_laid_out_per_head_is_split_into_q_k_v():
     assert g.free_fraction > 0.8
 
 
+@pytest.mark.parametrize("name", ["bloom_dynamo18", "bloom_torchscript"])
+def test_bloom_qkv_slots_split_and_alibi_keeps_heads_in_place(name):
+    """Bloom views its fused QKV as [B, T, H, 3, d] and takes q, k, v by Gather: the projection splits into
+    one set per slot. ALiBi adds a bias per head made at run time: the heads stay in place (pinned), the
+    dimensions inside each head still permute. Before: 13 pins, free 0.73."""
+    g = nngraph.convert(HF / f"{name}.onnx")
+    assert g.coverage == 1.0 and g.free_fraction > 0.85
+    assert all("ALiBi" in p["reason"] or "no tracked neurons" in p["reason"] for p in g.meta["pins"])
+    roles = collections.Counter(s.role for s in g.sets.values())
+    assert roles["query"] == roles["key"] == roles["value"] == 2
+    fixed = {x.name for x in g.symmetry_groups() if x.fixed}
+    heads = [s for s in g.sets.values() if s.role == "head"]
+    assert heads and all(s.group in fixed for s in heads)
+    assert any(s.group not in fixed for s in g.sets.values() if s.role == "query")
+
+
 @pytest.mark.parametrize("name", ["gptj_dynamo18", "gptj_torchscript"])
 def test_interleaved_rotary_keeps_heads_free(name):
     """GPT-J rotates pairs of neighbouring head dimensions (rotate_every_two: x[..., ::2], x[..., 1::2], one

@@ -644,8 +644,8 @@ class LoweringContext:
         parts = self._replace_group(members, cuts)[set_name]
         if parent is not None:
             del g.groups[parent.name]
-        for k in dead:
-            self.values[k] = AUX
+        for k in [*dead, reading]:       # ``reading`` too: only the node splitting it reads it, and it names
+            self.values[k] = AUX         # a set that no longer exists
         return parts
 
     def _own_heads(self, gname: str, heads: int) -> bool:

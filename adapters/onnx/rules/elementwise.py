@@ -293,7 +293,12 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
         shape = ctx.varying_shape(name)
         if shape is None or (len(shape) >= scores.rank - scores.head_axis
                              and shape[scores.head_axis - scores.rank] not in (1,)):
-            raise ctx.fail(node, "run-time data that may vary across heads is added to the attention scores")
+            if scores.heads_set is None or node.op_type not in ("Add", "Sub"):
+                raise ctx.fail(node, "run-time data that may vary across heads is added to the attention scores")
+            # a bias per head computed at run time (Bloom's ALiBi): the heads keep their places, the
+            # dimensions inside each head still permute (q and k alike)
+            ctx.pin(node, [scores.heads_set], "run-time data that may vary across heads is added to the attention "
+                                              "scores (ALiBi): heads stay in place")
     ctx.set_output(node, scores)
 
 

@@ -398,6 +398,9 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return _reshape_scores(ctx, node, v)
     if _passthrough_other(ctx, node):
         return
+    if isinstance(v, Const) and v.runtime:       # a parameter mixed with run-time data (Bloom's ALiBi: slopes ×
+        ctx.set_output(node, AUX)                # positions): data now; the parameter is kept opaque
+        return
     x = ctx.act(node.input[0])
     if x is None:
         raise ctx.fail(node, "input is not a tracked activation")
@@ -510,6 +513,8 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
         ctx.blocks_of(x.set, H)
         ctx.set_output(node, x.but(axis=dg[1], rank=len(dst), heads=(dg[0], H)))
         return
+    if list(sg) == [x.axis] and len(dg) == 3 and not x.heads:   # [.., H·S·d] → [.., H, S, d], read slot by slot
+        return _split_slots_of_heads(ctx, node, x, dst, dg, n)
     if len(sg) == 2 and sg[-1] == x.axis and len(dg) == 2 and not x.heads and isinstance(dst[dg[1]], int) \
             and n % dst[dg[1]] == 0:               # [.., B, H·d] → [.., B·H, d]: heads folded into the batch
         H = n // dst[dg[1]]
@@ -521,6 +526,40 @@ def _follow_reshape(ctx: LoweringContext, node: onnx.NodeProto, x: Act, src: tup
                                        heads_outer=merged // H if isinstance(merged, int) else None))
             return
     raise ctx.fail(node, f"reshapes {src} to {dst}, mixing the {n}-neuron axis {x.axis} with others")
+
+
+def _split_slots_of_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act, dst: tuple, dg, n: int) -> None:
+    """Bloom's fused QKV: ``[B, T, H·3·d]`` viewed as ``[B, T, H, 3, d]`` and q, k, v taken by a Gather of one
+    index each along the 3-axis. The projection is split into one set per slot (rows taken per head, as
+    :meth:`~LoweringContext.split_heads` does for ``[B, T, H, 3·d]``), each Gather lowered with the Reshape:
+    ``[B, T, H, d]`` of its slot, split into the same H heads. Refused unless those Gathers (and Shape) are
+    all that reads the view and take every slot once."""
+    H, S, d = (dst[k] for k in dg)
+    why = None
+    if not all(isinstance(v, int) and v > 0 for v in (H, S, d)) or H * S * d != n:
+        why = f"splits the {n}-neuron axis into {H} × {S} × {d}"
+    readers = [m for m in ctx.consumers.get(node.output[0], []) if m.op_type not in SHAPE_READERS]
+    picks: dict[int, onnx.NodeProto] = {}
+    for m in readers if not why else []:
+        index = ctx.const(m.input[1]) if m.op_type == "Gather" and len(m.input) > 1 else None
+        if index is None and m.op_type == "Gather" and ctx.producer(m.input[1]) is not None \
+                and ctx.producer(m.input[1]).op_type == "Constant":
+            index = Const(np.asarray(constant_value(ctx, ctx.producer(m.input[1]))))
+        if m.op_type != "Gather" or ctx.attr(m, "axis", 0) % len(dst) != dg[1] or index is None \
+                or np.asarray(index.data).ndim != 0 or int(index.data) % S in picks:
+            why = "the view is read otherwise than by one Gather per slot"
+            break
+        picks[int(index.data) % S] = m
+    if not why and sorted(picks) != list(range(S)):
+        why = "not every slot is taken"
+    if why:
+        raise ctx.fail(node, f"reshapes the {n}-neuron axis into heads and slots: {why}")
+    x = as_one_set(ctx, node, x)
+    parts = ctx.split_heads(x.set, H, [d] * S, node.input[0])
+    for c, part in enumerate(parts):
+        ctx.blocks_of(part, H)
+        ctx.lower_ahead(picks[c], [x.but(sets=(part,), axis=dg[2] - 1, rank=len(dst) - 1, heads=(dg[0], H))])
+    ctx.set_output(node, AUX)
 
 
 def _merge_repeats(ctx: LoweringContext, node: onnx.NodeProto, x: Act, g_head, g_axis, src, dst) -> Act:
