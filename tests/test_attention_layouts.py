@@ -244,3 +244,52 @@ def test_slots_of_heads_convert_and_verify(tmp_path, picks):
     report = verify(path, trials=5)
     assert report.ok, report.problems
     assert (nngraph.convert(path).meta["pins"] == []) == (sorted(picks) == [0, 1, 2])
+
+
+def rotation_read_outside(path, where: str):
+    """rotate_every_two whose strided slice ``x[..., ::2]`` (a value inside the region) is also returned:
+    as a second graph output (``output``), or by an If branch through an Identity (``branch``), which the
+    region's walk would otherwise take for one of its own nodes."""
+    from onnx import TensorProto, helper
+    import onnx
+    b = Builder(17)
+    table = b.const(b.rng.standard_normal((1, 4, 1, d)))
+    y = b.reshape(b.lin("x", D, D), [1, 4, H, d])
+    x1 = b.op("Slice", [y, b.const([0]), b.const([BIG]), b.const([3]), b.const([2])])
+    x2 = b.op("Slice", [y, b.const([1]), b.const([BIG]), b.const([3]), b.const([2])])
+    st = b.op("Concat", [b.op("Unsqueeze", [b.op("Neg", [x2]), b.const([-1])]),
+                         b.op("Unsqueeze", [x1, b.const([-1])])], axis=-1)
+    q = b.op("Add", [b.op("Mul", [y, table]), b.op("Mul", [b.reshape(st, [1, 4, H, d]), table])])
+    k, v = (b.reshape(b.lin("x", D, D), [1, 4, H, d]) for _ in range(2))
+    o = b.attention(b.T(q, [0, 2, 1, 3]), b.T(k, [0, 2, 3, 1]), b.T(v, [0, 2, 1, 3]))
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
+    outs = [z]
+    if where == "output":
+        outs.append(x1)
+    else:
+        half = [1, 4, H, d // 2]
+        then_g = helper.make_graph([helper.make_node("Identity", [x1], ["t_out"])], "then", [],
+                                   [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, half)])
+        else_g = helper.make_graph([helper.make_node("Identity", [x2], ["e_out"])], "else", [],
+                                   [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, half)])
+        cond = b.op("Greater", [b.op("ReduceSum", ["x"], keepdims=0), b.const(np.float32(1e9))])
+        branch = b.op("If", [cond], then_branch=then_g, else_branch=else_g)
+        outs[0] = b.op("Add", [z, b.lin(b.reshape(branch, [1, 4, D // 2]), D // 2, D)])
+    graph = helper.make_graph(b.nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, D])],
+                              [helper.make_tensor_value_info(outs[0], TensorProto.FLOAT, [1, 4, D])]
+                              + [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 4, H, d // 2])
+                                 for o in outs[1:]], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("where", ["output", "branch"])
+def test_head_local_region_value_read_outside_is_pinned(tmp_path, where):
+    import nngraph
+    path = rotation_read_outside(tmp_path / "m.onnx", where)
+    report = verify(path, trials=5)
+    assert report.ok, report.problems
+    assert any("stride" in p["reason"] for p in nngraph.convert(path).meta["pins"])

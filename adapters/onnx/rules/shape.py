@@ -10,6 +10,7 @@ from nngraph.errors import UnsupportedModelError
 
 from ..context import LoweringContext
 from ..folding import constant_value
+from ..graphs import all_graphs
 from ..registry import rule
 from ..shapes import BATCH
 from ..values import AUX, Act, Const, Scores, Stat
@@ -917,6 +918,11 @@ def _head_local_region(ctx: LoweringContext, name: str, x: Act, limit: int = 24)
         return None
     if not all(n.input[0] in inside and (n.op_type != "Concat" or all(i in inside for i in n.input)) for n in nodes):
         return None             # data from outside the region enters it
+    ids, graphs = {id(n) for n in nodes}, list(all_graphs(ctx.model.graph))
+    if any(o.name in inside and o.name != exits[0] for g in graphs for o in g.output):
+        return None             # a value inside is a graph's (or a branch's) output: read outside the region
+    if sum(any(id(m) in ids for m in g.node) for g in graphs) != 1:
+        return None             # the region spans a graph and a subgraph (a branch reads a value inside)
     return nodes, exits[0]
 
 
