@@ -293,3 +293,21 @@ def test_head_local_region_value_read_outside_is_pinned(tmp_path, where):
     report = verify(path, trials=5)
     assert report.ok, report.problems
     assert any("stride" in p["reason"] for p in nngraph.convert(path).meta["pins"])
+
+
+def reduced_over_heads(path, source: str):
+    """q scaled by a reduction over the heads axis only (keepdims: ``[B, T, 1, d]``, one value per head
+    dimension): of q itself or of v. Not a statistic of the neuron axis: it moves with the head dimensions."""
+    b = Builder(21)
+    q, k, v = (b.reshape(b.lin("x", D, D), [1, 4, H, d]) for _ in range(3))
+    t = b.op("ReduceSum", [q if source == "q" else v, b.const([2])], keepdims=1)
+    q = b.op("Mul", [q, t])
+    o = b.attention(b.T(q, [0, 2, 1, 3]), b.T(k, [0, 2, 3, 1]), b.T(v, [0, 2, 1, 3]))
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
+    return b.save(path, [("x", [1, 4, D])], z, [1, 4, D])
+
+
+@pytest.mark.parametrize("source", ["q", "v"])
+def test_reduction_over_heads_only_verifies(tmp_path, source):
+    report = verify(reduced_over_heads(tmp_path / "m.onnx", source), trials=5)
+    assert report.ok, report.problems

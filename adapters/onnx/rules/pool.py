@@ -82,6 +82,8 @@ def lower_reduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ctx.fail(node, "input of unknown rank")
     axes = list(range(rank)) if not axes else sorted(a % rank for a in axes)
     if x.axis in axes or (x.heads and x.heads[0] in axes):
+        if x.axis not in axes:          # over the heads only: one value per head dimension, not a statistic
+            raise ctx.fail(node, "reduces over attention heads but not their dimensions")
         ctx.set_output(node, Stat(rank if keep else rank - len(axes), x.axis if keep else None))
         return
     if keep:
