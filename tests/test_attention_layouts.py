@@ -311,3 +311,32 @@ def reduced_over_heads(path, source: str):
 def test_reduction_over_heads_only_verifies(tmp_path, source):
     report = verify(reduced_over_heads(tmp_path / "m.onnx", source), trials=5)
     assert report.ok, report.problems
+
+
+def per_head_statistic(path, cross: bool):
+    """q normalized per head (RMS over each head's dimensions, as qk-norm does), or with ``cross`` that
+    per-head statistic of q scaling the heads of a second, independent attention."""
+    b = Builder(20)
+    q, k, v = (b.reshape(b.lin("x", D, D), [1, 4, H, d]) for _ in range(3))
+    s = b.op("Sqrt", [b.op("Add", [b.op("ReduceMean", [b.op("Mul", [q, q])], axes=[3], keepdims=1),
+                                   b.const(np.float32(1e-6))])])
+
+    def attend(q, k, v):
+        o = b.attention(b.T(q, [0, 2, 1, 3]), b.T(k, [0, 2, 3, 1]), b.T(v, [0, 2, 1, 3]))
+        return b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
+
+    if not cross:
+        z = attend(b.op("Div", [q, s]), k, v)
+    else:
+        q2, k2, v2 = (b.reshape(b.lin("x", D, D), [1, 4, H, d]) for _ in range(3))
+        z = b.op("Add", [attend(q, k, v), attend(b.op("Div", [q2, s]), k2, v2)])
+    return b.save(path, [("x", [1, 4, D])], z, [1, 4, D])
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["own-heads", "other-attention"])
+def test_per_head_statistic_verifies(tmp_path, cross):
+    import nngraph
+    path = per_head_statistic(tmp_path / "m.onnx", cross)
+    report = verify(path, trials=5)
+    assert report.ok, report.problems
+    assert (nngraph.convert(path).meta["pins"] == []) == (not cross)

@@ -186,6 +186,8 @@ class Stat:
 
     rank: int | None = None
     axis: int | None = None
+    heads_of: tuple[str, ...] | None = None   # one statistic per head of these sets (reduced over the head
+                                              # dimensions only): it moves with their heads
 
 
 @dataclass

@@ -180,6 +180,15 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return _with_scores(ctx, node, a if isinstance(a, Scores) else b, b if isinstance(a, Scores) else a)
     if isinstance(a, Stat) or isinstance(b, Stat):
         other = b if isinstance(a, Stat) else a
+        per_head = [v for v in (a, b) if isinstance(v, Stat) and v.heads_of]
+        groups = lambda sets: {ctx.graph.sets[s].group for s in sets}    # noqa: E731
+        if per_head and not (isinstance(other, Act) and all(groups(v.heads_of) == groups(other.sets) for v in per_head)
+                             or isinstance(other, Stat) and len({v.heads_of for v in per_head}) == 1
+                             or isinstance(other, Const) and other.data.size <= 1):
+            # a statistic per head (q's norm per head) meets what its heads do not move with: they stay put
+            ctx.pin(node, [s for v in per_head for s in v.heads_of] + list(other.sets if isinstance(other, Act) else ()),
+                    "a statistic per attention head is combined with values its heads do not move with")
+            per_head = []
         if isinstance(other, Const) and other.is_float and other.data.size > 1 and op in ("Add", "Sub", "Mul", "Div"):
             # a statistic times a per-neuron parameter (rsqrt(var) · γ): varies per neuron now
             ctx.set_output(node, _runtime_mix(ctx, node, list(node.input[:2])))
@@ -190,7 +199,7 @@ def lower_binary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             else:
                 ctx.set_output(node, other)
             return
-        ctx.set_output(node, a if isinstance(a, Stat) else b)
+        ctx.set_output(node, per_head[0] if per_head else a if isinstance(a, Stat) else b)
         return
     act_first = isinstance(a, Act)
     x, c = (a, b) if act_first else (b, a)
@@ -401,7 +410,8 @@ def lower_nary(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, scores_with(ctx, node, scores, vals, list(node.input)))
         return
     if not acts:                    # shape arithmetic, statistics
-        ctx.set_output(node, next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
+        ctx.set_output(node, next((v for v in vals if isinstance(v, Stat) and v.heads_of), None)
+                       or next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
         return
     if len(acts) == 1 and all(_scalar_like(v) for v in vals if v is not acts[0]):
         if any(v is AUX and _varies_along_neurons(ctx, name, acts[0]) for v, name in zip(vals, node.input)):

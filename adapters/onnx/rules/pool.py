@@ -84,7 +84,8 @@ def lower_reduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if x.axis in axes or (x.heads and x.heads[0] in axes):
         if x.axis not in axes:          # over the heads only: one value per head dimension, not a statistic
             raise ctx.fail(node, "reduces over attention heads but not their dimensions")
-        ctx.set_output(node, Stat(rank if keep else rank - len(axes), x.axis if keep else None))
+        per_head = x.sets if x.heads and x.heads[1] > 1 and x.heads[0] not in axes else None
+        ctx.set_output(node, Stat(rank if keep else rank - len(axes), x.axis if keep else None, heads_of=per_head))
         return
     if keep:
         ctx.set_output(node, x)

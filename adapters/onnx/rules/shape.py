@@ -695,7 +695,8 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.set_output(node, scores_with(ctx, node, scores, vals, list(node.input), axis=ctx.attr(node, "axis")))
         return
     if not acts:
-        ctx.set_output(node, next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
+        ctx.set_output(node, next((v for v in vals if isinstance(v, Stat) and v.heads_of), None)
+                       or next((v for v in vals if isinstance(v, (Stat, Scores))), AUX))
         return
     first = acts[0]
     rank = first.rank
