@@ -368,7 +368,6 @@ def _gathered_rotary(ctx: LoweringContext, node: onnx.NodeProto, x: Act, t: Act)
     position ids in a dynamic export): an activation without heads, one value per head dimension, shared by
     all heads. The table's columns must then stay put (pinned) and so must the head dimensions (the group
     becomes rigid); heads still permute."""
-    x = x.one_head()
     if node.op_type != "Mul" or not x.heads or t.heads or x.rank is None or t.rank != x.rank or t.axis != x.axis \
             or t.seg_axis is not None:
         return False
