@@ -334,6 +334,23 @@ def test_fused_qkv_laid_out_per_head_is_split_into_q_k_v():
     assert g.free_fraction > 0.8
 
 
+def test_mask_sliced_from_a_buffer_does_not_vary_across_heads():
+    """GPT-Neo's causal mask is a [1, 1, 64, 64] buffer sliced along its last two axes by run-time bounds and
+    selected into the scores by Where: it does not vary across heads (the axes the Slice does not cut keep
+    their size 1), so heads stay free."""
+    g = nngraph.convert(HF / "gpt_neo_torchscript_dynamic.onnx")
+    assert g.meta["pins"] == [] and g.coverage == 1.0 and g.free_fraction > 0.75
+
+
+def test_two_shape_inferences_do_not_mix_their_symbols():
+    """Shape inference runs twice (again with computed shape values fed back); each run names unknown sizes
+    unk__0, unk__1 … on its own, so a symbolic shape of the second run next to one of the first could claim
+    two different sizes equal. Only static shapes cross (BEiT's dynamic export: its heads were pinned by a
+    reshape read with mixed symbols, free 0.81)."""
+    g = nngraph.convert(HF / "beit_torchscript_dynamic.onnx")
+    assert not any(p["op"] == "Reshape" for p in g.meta["pins"]) and g.free_fraction > 0.95
+
+
 @pytest.mark.parametrize("name", ["bloom_dynamo18", "bloom_torchscript"])
 def test_bloom_qkv_slots_split_and_alibi_keeps_heads_in_place(name):
     """Bloom views its fused QKV as [B, T, H, 3, d] and takes q, k, v by Gather: the projection splits into

@@ -333,6 +333,12 @@ class LoweringContext:
                     if d != 1:
                         out[k] = shape[k] if shape[k] != 1 else d
             return tuple(out)
+        if node.op_type == "Slice" and len(node.input) > 3 and node.input[3]:   # a table cut to the sequence:
+            inner = self.varying_shape(node.input[0], depth + 1)                 # axes it does not cut stay
+            axes = self.const(node.input[3])
+            if inner is not None and len(inner) == len(shape) and axes is not None:
+                cut = {int(a) % len(shape) for a in np.asarray(axes.data).reshape(-1)}
+                return tuple(shape[k] if k in cut and d != 1 else d for k, d in enumerate(inner))
         return shape
 
     def feature_axis(self, name: str, rank: int, decisive: bool = False) -> int | None:

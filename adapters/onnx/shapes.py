@@ -79,6 +79,10 @@ def _shape_constants(proto: onnx.ModelProto, shapes: dict) -> dict[str, np.ndarr
     return out
 
 
+#: Ops whose operands after the first are sizes, bounds or axes (what :func:`infer_shapes` feeds back).
+SHAPE_OPERANDS = frozenset({"Reshape", "Expand", "Tile", "Slice", "Split", "Unsqueeze", "Squeeze"})
+
+
 def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
     """Static shapes (and element kinds: "f", "i" …) of every value inference can tell."""
     shapes, types = _infer_shapes_once(model.proto)
@@ -87,8 +91,7 @@ def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
     # bounds (TorchScript exports `chunk` as Slice ends computed from Shape → Gather → Div), split
     # sizes, pads, axes; fed back as constants so that the outputs they shape get static shapes
     nodes = model.graph.node
-    targets = {i for n in nodes for i in n.input[1:]} | {n.input[0] for n in nodes
-                                                        if n.op_type in ("ConstantOfShape", "Range") and n.input}
+    targets = {i for n in nodes if n.op_type in SHAPE_OPERANDS for i in n.input[1:]}
     fill = {k: v for k, v in consts.items() if k in targets}
     proto = model.proto
     if fill:      # tell ONNX inference the values it could not compute, and infer again
@@ -116,16 +119,18 @@ def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
 
 
 def _merge(shapes: dict, types: dict, new: dict, new_types: dict, prefer_new: bool = False) -> None:
-    """Take ``new``'s shape of a value where it knows more sizes as numbers (or as many, ``prefer_new``).
-    Symbol names from different inferences never clash (onnxruntime's refuses ONNX's ``unk__``), so
-    equal names still mean equal sizes."""
+    """Take ``new``'s shape of a value where it is all numbers and the old one is not, or, with
+    ``prefer_new`` (onnxruntime's inference, whose symbols never clash with ONNX's: it refuses ONNX's
+    ``unk__``), wherever it knows as many sizes as numbers. Two runs of ONNX's inference name their unknown
+    sizes ``unk__0``, ``unk__1`` … independently: a symbolic shape from the second next to one from the
+    first could claim two different sizes equal, so only static shapes cross between them."""
     for k, v in new_types.items():
         types.setdefault(k, v)
+    known = lambda dims: sum(isinstance(d, int) for d in dims)  # noqa: E731
     for k, v in new.items():
         old = shapes.get(k)
-        known = lambda dims: sum(isinstance(d, int) for d in dims)  # noqa: E731
-        if old is None or len(old) != len(v) and prefer_new or len(old) == len(v) and (
-                known(v) > known(old) or prefer_new and known(v) == known(old)):
+        if old is None and (prefer_new or known(v) == len(v)) or old is not None and (
+                known(v) == len(v) > known(old) or prefer_new and len(old) == len(v) and known(v) >= known(old)):
             shapes[k] = v
 
 
