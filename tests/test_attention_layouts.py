@@ -340,3 +340,33 @@ def test_per_head_statistic_verifies(tmp_path, cross):
     report = verify(path, trials=5)
     assert report.ok, report.problems
     assert (nngraph.convert(path).meta["pins"] == []) == (not cross)
+
+
+def per_head_bias(path):
+    """ALiBi: a bias per head made at run time from no parameter (a constant slope per head would be one,
+    moving with its head) added to the scores; heads must stay in place, their dimensions may still move."""
+    b = Builder(23)
+    B0, T0 = b.dim("x", 0), b.dim("x", 1)
+    n = b.op("Squeeze", [b.op("Mul", [T0, b.const([H])]), b.const([0])])
+    ramp = b.op("Cast", [b.op("Range", [b.const(0), n, b.const(1)])], to=1)
+    bias = b.reshape(ramp, [1, H, 1, -1])
+
+    def heads(y):
+        return b.T(b.reshape(y, b.cat([B0, T0, [H, d]])), [0, 2, 1, 3])
+
+    q, k, v = (heads(b.lin("x", D, D)) for _ in range(3))
+    s = b.op("Add", [b.op("MatMul", [q, b.T(k, [0, 1, 3, 2])]), bias])
+    o = b.op("MatMul", [b.op("Softmax", [s], axis=-1), v])
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), b.cat([B0, T0, [D]])), D, D)
+    return b.save(path, [("x", ["batch", "seq", D])], z, ["batch", "seq", D])
+
+
+def test_per_head_bias_keeps_heads_in_place(tmp_path):
+    import nngraph
+    path = per_head_bias(tmp_path / "m.onnx")
+    report = verify(path, trials=5)
+    assert report.ok, report.problems
+    g = nngraph.convert(path)
+    fixed = {x.name for x in g.symmetry_groups() if x.fixed}
+    assert all(s.group in fixed for s in g.sets.values() if s.role == "head")
+    assert any(s.group not in fixed for s in g.sets.values() if s.role == "query")

@@ -355,10 +355,12 @@ def test_two_shape_inferences_do_not_mix_their_symbols():
 def test_bloom_qkv_slots_split_and_alibi_keeps_heads_in_place(name):
     """Bloom views its fused QKV as [B, T, H, 3, d] and takes q, k, v by Gather: the projection splits into
     one set per slot. ALiBi adds a bias per head made at run time: the heads stay in place (pinned), the
-    dimensions inside each head still permute. Before: 13 pins, free 0.73."""
+    dimensions inside each head still permute (the slopes × positions computation itself stays pinned).
+    Before: 13 pins, free 0.73."""
     g = nngraph.convert(HF / f"{name}.onnx")
     assert g.coverage == 1.0 and g.free_fraction > 0.85
-    assert all("ALiBi" in p["reason"] or "no tracked neurons" in p["reason"] for p in g.meta["pins"])
+    assert sum("ALiBi" in p["reason"] for p in g.meta["pins"]) == 2          # one per layer
+    assert all(p["op"] != "MatMul" for p in g.meta["pins"])                  # attention itself is followed
     roles = collections.Counter(s.role for s in g.sets.values())
     assert roles["query"] == roles["key"] == roles["value"] == 2
     fixed = {x.name for x in g.symmetry_groups() if x.fixed}

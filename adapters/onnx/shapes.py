@@ -121,7 +121,8 @@ def infer_shapes(model: OnnxModel) -> tuple[dict[str, tuple], dict[str, str]]:
 def _merge(shapes: dict, types: dict, new: dict, new_types: dict, prefer_new: bool = False) -> None:
     """Take ``new``'s shape of a value where it is all numbers and the old one is not, or, with
     ``prefer_new`` (onnxruntime's inference, whose symbols never clash with ONNX's: it refuses ONNX's
-    ``unk__``), wherever it knows as many sizes as numbers. Two runs of ONNX's inference name their unknown
+    ``unk__``), wherever it knows as many sizes as numbers or the ranks disagree (ONNX's LSTM outputs in a
+    CRNN came out of the wrong rank). Two runs of ONNX's inference name their unknown
     sizes ``unk__0``, ``unk__1`` … independently: a symbolic shape from the second next to one from the
     first could claim two different sizes equal, so only static shapes cross between them."""
     for k, v in new_types.items():
@@ -130,7 +131,7 @@ def _merge(shapes: dict, types: dict, new: dict, new_types: dict, prefer_new: bo
     for k, v in new.items():
         old = shapes.get(k)
         if old is None and (prefer_new or known(v) == len(v)) or old is not None and (
-                known(v) == len(v) > known(old) or prefer_new and len(old) == len(v) and known(v) >= known(old)):
+                known(v) == len(v) > known(old) or prefer_new and (len(old) != len(v) or known(v) >= known(old))):
             shapes[k] = v
 
 

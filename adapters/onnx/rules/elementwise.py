@@ -280,8 +280,16 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
         shift = scores.rank - (other.rank or 0)
         if scores.heads_set is None or other.axis + shift != scores.head_axis or ctx.size(other) != scores.heads \
                 or len(other.sets) != 1 or other.heads or other.inner != 1:
-            raise ctx.fail(node, "combines attention scores with an activation that is not one value per head")
-        g.tie(other.set, scores.heads_set)
+            fixed = g.fixed_groups()
+            if scores.heads_set is None or node.op_type not in ("Add", "Sub") or any(
+                    g.sets[s].group not in fixed for s in other.sets):
+                raise ctx.fail(node, "combines attention scores with an activation that is not one value per head")
+            # the output of a pinned node (Bloom's ALiBi, built where the engine could not follow): fixed
+            # data that may differ per head, so the heads keep their places, their dimensions still permute
+            ctx.pin(node, [scores.heads_set], "a pinned value that may vary across heads is added to the attention "
+                                              "scores (ALiBi): heads stay in place")
+        else:
+            g.tie(other.set, scores.heads_set)
     elif isinstance(other, Const) and other.is_float and other.data.size > 1:
         if other.runtime:    # a bias combined with a mask: the mask must not vary across heads
             if scores.head_axis is not None and other.varies_along(scores.head_axis, scores.rank):

@@ -399,9 +399,6 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return _reshape_scores(ctx, node, v)
     if _passthrough_other(ctx, node):
         return
-    if isinstance(v, Const) and v.runtime:       # a parameter mixed with run-time data (Bloom's ALiBi: slopes ×
-        ctx.set_output(node, AUX)                # positions): data now; the parameter is kept opaque
-        return
     x = ctx.act(node.input[0])
     if x is None:
         raise ctx.fail(node, "input is not a tracked activation")
@@ -827,7 +824,7 @@ def _chunk_of_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act) -> list 
     width = ctx.size(x) // x.heads[1]
     pieces = []
     for n in ctx.consumers.get(node.input[0], []):
-        if n.op_type in ("Shape", "Size"):
+        if n.op_type in SHAPE_READERS:
             continue
         if n.op_type != "Slice" or n.input[0] != node.input[0]:
             return None
