@@ -370,3 +370,51 @@ def test_per_head_bias_keeps_heads_in_place(tmp_path):
     fixed = {x.name for x in g.symmetry_groups() if x.fixed}
     assert all(s.group in fixed for s in g.sets.values() if s.role == "head")
     assert any(s.group not in fixed for s in g.sets.values() if s.role == "query")
+
+
+def per_head_runtime_table(path, sliced: bool):
+    """Two parameter tables scaled at run time — one by a slope per head (fed as ``ids``) — and summed
+    (plain run-time data now) added to the scores: the run-time part of a parameter combined with
+    data varies across heads though the parameter's own shape has size 1 there, so the heads must
+    stay in place. ``sliced``: the sum cut to the sequence by a Slice with constant axes first."""
+    from onnx import TensorProto, helper
+    import onnx
+    b = Builder(29)
+    B0, T0 = b.dim("x", 0), b.dim("x", 1)
+    L = 6 if sliced else 4
+    slopes = b.reshape(b.op("Cast", ["ids"], to=1), [1, H, 1, 1])
+    scale = b.reshape(b.op("Cast", ["ids2"], to=1), [1, 1, 1, 1])
+    bias = b.op("Add", [b.op("Mul", [b.const(b.rng.standard_normal((1, 1, 1, L))), slopes]),
+                        b.op("Mul", [b.const(b.rng.standard_normal((1, 1, 1, L))), scale])])
+    if sliced:
+        bias = b.op("Slice", [bias, b.const([0]), T0, b.const([3])])
+
+    def heads(y):
+        return b.T(b.reshape(y, b.cat([B0, T0, [H, d]])), [0, 2, 1, 3])
+
+    q, k, v = (heads(b.lin("x", D, D)) for _ in range(3))
+    s = b.op("Add", [b.op("MatMul", [q, b.T(k, [0, 1, 3, 2])]), bias])
+    o = b.op("MatMul", [b.op("Softmax", [s], axis=-1), v])
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), b.cat([B0, T0, [D]])), D, D)
+    graph = helper.make_graph(b.nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, D]),
+                                             helper.make_tensor_value_info("ids", TensorProto.INT64, [1, H]),
+                                             helper.make_tensor_value_info("ids2", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info(z, TensorProto.FLOAT, ["batch", 4, D])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["summed", "summed-sliced"])
+def test_per_head_runtime_table_keeps_heads_in_place(tmp_path, sliced):
+    import nngraph
+    path = per_head_runtime_table(tmp_path / "m.onnx", sliced)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 4, D)).astype(np.float32),
+             "ids": np.array([[1, 5]]), "ids2": np.array([2])}
+    report = verify(path, trials=5, inputs=feeds)
+    assert report.ok, report.problems
+    g = nngraph.convert(path)
+    fixed = {x.name for x in g.symmetry_groups() if x.fixed}
+    assert all(s.group in fixed for s in g.sets.values() if s.role == "head")

@@ -319,7 +319,16 @@ class LoweringContext:
         node = self.producer(name)
         c = self.const(name)
         if c is not None:
-            return tuple(c.data.shape) if c.data.size > 1 and c.value.min() != c.value.max() else ()
+            own = tuple(c.data.shape) if c.data.size > 1 and c.value.min() != c.value.max() else ()
+            if not c.runtime:
+                return own
+            # a parameter combined with run-time data: it varies where the parameter does and along
+            # ``varies`` (the run-time part's axes; None: any), which its data's shape does not show
+            if c.varies is None or shape is None or len(own) > len(shape) \
+                    or any(-v > len(shape) for v in c.varies):
+                return shape
+            own = (1,) * (len(shape) - len(own)) + own
+            return tuple(shape[k] if own[k] != 1 or k - len(shape) in c.varies else 1 for k in range(len(shape)))
         if shape is None or node is None or depth > 16:
             return shape
         if node.op_type == "Expand" or node.op_type in ELEMENTWISE:
