@@ -418,3 +418,37 @@ def test_per_head_runtime_table_keeps_heads_in_place(tmp_path, sliced):
     g = nngraph.convert(path)
     fixed = {x.name for x in g.symmetry_groups() if x.fixed}
     assert all(s.group in fixed for s in g.sets.values() if s.role == "head")
+
+
+def scores_with_runtime_table(path, op: str):
+    """Scores combined by an n-ary op (Max, Sum) with a parameter table times a slope per head fed at
+    run time: the table's own shape has size 1 on the heads axis, its run-time part does not."""
+    from onnx import TensorProto, helper
+    import onnx
+    b = Builder(47)
+    slopes = b.reshape(b.op("Cast", ["ids"], to=1), [1, H, 1, 1])
+    bias = b.op("Mul", [b.const(b.rng.standard_normal((1, 1, 1, 4))), slopes])
+
+    def heads(y):
+        return b.T(b.reshape(y, [1, 4, H, d]), [0, 2, 1, 3])
+
+    q, k, v = (heads(b.lin("x", D, D)) for _ in range(3))
+    s = b.op(op, [b.op("MatMul", [q, b.T(k, [0, 1, 3, 2])]), bias])
+    o = b.op("MatMul", [b.op("Softmax", [s], axis=-1), v])
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
+    graph = helper.make_graph(b.nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, D]),
+                                             helper.make_tensor_value_info("ids", TensorProto.INT64, [H])],
+                              [helper.make_tensor_value_info(z, TensorProto.FLOAT, [1, 4, D])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("op", ["Max", "Sum"])
+def test_scores_with_per_head_runtime_table_verifies(tmp_path, op):
+    path = scores_with_runtime_table(tmp_path / "m.onnx", op)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 4, D)).astype(np.float32), "ids": np.array([1, 7])}
+    report = verify(path, trials=5, inputs=feeds)
+    assert report.ok, report.problems

@@ -339,6 +339,9 @@ def scores_with(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, vals
             if v.heads_set != scores.heads_set:
                 g.tie(v.heads_set, scores.heads_set)
         elif isinstance(v, Const):
+            if ha is not None and scores.heads > 1 and v.varies_along(scores.head_axis, scores.rank):
+                raise ctx.fail(node, "combines attention scores with a parameter mixed with run-time data that "
+                                     "varies across heads")
             if ha is not None and scores.heads > 1 and v.data.size > 1 and v.value.min() != v.value.max():
                 shape = (1,) * (scores.rank - v.data.ndim) + tuple(v.data.shape)
                 if len(shape) != scores.rank or shape[ha] != 1:
