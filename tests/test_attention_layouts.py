@@ -452,3 +452,27 @@ def test_scores_with_per_head_runtime_table_verifies(tmp_path, op):
     feeds = {"x": np.random.default_rng(1).standard_normal((1, 4, D)).astype(np.float32), "ids": np.array([1, 7])}
     report = verify(path, trials=5, inputs=feeds)
     assert report.ok, report.problems
+
+
+def argmax_bias(path, shared: bool):
+    """The index of each head's largest query dimension (ArgMax: run-time data, but it depends on the
+    order of the dimensions) added to the scores; ``shared``: its maximum over heads (no heads axis)."""
+    b = Builder(53)
+
+    def heads(y):
+        return b.T(b.reshape(y, [1, 4, H, d]), [0, 2, 1, 3])
+
+    q, k, v = (heads(b.lin("x", D, D)) for _ in range(3))
+    am = b.op("Cast", [b.op("ArgMax", [q], axis=-1, keepdims=1)], to=1)
+    if shared:
+        am = b.op("ReduceMax", [am], axes=[1], keepdims=1)
+    s = b.op("Add", [b.op("MatMul", [q, b.T(k, [0, 1, 3, 2])]), am])
+    o = b.op("MatMul", [b.op("Softmax", [s], axis=-2), v])
+    z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
+    return b.save(path, [("x", [1, 4, D])], z, [1, 4, D])
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-head", "shared"])
+def test_argmax_of_head_dims_verifies(tmp_path, shared):
+    report = verify(argmax_bias(tmp_path / "m.onnx", shared), trials=5)
+    assert report.ok, report.problems

@@ -97,5 +97,15 @@ def lower_reduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @rule("ArgMax", "ArgMin", "TopK")
 def lower_argreduce(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    ctx.set_output(node, AUX)
+    """Indices (and TopK's values) as run-time data. Of an activation they depend on the order of
+    its neurons (an ArgMax over the dimensions of a head, added to the scores as a bias) or move with
+    them (along any other axis, they keep its neuron axis), which run-time data does not: its neurons
+    stay in place."""
+    x = ctx.values.get(node.input[0])
+    if isinstance(x, Act):
+        ctx.pin(node, x.sets, f"{node.op_type} of an activation: its indices depend on the order of the neurons")
+    elif isinstance(x, Scores) and x.heads_set is not None:
+        ctx.pin(node, [x.heads_set], f"{node.op_type} of attention scores: indices per head")
+    for i in range(len(node.output)):
+        ctx.set_output(node, AUX, i)
 
