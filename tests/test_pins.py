@@ -446,3 +446,16 @@ def test_written_ir3_model_converts_like_its_source(tmp_path):
     a, b = nngraph.convert(tmp_path / "base.onnx"), nngraph.convert(tmp_path / "perm.onnx")
     assert list(a.sets) == list(g.sets) and a.free_fraction == g.free_fraction
     assert nngraph.align(a, b, method="weight").distance_after == 0
+
+
+def test_nonzero_of_an_activation_pins_it(tmp_path):
+    """NonZero's indices depend on the order of the neurons it reads: summed and added to the output,
+    a permutation of the hidden neurons would change them."""
+    from onnxbuild import Builder
+    b = Builder(61)
+    h = b.op("Relu", [b.lin("x", 8, 8)])
+    nz = b.op("NonZero", [h])
+    aux = b.op("Cast", [b.op("ReduceSum", [b.op("Gather", [nz, b.const(np.int64(1))], axis=0)], keepdims=1)], to=1)
+    path = b.save(tmp_path / "m.onnx", [("x", [4, 8])], b.op("Add", [b.lin(h, 8, 8), aux]), [4, 8])
+    report = verify(path, trials=5)
+    assert report.ok, report.problems

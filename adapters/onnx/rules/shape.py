@@ -1236,7 +1236,13 @@ def lower_shape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @rule("Size", "ConstantOfShape", "NonZero", "EyeLike", "Range", "RandomNormalLike", "RandomUniformLike")
 def lower_aux(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    """Shape, Size and friends: read only the layout of an activation."""
+    """Shape, Size and friends: read only the layout of an activation. NonZero reads its values too:
+    the indices it gives depend on the order of the neurons, which then stay in place."""
+    x = ctx.values.get(node.input[0]) if node.op_type == "NonZero" and node.input else None
+    if isinstance(x, Act):
+        ctx.pin(node, x.sets, "NonZero of an activation: its indices depend on the order of the neurons")
+    elif isinstance(x, Scores) and x.heads_set is not None:
+        ctx.pin(node, [x.heads_set], "NonZero of attention scores: indices per head")
     for i in range(len(node.output)):
         ctx.set_output(node, AUX, i)
 
