@@ -110,6 +110,8 @@ def test_verify_without_config_is_a_clear_error():
     ({"partial_rotary_factor": "half"}, "convert"),
     ({"vocab_size": 10 ** 30}, "verify"),                   # no range to draw token ids from
     ({"vocab_size": 2 ** 30}, "verify"),                    # transformers refuses the mismatched embedding
+    ({"n_head": 2 ** 63}, "convert"),                       # exit 1 before (a tie group error; fuzz, config-json)
+    ({"n_head": 5}, "convert"),                             # 32 query neurons are no 5 heads
 ])
 def test_hostile_config_values_are_one_line_errors(tmp_path, change, command):
     shutil.copytree(ST / "gpt2", tmp_path / "g")
@@ -120,6 +122,8 @@ def test_hostile_config_values_are_one_line_errors(tmp_path, change, command):
     assert r.returncode in (3, 4), r.stderr
     assert "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x.ngraph").exists()
+    if "n_head" in change:
+        assert "config.json n_head" in r.stderr
 
 
 # ------------------------------------------------------------------ LLM layouts (issue 12)

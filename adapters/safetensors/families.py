@@ -210,6 +210,9 @@ class _Builder:
         d = head_dim or (rows_q // H if rows_q else None)
         if d is None:
             d = self.shape(f"{L}{qmod}.weight")[0] // (H + 2 * G)
+        if d < 1:
+            raise UnsupportedModelError(f"{self.path}: {L}: the attention projections cannot form {H} heads "
+                                        f"(config.json {fam.heads_key}, head_dim)")
         off = {"q": 0, "k": H * d, "v": H * d + G * d} if "qkv" in a else {"q": 0, "k": 0, "v": 0}
         for m, n, key in ((qmod, H, "q"), (kmod, G, "k"), (vmod, G, "v")):
             total = self.shape(f"{L}{m}.weight")[0]
@@ -273,6 +276,9 @@ class _Builder:
         if g.sets[k].size != g.sets[q].size:
             raise UnsupportedModelError(f"{self.path}: {L}: keys ({g.sets[k].size}) and queries "
                                         f"({g.sets[q].size}) differ in size")
+        if heads < 1 or g.sets[q].size % heads:
+            raise UnsupportedModelError(f"{self.path}: {L}: {g.sets[q].size} query neurons cannot form {heads} heads "
+                                        f"(config.json {self.fam.heads_key})")
         hs = g.add_set(f"{L}heads", heads, "head", depth=self.depth)
         for name in (q, v):
             g.groups[g.sets[name].group].parent = hs.group
