@@ -320,8 +320,8 @@ def run_case(path: Path, command: str, work: Path, model: Path | None = None) ->
         signal.signal(signal.SIGALRM, old)
     EXIT_CODES[r.returncode] += 1
     problems = []
-    if not 0 <= r.returncode <= 4:
-        problems.append(f"exit code {r.returncode}")
+    if not 0 <= r.returncode <= 4 or r.returncode == 1 and not command.startswith("verify"):
+        problems.append(f"exit code {r.returncode}")     # 1: a failed check (verify's), else an internal error
     lines = r.stderr.strip().splitlines()
     if len(lines) > 1 or "Traceback" in r.stderr:
         problems.append(f"{len(lines)} lines on stderr: {r.stderr.strip()[:300]!r}")

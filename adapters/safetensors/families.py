@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from nngraph.errors import UnsupportedModelError
+from nngraph.errors import GraphError, UnsupportedModelError
 from nngraph.graph.ir import NeuralGraph, Param
 from nngraph.graph.origin import Origin
 
@@ -333,6 +333,15 @@ def _prefix(tensors, fam: Family, model_type: str) -> str:
 
 
 def convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> NeuralGraph:
+    """The neural graph of a Hugging Face checkpoint of a known family. A config.json whose sizes the tensors
+    contradict (the graph then fails its own checks) is bad input, exit 4, not an internal error."""
+    try:
+        return _convert_family(tensors, cfg, path)
+    except GraphError as e:
+        raise UnsupportedModelError(f"{path}: config.json and the tensors do not fit together ({e})") from None
+
+
+def _convert_family(tensors: Mapping[str, np.ndarray], cfg: dict, path) -> NeuralGraph:
     model_type = cfg.get("model_type")
     fam = FAMILIES.get(model_type)
     if fam is None:
