@@ -47,10 +47,13 @@ class Builder:
     def attention(self, q: str, k_t: str, v: str) -> str:
         return self.op("MatMul", [self.op("Softmax", [self.op("MatMul", [q, k_t])], axis=-1), v])
 
-    def save(self, path, inputs: list, out: str, out_shape: list):
-        graph = helper.make_graph(self.nodes, "m", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
-                                                    for n, s in inputs],
-                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
+    def save(self, path, inputs: list, out: str, out_shape: list, more_outputs: tuple = ()):
+        """Write the model: ``inputs`` as ``(name, shape)`` (float) or ``(name, shape, TensorProto type)``,
+        output ``out`` and ``more_outputs`` (``(name, shape)``, float)."""
+        graph = helper.make_graph(self.nodes, "m", [helper.make_tensor_value_info(n, *(t or [TensorProto.FLOAT]), s)
+                                                    for n, s, *t in inputs],
+                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, s)
+                                   for o, s in [(out, out_shape), *more_outputs]], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.checker.check_model(model)

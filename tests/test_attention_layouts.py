@@ -7,8 +7,9 @@ import collections
 
 import numpy as np
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
+import nngraph
 from nngraph.verify import verify
 from onnxbuild import BIG, Builder
 
@@ -139,7 +140,6 @@ def test_slice_layouts_convert_and_verify(tmp_path, make):
 def test_chunk_as_slices_splits_q_k_v(tmp_path):
     """The three Slices of a TorchScript ``chunk`` split the projection into q, k and v sets (each head's
     pieces), so the heads stay free instead of the projection being pinned."""
-    import nngraph
     g = nngraph.convert(chunked_heads(tmp_path / "m.onnx"))
     assert g.meta["pins"] == []
     roles = collections.Counter(s.role for s in g.sets.values())
@@ -149,7 +149,6 @@ def test_chunk_as_slices_splits_q_k_v(tmp_path):
 def test_rejoined_pieces_stay_one_set(tmp_path):
     """Pieces that meet again in a Concat (through a Relu here) are parts of one head, not projections
     of their own: the projection is not split."""
-    import nngraph
     g = nngraph.convert(chunked_heads(tmp_path / "m.onnx", (6, 6), rejoin=True))
     assert not any("[piece" in s.name for s in g.sets.values())
     assert nngraph.convert(chunked_heads(tmp_path / "n.onnx")).sets.keys() & {"v0[piece0]", "v0[piece2]"}
@@ -185,7 +184,6 @@ def rotate_every_two(path, leak: bool = False, across_heads: bool = False):
 @pytest.mark.parametrize("leak,across", [(False, False), (True, False), (False, True)],
                          ids=["rotation", "slice-read-outside", "stacked-across-heads"])
 def test_head_local_rotation_converts_and_verifies(tmp_path, leak, across):
-    import nngraph
     path = rotate_every_two(tmp_path / "m.onnx", leak, across)
     report = verify(path, trials=5)
     assert report.ok, report.problems
@@ -216,7 +214,6 @@ def gathered_table(path, per_head: bool = False):
 
 @pytest.mark.parametrize("per_head", [False, True], ids=["shared-table", "per-head-table"])
 def test_gathered_position_table_converts_and_verifies(tmp_path, per_head):
-    import nngraph
     path = gathered_table(tmp_path / "m.onnx", per_head)
     report = verify(path, trials=5)
     assert report.ok, report.problems
@@ -239,7 +236,6 @@ def slots_of_heads(path, picks=(0, 1, 2)):
 
 @pytest.mark.parametrize("picks", [(0, 1, 2), (2, 0, 1), (0, 1, 1)], ids=["qkv", "kvq", "slot-twice"])
 def test_slots_of_heads_convert_and_verify(tmp_path, picks):
-    import nngraph
     path = slots_of_heads(tmp_path / "m.onnx", picks)
     report = verify(path, trials=5)
     assert report.ok, report.problems
@@ -250,8 +246,6 @@ def rotation_read_outside(path, where: str):
     """rotate_every_two whose strided slice ``x[..., ::2]`` (a value inside the region) is also returned:
     as a second graph output (``output``), or by an If branch through an Identity (``branch``), which the
     region's walk would otherwise take for one of its own nodes."""
-    from onnx import TensorProto, helper
-    import onnx
     b = Builder(17)
     table = b.const(b.rng.standard_normal((1, 4, 1, d)))
     y = b.reshape(b.lin("x", D, D), [1, 4, H, d])
@@ -275,20 +269,11 @@ def rotation_read_outside(path, where: str):
         cond = b.op("Greater", [b.op("ReduceSum", ["x"], keepdims=0), b.const(np.float32(1e9))])
         branch = b.op("If", [cond], then_branch=then_g, else_branch=else_g)
         outs[0] = b.op("Add", [z, b.lin(b.reshape(branch, [1, 4, D // 2]), D // 2, D)])
-    graph = helper.make_graph(b.nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, D])],
-                              [helper.make_tensor_value_info(outs[0], TensorProto.FLOAT, [1, 4, D])]
-                              + [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 4, H, d // 2])
-                                 for o in outs[1:]], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return b.save(path, [("x", [1, 4, D])], outs[0], [1, 4, D], [(o, [1, 4, H, d // 2]) for o in outs[1:]])
 
 
 @pytest.mark.parametrize("where", ["output", "branch"])
 def test_head_local_region_value_read_outside_is_pinned(tmp_path, where):
-    import nngraph
     path = rotation_read_outside(tmp_path / "m.onnx", where)
     report = verify(path, trials=5)
     assert report.ok, report.problems
@@ -335,7 +320,6 @@ def per_head_statistic(path, cross: bool):
 
 @pytest.mark.parametrize("cross", [False, True], ids=["own-heads", "other-attention"])
 def test_per_head_statistic_verifies(tmp_path, cross):
-    import nngraph
     path = per_head_statistic(tmp_path / "m.onnx", cross)
     report = verify(path, trials=5)
     assert report.ok, report.problems
@@ -362,7 +346,6 @@ def per_head_bias(path):
 
 
 def test_per_head_bias_keeps_heads_in_place(tmp_path):
-    import nngraph
     path = per_head_bias(tmp_path / "m.onnx")
     report = verify(path, trials=5)
     assert report.ok, report.problems
@@ -377,8 +360,6 @@ def per_head_runtime_table(path, sliced: bool):
     (plain run-time data now) added to the scores: the run-time part of a parameter combined with
     data varies across heads though the parameter's own shape has size 1 there, so the heads must
     stay in place. ``sliced``: the sum cut to the sequence by a Slice with constant axes first."""
-    from onnx import TensorProto, helper
-    import onnx
     b = Builder(29)
     B0, T0 = b.dim("x", 0), b.dim("x", 1)
     L = 6 if sliced else 4
@@ -396,20 +377,12 @@ def per_head_runtime_table(path, sliced: bool):
     s = b.op("Add", [b.op("MatMul", [q, b.T(k, [0, 1, 3, 2])]), bias])
     o = b.op("MatMul", [b.op("Softmax", [s], axis=-1), v])
     z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), b.cat([B0, T0, [D]])), D, D)
-    graph = helper.make_graph(b.nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, D]),
-                                             helper.make_tensor_value_info("ids", TensorProto.INT64, [1, H]),
-                                             helper.make_tensor_value_info("ids2", TensorProto.INT64, [1])],
-                              [helper.make_tensor_value_info(z, TensorProto.FLOAT, ["batch", 4, D])], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return b.save(path, [("x", ["batch", 4, D]), ("ids", [1, H], TensorProto.INT64), ("ids2", [1], TensorProto.INT64)],
+                  z, ["batch", 4, D])
 
 
 @pytest.mark.parametrize("sliced", [False, True], ids=["summed", "summed-sliced"])
 def test_per_head_runtime_table_keeps_heads_in_place(tmp_path, sliced):
-    import nngraph
     path = per_head_runtime_table(tmp_path / "m.onnx", sliced)
     feeds = {"x": np.random.default_rng(0).standard_normal((3, 4, D)).astype(np.float32),
              "ids": np.array([[1, 5]]), "ids2": np.array([2])}
@@ -423,8 +396,6 @@ def test_per_head_runtime_table_keeps_heads_in_place(tmp_path, sliced):
 def scores_with_runtime_table(path, op: str):
     """Scores combined by an n-ary op (Max, Sum) with a parameter table times a slope per head fed at
     run time: the table's own shape has size 1 on the heads axis, its run-time part does not."""
-    from onnx import TensorProto, helper
-    import onnx
     b = Builder(47)
     slopes = b.reshape(b.op("Cast", ["ids"], to=1), [1, H, 1, 1])
     bias = b.op("Mul", [b.const(b.rng.standard_normal((1, 1, 1, 4))), slopes])
@@ -436,14 +407,7 @@ def scores_with_runtime_table(path, op: str):
     s = b.op(op, [b.op("MatMul", [q, b.T(k, [0, 1, 3, 2])]), bias])
     o = b.op("MatMul", [b.op("Softmax", [s], axis=-1), v])
     z = b.lin(b.reshape(b.T(o, [0, 2, 1, 3]), [1, 4, D]), D, D)
-    graph = helper.make_graph(b.nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, D]),
-                                             helper.make_tensor_value_info("ids", TensorProto.INT64, [H])],
-                              [helper.make_tensor_value_info(z, TensorProto.FLOAT, [1, 4, D])], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return b.save(path, [("x", [1, 4, D]), ("ids", [H], TensorProto.INT64)], z, [1, 4, D])
 
 
 @pytest.mark.parametrize("op", ["Max", "Sum"])
