@@ -644,8 +644,8 @@ class LoweringContext:
         if not why and not all(self._dead(k) for k in dead):
             why = "a value carrying the whole projection is read later"
         pending = [n for n in self.consumers.get(reading, []) if not all(o in self.values for o in n.output if o)
-                   and not any(n is r for r in readers[1:])]
-        if not why and (len(pending) > 1 or any(o.name == reading for sub in all_graphs(self.model.graph)
+                   and not any(n is r for r in readers)]     # besides the splitting node, or the readers given
+        if not why and (len(pending) > (0 if readers else 1) or any(o.name == reading for sub in all_graphs(self.model.graph)
                                                 for o in sub.output)):
             why = "the head-split view is read by another node too, or is a graph output"
         if why:

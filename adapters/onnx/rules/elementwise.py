@@ -269,13 +269,7 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
         raise ctx.fail(node, "a per-head term is added to the scores of grouped-query attention (its heads "
                              "nodes are the key/value heads)")
     if isinstance(other, Scores):      # two layers' scores summed (q1·k1ᵀ + q2·k2ᵀ): one permutation of heads
-        if other.heads_set != scores.heads_set and (
-                scores.heads_set is None or other.heads_set is None or scores.heads != other.heads
-                or scores.head_axis - scores.rank != other.head_axis - other.rank
-                or scores.slots != 1 or other.slots != 1):
-            raise ctx.fail(node, "combines the scores of two attentions whose heads cannot be matched")
-        if other.heads_set != scores.heads_set:
-            g.tie(other.heads_set, scores.heads_set)
+        _tie_heads(ctx, node, scores, other)
     elif isinstance(other, Act):
         shift = scores.rank - (other.rank or 0)
         if scores.heads_set is None or other.axis + shift != scores.head_axis or ctx.size(other) != scores.heads \
@@ -319,12 +313,23 @@ def _with_scores(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, oth
     ctx.set_output(node, scores)
 
 
+def _tie_heads(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, other: Scores) -> None:
+    """Two attentions' scores combined elementwise: one permutation of heads must serve both (their heads
+    sets are tied); refused when their heads cannot be matched axis for axis."""
+    if other.heads_set == scores.heads_set:
+        return
+    if scores.heads_set is None or other.heads_set is None or scores.heads != other.heads \
+            or scores.head_axis is None or other.head_axis is None \
+            or scores.head_axis - scores.rank != other.head_axis - other.rank or scores.slots != 1 or other.slots != 1:
+        raise ctx.fail(node, "combines the scores of two attentions whose heads cannot be matched")
+    ctx.graph.tie(other.heads_set, scores.heads_set)
+
+
 def scores_with(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, vals: list, names: list,
                 axis: int | None = None) -> Scores:
     """``scores`` combined, by an n-ary op (Sum, Max, Where, Concat along ``axis`` …), with the other
     operands ``vals`` (named ``names``): other attentions' scores share one permutation of heads (their
     heads sets are tied); constants and run-time data must not vary across heads. Anything else is refused."""
-    g = ctx.graph
     ha = scores.head_axis - scores.rank if scores.head_axis is not None else None
     if axis is not None and ha is not None and axis - scores.rank == ha:
         raise ctx.fail(node, "concatenates attention scores along their heads")
@@ -332,12 +337,7 @@ def scores_with(ctx: LoweringContext, node: onnx.NodeProto, scores: Scores, vals
         if v is scores or not name:
             continue
         if isinstance(v, Scores):
-            if v.heads_set != scores.heads_set and (
-                    scores.heads_set is None or v.heads_set is None or scores.heads != v.heads or v.head_axis is None
-                    or ha != v.head_axis - v.rank or scores.slots != 1 or v.slots != 1):
-                raise ctx.fail(node, "combines the scores of two attentions whose heads cannot be matched")
-            if v.heads_set != scores.heads_set:
-                g.tie(v.heads_set, scores.heads_set)
+            _tie_heads(ctx, node, scores, v)
         elif isinstance(v, Const):
             if ha is not None and scores.heads > 1 and v.varies_along(scores.head_axis, scores.rank):
                 raise ctx.fail(node, "combines attention scores with a parameter mixed with run-time data that "

@@ -34,6 +34,31 @@ def _ints(ctx: LoweringContext, node: onnx.NodeProto, slot: int, attr: str) -> l
     return None if v is None else [int(a) for a in v]
 
 
+def _value_ahead(ctx: LoweringContext, name: str) -> np.ndarray | None:
+    """The constant value ``name`` holds, also when its Constant node comes later in the graph than the node
+    asking (a rule looking at the other Slices of a chunk, the Gathers of a view): None when not constant."""
+    c = ctx.const(name)
+    if c is not None:
+        return np.asarray(c.data)
+    node = ctx.producer(name)
+    if node is None or node.op_type != "Constant":
+        return None
+    try:
+        return np.asarray(constant_value(ctx, node))
+    except (UnsupportedModelError, ValueError, TypeError):
+        return None
+
+
+def _int_operand(ctx: LoweringContext, node: onnx.NodeProto, slot: int, attr: str) -> list[int] | None:
+    """An integer operand (slice bounds, axes), computed from shapes where the exporter did so: constant,
+    attribute, or followed through the arithmetic (:func:`_partial_vector`); None where not known here."""
+    v = _ints(ctx, node, slot, attr)
+    if v is None and len(node.input) > slot and node.input[slot]:
+        v = _partial_vector(ctx, node.input[slot])
+        v = v if v is not None and all(isinstance(a, int) for a in v) else None
+    return v
+
+
 def _passthrough_other(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     """Stats, scores and aux values ride through shape ops unchanged."""
     v = ctx.values.get(node.input[0])
@@ -222,11 +247,8 @@ def _partial_vector(ctx: LoweringContext, name: str, depth: int = 0) -> list | N
         return None
     op = node.op_type
     if op == "Constant":                # not lowered yet: later in the graph than the node asking
-        try:
-            v = np.asarray(constant_value(ctx, node))
-        except (UnsupportedModelError, ValueError, TypeError):
-            return None
-        return [int(a) for a in v.reshape(-1)] if v.dtype.kind in "iu" and v.size <= 64 else None
+        v = _value_ahead(ctx, name)
+        return [int(a) for a in v.reshape(-1)] if v is not None and v.dtype.kind in "iu" and v.size <= 64 else None
     if op == "Concat":
         parts = [_partial_vector(ctx, i, depth + 1) or [None] * _length(ctx, i) for i in node.input]
         return None if any(p is None or None in p and len(p) == 0 for p in parts) else [v for p in parts for v in p]
@@ -539,15 +561,12 @@ def _split_slots_of_heads(ctx: LoweringContext, node: onnx.NodeProto, x: Act, ds
     readers = [m for m in ctx.consumers.get(node.output[0], []) if m.op_type not in SHAPE_READERS]
     picks: dict[int, onnx.NodeProto] = {}
     for m in readers if not why else []:
-        index = ctx.const(m.input[1]) if m.op_type == "Gather" and len(m.input) > 1 else None
-        if index is None and m.op_type == "Gather" and ctx.producer(m.input[1]) is not None \
-                and ctx.producer(m.input[1]).op_type == "Constant":
-            index = Const(np.asarray(constant_value(ctx, ctx.producer(m.input[1]))))
+        index = _value_ahead(ctx, m.input[1]) if m.op_type == "Gather" and len(m.input) > 1 else None
         if m.op_type != "Gather" or ctx.attr(m, "axis", 0) % len(dst) != dg[1] or index is None \
-                or np.asarray(index.data).ndim != 0 or int(index.data) % S in picks:
+                or index.ndim != 0 or int(index) % S in picks:
             why = "the view is read otherwise than by one Gather per slot"
             break
-        picks[int(index.data) % S] = m
+        picks[int(index) % S] = m
     if not why and sorted(picks) != list(range(S)):
         why = "not every slot is taken"
     if why:
@@ -795,15 +814,8 @@ def _slice_bounds(ctx: LoweringContext, node: onnx.NodeProto) -> tuple:
     """A Slice's ``(starts, ends, axes, steps)``, bounds ``None`` where they are not known here; bounds
     an exporter computes from shapes (rotate_half's ``x.shape[-1] // 2``, TorchScript's ``chunk``) are
     followed through the arithmetic."""
-    def operand(k: int, attr: str):
-        v = _ints(ctx, node, k, attr)
-        if v is None and len(node.input) > k and node.input[k]:
-            v = _partial_vector(ctx, node.input[k])
-            v = v if v is not None and all(isinstance(a, int) for a in v) else None
-        return v
-
-    starts, ends = operand(1, "starts"), operand(2, "ends")
-    axes, steps = operand(3, "axes"), operand(4, "steps")
+    starts, ends = _int_operand(ctx, node, 1, "starts"), _int_operand(ctx, node, 2, "ends")
+    axes, steps = _int_operand(ctx, node, 3, "axes"), _int_operand(ctx, node, 4, "steps")
     given = [len(node.input) > k and bool(node.input[k]) or ctx.attr(node, a) is not None
              for k, a in ((3, "axes"), (4, "steps"))]
     if given[0] and axes is None or given[1] and steps is None:     # which axes, or how far apart: unknown
@@ -941,9 +953,7 @@ def _touches_trailing(ctx: LoweringContext, n: onnx.NodeProto, lead: int) -> boo
     if op == "Concat":
         return rank > 0 and ctx.attr(n, "axis") % rank >= lead
     if op in ("Unsqueeze", "Squeeze"):
-        axes = _ints(ctx, n, 1, "axes")
-        if axes is None and len(n.input) > 1 and n.input[1]:
-            axes = _partial_vector(ctx, n.input[1])
+        axes = _int_operand(ctx, n, 1, "axes")
         out_rank = len(ctx.shape(n.output[0]) or ())
         return bool(axes) and all(isinstance(a, int) and a % (out_rank if op == "Unsqueeze" else rank) >= lead
                                   for a in axes)

@@ -1,24 +1,32 @@
-"""How well does measured accuracy on n labeled digits rank test accuracy? (a data-using reference point)"""
-import sys, csv, numpy as np, onnxruntime as ort
+"""How well does each test network's accuracy on n labeled digits rank its test accuracy? A data-using
+reference point for what a data-free encoder's τ is worth (run from the repository root).
+
+    python labeled_ceiling.py ZOO_DIR [ZOO_DIR ...]
+"""
+import csv
+import sys
+
+import numpy as np
+import onnxruntime as ort
 from scipy.stats import kendalltau
-sys.path.insert(0, "examples"); from make_zoo import digits
-xtr, ytr, xte, yte = (t.numpy() for t in digits())
+
+sys.path.insert(0, "examples")
+from make_zoo import digits  # noqa: E402
+
+splits = dict(zip(("train", "test"), [(x.numpy(), y.numpy()) for x, y in zip(*[iter(digits())] * 2)]))
 rng = np.random.default_rng(0)
-for z in sys.argv[1:]:
-    rows = [r for r in csv.DictReader(open(z + "/labels.csv")) if r["split"] == "test"]
+for zoo in sys.argv[1:]:
+    rows = [r for r in csv.DictReader(open(f"{zoo}/labels.csv")) if r["split"] == "test"]
     y = np.array([float(r["test_acc"]) for r in rows])
-    P = {}
-    for which, x in [("train", xtr), ("test", xte)]:
-        out = []
-        for r in rows:
-            s = ort.InferenceSession(f"{z}/{r['model']}", providers=["CPUExecutionProvider"])
-            name = s.get_inputs()[0].name
-            out.append(np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]).argmax(1))
-        P[which] = np.array(out)
-    for which, lab in [("train", ytr), ("test", yte)]:
+    predicted = {which: [] for which in splits}
+    for r in rows:                      # one session per network, each split in one batch (dynamic batch axis)
+        session = ort.InferenceSession(f"{zoo}/{r['model']}", providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for which, (x, _) in splits.items():
+            predicted[which].append(session.run(None, {name: x})[0].argmax(1))
+    for which, (_, labels) in splits.items():
+        right = np.array(predicted[which]) == labels          # [networks, digits]
         for n in [16, 32, 64, 128, 256, 512]:
-            taus = []
-            for rep in range(50):
-                idx = rng.choice(len(lab), n, replace=False)
-                taus.append(kendalltau(y, (P[which][:, idx] == lab[idx]).mean(1))[0])
-            print(z, which, n, "tau %.3f ± %.3f" % (np.mean(taus), np.std(taus)), flush=True)
+            taus = [kendalltau(y, right[:, idx].mean(1))[0]
+                    for idx in (rng.choice(len(labels), n, replace=False) for _ in range(50))]
+            print(zoo, which, n, f"tau {np.mean(taus):.3f} ± {np.std(taus):.3f}", flush=True)
